@@ -1,0 +1,372 @@
+//! The `Plan` custom resource (`upgrade.cattle.io/v1`), field for field as Rancher's Go
+//! system-upgrade-controller defines it: same JSON names, same types, same printer columns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, SecurityContext, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The desired upgrade: what to run, on which nodes, how many at a time.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "upgrade.cattle.io",
+    version = "v1",
+    kind = "Plan",
+    namespaced,
+    status = "PlanStatus",
+    doc = "Plan represents a set of Jobs to apply an upgrade (or other operation) to a set of Nodes.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.upgrade.image"),
+    printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channel"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(
+        name = "Complete",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Complete')].status"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.message!='')].message"
+    ),
+    // Priority 10, as in the Go controller's CRD: shown only with `-o wide`.
+    printcolumn(
+        name = "Applying",
+        type_ = "string",
+        json_path = ".status.applying",
+        priority = "10"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["upgrade"]))]
+pub struct PlanSpec {
+    /// The maximum number of nodes to apply this upgrade on at the same time. Must be at least 1;
+    /// the admission webhook sets 1 when it is omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i64>,
+
+    /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
+    /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
+    /// when unset the controller default (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_active_deadline_secs: Option<i64>,
+
+    /// Selects the nodes this Plan applies to. Omitted selects no node; `{}` selects every node.
+    /// Nodes must also carry the `kubernetes.io/hostname` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+
+    /// The service account the upgrade pods run as. When empty, the namespace's default service
+    /// account is used. Changing it re-runs the Plan on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// A URL that answers HTTP 302 with the version in the last path element of its Location
+    /// header (`+` becomes `-`). Polled only when `version` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+
+    /// The version to apply (`+` becomes `-`), used as the image tag of untagged images. When set,
+    /// the channel is never contacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Secrets mounted into every container of the upgrade pods. Their content is part of the
+    /// Plan's hash unless `ignoreUpdates` is set, so changing them re-runs the Plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<SecretSpec>>,
+
+    /// Node taints the upgrade pods tolerate, appended to the built-in toleration of
+    /// `node.kubernetes.io/unschedulable:NoSchedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Jobs of exclusive Plans never run on a node at the same time as those of another
+    /// exclusive Plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<bool>,
+
+    /// A time window in which a rollout of this Plan may start. A rollout that started inside the
+    /// window runs to completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<TimeWindowSpec>,
+
+    /// The prepare init container, run before cordon/drain, which run before the upgrade
+    /// container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<ContainerSpec>,
+
+    /// The upgrade container; required.
+    // Optional in Rust so a Plan without it can be read and reported, required in the schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<ContainerSpec>,
+
+    /// When true, the node is cordoned before the upgrade container runs and uncordoned after it
+    /// succeeds. Implied by `drain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<bool>,
+
+    /// Drain the node before the upgrade container runs. When omitted, no drain happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainSpec>,
+
+    /// Image pull secrets for the upgrade pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// How long to wait after a node's Job completes before the node is marked done and the next
+    /// node may start, as a duration such as `30s` or `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_complete_delay: Option<String>,
+
+    /// The priority class of the upgrade pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Labels set on a node when this Plan's Job completes on it. Values may contain
+    /// `$(LATEST_VERSION)` or `$(LATEST_HASH)`, expanded from the Plan status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_complete_labels: Option<BTreeMap<String, String>>,
+}
+
+/// A simplified container template for the prepare and upgrade containers of the upgrade pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    /// Image reference. When it has neither tag nor digest, `:<status.latestVersion>` is added.
+    pub image: String,
+    /// Entrypoint array, as in a Pod's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Arguments to the entrypoint, as in a Pod's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Environment variables (note the plural field name), placed after the pod identity
+    /// variables and before the SYSTEM_UPGRADE_PLAN_* variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envs: Option<Vec<EnvVar>>,
+    /// Sources of environment variables, as in a Pod's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// Host paths mounted into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<VolumeSpec>>,
+    /// Security context. For the upgrade container it replaces the default (privileged, with
+    /// CAP_SYS_BOOT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+/// A host path volume mounted into a container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Name of the volume in the Pod spec.
+    pub name: String,
+    /// Path on the host to mount.
+    pub source: String,
+    /// Path inside the container to mount the volume at.
+    pub destination: String,
+}
+
+/// How a node is drained before the upgrade, with the meaning of the `kubectl drain` options of
+/// the same names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// How long to wait for the drain before giving up: an integer number of nanoseconds, or a
+    /// duration string such as `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<IntOrDuration>,
+    /// Seconds each pod is given to terminate; the pod's own setting when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<i32>,
+    /// Deprecated name of deleteEmptydirData; set at most one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_local_data: Option<bool>,
+    /// Continue even if there are pods using emptyDir volumes (their data is lost). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_emptydir_data: Option<bool>,
+    /// Ignore DaemonSet-managed pods. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_daemon_sets: Option<bool>,
+    /// Also delete pods that no controller manages; they are gone for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// Delete pods instead of evicting them, bypassing PodDisruptionBudgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_eviction: Option<bool>,
+    /// Skip waiting for pods whose deletionTimestamp is older than this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_wait_for_delete_timeout: Option<i64>,
+    /// Only drain the pods this selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// An integer number of nanoseconds or a Go duration string (`5m`, `90s`): the Go controller's
+/// IntOrString drain timeout, with a 64-bit integer so that nanosecond values fit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntOrDuration {
+    Nanos(i64),
+    Text(String),
+}
+
+impl Serialize for IntOrDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Nanos(n) => serializer.serialize_i64(*n),
+            Self::Text(t) => serializer.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntOrDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IntOrDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer number of nanoseconds or a duration string such as 5m")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IntOrDuration::Nanos(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(IntOrDuration::Nanos)
+                    .map_err(|_| E::custom("number of nanoseconds out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IntOrDuration::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for IntOrDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrDuration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // The flag alone is the structural form; the API server then accepts an integer or a string.
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+/// A Secret mounted into the upgrade pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Name of the Secret, in the Plan's namespace.
+    pub name: String,
+    /// Mount path: absolute, or relative to /run/system-upgrade/secrets.
+    pub path: String,
+    /// When true, the Secret's content is not part of the Plan's hash, so changing it does not
+    /// re-run the Plan, and the Secret need not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_updates: Option<bool>,
+    /// File mode of the mounted files (Kubernetes default 0644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i32>,
+}
+
+/// A weekly time window.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeWindowSpec {
+    /// Days the window is open on: names (`mo`, `mon`, `monday`, ...) or 0-6 with 0 = Sunday.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub days: Option<Vec<Day>>,
+    /// Start of the window, e.g. `22:00`, `22:00:00`, `10pm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// End of the window, same formats as startTime; before startTime means overnight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// IANA time zone of the window, e.g. `Europe/Berlin`; UTC when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A day of the week: its name, a 2- or 3-letter abbreviation, or 0-6 with 0 = Sunday.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Day(pub String);
+
+/// Every spelling of a day the CRD accepts, in the Go controller's order.
+pub const DAY_NAMES: [&str; 28] = [
+    "0", "su", "sun", "sunday", "1", "mo", "mon", "monday", "2", "tu", "tue", "tuesday", "3", "we",
+    "wed", "wednesday", "4", "th", "thu", "thursday", "5", "fr", "fri", "friday", "6", "sa", "sat",
+    "saturday",
+];
+
+impl JsonSchema for Day {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Day".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "enum": DAY_NAMES })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+/// The observed state of a Plan.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    /// `LatestResolved`: the version to apply has been determined. `Validated`: the spec is
+    /// valid. `Complete`: the latest version has completed on all selected nodes; when a Job
+    /// fails this stays False and its reason and message say why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Option<Vec<Condition>>,
+    /// The version resolved from spec.version or the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<String>,
+    /// The hash of the most recently resolved Plan: version, service account, digest-annotated
+    /// fields and referenced Secrets. Nodes done with it carry `plan.upgrade.cattle.io/<plan>=<hash>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_hash: Option<String>,
+    /// Nodes the Plan is currently being applied on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<Vec<String>>,
+}
+
+/// A condition of a Plan, as in the Go controller (with lastUpdateTime).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition: Validated, LatestResolved or Complete.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Status of the condition: True, False or Unknown.
+    pub status: String,
+    /// The last time this condition was updated (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<String>,
+    /// The last time the condition changed from one status to another (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// Machine-readable reason for the last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable details of the last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

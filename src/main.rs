@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", system_upgrade_controller::api::crd_yaml().unwrap());
+}

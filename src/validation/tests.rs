@@ -1,0 +1,310 @@
+use super::*;
+
+/// A Plan file from `tests/plans/`, with the `# expect:` and `# warn:` lines at its top.
+struct Case {
+    name: String,
+    plan: serde_json::Value,
+    expect: Vec<String>,
+    warn: Vec<String>,
+}
+
+fn cases(kind: &str) -> Vec<Case> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans").join(kind);
+    let mut cases: Vec<Case> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let marked = |marker: &str| -> Vec<String> {
+                text.lines().filter_map(|l| l.strip_prefix(marker)).map(str::to_owned).collect()
+            };
+            Case {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                plan: crate::yaml::documents(&text).unwrap().remove(0),
+                expect: marked("# expect: "),
+                warn: marked("# warn: "),
+            }
+        })
+        .collect();
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(cases.len() > 5, "too few cases in {}", dir.display());
+    cases
+}
+
+/// Every expected text is found in some message, and every message is expected.
+fn assert_matches(case: &str, what: &str, messages: &[String], expected: &[String]) {
+    for want in expected {
+        assert!(
+            messages.iter().any(|m| m.contains(want.as_str())),
+            "{case}: no {what} contains {want:?}; got {messages:#?}"
+        );
+    }
+    for message in messages {
+        assert!(
+            expected.iter().any(|want| message.contains(want.as_str())),
+            "{case}: unexpected {what} {message:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_plans_report_every_problem_with_its_field() {
+    for case in cases("invalid") {
+        assert!(!case.expect.is_empty(), "{}: no # expect: lines", case.name);
+        let report = validate_value(&case.plan);
+        let messages: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
+        assert_matches(&case.name, "problem", &messages, &case.expect);
+        for problem in &report.problems {
+            // Window problems keep the Go controller's "spec.window is invalid, <detail>" form.
+            let named = problem.message.starts_with(&problem.field)
+                || (problem.field.starts_with("spec.window.")
+                    && problem.message.starts_with("spec.window is invalid, "));
+            assert!(named, "{}: {problem:?}", case.name);
+        }
+    }
+}
+
+#[test]
+fn valid_plans_pass_with_exactly_the_expected_warnings() {
+    for case in cases("valid") {
+        let report = validate_value(&case.plan);
+        assert!(report.is_valid(), "{}: {}", case.name, report.message());
+        assert_matches(&case.name, "warning", &report.warnings, &case.warn);
+    }
+}
+
+fn plan(spec: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "upgrade.cattle.io/v1",
+        "kind": "Plan",
+        "metadata": {"name": "p", "namespace": "system-upgrade"},
+        "spec": spec,
+    })
+}
+
+fn problems(spec: serde_json::Value) -> Vec<String> {
+    validate_value(&plan(spec)).problems.into_iter().map(|p| p.message).collect()
+}
+
+fn minimal() -> serde_json::Value {
+    serde_json::json!({"version": "v1.30.4+k3s1", "nodeSelector": {}, "upgrade": {"image": "rancher/k3s-upgrade"}})
+}
+
+fn with(field: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut spec = minimal();
+    spec[field] = value;
+    spec
+}
+
+#[test]
+fn minimal_plan_is_valid_without_warnings() {
+    let report = validate_value(&plan(minimal()));
+    assert_eq!(report, Report::default());
+}
+
+#[test]
+fn messages_name_the_field_and_the_fix() {
+    assert_eq!(
+        problems(with("version", "v1.20".into())),
+        ["spec.version: \"v1.20\" is not SemVer (unexpected end of input while parsing minor \
+          version number): expected MAJOR.MINOR.PATCH without leading zeros, optionally with \
+          -prerelease and +build, e.g. v1.30.4+k3s1"]
+    );
+    assert_eq!(
+        problems(with("concurrency", 0.into())),
+        ["spec.concurrency: must be at least 1, got 0; it is the number of nodes upgraded at a time"]
+    );
+    assert_eq!(validate_value(&plan(minimal())).message(), "");
+    let report = validate_value(&plan(with("concurrency", (-1).into())));
+    assert_eq!(report.problems[0].field, "spec.concurrency");
+}
+
+#[test]
+fn versions() {
+    for ok in [
+        "v1.30.4+k3s1", "v1.30.4-k3s1", "1.2.3-rc.1", "v0.0.0", "v1.2.3-alpha.1+build.5", "bionic",
+        "microos", "latest", "v", "V1.2", "stable_1",
+    ] {
+        assert_eq!(problems(with("version", ok.into())), Vec::<String>::new(), "{ok}");
+    }
+    for bad in ["v1.20", "1_2", "v1.2.3.4", "v1.02.3", "1", "v1", "v1.2.3-01", "v1.2.3+", "1.2.3-", ".v1", "-v1", "v1 2", "ü"] {
+        assert_eq!(problems(with("version", bad.into())).len(), 1, "{bad}");
+    }
+}
+
+#[test]
+fn channels() {
+    let mut spec = minimal();
+    spec.as_object_mut().unwrap().remove("version");
+    for ok in ["https://update.k3s.io/v1-release/channels/stable", "http://10.0.0.1:8080/c", "http://localhost/x"] {
+        spec["channel"] = ok.into();
+        assert_eq!(problems(spec.clone()), Vec::<String>::new(), "{ok}");
+    }
+    for bad in ["update.k3s.io/x", "ftp://h/x", "https://", "/relative", "mailto:x@y", "file:///etc/passwd"] {
+        spec["channel"] = bad.into();
+        assert_eq!(problems(spec.clone()).len(), 1, "{bad}");
+    }
+}
+
+#[test]
+fn empty_version_counts_as_unset() {
+    let spec = with("version", "".into());
+    assert_eq!(problems(spec).len(), 1);
+}
+
+#[test]
+fn plan_names() {
+    let mut value = plan(minimal());
+    value["metadata"]["name"] = "a".repeat(63).into();
+    assert!(validate_value(&value).is_valid());
+    value["metadata"]["name"] = "k3s.server".into();
+    assert!(validate_value(&value).is_valid(), "dots are allowed in label names");
+    value["metadata"]["name"] = "a".repeat(64).into();
+    let report = validate_value(&value);
+    assert_eq!(report.problems.len(), 1);
+    assert!(report.problems[0].message.contains("at most 63 characters are allowed, this has 64"));
+    value["metadata"]["name"] = serde_json::Value::Null;
+    value["metadata"]["generateName"] = "a".repeat(58).into();
+    assert!(validate_value(&value).is_valid());
+    value["metadata"]["generateName"] = "a".repeat(59).into();
+    assert_eq!(validate_value(&value).problems[0].field, "metadata.generateName");
+}
+
+#[test]
+fn shape_errors_name_the_path() {
+    assert_eq!(
+        problems(with("concurrency", "three".into())),
+        ["spec.concurrency: invalid type: string \"three\", expected i64"]
+    );
+    assert_eq!(
+        problems(with("drain", serde_json::json!({"timeout": 1.5}))),
+        ["spec.drain.timeout: invalid type: floating point `1.5`, expected an integer number of \
+          nanoseconds or a duration string such as 5m"]
+    );
+    let report = validate_value(&serde_json::json!("not an object"));
+    assert_eq!(report.problems[0].field, "object");
+}
+
+#[test]
+fn drain_timeouts() {
+    for ok in [serde_json::json!(300_000_000_000i64), "5m".into(), "1h30m".into(), 0.into(), "0".into()] {
+        assert_eq!(problems(with("drain", serde_json::json!({"timeout": ok}))), Vec::<String>::new(), "{ok}");
+    }
+    for bad in [serde_json::json!(-1), "-5m".into(), "5".into(), "five minutes".into()] {
+        assert_eq!(problems(with("drain", serde_json::json!({"timeout": bad}))).len(), 1, "{bad}");
+    }
+}
+
+#[test]
+fn drain_delete_flags_conflict_whatever_their_values() {
+    for (a, b) in [(true, true), (false, false), (true, false)] {
+        let drain = serde_json::json!({"deleteLocalData": a, "deleteEmptydirData": b});
+        assert_eq!(problems(with("drain", drain)).len(), 1);
+    }
+    assert!(problems(with("drain", serde_json::json!({"deleteLocalData": false}))).is_empty());
+}
+
+#[test]
+fn selectors() {
+    let expressions = |e: serde_json::Value| serde_json::json!({"matchExpressions": [e]});
+    for ok in [
+        serde_json::json!({"key": "a", "operator": "In", "values": ["x", ""]}),
+        serde_json::json!({"key": "example.com/a", "operator": "NotIn", "values": ["x"]}),
+        serde_json::json!({"key": "a", "operator": "Exists"}),
+        serde_json::json!({"key": "a", "operator": "DoesNotExist", "values": []}),
+    ] {
+        assert!(problems(with("nodeSelector", expressions(ok.clone()))).is_empty(), "{ok}");
+    }
+    for bad in [
+        serde_json::json!({"key": "a", "operator": "in", "values": ["x"]}),
+        serde_json::json!({"key": "a", "operator": "Gt", "values": ["1"]}),
+        serde_json::json!({"key": "a", "operator": "NotIn"}),
+        serde_json::json!({"key": "a", "operator": "DoesNotExist", "values": ["x"]}),
+        serde_json::json!({"key": "a", "operator": "In", "values": ["-x"]}),
+        serde_json::json!({"key": "-a", "operator": "Exists"}),
+    ] {
+        assert_eq!(problems(with("nodeSelector", expressions(bad.clone()))).len(), 1, "{bad}");
+    }
+    let labels = serde_json::json!({"matchLabels": {"bad key": "x", "ok": "not ok"}});
+    assert_eq!(problems(with("nodeSelector", labels)).len(), 2);
+}
+
+#[test]
+fn tolerations() {
+    let check = |t: serde_json::Value| problems(with("tolerations", serde_json::json!([t])));
+    assert!(check(serde_json::json!({"operator": "Exists"})).is_empty(), "tolerate everything");
+    assert!(check(serde_json::json!({"key": "k", "value": "v", "effect": "NoSchedule"})).is_empty());
+    assert!(check(serde_json::json!({"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5})).is_empty());
+    assert_eq!(check(serde_json::json!({"value": "v"})).len(), 1, "empty key needs Exists");
+    assert_eq!(check(serde_json::json!({"key": "k", "operator": "Exists", "value": "v"})).len(), 1);
+    assert_eq!(check(serde_json::json!({"key": "k", "value": "a b"})).len(), 1);
+}
+
+#[test]
+fn secrets() {
+    let check = |s: serde_json::Value| problems(with("secrets", s));
+    assert!(check(serde_json::json!([{"name": "a", "path": "rel"}, {"name": "b.c", "path": "/abs", "defaultMode": 511}])).is_empty());
+    assert_eq!(check(serde_json::json!([{"name": "a", "path": "/x", "defaultMode": 512}])).len(), 1);
+    assert_eq!(check(serde_json::json!([{"name": "a", "path": "/x:y"}])).len(), 1);
+    assert_eq!(check(serde_json::json!([{"name": "a"}])), ["spec.secrets[0].path: is required"]);
+}
+
+#[test]
+fn volumes() {
+    let upgrade = |volumes: serde_json::Value| {
+        with("upgrade", serde_json::json!({"image": "x", "volumes": volumes}))
+    };
+    assert!(problems(upgrade(serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}]))).is_empty());
+    for bad in [
+        serde_json::json!([{"name": "A", "source": "/a", "destination": "/b"}]),
+        serde_json::json!([{"name": "host-root", "source": "/a", "destination": "/b"}]),
+        serde_json::json!([{"name": "secret-x", "source": "/a", "destination": "/b"}]),
+        serde_json::json!([{"name": "a", "source": "rel", "destination": "/b"}]),
+        serde_json::json!([{"name": "a", "source": "/a", "destination": ""}]),
+        serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}, {"name": "a", "source": "/a", "destination": "/c"}]),
+    ] {
+        assert_eq!(problems(upgrade(bad.clone())).len(), 1, "{bad}");
+    }
+    let mut spec = upgrade(serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}]));
+    spec["prepare"] = serde_json::json!({"image": "x", "volumes": [{"name": "a", "source": "/a", "destination": "/p"}]});
+    assert!(problems(spec.clone()).is_empty(), "same name and source is shared");
+    spec["prepare"]["volumes"][0]["source"] = "/other".into();
+    assert_eq!(problems(spec).len(), 1);
+}
+
+#[test]
+fn env_vars() {
+    let upgrade = |envs: serde_json::Value| with("upgrade", serde_json::json!({"image": "x", "envs": envs}));
+    assert!(problems(upgrade(serde_json::json!([{"name": "A", "value": "1"}]))).is_empty());
+    let report = validate_value(&plan(upgrade(serde_json::json!([{"name": "1A", "value": "1"}]))));
+    assert!(report.is_valid());
+    assert_eq!(report.warnings.len(), 1);
+    assert!(report.warnings[0].starts_with("spec.upgrade.envs[0].name: \"1A\" is accepted only by Kubernetes 1.32"));
+    let both = serde_json::json!([{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]);
+    assert_eq!(problems(upgrade(both)), ["spec.upgrade.envs[0]: sets both value and valueFrom; keep one"]);
+}
+
+#[test]
+fn post_complete_labels_use_the_plans_version() {
+    let mut spec = with("postCompleteLabels", serde_json::json!({"example.com/v": "k3s-$(LATEST_VERSION)"}));
+    assert!(problems(spec.clone()).is_empty());
+    spec["version"] = format!("v1.30.4+{}", "k".repeat(60)).into();
+    assert_eq!(problems(spec).len(), 1, "expanded value longer than 63");
+}
+
+#[test]
+fn other_names() {
+    assert_eq!(problems(with("serviceAccountName", "System Upgrade".into())).len(), 1);
+    assert_eq!(problems(with("priorityClassName", "High".into())).len(), 1);
+    assert_eq!(problems(with("imagePullSecrets", serde_json::json!([{"name": "Reg"}]))).len(), 1);
+    assert!(problems(with("serviceAccountName", "".into())).is_empty());
+}
+
+#[test]
+fn windows() {
+    let window = |w: serde_json::Value| problems(with("window", w));
+    assert!(window(serde_json::json!({"days": ["MO"], "startTime": "3pm", "endTime": "03:04pm"})).is_empty());
+    let all = window(serde_json::json!({"startTime": "x", "endTime": "24:00", "timeZone": "Nowhere/City"}));
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.iter().all(|p| p.starts_with("spec.window is invalid, ")));
+}
