@@ -4,15 +4,147 @@
 
 pub mod admission;
 pub mod api;
+pub mod certs;
+pub mod check;
+pub mod config;
+pub mod metrics;
+pub mod server;
 pub mod syntax;
+pub mod telemetry;
 pub mod validation;
 pub mod yaml;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use config::RunConfig;
+use server::Readiness;
+use server::tls::{self, CertResolver};
 
 /// Errors of the library. Every variant maps to a short static category for metrics labels.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("YAML: {0}")]
     Yaml(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short, fixed category for metrics labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Yaml(_) => "yaml",
+            Self::Tls(_) => "tls",
+            Self::Kube(_) => "kube",
+            Self::KubeConfig(_) => "kubeconfig",
+            Self::Io(_) => "io",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds the Kubernetes client from `--kubeconfig`/`--master`, or in-cluster configuration.
+pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
+    let mut client_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+    };
+    if let Some(master) = &config.master {
+        client_config.cluster_url = master
+            .parse()
+            .map_err(|e| Error::KubeConfig(format!("--master {master:?}: {e}")))?;
+    }
+    kube::Client::try_from(client_config).map_err(Error::from)
+}
+
+/// Runs the server (and, later, the controller) until `stop` is cancelled.
+pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
+    let metrics = metrics::Metrics::new();
+    let resolver = Arc::new(CertResolver::default());
+    let readiness = Readiness::new(resolver.clone());
+
+    if let Some(dir) = &config.cert_dir {
+        let cert_dir = tls::CertDir::new(dir);
+        let loaded = cert_dir.load(&resolver)?;
+        tracing::info!(dir = %dir.display(), "serving tls.crt and tls.key, reloading them when they change");
+        tokio::spawn(cert_dir.watch(
+            resolver.clone(),
+            loaded,
+            std::time::Duration::from_secs(2),
+            stop.clone(),
+        ));
+    } else if config.webhook_only {
+        tls::self_signed(&resolver)?;
+        tracing::info!(
+            "serving a self-signed certificate generated in memory (use curl -k, or --cert-dir)"
+        );
+    }
+
+    if !config.webhook_only {
+        let client = kube_client(&config).await?;
+        if config.cert_dir.is_none() {
+            let bootstrap = certs::Bootstrap {
+                client: client.clone(),
+                namespace: config.namespace.clone(),
+                service: config.service_name.clone(),
+                ca_secret: config.ca_secret_name.clone(),
+                webhook_config: config.webhook_config_name.clone(),
+            };
+            let serving = bootstrap.start(&resolver).await?;
+            tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");
+            tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
+        }
+    }
+
+    let app = server::router(metrics, readiness.clone());
+    let (address, serve) = server::bind(config.listen, app, resolver, readiness, stop)?;
+    tracing::info!(%address, "listening on https://{address} (/mutate, /validate, /healthz, /readyz, /metrics)");
+    serve.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or SIGINT: the one shutdown signal every task watches.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}

@@ -1,3 +1,62 @@
-fn main() {
-    print!("{}", system_upgrade_controller::api::crd_yaml().unwrap());
+use std::process::ExitCode;
+
+use clap::Parser;
+use system_upgrade_controller::config::{Cli, Command};
+use system_upgrade_controller::{api, check, run, shutdown_on_signals, telemetry};
+
+fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (server, kube client).
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("a rustls crypto provider was already installed");
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match api::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(config) => {
+            let outcome = check::run(&config.files);
+            print!("{}", outcome.output);
+            if outcome.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Run(config) => {
+            telemetry::init(config.debug, config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let stop = shutdown_on_signals();
+                run(*config, stop).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "exiting");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,8 @@
 pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, crate::Error> {
     // kubectl's YAML reader follows YAML 1.1, where `defaultMode: 0400` is octal (256).
     let options = serde_saphyr::options! { legacy_octal_numbers: true };
-    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| crate::Error::Yaml(e.to_string()))
+    serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| crate::Error::Yaml(e.to_string()))
 }
 
 #[cfg(test)]
@@ -14,13 +15,22 @@ mod tests {
     #[test]
     fn reads_documents_like_kubectl() {
         let docs = documents("---\na: 0400\nb: yes\n---\n---\nc: [1, x]\n").unwrap();
-        assert_eq!(docs, [serde_json::json!({"a": 256, "b": true}), serde_json::json!({"c": [1, "x"]})]);
+        assert_eq!(
+            docs,
+            [
+                serde_json::json!({"a": 256, "b": true}),
+                serde_json::json!({"c": [1, "x"]})
+            ]
+        );
     }
 
     #[test]
     fn reports_syntax_errors() {
         let error = documents("a: [1, 2\n").unwrap_err().to_string();
         assert!(error.starts_with("YAML: "), "{error}");
-        assert!(documents("a: 1\na: 2\n").is_err(), "duplicate keys are refused, as by kubectl");
+        assert!(
+            documents("a: 1\na: 2\n").is_err(),
+            "duplicate keys are refused, as by kubectl"
+        );
     }
 }

@@ -80,10 +80,19 @@ pub struct BadRequest(pub String);
 
 /// Handles one AdmissionReview body for the given webhook.
 pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
-    let review: AdmissionReview<DynamicObject> =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(
-            |e| BadRequest(format!("the body is not an AdmissionReview: {}: {}", e.path(), e.inner())),
-        )?;
+    let review: AdmissionReview<DynamicObject> = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." | "?" => BadRequest(format!("the body is not an AdmissionReview: {}", e.inner())),
+            _ => BadRequest(format!(
+                "the body is not an AdmissionReview: {path}: {}",
+                e.inner()
+            )),
+        }
+    })?;
     let (api_version, kind) = (review.types.api_version.clone(), review.types.kind.clone());
     if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
         return Err(BadRequest(format!(
@@ -100,10 +109,17 @@ pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
         Operation::Connect => "CONNECT",
     };
     let (response, decision) = respond(webhook, &request);
-    Ok(Answer { review: response.into_review(), operation, decision })
+    Ok(Answer {
+        review: response.into_review(),
+        operation,
+        decision,
+    })
 }
 
-fn respond(webhook: Webhook, request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Decision) {
+fn respond(
+    webhook: Webhook,
+    request: &AdmissionRequest<DynamicObject>,
+) -> (AdmissionResponse, Decision) {
     let allow = AdmissionResponse::from(request);
     let is_plan = request.kind.group == GROUP && request.kind.kind == "Plan";
     let writes = matches!(request.operation, Operation::Create | Operation::Update);
@@ -111,21 +127,36 @@ fn respond(webhook: Webhook, request: &AdmissionRequest<DynamicObject>) -> (Admi
         return (allow, Decision::Allowed);
     }
     let Some(object) = &request.object else {
-        return (deny(allow, "the request carries no object to admit".to_owned()), Decision::Denied);
+        return (
+            deny(allow, "the request carries no object to admit".to_owned()),
+            Decision::Denied,
+        );
     };
     let value = match serde_json::to_value(object) {
         Ok(value) => value,
-        Err(e) => return (deny(allow, format!("the object cannot be read: {e}")), Decision::Denied),
+        Err(e) => {
+            return (
+                deny(allow, format!("the object cannot be read: {e}")),
+                Decision::Denied,
+            );
+        }
     };
     // An update that leaves the spec alone (labels, annotations, finalizers, deletion) is always
     // allowed, so a Plan stored while the webhook was down can still be edited and deleted.
     let spec_unchanged = request.operation == Operation::Update
-        && request.old_object.as_ref().and_then(|old| old.data.get("spec")) == value.get("spec");
+        && request
+            .old_object
+            .as_ref()
+            .and_then(|old| old.data.get("spec"))
+            == value.get("spec");
 
     if !spec_unchanged {
         let report = validation::validate_value(&value);
         if !report.is_valid() {
-            return (deny(allow, denial_message(&value, &report)), Decision::Denied);
+            return (
+                deny(allow, denial_message(&value, &report)),
+                Decision::Denied,
+            );
         }
         if webhook == Webhook::Validate && !report.warnings.is_empty() {
             let mut response = allow;
@@ -136,7 +167,10 @@ fn respond(webhook: Webhook, request: &AdmissionRequest<DynamicObject>) -> (Admi
     match (webhook, defaults(&value)) {
         (Webhook::Mutate, Some(patch)) => match allow.clone().with_patch(patch) {
             Ok(response) => (response, Decision::Patched),
-            Err(e) => (deny(allow, format!("the defaults cannot be applied: {e}")), Decision::Denied),
+            Err(e) => (
+                deny(allow, format!("the defaults cannot be applied: {e}")),
+                Decision::Denied,
+            ),
         },
         _ => (allow, Decision::Allowed),
     }
@@ -147,7 +181,9 @@ fn respond(webhook: Webhook, request: &AdmissionRequest<DynamicObject>) -> (Admi
 pub fn defaults(plan: &serde_json::Value) -> Option<Patch> {
     let spec = plan.get("spec")?.as_object()?;
     // The Go controller treats a missing concurrency as 0 and silently upgrades nothing.
-    let concurrency_missing = spec.get("concurrency").is_none_or(serde_json::Value::is_null);
+    let concurrency_missing = spec
+        .get("concurrency")
+        .is_none_or(serde_json::Value::is_null);
     concurrency_missing.then(|| {
         Patch(vec![PatchOperation::Add(AddOperation {
             path: PointerBuf::from_tokens(["spec", "concurrency"]),
@@ -157,11 +193,18 @@ pub fn defaults(plan: &serde_json::Value) -> Option<Patch> {
 }
 
 fn denial_message(plan: &serde_json::Value, report: &validation::Report) -> String {
-    let name = plan.pointer("/metadata/name").and_then(serde_json::Value::as_str).unwrap_or("");
+    let name = plan
+        .pointer("/metadata/name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
     let problems: Vec<&str> = report.problems.iter().map(|p| p.message.as_str()).collect();
     match problems.as_slice() {
         [one] => format!("Plan {name:?} is invalid: {one}"),
-        many => format!("Plan {name:?} is invalid ({} problems):\n- {}", many.len(), many.join("\n- ")),
+        many => format!(
+            "Plan {name:?} is invalid ({} problems):\n- {}",
+            many.len(),
+            many.join("\n- ")
+        ),
     }
 }
 

@@ -20,7 +20,14 @@ fn review(operation: &str, object: Option<Value>, old: Option<Value>) -> Vec<u8>
     review_of("upgrade.cattle.io", "Plan", operation, object, old, false)
 }
 
-fn review_of(group: &str, kind: &str, operation: &str, object: Option<Value>, old: Option<Value>, dry_run: bool) -> Vec<u8> {
+fn review_of(
+    group: &str,
+    kind: &str,
+    operation: &str,
+    object: Option<Value>,
+    old: Option<Value>,
+    dry_run: bool,
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -53,14 +60,17 @@ fn answer(webhook: Webhook, body: &[u8]) -> (Value, Decision) {
 fn patch_of(response: &Value) -> Option<Value> {
     use base64::Engine as _;
     let encoded = response.get("patch")?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
     Some(serde_json::from_slice(&bytes).unwrap())
 }
 
 #[test]
 fn valid_plan_is_allowed_by_both() {
     for webhook in [Webhook::Mutate, Webhook::Validate] {
-        let (response, decision) = answer(webhook, &review("CREATE", Some(plan(valid_spec())), None));
+        let (response, decision) =
+            answer(webhook, &review("CREATE", Some(plan(valid_spec())), None));
         assert_eq!(response["allowed"], true);
         assert_eq!(decision, Decision::Allowed);
         assert!(response.get("patch").is_none());
@@ -73,19 +83,32 @@ fn missing_concurrency_defaults_to_one_and_the_patch_is_idempotent() {
     let mut spec = valid_spec();
     spec.as_object_mut().unwrap().remove("concurrency");
     let object = plan(spec);
-    let (response, decision) = answer(Webhook::Mutate, &review("CREATE", Some(object.clone()), None));
+    let (response, decision) = answer(
+        Webhook::Mutate,
+        &review("CREATE", Some(object.clone()), None),
+    );
     assert_eq!(decision, Decision::Patched);
     assert_eq!(response["allowed"], true);
     assert_eq!(response["patchType"], "JSONPatch");
     let patch = patch_of(&response).unwrap();
-    assert_eq!(patch, json!([{"op": "add", "path": "/spec/concurrency", "value": 1}]));
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/spec/concurrency", "value": 1}])
+    );
 
     let mut patched = object;
-    json_patch::patch(&mut patched, &serde_json::from_value::<json_patch::Patch>(patch).unwrap()).unwrap();
+    json_patch::patch(
+        &mut patched,
+        &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
+    )
+    .unwrap();
     assert_eq!(patched["spec"]["concurrency"], 1);
     let (again, decision) = answer(Webhook::Mutate, &review("CREATE", Some(patched), None));
     assert_eq!(decision, Decision::Allowed);
-    assert!(again.get("patch").is_none(), "a second pass yields no patch");
+    assert!(
+        again.get("patch").is_none(),
+        "a second pass yields no patch"
+    );
 }
 
 #[test]
@@ -111,15 +134,25 @@ fn invalid_plan_is_denied_with_every_problem() {
     spec["concurrency"] = json!(0);
     spec["version"] = json!("v1.20");
     for webhook in [Webhook::Mutate, Webhook::Validate] {
-        let (response, decision) = answer(webhook, &review("CREATE", Some(plan(spec.clone())), None));
+        let (response, decision) =
+            answer(webhook, &review("CREATE", Some(plan(spec.clone())), None));
         assert_eq!(decision, Decision::Denied);
         assert_eq!(response["allowed"], false);
         assert_eq!(response["status"]["code"], 422);
         assert_eq!(response["status"]["reason"], "Invalid");
         let message = response["status"]["message"].as_str().unwrap();
-        assert!(message.starts_with("Plan \"k3s-server\" is invalid (2 problems):\n- "), "{message}");
-        assert!(message.contains("\n- spec.concurrency: must be at least 1, got 0"), "{message}");
-        assert!(message.contains("\n- spec.version: \"v1.20\" is not SemVer"), "{message}");
+        assert!(
+            message.starts_with("Plan \"k3s-server\" is invalid (2 problems):\n- "),
+            "{message}"
+        );
+        assert!(
+            message.contains("\n- spec.concurrency: must be at least 1, got 0"),
+            "{message}"
+        );
+        assert!(
+            message.contains("\n- spec.version: \"v1.20\" is not SemVer"),
+            "{message}"
+        );
     }
 }
 
@@ -141,18 +174,31 @@ fn ill_typed_plans_are_denied_naming_the_field() {
     spec["concurrency"] = json!("three");
     let (response, decision) = answer(Webhook::Mutate, &review("CREATE", Some(plan(spec)), None));
     assert_eq!(decision, Decision::Denied);
-    assert!(response["status"]["message"].as_str().unwrap().contains("spec.concurrency: invalid type: string \"three\""));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.concurrency: invalid type: string \"three\"")
+    );
 }
 
 #[test]
 fn warnings_come_from_the_validating_webhook_only() {
     let mut spec = valid_spec();
     spec["drain"] = json!({"force": true});
-    let (response, _) = answer(Webhook::Validate, &review("CREATE", Some(plan(spec.clone())), None));
+    let (response, _) = answer(
+        Webhook::Validate,
+        &review("CREATE", Some(plan(spec.clone())), None),
+    );
     assert_eq!(response["allowed"], true);
     let warnings = response["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].as_str().unwrap().starts_with("spec.drain.force:"));
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.drain.force:")
+    );
     let (response, _) = answer(Webhook::Mutate, &review("CREATE", Some(plan(spec)), None));
     assert!(response.get("warnings").is_none());
 }
@@ -162,7 +208,10 @@ fn updates_are_validated() {
     let old = plan(valid_spec());
     let mut spec = valid_spec();
     spec["concurrency"] = json!(-1);
-    let (response, _) = answer(Webhook::Validate, &review("UPDATE", Some(plan(spec)), Some(old)));
+    let (response, _) = answer(
+        Webhook::Validate,
+        &review("UPDATE", Some(plan(spec)), Some(old)),
+    );
     assert_eq!(response["allowed"], false);
 }
 
@@ -174,7 +223,10 @@ fn updates_that_keep_an_invalid_spec_are_allowed() {
     let mut new = plan(spec);
     new["metadata"]["labels"] = json!({"team": "a"});
     for webhook in [Webhook::Mutate, Webhook::Validate] {
-        let (response, _) = answer(webhook, &review("UPDATE", Some(new.clone()), Some(old.clone())));
+        let (response, _) = answer(
+            webhook,
+            &review("UPDATE", Some(new.clone()), Some(old.clone())),
+        );
         assert_eq!(response["allowed"], true, "{webhook:?}");
     }
 }
@@ -184,11 +236,23 @@ fn deletes_and_other_kinds_are_allowed_untouched() {
     let mut invalid = valid_spec();
     invalid["concurrency"] = json!(0);
     for webhook in [Webhook::Mutate, Webhook::Validate] {
-        let (response, decision) = answer(webhook, &review("DELETE", None, Some(plan(invalid.clone()))));
-        assert_eq!((response["allowed"].clone(), decision), (json!(true), Decision::Allowed));
+        let (response, decision) = answer(
+            webhook,
+            &review("DELETE", None, Some(plan(invalid.clone()))),
+        );
+        assert_eq!(
+            (response["allowed"].clone(), decision),
+            (json!(true), Decision::Allowed)
+        );
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}});
-        let (response, decision) = answer(webhook, &review_of("", "Pod", "CREATE", Some(pod), None, false));
-        assert_eq!((response["allowed"].clone(), decision), (json!(true), Decision::Allowed));
+        let (response, decision) = answer(
+            webhook,
+            &review_of("", "Pod", "CREATE", Some(pod), None, false),
+        );
+        assert_eq!(
+            (response["allowed"].clone(), decision),
+            (json!(true), Decision::Allowed)
+        );
         assert!(response.get("patch").is_none());
     }
 }
@@ -197,7 +261,14 @@ fn deletes_and_other_kinds_are_allowed_untouched() {
 fn dry_run_gets_the_same_answer() {
     let mut spec = valid_spec();
     spec.as_object_mut().unwrap().remove("concurrency");
-    let body = review_of("upgrade.cattle.io", "Plan", "CREATE", Some(plan(spec.clone())), None, true);
+    let body = review_of(
+        "upgrade.cattle.io",
+        "Plan",
+        "CREATE",
+        Some(plan(spec.clone())),
+        None,
+        true,
+    );
     let (response, decision) = answer(Webhook::Mutate, &body);
     assert_eq!(decision, Decision::Patched);
     assert!(patch_of(&response).is_some());
@@ -205,7 +276,11 @@ fn dry_run_gets_the_same_answer() {
 
 #[test]
 fn operation_is_reported() {
-    let answer = handle(Webhook::Validate, &review("UPDATE", Some(plan(valid_spec())), Some(plan(valid_spec())))).unwrap();
+    let answer = handle(
+        Webhook::Validate,
+        &review("UPDATE", Some(plan(valid_spec())), Some(plan(valid_spec()))),
+    )
+    .unwrap();
     assert_eq!(answer.operation, "UPDATE");
 }
 
@@ -214,12 +289,25 @@ fn malformed_bodies_are_bad_requests_with_a_reason() {
     let cases: [(&[u8], &str); 5] = [
         (b"", "the body is not an AdmissionReview"),
         (b"{not json", "the body is not an AdmissionReview"),
-        (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#, "expected apiVersion admission.k8s.io/v1"),
-        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "the AdmissionReview has no request"),
-        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":7}}"#, "request.uid"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#,
+            "expected apiVersion admission.k8s.io/v1",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+            "the AdmissionReview has no request",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":7}}"#,
+            "request.uid",
+        ),
     ];
     for (body, want) in cases {
         let error = handle(Webhook::Mutate, body).unwrap_err();
-        assert!(error.0.contains(want), "{:?}: {error}", String::from_utf8_lossy(body));
+        assert!(
+            error.0.contains(want),
+            "{:?}: {error}",
+            String::from_utf8_lossy(body)
+        );
     }
 }

@@ -28,7 +28,11 @@ pub const LATEST_HASH_VAR: &str = "$(LATEST_HASH)";
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = Plan::crd();
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             let mut value = serde_json::to_value(&*schema).unwrap_or_default();
             tidy_schema(&mut value);
             if let Ok(stripped) = serde_json::from_value(value) {
@@ -56,7 +60,13 @@ fn tidy_schema(value: &mut serde_json::Value) {
 /// Joins the lines of each paragraph (doc comments wrap at 100 columns; a description should not).
 fn reflow(text: &str) -> String {
     text.split("\n\n")
-        .map(|paragraph| paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n\n")
 }

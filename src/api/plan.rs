@@ -12,6 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The desired upgrade: what to run, on which nodes, how many at a time.
+// The derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "upgrade.cattle.io",
@@ -307,8 +309,33 @@ pub struct Day(pub String);
 
 /// Every spelling of a day the CRD accepts, in the Go controller's order.
 pub const DAY_NAMES: [&str; 28] = [
-    "0", "su", "sun", "sunday", "1", "mo", "mon", "monday", "2", "tu", "tue", "tuesday", "3", "we",
-    "wed", "wednesday", "4", "th", "thu", "thursday", "5", "fr", "fri", "friday", "6", "sa", "sat",
+    "0",
+    "su",
+    "sun",
+    "sunday",
+    "1",
+    "mo",
+    "mon",
+    "monday",
+    "2",
+    "tu",
+    "tue",
+    "tuesday",
+    "3",
+    "we",
+    "wed",
+    "wednesday",
+    "4",
+    "th",
+    "thu",
+    "thursday",
+    "5",
+    "fr",
+    "fri",
+    "friday",
+    "6",
+    "sa",
+    "sat",
     "saturday",
 ];
 

@@ -52,7 +52,12 @@ pub fn parse(text: &str) -> Result<i64, DurationError> {
         let (fraction, scale, after_number, had_fraction) = match after_int.strip_prefix('.') {
             Some(after_dot) => {
                 let (fraction, scale, remaining) = leading_fraction(after_dot);
-                (fraction, scale, remaining, remaining.len() != after_dot.len())
+                (
+                    fraction,
+                    scale,
+                    remaining,
+                    remaining.len() != after_dot.len(),
+                )
             }
             None => (0, 1.0, after_int, false),
         };
@@ -83,7 +88,10 @@ pub fn parse(text: &str) -> Result<i64, DurationError> {
                 return Err(DurationError::Overflow);
             }
         }
-        total = total.checked_add(value).filter(|t| *t <= LIMIT).ok_or(DurationError::Overflow)?;
+        total = total
+            .checked_add(value)
+            .filter(|t| *t <= LIMIT)
+            .ok_or(DurationError::Overflow)?;
         rest = next;
     }
     if negative {
@@ -208,7 +216,10 @@ mod tests {
             ("3h30m", (3 * 3600 + 30 * 60) * S),
             ("10.5s4m", 4 * 60 * S + 10 * S + S / 2),
             ("-2m3.4s", -(2 * 60 * S + 3 * S + 400_000_000)),
-            ("1h2m3s4ms5us6ns", 3600 * S + 120 * S + 3 * S + 4_000_000 + 5_000 + 6),
+            (
+                "1h2m3s4ms5us6ns",
+                3600 * S + 120 * S + 3 * S + 4_000_000 + 5_000 + 6,
+            ),
             ("39h9m14.425s", (39 * 3600 + 9 * 60 + 14) * S + 425_000_000),
             ("52763797000ns", 52_763_797_000),
             ("0.3333333333333333333h", 1_200_000_000_000),
@@ -227,9 +238,29 @@ mod tests {
     #[test]
     fn rejects_what_go_rejects() {
         for text in [
-            "", "3", "-", "s", ".", "-.", ".s", "+.s", "1d", "5 s", " 5s", "5s ", "1h 30m", "5sec",
-            "5S", "1e3s", "\u{85}\u{85}", "9223372036854775808ns", "9223372036854775.808us",
-            "9223372036854ms775us808ns", "-9223372036854775809ns", "1..5s", "5m-3s",
+            "",
+            "3",
+            "-",
+            "s",
+            ".",
+            "-.",
+            ".s",
+            "+.s",
+            "1d",
+            "5 s",
+            " 5s",
+            "5s ",
+            "1h 30m",
+            "5sec",
+            "5S",
+            "1e3s",
+            "\u{85}\u{85}",
+            "9223372036854775808ns",
+            "9223372036854775.808us",
+            "9223372036854ms775us808ns",
+            "-9223372036854775809ns",
+            "1..5s",
+            "5m-3s",
         ] {
             assert!(parse(text).is_err(), "{text:?} should be rejected");
         }
@@ -273,7 +304,17 @@ mod tests {
 
     #[test]
     fn format_then_parse_round_trips() {
-        for nanos in [1, 999, 1_000, 1_500_000, S, 61 * S, 3601 * S + 5, i64::MAX, -7 * S] {
+        for nanos in [
+            1,
+            999,
+            1_000,
+            1_500_000,
+            S,
+            61 * S,
+            3601 * S + 5,
+            i64::MAX,
+            -7 * S,
+        ] {
             assert_eq!(parse(&format(nanos)), Ok(nanos), "{nanos}");
         }
     }

@@ -81,7 +81,12 @@ impl ImageRef {
                 return Err(ImageError::PathComponent(component.to_owned()));
             }
         }
-        Ok(Self { domain, path: path.to_owned(), tag, digest })
+        Ok(Self {
+            domain,
+            path: path.to_owned(),
+            tag,
+            digest,
+        })
     }
 
     /// The name without tag or digest, as written (no `docker.io/library/` added).
@@ -186,7 +191,9 @@ pub fn is_tag(tag: &str) -> bool {
 }
 
 fn is_digest(digest: &str) -> bool {
-    let hex = |h: &str, len: usize| h.len() == len && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = |h: &str, len: usize| {
+        h.len() == len && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     match digest.split_once(':') {
         Some(("sha256", h)) => hex(h, 64),
         Some(("sha512", h)) => hex(h, 128),
@@ -209,29 +216,60 @@ mod tests {
     fn accepts_valid_references() {
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(parts("ubuntu"), (None, "ubuntu".into(), None, None));
-        assert_eq!(parts("rancher/k3s-upgrade"), (None, "rancher/k3s-upgrade".into(), None, None));
-        assert_eq!(parts("alpine:3.18"), (None, "alpine".into(), some("3.18"), None));
+        assert_eq!(
+            parts("rancher/k3s-upgrade"),
+            (None, "rancher/k3s-upgrade".into(), None, None)
+        );
+        assert_eq!(
+            parts("alpine:3.18"),
+            (None, "alpine".into(), some("3.18"), None)
+        );
         assert_eq!(
             parts("registry:5000/a/b"),
             (some("registry:5000"), "a/b".into(), None, None)
         );
         assert_eq!(
             parts("img.example.com:5000/test/image:x"),
-            (some("img.example.com:5000"), "test/image".into(), some("x"), None)
+            (
+                some("img.example.com:5000"),
+                "test/image".into(),
+                some("x"),
+                None
+            )
         );
-        assert_eq!(parts("localhost/x"), (some("localhost"), "x".into(), None, None));
+        assert_eq!(
+            parts("localhost/x"),
+            (some("localhost"), "x".into(), None, None)
+        );
         assert_eq!(
             parts(&format!("alpine@{SHA}")),
             (None, "alpine".into(), None, some(SHA))
         );
         assert_eq!(
             parts(&format!("docker.io/library/alpine:3@{SHA}")),
-            (some("docker.io"), "library/alpine".into(), some("3"), some(SHA))
+            (
+                some("docker.io"),
+                "library/alpine".into(),
+                some("3"),
+                some(SHA)
+            )
         );
-        assert_eq!(parts("[::1]:5000/a"), (some("[::1]:5000"), "a".into(), None, None));
-        assert_eq!(parts("a__b/c.d/e-f/g---h_i"), (None, "a__b/c.d/e-f/g---h_i".into(), None, None));
-        assert_eq!(parts("Registry.Example.com/a"), (some("Registry.Example.com"), "a".into(), None, None));
-        assert_eq!(parts("x:v1.30.4-k3s1"), (None, "x".into(), some("v1.30.4-k3s1"), None));
+        assert_eq!(
+            parts("[::1]:5000/a"),
+            (some("[::1]:5000"), "a".into(), None, None)
+        );
+        assert_eq!(
+            parts("a__b/c.d/e-f/g---h_i"),
+            (None, "a__b/c.d/e-f/g---h_i".into(), None, None)
+        );
+        assert_eq!(
+            parts("Registry.Example.com/a"),
+            (some("Registry.Example.com"), "a".into(), None, None)
+        );
+        assert_eq!(
+            parts("x:v1.30.4-k3s1"),
+            (None, "x".into(), some("v1.30.4-k3s1"), None)
+        );
         assert_eq!(parts("x:_under"), (None, "x".into(), some("_under"), None));
     }
 
@@ -254,28 +292,47 @@ mod tests {
             ("x@sha256:abc", ImageError::Digest("sha256:abc".into())),
             ("x@md5:0123", ImageError::Digest("md5:0123".into())),
             ("reg_istry.io/x", ImageError::Domain("reg_istry.io".into())),
-            ("registry:port/x", ImageError::Domain("registry:port".into())),
+            (
+                "registry:port/x",
+                ImageError::Domain("registry:port".into()),
+            ),
             ("-registry.io/x", ImageError::Domain("-registry.io".into())),
             ("[zz]:5000/x", ImageError::Domain("[zz]:5000".into())),
         ];
         for (text, want) in cases {
             assert_eq!(ImageRef::parse(text).as_ref(), Err(want), "{text:?}");
         }
-        assert_eq!(ImageRef::parse(&format!("x:{}", "a".repeat(129))), Err(ImageError::Tag("a".repeat(129))));
+        assert_eq!(
+            ImageRef::parse(&format!("x:{}", "a".repeat(129))),
+            Err(ImageError::Tag("a".repeat(129)))
+        );
         assert!(ImageRef::parse(&format!("x:{}", "a".repeat(128))).is_ok());
-        assert_eq!(ImageRef::parse(&"a".repeat(256)), Err(ImageError::NameTooLong));
+        assert_eq!(
+            ImageRef::parse(&"a".repeat(256)),
+            Err(ImageError::NameTooLong)
+        );
     }
 
     #[test]
     fn displays_as_written() {
         for text in ["ubuntu", "registry:5000/a/b:v1", &format!("alpine:3@{SHA}")] {
-            assert_eq!(ImageRef::parse(text).map(|r| r.to_string()).as_deref(), Ok(text));
+            assert_eq!(
+                ImageRef::parse(text).map(|r| r.to_string()).as_deref(),
+                Ok(text)
+            );
         }
     }
 
     #[test]
     fn tags() {
-        for ok in ["v1", "latest", "v1.30.4-k3s1", "_x", "A.b-C_d", &"t".repeat(128)] {
+        for ok in [
+            "v1",
+            "latest",
+            "v1.30.4-k3s1",
+            "_x",
+            "A.b-C_d",
+            &"t".repeat(128),
+        ] {
             assert!(is_tag(ok), "{ok}");
         }
         for bad in ["", ".x", "-x", "v1+k3s1", "a b", "ä", &"t".repeat(129)] {

@@ -29,7 +29,10 @@ pub fn dns_subdomain(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > 253 {
-        return Err(format!("must be at most 253 characters, not {}", name.len()));
+        return Err(format!(
+            "must be at most 253 characters, not {}",
+            name.len()
+        ));
     }
     if name.split('.').any(|label| dns_label(label).is_err()) {
         return Err("must consist of lowercase letters, digits, '-' and '.', starting and ending with a letter or digit".into());
@@ -47,7 +50,9 @@ fn label_name(name: &str) -> Result<(), String> {
         return Err(format!("must be at most 63 characters, not {}", name.len()));
     }
     let alnum = |c: char| c.is_ascii_alphanumeric();
-    if !name.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+    if !name
+        .chars()
+        .all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
         || !name.starts_with(alnum)
         || !name.ends_with(alnum)
     {
@@ -107,12 +112,21 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a.b", "a_b", "ä", &"a".repeat(64)] {
             assert!(dns_label(bad).is_err(), "{bad}");
         }
-        assert_eq!(dns_label(&"a".repeat(64)), Err("must be at most 63 characters, not 64".into()));
+        assert_eq!(
+            dns_label(&"a".repeat(64)),
+            Err("must be at most 63 characters, not 64".into())
+        );
     }
 
     #[test]
     fn dns_subdomains() {
-        for ok in ["a", "a.b", "my-secret", "a.b-c.d", &format!("{}.{}", "a".repeat(63), "b".repeat(63))] {
+        for ok in [
+            "a",
+            "a.b",
+            "my-secret",
+            "a.b-c.d",
+            &format!("{}.{}", "a".repeat(63), "b".repeat(63)),
+        ] {
             assert_eq!(dns_subdomain(ok), Ok(()), "{ok}");
         }
         for bad in ["", ".a", "a.", "a..b", "A", "a_b", "a/b", &"a".repeat(254)] {
@@ -130,13 +144,35 @@ mod tests {
             "node-role.kubernetes.io/control-plane",
             "A_b.C-d",
             &"a".repeat(63),
-            &format!("{}.{}.{}.{}/{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61), "n".repeat(63)),
+            &format!(
+                "{}.{}.{}.{}/{}",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(61),
+                "n".repeat(63)
+            ),
         ] {
             assert_eq!(label_key(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "/a", "a/", "a/b/c", "-a", "a-", "a b", "Example.com/a", "ex_ample.com/a",
-            &"a".repeat(64), &format!("{}.{}.{}.{}/a", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62)),
+            "",
+            "/a",
+            "a/",
+            "a/b/c",
+            "-a",
+            "a-",
+            "a b",
+            "Example.com/a",
+            "ex_ample.com/a",
+            &"a".repeat(64),
+            &format!(
+                "{}.{}.{}.{}/a",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(62)
+            ),
         ] {
             assert!(label_key(bad).is_err(), "{bad}");
         }

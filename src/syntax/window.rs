@@ -29,7 +29,9 @@ pub enum WindowError {
     Day(usize, String),
     #[error("{0}: {1:?} is not a time of day (use {TIME_FORMATS})")]
     Time(&'static str, String),
-    #[error("timeZone: {0:?} is not a known IANA time zone (e.g. UTC, Europe/Berlin, America/New_York)")]
+    #[error(
+        "timeZone: {0:?} is not a known IANA time zone (e.g. UTC, Europe/Berlin, America/New_York)"
+    )]
     Zone(String),
 }
 
@@ -56,9 +58,12 @@ impl TimeWindow {
         let end = parse_time(end).ok_or_else(|| WindowError::Time("endTime", end.into()));
         let zone = parse_zone(zone).ok_or_else(|| WindowError::Zone(zone.into()));
         match (start, end, zone) {
-            (Ok(start), Ok(end), Ok(zone)) if errors.is_empty() => {
-                Ok(Self { days: set, start, end, zone })
-            }
+            (Ok(start), Ok(end), Ok(zone)) if errors.is_empty() => Ok(Self {
+                days: set,
+                start,
+                end,
+                zone,
+            }),
             (start, end, zone) => {
                 errors.extend([start.err(), end.err(), zone.err()].into_iter().flatten());
                 Err(errors)
@@ -75,8 +80,20 @@ impl TimeWindow {
             return false;
         }
         let date = local.date();
-        let at = |time: Time| date.to_datetime(time).to_zoned(self.zone.clone()).map(|z| z.timestamp());
-        let (Ok(mut start), Ok(mut end)) = (at(self.start), at(self.end.with().subsec_nanosecond(999_999_999).build().unwrap_or(self.end))) else {
+        let at = |time: Time| {
+            date.to_datetime(time)
+                .to_zoned(self.zone.clone())
+                .map(|z| z.timestamp())
+        };
+        let (Ok(mut start), Ok(mut end)) = (
+            at(self.start),
+            at(self
+                .end
+                .with()
+                .subsec_nanosecond(999_999_999)
+                .build()
+                .unwrap_or(self.end)),
+        ) else {
             return false;
         };
         if self.start > self.end {
@@ -127,7 +144,13 @@ pub fn parse_zone(name: &str) -> Option<TimeZone> {
 pub fn parse_time(text: &str) -> Option<Time> {
     const LAYOUTS: [&[Part]; 6] = [
         &[Part::Hour24, Part::Colon, Part::Minute],
-        &[Part::Hour24, Part::Colon, Part::Minute, Part::Colon, Part::Second],
+        &[
+            Part::Hour24,
+            Part::Colon,
+            Part::Minute,
+            Part::Colon,
+            Part::Second,
+        ],
         &[Part::Hour12Fixed, Part::Colon, Part::Minute, Part::AmPm],
         &[Part::Hour24],
         &[Part::Hour12Fixed, Part::AmPm],
@@ -188,7 +211,12 @@ fn parse_layout(text: &str, layout: &[Part]) -> Option<Time> {
 /// One or two leading digits (exactly two when `fixed`), at most `max`.
 fn number(text: &str, fixed: bool, max: i8) -> Option<(i8, &str)> {
     let bytes = text.as_bytes();
-    let digit = |i: usize| bytes.get(i).filter(|b| b.is_ascii_digit()).map(|b| (b - b'0') as i8);
+    let digit = |i: usize| {
+        bytes
+            .get(i)
+            .filter(|b| b.is_ascii_digit())
+            .map(|b| (b - b'0') as i8)
+    };
     let first = digit(0)?;
     let (value, len) = match digit(1) {
         Some(second) => (first * 10 + second, 2),
@@ -238,9 +266,28 @@ mod tests {
     #[test]
     fn rejects_what_go_rejects() {
         for text in [
-            "", "25:00", "24:00", "23:60", "23:59:60", "9:5", "09:5", "3:04pm", "3PM", "3 pm",
-            "13pm", "13:00pm", "123", "10:00:00 ", " 10:00", "noon", "10h", "3:00", "-1", "1:2:3",
-            "10:00:00.", "10.30",
+            "",
+            "25:00",
+            "24:00",
+            "23:60",
+            "23:59:60",
+            "9:5",
+            "09:5",
+            "3:04pm",
+            "3PM",
+            "3 pm",
+            "13pm",
+            "13:00pm",
+            "123",
+            "10:00:00 ",
+            " 10:00",
+            "noon",
+            "10h",
+            "3:00",
+            "-1",
+            "1:2:3",
+            "10:00:00.",
+            "10.30",
         ] {
             if text == "3:00" {
                 assert_eq!(parse_time(text), t(3, 0, 0), "3:00 is valid 15:04");
@@ -287,8 +334,9 @@ mod tests {
 
     #[test]
     fn reports_every_error() {
-        let errors = TimeWindow::parse(&["never".into(), "mo".into()], "25:00", "3 pm", "Mars/Base")
-            .unwrap_err();
+        let errors =
+            TimeWindow::parse(&["never".into(), "mo".into()], "25:00", "3 pm", "Mars/Base")
+                .unwrap_err();
         assert_eq!(
             errors,
             vec![
@@ -298,7 +346,10 @@ mod tests {
                 WindowError::Zone("Mars/Base".into()),
             ]
         );
-        assert_eq!(TimeWindow::parse(&[], "1", "2", "").unwrap_err(), vec![WindowError::NoDays]);
+        assert_eq!(
+            TimeWindow::parse(&[], "1", "2", "").unwrap_err(),
+            vec![WindowError::NoDays]
+        );
         assert_eq!(
             errors[1].to_string(),
             "startTime: \"25:00\" is not a time of day (use 15:04, 15:04:05, 3pm, 03pm or 03:04pm)"
@@ -335,7 +386,12 @@ mod tests {
 
     #[test]
     fn all_week() {
-        let w = window(&["su", "mo", "tu", "we", "th", "fr", "sa"], "00:00:00", "23:59:59", "UTC");
+        let w = window(
+            &["su", "mo", "tu", "we", "th", "fr", "sa"],
+            "00:00:00",
+            "23:59:59",
+            "UTC",
+        );
         for hour in 0..24 {
             assert!(w.contains(at(&format!("2026-11-26T{hour:02}:30:00Z"))));
         }

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DrainSpec, IntOrDuration, LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX,
-    Plan, PlanSpec, SecretSpec, TimeWindowSpec,
+    ContainerSpec, DrainSpec, IntOrDuration, LATEST_HASH_VAR, LATEST_VERSION_VAR,
+    PLAN_LABEL_PREFIX, Plan, PlanSpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -29,12 +29,18 @@ impl Problem {
     /// A problem written as `<field>: <detail>`.
     fn new(field: impl Into<String>, detail: impl fmt::Display) -> Self {
         let field = field.into();
-        Self { message: format!("{field}: {detail}"), field }
+        Self {
+            message: format!("{field}: {detail}"),
+            field,
+        }
     }
 
     /// A problem whose message is written out in full (it must still start with the field).
     fn text(field: impl Into<String>, message: String) -> Self {
-        Self { field: field.into(), message }
+        Self {
+            field: field.into(),
+            message,
+        }
     }
 }
 
@@ -58,7 +64,11 @@ impl Report {
 
     /// All problems in one message, separated by `; `.
     pub fn message(&self) -> String {
-        self.problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ")
+        self.problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn problem(&mut self, field: impl Into<String>, detail: impl fmt::Display) {
@@ -80,7 +90,9 @@ pub fn validate_value(value: &serde_json::Value) -> Report {
             let inner = error.into_inner().to_string();
             let mut report = Report::default();
             // serde names a missing field in the message; name it in the path instead.
-            let missing = inner.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+            let missing = inner
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'));
             match (path.as_str(), missing) {
                 (".", Some(field)) => report.problem(field, "is required"),
                 (".", None) => report.problem("object", inner),
@@ -164,7 +176,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     {
         report.problem(
             "spec.jobActiveDeadlineSecs",
-            format!("must not be negative, got {secs}; use 0 for no deadline or a number of seconds"),
+            format!(
+                "must not be negative, got {secs}; use 0 for no deadline or a number of seconds"
+            ),
         );
     }
     match &spec.node_selector {
@@ -207,8 +221,18 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     if let Some(labels) = &spec.post_complete_labels {
         check_post_complete_labels(labels, spec, report);
     }
-    check_object_name("spec.serviceAccountName", spec.service_account_name.as_deref(), "service account", report);
-    check_object_name("spec.priorityClassName", spec.priority_class_name.as_deref(), "priority class", report);
+    check_object_name(
+        "spec.serviceAccountName",
+        spec.service_account_name.as_deref(),
+        "service account",
+        report,
+    );
+    check_object_name(
+        "spec.priorityClassName",
+        spec.priority_class_name.as_deref(),
+        "priority class",
+        report,
+    );
     for (i, secret) in spec.image_pull_secrets.iter().flatten().enumerate() {
         check_object_name(
             &format!("spec.imagePullSecrets[{i}].name"),
@@ -224,7 +248,10 @@ fn check_object_name(field: &str, name: Option<&str>, kind: &str, report: &mut R
     if let Some(name) = name.filter(|n| !n.is_empty())
         && let Err(reason) = k8s::dns_subdomain(name)
     {
-        report.problem(field, format!("{name:?} is not a valid {kind} name: it {reason}"));
+        report.problem(
+            field,
+            format!("{name:?} is not a valid {kind} name: it {reason}"),
+        );
     }
 }
 
@@ -252,8 +279,13 @@ fn check_container(path: &str, container: &ContainerSpec, report: &mut Report) {
     for (i, volume) in container.volumes.iter().flatten().enumerate() {
         let field = format!("{path}.volumes[{i}]");
         if let Err(reason) = k8s::dns_label(&volume.name) {
-            report.problem(format!("{field}.name"), format!("{:?} is not a valid volume name: it {reason}", volume.name));
-        } else if matches!(volume.name.as_str(), "host-root" | "pod-info") || volume.name.starts_with("secret-") {
+            report.problem(
+                format!("{field}.name"),
+                format!("{:?} is not a valid volume name: it {reason}", volume.name),
+            );
+        } else if matches!(volume.name.as_str(), "host-root" | "pod-info")
+            || volume.name.starts_with("secret-")
+        {
             report.problem(
                 format!("{field}.name"),
                 format!(
@@ -266,13 +298,19 @@ fn check_container(path: &str, container: &ContainerSpec, report: &mut Report) {
         if !volume.source.starts_with('/') {
             report.problem(
                 format!("{field}.source"),
-                format!("{:?} is not an absolute host path (e.g. /var/lib/rancher)", volume.source),
+                format!(
+                    "{:?} is not an absolute host path (e.g. /var/lib/rancher)",
+                    volume.source
+                ),
             );
         }
         if volume.destination.is_empty() || volume.destination.contains(':') {
             report.problem(
                 format!("{field}.destination"),
-                format!("{:?} is not a valid mount path: it must be non-empty and contain no ':'", volume.destination),
+                format!(
+                    "{:?} is not a valid mount path: it must be non-empty and contain no ':'",
+                    volume.destination
+                ),
             );
         }
     }
@@ -282,12 +320,25 @@ fn check_container(path: &str, container: &ContainerSpec, report: &mut Report) {
 /// host path, and no name may repeat within a container.
 fn check_volume_names(spec: &PlanSpec, report: &mut Report) {
     let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
-    for (path, container) in [("spec.upgrade", &spec.upgrade), ("spec.prepare", &spec.prepare)] {
+    for (path, container) in [
+        ("spec.upgrade", &spec.upgrade),
+        ("spec.prepare", &spec.prepare),
+    ] {
         let mut seen = BTreeSet::new();
-        for (i, volume) in container.iter().flat_map(|c| c.volumes.iter().flatten()).enumerate() {
+        for (i, volume) in container
+            .iter()
+            .flat_map(|c| c.volumes.iter().flatten())
+            .enumerate()
+        {
             let field = format!("{path}.volumes[{i}].name");
             if !seen.insert(volume.name.as_str()) {
-                report.problem(field, format!("{:?} is used twice; volume names must be unique", volume.name));
+                report.problem(
+                    field,
+                    format!(
+                        "{:?} is used twice; volume names must be unique",
+                        volume.name
+                    ),
+                );
                 continue;
             }
             match sources.get(volume.name.as_str()) {
@@ -309,7 +360,10 @@ fn check_volume_names(spec: &PlanSpec, report: &mut Report) {
 
 fn check_env(field: &str, env: &EnvVar, report: &mut Report) {
     if let Err(reason) = k8s::env_var_name(&env.name) {
-        report.problem(format!("{field}.name"), format!("{:?} is not a valid variable name: it {reason}", env.name));
+        report.problem(
+            format!("{field}.name"),
+            format!("{:?} is not a valid variable name: it {reason}", env.name),
+        );
     } else if !k8s::is_classic_env_var_name(&env.name) {
         report.warn(format!(
             "{field}.name: {:?} is accepted only by Kubernetes 1.32 and later; older API servers \
@@ -331,18 +385,18 @@ fn check_version_and_channel(spec: &PlanSpec, report: &mut Report) {
             "neither version nor channel is set: set spec.version (e.g. v1.30.4+k3s1) or \
              spec.channel (e.g. https://update.k3s.io/v1-release/channels/stable)",
         ),
-        (Some(_), Some(_)) => report.warn(
-            "spec.channel is ignored because spec.version is set; remove one of them",
-        ),
+        (Some(_), Some(_)) => {
+            report.warn("spec.channel is ignored because spec.version is set; remove one of them")
+        }
         _ => {}
     }
     if let Some(version) = version {
         check_version(version, report);
     }
     if let Some(channel) = channel {
-        let valid = url::Url::parse(channel)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+        let valid = url::Url::parse(channel).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
         if valid.is_none() {
             report.problem(
                 "spec.channel",
@@ -395,7 +449,10 @@ fn check_window(spec: &TimeWindowSpec, report: &mut Report) {
                 window::WindowError::Time(name, _) => format!("spec.window.{name}"),
                 window::WindowError::Zone(_) => "spec.window.timeZone".to_owned(),
             };
-            report.problems.push(Problem::text(field, format!("spec.window is invalid, {error}")));
+            report.problems.push(Problem::text(
+                field,
+                format!("spec.window is invalid, {error}"),
+            ));
         }
     }
 }
@@ -435,7 +492,9 @@ fn check_drain(drain: &DrainSpec, report: &mut Report) {
     {
         report.problem(
             "spec.drain.gracePeriod",
-            format!("must not be negative, got {grace}; omit it to use each pod's own grace period"),
+            format!(
+                "must not be negative, got {grace}; omit it to use each pod's own grace period"
+            ),
         );
     }
     if let Some(skip) = drain.skip_wait_for_delete_timeout
@@ -466,7 +525,10 @@ fn check_drain(drain: &DrainSpec, report: &mut Report) {
 fn check_selector(path: &str, selector: &LabelSelector, report: &mut Report) {
     for (key, value) in selector.match_labels.iter().flatten() {
         if let Err(reason) = k8s::label_key(key) {
-            report.problem(format!("{path}.matchLabels"), format!("key {key:?} is not a valid label key: {reason}"));
+            report.problem(
+                format!("{path}.matchLabels"),
+                format!("key {key:?} is not a valid label key: {reason}"),
+            );
         }
         if let Err(reason) = k8s::label_value(value) {
             report.problem(
@@ -505,7 +567,10 @@ fn check_selector(path: &str, selector: &LabelSelector, report: &mut Report) {
                 if !values.is_empty() {
                     report.problem(
                         format!("{field}.values"),
-                        format!("must be empty for operator {}; remove the values", requirement.operator),
+                        format!(
+                            "must be empty for operator {}; remove the values",
+                            requirement.operator
+                        ),
                     );
                 }
             }
@@ -529,7 +594,10 @@ fn check_secrets(secrets: &[SecretSpec], report: &mut Report) {
         } else if !names.insert(secret.name.as_str()) {
             report.problem(
                 format!("{field}.name"),
-                format!("{:?} is listed twice; each Secret can be mounted once", secret.name),
+                format!(
+                    "{:?} is listed twice; each Secret can be mounted once",
+                    secret.name
+                ),
             );
         }
         if secret.path.is_empty() {
@@ -538,14 +606,19 @@ fn check_secrets(secrets: &[SecretSpec], report: &mut Report) {
                 "is required: an absolute path, or one relative to /run/system-upgrade/secrets",
             );
         } else if secret.path.contains(':') {
-            report.problem(format!("{field}.path"), format!("{:?} must not contain ':'", secret.path));
+            report.problem(
+                format!("{field}.path"),
+                format!("{:?} must not contain ':'", secret.path),
+            );
         }
         if let Some(mode) = secret.default_mode
             && !(0..=0o777).contains(&mode)
         {
             report.problem(
                 format!("{field}.defaultMode"),
-                format!("{mode} is not a file mode; use a value from 0 to 0777 (511), e.g. 0400 (256)"),
+                format!(
+                    "{mode} is not a file mode; use a value from 0 to 0777 (511), e.g. 0400 (256)"
+                ),
             );
         }
     }
@@ -559,7 +632,10 @@ fn check_toleration(field: &str, toleration: &Toleration, report: &mut Report) {
     if !key.is_empty()
         && let Err(reason) = k8s::label_key(key)
     {
-        report.problem(format!("{field}.key"), format!("{key:?} is not a valid taint key: {reason}"));
+        report.problem(
+            format!("{field}.key"),
+            format!("{key:?} is not a valid taint key: {reason}"),
+        );
     }
     match operator {
         "" | "Equal" => {
@@ -570,12 +646,18 @@ fn check_toleration(field: &str, toleration: &Toleration, report: &mut Report) {
                 );
             }
             if let Err(reason) = k8s::label_value(value) {
-                report.problem(format!("{field}.value"), format!("{value:?} is not a valid taint value: it {reason}"));
+                report.problem(
+                    format!("{field}.value"),
+                    format!("{value:?} is not a valid taint value: it {reason}"),
+                );
             }
         }
         "Exists" => {
             if !value.is_empty() {
-                report.problem(format!("{field}.value"), "must be empty when the operator is Exists");
+                report.problem(
+                    format!("{field}.value"),
+                    "must be empty when the operator is Exists",
+                );
             }
         }
         other => report.problem(
@@ -600,18 +682,33 @@ fn check_toleration(field: &str, toleration: &Toleration, report: &mut Report) {
 
 /// Keys must be label keys; values must be label values once `$(LATEST_VERSION)` and
 /// `$(LATEST_HASH)` are expanded (with the Plan's own version when it has one).
-fn check_post_complete_labels(labels: &BTreeMap<String, String>, spec: &PlanSpec, report: &mut Report) {
-    let version = spec.version.as_deref().filter(|v| !v.is_empty()).map(|v| v.replace('+', "-"));
+fn check_post_complete_labels(
+    labels: &BTreeMap<String, String>,
+    spec: &PlanSpec,
+    report: &mut Report,
+) {
+    let version = spec
+        .version
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.replace('+', "-"));
     let sample_hash = "0".repeat(56);
     for (key, value) in labels {
         if let Err(reason) = k8s::label_key(key) {
-            report.problem("spec.postCompleteLabels", format!("key {key:?} is not a valid label key: {reason}"));
+            report.problem(
+                "spec.postCompleteLabels",
+                format!("key {key:?} is not a valid label key: {reason}"),
+            );
         }
         let expanded = value
             .replace(LATEST_VERSION_VAR, version.as_deref().unwrap_or("v1"))
             .replace(LATEST_HASH_VAR, &sample_hash);
         if let Err(reason) = k8s::label_value(&expanded) {
-            let note = if expanded != *value { " once $(LATEST_VERSION) and $(LATEST_HASH) are expanded" } else { "" };
+            let note = if expanded != *value {
+                " once $(LATEST_VERSION) and $(LATEST_HASH) are expanded"
+            } else {
+                ""
+            };
             report.problem(
                 format!("spec.postCompleteLabels.{key}"),
                 format!("{value:?} is not a valid label value{note}: it {reason}"),

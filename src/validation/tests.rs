@@ -9,14 +9,19 @@ struct Case {
 }
 
 fn cases(kind: &str) -> Vec<Case> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans").join(kind);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/plans")
+        .join(kind);
     let mut cases: Vec<Case> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
             let marked = |marker: &str| -> Vec<String> {
-                text.lines().filter_map(|l| l.strip_prefix(marker)).map(str::to_owned).collect()
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(marker))
+                    .map(str::to_owned)
+                    .collect()
             };
             Case {
                 name: path.file_name().unwrap().to_string_lossy().into_owned(),
@@ -83,7 +88,11 @@ fn plan(spec: serde_json::Value) -> serde_json::Value {
 }
 
 fn problems(spec: serde_json::Value) -> Vec<String> {
-    validate_value(&plan(spec)).problems.into_iter().map(|p| p.message).collect()
+    validate_value(&plan(spec))
+        .problems
+        .into_iter()
+        .map(|p| p.message)
+        .collect()
 }
 
 fn minimal() -> serde_json::Value {
@@ -106,13 +115,17 @@ fn minimal_plan_is_valid_without_warnings() {
 fn messages_name_the_field_and_the_fix() {
     assert_eq!(
         problems(with("version", "v1.20".into())),
-        ["spec.version: \"v1.20\" is not SemVer (unexpected end of input while parsing minor \
+        [
+            "spec.version: \"v1.20\" is not SemVer (unexpected end of input while parsing minor \
           version number): expected MAJOR.MINOR.PATCH without leading zeros, optionally with \
-          -prerelease and +build, e.g. v1.30.4+k3s1"]
+          -prerelease and +build, e.g. v1.30.4+k3s1"
+        ]
     );
     assert_eq!(
         problems(with("concurrency", 0.into())),
-        ["spec.concurrency: must be at least 1, got 0; it is the number of nodes upgraded at a time"]
+        [
+            "spec.concurrency: must be at least 1, got 0; it is the number of nodes upgraded at a time"
+        ]
     );
     assert_eq!(validate_value(&plan(minimal())).message(), "");
     let report = validate_value(&plan(with("concurrency", (-1).into())));
@@ -122,12 +135,39 @@ fn messages_name_the_field_and_the_fix() {
 #[test]
 fn versions() {
     for ok in [
-        "v1.30.4+k3s1", "v1.30.4-k3s1", "1.2.3-rc.1", "v0.0.0", "v1.2.3-alpha.1+build.5", "bionic",
-        "microos", "latest", "v", "V1.2", "stable_1",
+        "v1.30.4+k3s1",
+        "v1.30.4-k3s1",
+        "1.2.3-rc.1",
+        "v0.0.0",
+        "v1.2.3-alpha.1+build.5",
+        "bionic",
+        "microos",
+        "latest",
+        "v",
+        "V1.2",
+        "stable_1",
     ] {
-        assert_eq!(problems(with("version", ok.into())), Vec::<String>::new(), "{ok}");
+        assert_eq!(
+            problems(with("version", ok.into())),
+            Vec::<String>::new(),
+            "{ok}"
+        );
     }
-    for bad in ["v1.20", "1_2", "v1.2.3.4", "v1.02.3", "1", "v1", "v1.2.3-01", "v1.2.3+", "1.2.3-", ".v1", "-v1", "v1 2", "ü"] {
+    for bad in [
+        "v1.20",
+        "1_2",
+        "v1.2.3.4",
+        "v1.02.3",
+        "1",
+        "v1",
+        "v1.2.3-01",
+        "v1.2.3+",
+        "1.2.3-",
+        ".v1",
+        "-v1",
+        "v1 2",
+        "ü",
+    ] {
         assert_eq!(problems(with("version", bad.into())).len(), 1, "{bad}");
     }
 }
@@ -136,11 +176,22 @@ fn versions() {
 fn channels() {
     let mut spec = minimal();
     spec.as_object_mut().unwrap().remove("version");
-    for ok in ["https://update.k3s.io/v1-release/channels/stable", "http://10.0.0.1:8080/c", "http://localhost/x"] {
+    for ok in [
+        "https://update.k3s.io/v1-release/channels/stable",
+        "http://10.0.0.1:8080/c",
+        "http://localhost/x",
+    ] {
         spec["channel"] = ok.into();
         assert_eq!(problems(spec.clone()), Vec::<String>::new(), "{ok}");
     }
-    for bad in ["update.k3s.io/x", "ftp://h/x", "https://", "/relative", "mailto:x@y", "file:///etc/passwd"] {
+    for bad in [
+        "update.k3s.io/x",
+        "ftp://h/x",
+        "https://",
+        "/relative",
+        "mailto:x@y",
+        "file:///etc/passwd",
+    ] {
         spec["channel"] = bad.into();
         assert_eq!(problems(spec.clone()).len(), 1, "{bad}");
     }
@@ -158,16 +209,26 @@ fn plan_names() {
     value["metadata"]["name"] = "a".repeat(63).into();
     assert!(validate_value(&value).is_valid());
     value["metadata"]["name"] = "k3s.server".into();
-    assert!(validate_value(&value).is_valid(), "dots are allowed in label names");
+    assert!(
+        validate_value(&value).is_valid(),
+        "dots are allowed in label names"
+    );
     value["metadata"]["name"] = "a".repeat(64).into();
     let report = validate_value(&value);
     assert_eq!(report.problems.len(), 1);
-    assert!(report.problems[0].message.contains("at most 63 characters are allowed, this has 64"));
+    assert!(
+        report.problems[0]
+            .message
+            .contains("at most 63 characters are allowed, this has 64")
+    );
     value["metadata"]["name"] = serde_json::Value::Null;
     value["metadata"]["generateName"] = "a".repeat(58).into();
     assert!(validate_value(&value).is_valid());
     value["metadata"]["generateName"] = "a".repeat(59).into();
-    assert_eq!(validate_value(&value).problems[0].field, "metadata.generateName");
+    assert_eq!(
+        validate_value(&value).problems[0].field,
+        "metadata.generateName"
+    );
 }
 
 #[test]
@@ -178,8 +239,10 @@ fn shape_errors_name_the_path() {
     );
     assert_eq!(
         problems(with("drain", serde_json::json!({"timeout": 1.5}))),
-        ["spec.drain.timeout: invalid type: floating point `1.5`, expected an integer number of \
-          nanoseconds or a duration string such as 5m"]
+        [
+            "spec.drain.timeout: invalid type: floating point `1.5`, expected an integer number of \
+          nanoseconds or a duration string such as 5m"
+        ]
     );
     let report = validate_value(&serde_json::json!("not an object"));
     assert_eq!(report.problems[0].field, "object");
@@ -187,11 +250,30 @@ fn shape_errors_name_the_path() {
 
 #[test]
 fn drain_timeouts() {
-    for ok in [serde_json::json!(300_000_000_000i64), "5m".into(), "1h30m".into(), 0.into(), "0".into()] {
-        assert_eq!(problems(with("drain", serde_json::json!({"timeout": ok}))), Vec::<String>::new(), "{ok}");
+    for ok in [
+        serde_json::json!(300_000_000_000i64),
+        "5m".into(),
+        "1h30m".into(),
+        0.into(),
+        "0".into(),
+    ] {
+        assert_eq!(
+            problems(with("drain", serde_json::json!({"timeout": ok}))),
+            Vec::<String>::new(),
+            "{ok}"
+        );
     }
-    for bad in [serde_json::json!(-1), "-5m".into(), "5".into(), "five minutes".into()] {
-        assert_eq!(problems(with("drain", serde_json::json!({"timeout": bad}))).len(), 1, "{bad}");
+    for bad in [
+        serde_json::json!(-1),
+        "-5m".into(),
+        "5".into(),
+        "five minutes".into(),
+    ] {
+        assert_eq!(
+            problems(with("drain", serde_json::json!({"timeout": bad}))).len(),
+            1,
+            "{bad}"
+        );
     }
 }
 
@@ -213,7 +295,10 @@ fn selectors() {
         serde_json::json!({"key": "a", "operator": "Exists"}),
         serde_json::json!({"key": "a", "operator": "DoesNotExist", "values": []}),
     ] {
-        assert!(problems(with("nodeSelector", expressions(ok.clone()))).is_empty(), "{ok}");
+        assert!(
+            problems(with("nodeSelector", expressions(ok.clone()))).is_empty(),
+            "{ok}"
+        );
     }
     for bad in [
         serde_json::json!({"key": "a", "operator": "in", "values": ["x"]}),
@@ -223,7 +308,11 @@ fn selectors() {
         serde_json::json!({"key": "a", "operator": "In", "values": ["-x"]}),
         serde_json::json!({"key": "-a", "operator": "Exists"}),
     ] {
-        assert_eq!(problems(with("nodeSelector", expressions(bad.clone()))).len(), 1, "{bad}");
+        assert_eq!(
+            problems(with("nodeSelector", expressions(bad.clone()))).len(),
+            1,
+            "{bad}"
+        );
     }
     let labels = serde_json::json!({"matchLabels": {"bad key": "x", "ok": "not ok"}});
     assert_eq!(problems(with("nodeSelector", labels)).len(), 2);
@@ -232,29 +321,61 @@ fn selectors() {
 #[test]
 fn tolerations() {
     let check = |t: serde_json::Value| problems(with("tolerations", serde_json::json!([t])));
-    assert!(check(serde_json::json!({"operator": "Exists"})).is_empty(), "tolerate everything");
-    assert!(check(serde_json::json!({"key": "k", "value": "v", "effect": "NoSchedule"})).is_empty());
+    assert!(
+        check(serde_json::json!({"operator": "Exists"})).is_empty(),
+        "tolerate everything"
+    );
+    assert!(
+        check(serde_json::json!({"key": "k", "value": "v", "effect": "NoSchedule"})).is_empty()
+    );
     assert!(check(serde_json::json!({"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5})).is_empty());
-    assert_eq!(check(serde_json::json!({"value": "v"})).len(), 1, "empty key needs Exists");
-    assert_eq!(check(serde_json::json!({"key": "k", "operator": "Exists", "value": "v"})).len(), 1);
-    assert_eq!(check(serde_json::json!({"key": "k", "value": "a b"})).len(), 1);
+    assert_eq!(
+        check(serde_json::json!({"value": "v"})).len(),
+        1,
+        "empty key needs Exists"
+    );
+    assert_eq!(
+        check(serde_json::json!({"key": "k", "operator": "Exists", "value": "v"})).len(),
+        1
+    );
+    assert_eq!(
+        check(serde_json::json!({"key": "k", "value": "a b"})).len(),
+        1
+    );
 }
 
 #[test]
 fn secrets() {
     let check = |s: serde_json::Value| problems(with("secrets", s));
     assert!(check(serde_json::json!([{"name": "a", "path": "rel"}, {"name": "b.c", "path": "/abs", "defaultMode": 511}])).is_empty());
-    assert_eq!(check(serde_json::json!([{"name": "a", "path": "/x", "defaultMode": 512}])).len(), 1);
-    assert_eq!(check(serde_json::json!([{"name": "a", "path": "/x:y"}])).len(), 1);
-    assert_eq!(check(serde_json::json!([{"name": "a"}])), ["spec.secrets[0].path: is required"]);
+    assert_eq!(
+        check(serde_json::json!([{"name": "a", "path": "/x", "defaultMode": 512}])).len(),
+        1
+    );
+    assert_eq!(
+        check(serde_json::json!([{"name": "a", "path": "/x:y"}])).len(),
+        1
+    );
+    assert_eq!(
+        check(serde_json::json!([{"name": "a"}])),
+        ["spec.secrets[0].path: is required"]
+    );
 }
 
 #[test]
 fn volumes() {
     let upgrade = |volumes: serde_json::Value| {
-        with("upgrade", serde_json::json!({"image": "x", "volumes": volumes}))
+        with(
+            "upgrade",
+            serde_json::json!({"image": "x", "volumes": volumes}),
+        )
     };
-    assert!(problems(upgrade(serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}]))).is_empty());
+    assert!(
+        problems(upgrade(
+            serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}])
+        ))
+        .is_empty()
+    );
     for bad in [
         serde_json::json!([{"name": "A", "source": "/a", "destination": "/b"}]),
         serde_json::json!([{"name": "host-root", "source": "/a", "destination": "/b"}]),
@@ -267,26 +388,41 @@ fn volumes() {
     }
     let mut spec = upgrade(serde_json::json!([{"name": "a", "source": "/a", "destination": "/b"}]));
     spec["prepare"] = serde_json::json!({"image": "x", "volumes": [{"name": "a", "source": "/a", "destination": "/p"}]});
-    assert!(problems(spec.clone()).is_empty(), "same name and source is shared");
+    assert!(
+        problems(spec.clone()).is_empty(),
+        "same name and source is shared"
+    );
     spec["prepare"]["volumes"][0]["source"] = "/other".into();
     assert_eq!(problems(spec).len(), 1);
 }
 
 #[test]
 fn env_vars() {
-    let upgrade = |envs: serde_json::Value| with("upgrade", serde_json::json!({"image": "x", "envs": envs}));
+    let upgrade =
+        |envs: serde_json::Value| with("upgrade", serde_json::json!({"image": "x", "envs": envs}));
     assert!(problems(upgrade(serde_json::json!([{"name": "A", "value": "1"}]))).is_empty());
-    let report = validate_value(&plan(upgrade(serde_json::json!([{"name": "1A", "value": "1"}]))));
+    let report = validate_value(&plan(upgrade(
+        serde_json::json!([{"name": "1A", "value": "1"}]),
+    )));
     assert!(report.is_valid());
     assert_eq!(report.warnings.len(), 1);
-    assert!(report.warnings[0].starts_with("spec.upgrade.envs[0].name: \"1A\" is accepted only by Kubernetes 1.32"));
+    assert!(
+        report.warnings[0]
+            .starts_with("spec.upgrade.envs[0].name: \"1A\" is accepted only by Kubernetes 1.32")
+    );
     let both = serde_json::json!([{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]);
-    assert_eq!(problems(upgrade(both)), ["spec.upgrade.envs[0]: sets both value and valueFrom; keep one"]);
+    assert_eq!(
+        problems(upgrade(both)),
+        ["spec.upgrade.envs[0]: sets both value and valueFrom; keep one"]
+    );
 }
 
 #[test]
 fn post_complete_labels_use_the_plans_version() {
-    let mut spec = with("postCompleteLabels", serde_json::json!({"example.com/v": "k3s-$(LATEST_VERSION)"}));
+    let mut spec = with(
+        "postCompleteLabels",
+        serde_json::json!({"example.com/v": "k3s-$(LATEST_VERSION)"}),
+    );
     assert!(problems(spec.clone()).is_empty());
     spec["version"] = format!("v1.30.4+{}", "k".repeat(60)).into();
     assert_eq!(problems(spec).len(), 1, "expanded value longer than 63");
@@ -294,17 +430,35 @@ fn post_complete_labels_use_the_plans_version() {
 
 #[test]
 fn other_names() {
-    assert_eq!(problems(with("serviceAccountName", "System Upgrade".into())).len(), 1);
+    assert_eq!(
+        problems(with("serviceAccountName", "System Upgrade".into())).len(),
+        1
+    );
     assert_eq!(problems(with("priorityClassName", "High".into())).len(), 1);
-    assert_eq!(problems(with("imagePullSecrets", serde_json::json!([{"name": "Reg"}]))).len(), 1);
+    assert_eq!(
+        problems(with(
+            "imagePullSecrets",
+            serde_json::json!([{"name": "Reg"}])
+        ))
+        .len(),
+        1
+    );
     assert!(problems(with("serviceAccountName", "".into())).is_empty());
 }
 
 #[test]
 fn windows() {
     let window = |w: serde_json::Value| problems(with("window", w));
-    assert!(window(serde_json::json!({"days": ["MO"], "startTime": "3pm", "endTime": "03:04pm"})).is_empty());
-    let all = window(serde_json::json!({"startTime": "x", "endTime": "24:00", "timeZone": "Nowhere/City"}));
+    assert!(
+        window(serde_json::json!({"days": ["MO"], "startTime": "3pm", "endTime": "03:04pm"}))
+            .is_empty()
+    );
+    let all = window(
+        serde_json::json!({"startTime": "x", "endTime": "24:00", "timeZone": "Nowhere/City"}),
+    );
     assert_eq!(all.len(), 4, "{all:?}");
-    assert!(all.iter().all(|p| p.starts_with("spec.window is invalid, ")));
+    assert!(
+        all.iter()
+            .all(|p| p.starts_with("spec.window is invalid, "))
+    );
 }

@@ -1,0 +1,166 @@
+//! `system-upgrade-controller check -f FILE...`: the webhook's rules, offline, for GitOps
+//! pipelines. Documents that are not Plans are skipped; every problem of every Plan is printed.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::api::GROUP;
+use crate::validation;
+
+/// The result of checking files: the text to print and whether everything was valid.
+pub struct Outcome {
+    pub output: String,
+    pub valid: bool,
+}
+
+/// Checks every Plan in the given files (`-` is standard input).
+pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
+    let mut output = String::new();
+    let mut valid = true;
+    let mut plans = 0;
+    for file in files {
+        let file = file.as_ref();
+        let name = file.display().to_string();
+        let text = if name == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map(|_| text)
+        } else {
+            std::fs::read_to_string(file)
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => {
+                output.push_str(&format!("{name}: cannot read: {e}\n"));
+                valid = false;
+                continue;
+            }
+        };
+        let (report, count) = check_text(&name, &text);
+        output.push_str(&report.0);
+        valid &= report.1;
+        plans += count;
+    }
+    let verdict = if valid {
+        "all valid"
+    } else {
+        "invalid Plans found"
+    };
+    output.push_str(&format!("{plans} Plan(s) checked: {verdict}\n"));
+    Outcome { output, valid }
+}
+
+/// Checks one file's text: (printed lines, valid) and the number of Plans in it.
+pub fn check_text(name: &str, text: &str) -> ((String, bool), usize) {
+    let documents = match crate::yaml::documents(text) {
+        Ok(documents) => documents,
+        Err(e) => return ((format!("{name}: {e}\n"), false), 0),
+    };
+    let mut output = String::new();
+    let mut valid = true;
+    let mut plans = 0;
+    for (index, document) in documents.iter().enumerate() {
+        let api_version = document
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let kind = document
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if kind != "Plan" || api_version.split('/').next() != Some(GROUP) {
+            continue;
+        }
+        plans += 1;
+        let plan_name = document
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(unnamed)");
+        let place = format!("{name}: document {}: Plan {plan_name:?}", index + 1);
+        if api_version != format!("{GROUP}/v1") {
+            output.push_str(&format!(
+                "{place}: apiVersion: {api_version:?} is not served; use {GROUP}/v1\n"
+            ));
+            valid = false;
+            continue;
+        }
+        let report = validation::validate_value(document);
+        for problem in &report.problems {
+            output.push_str(&format!("{place}: error: {problem}\n"));
+        }
+        for warning in &report.warnings {
+            output.push_str(&format!("{place}: warning: {warning}\n"));
+        }
+        if report.is_valid() {
+            output.push_str(&format!("{place}: valid\n"));
+        } else {
+            valid = false;
+        }
+    }
+    ((output, valid), plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_each_plan_of_a_multi_document_file() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: system-upgrade}
+---
+apiVersion: upgrade.cattle.io/v1
+kind: Plan
+metadata: {name: good}
+spec: {version: v1.30.4+k3s1, concurrency: 1, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}
+---
+apiVersion: upgrade.cattle.io/v1
+kind: Plan
+metadata: {name: bad}
+spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}
+";
+        let ((output, valid), plans) = check_text("plans.yaml", text);
+        assert!(!valid);
+        assert_eq!(plans, 2);
+        assert!(
+            output.contains("plans.yaml: document 2: Plan \"good\": valid\n"),
+            "{output}"
+        );
+        assert!(
+            output.contains(
+                "plans.yaml: document 3: Plan \"bad\": error: spec.version: \"v1.20\" is not SemVer"
+            ),
+            "{output}"
+        );
+        assert!(output.contains("plans.yaml: document 3: Plan \"bad\": error: spec.concurrency: must be at least 1, got 0"), "{output}");
+    }
+
+    #[test]
+    fn yaml_errors_and_wrong_versions_are_invalid() {
+        let ((output, valid), _) = check_text("x.yaml", "a: [1\n");
+        assert!(!valid);
+        assert!(output.starts_with("x.yaml: YAML: "), "{output}");
+        let ((output, valid), plans) = check_text(
+            "y.yaml",
+            "apiVersion: upgrade.cattle.io/v2\nkind: Plan\nmetadata: {name: p}\n",
+        );
+        assert!(!valid);
+        assert_eq!(plans, 1);
+        assert!(
+            output.contains("apiVersion: \"upgrade.cattle.io/v2\" is not served"),
+            "{output}"
+        );
+    }
+
+    #[test]
+    fn warnings_do_not_fail() {
+        let text = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: p}\nspec: {version: v1.2.3, upgrade: {image: x}}\n";
+        let ((output, valid), _) = check_text("w.yaml", text);
+        assert!(valid, "{output}");
+        assert!(
+            output.contains("warning: spec.nodeSelector is not set"),
+            "{output}"
+        );
+    }
+}

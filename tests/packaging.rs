@@ -1,0 +1,162 @@
+//! The committed files that are generated or copied stay in step with their sources.
+
+use std::path::Path;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let generated = system_upgrade_controller::api::crd_yaml().unwrap();
+    assert!(
+        read("deploy/crd.yaml") == generated,
+        "deploy/crd.yaml is out of date; regenerate it with: cargo run -- crd > deploy/crd.yaml"
+    );
+}
+
+#[test]
+fn deploy_has_the_webhook_configuration() {
+    assert!(
+        read("deploy/webhook-config.yaml") == read("webhook-config.yaml"),
+        "deploy/webhook-config.yaml differs from webhook-config.yaml; copy it: cp webhook-config.yaml deploy/"
+    );
+}
+
+#[test]
+fn crd_is_structural_with_the_go_controllers_shape() {
+    let crd = system_upgrade_controller::api::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("plans.upgrade.cattle.io")
+    );
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, "v1");
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<(String, String, i32)> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.clone(), c.json_path.clone(), c.priority.unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Image".into(), ".spec.upgrade.image".into(), 0),
+            ("Channel".into(), ".spec.channel".into(), 0),
+            ("Version".into(), ".spec.version".into(), 0),
+            (
+                "Complete".into(),
+                ".status.conditions[?(@.type=='Complete')].status".into(),
+                0
+            ),
+            (
+                "Message".into(),
+                ".status.conditions[?(@.message!='')].message".into(),
+                0
+            ),
+            ("Applying".into(), ".status.applying".into(), 10),
+        ]
+    );
+    let schema = serde_json::to_value(
+        version
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let spec = &schema["properties"]["spec"];
+    assert_eq!(spec["required"], serde_json::json!(["upgrade"]));
+    assert_eq!(
+        spec["properties"]["upgrade"]["required"],
+        serde_json::json!(["image"])
+    );
+    assert_eq!(
+        spec["properties"]["drain"]["properties"]["timeout"]["x-kubernetes-int-or-string"],
+        true
+    );
+    assert_eq!(
+        spec["properties"]["window"]["properties"]["days"]["minItems"],
+        1
+    );
+    assert_eq!(
+        spec["properties"]["window"]["properties"]["days"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .len(),
+        28
+    );
+    let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
+    for field in [
+        "envs",
+        "envFrom",
+        "volumes",
+        "securityContext",
+        "command",
+        "args",
+    ] {
+        assert!(
+            spec["properties"]["upgrade"]["properties"]
+                .get(field)
+                .is_some(),
+            "{field}"
+        );
+    }
+    for field in [
+        "concurrency",
+        "jobActiveDeadlineSecs",
+        "nodeSelector",
+        "serviceAccountName",
+        "channel",
+        "version",
+        "secrets",
+        "tolerations",
+        "exclusive",
+        "window",
+        "prepare",
+        "upgrade",
+        "cordon",
+        "drain",
+        "imagePullSecrets",
+        "postCompleteDelay",
+        "priorityClassName",
+        "postCompleteLabels",
+    ] {
+        assert!(spec["properties"].get(field).is_some(), "spec.{field}");
+    }
+    // Structural: every node has a type (or is an int-or-string / preserve-unknown node).
+    fn check(path: &str, node: &serde_json::Value) {
+        let Some(object) = node.as_object() else {
+            return;
+        };
+        let typed = object.contains_key("type")
+            || object.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true))
+            || object.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&serde_json::Value::Bool(true));
+        assert!(typed, "untyped schema node at {path}");
+        assert!(!object.contains_key("nullable"), "nullable at {path}");
+        for (name, child) in object
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+        {
+            check(&format!("{path}.{name}"), child);
+        }
+        if let Some(items) = object.get("items") {
+            check(&format!("{path}[]"), items);
+        }
+        if let Some(values) = object.get("additionalProperties").filter(|v| v.is_object()) {
+            check(&format!("{path}{{}}"), values);
+        }
+    }
+    check("", &schema);
+}
