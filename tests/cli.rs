@@ -1,5 +1,7 @@
 //! The binary's offline commands: `crd` and `check`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 

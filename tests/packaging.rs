@@ -1,5 +1,7 @@
 //! The committed files that are generated or copied stay in step with their sources.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
+
 use std::path::Path;
 
 fn read(path: &str) -> String {

@@ -1,5 +1,7 @@
 //! The production Router, driven in-process: routes, status codes, limits and metrics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

@@ -1,6 +1,8 @@
 //! The real HTTPS listener on loopback with a real client: TLS, HTTP/2, certificate replacement
 //! from a directory, and graceful shutdown that lets an in-flight request finish.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
+
 use std::sync::Arc;
 use std::time::Duration;
 
