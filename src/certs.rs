@@ -43,6 +43,8 @@ pub struct Bootstrap {
     pub service: String,
     pub ca_secret: String,
     pub webhook_config: String,
+    /// More names for the serving certificate, beyond the Service's.
+    pub extra_names: Vec<String>,
 }
 
 /// The CA as stored in the Secret.
@@ -63,12 +65,14 @@ impl Bootstrap {
     /// The DNS names the API server may use for the Service.
     pub fn dns_names(&self) -> Vec<String> {
         let (service, namespace) = (&self.service, &self.namespace);
-        vec![
+        let mut names = vec![
+            format!("{service}.{namespace}.svc"),
             service.clone(),
             format!("{service}.{namespace}"),
-            format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
-        ]
+        ];
+        names.extend(self.extra_names.iter().filter(|n| !n.is_empty()).cloned());
+        names
     }
 
     /// Loads (or creates) the CA, serves a fresh certificate from it and injects the caBundle.

@@ -105,6 +105,15 @@ pub struct RunConfig {
     )]
     pub webhook_config_name: String,
 
+    /// Extra DNS names or IP addresses for the bootstrapped serving certificate (comma-separated),
+    /// e.g. for a webhook configuration that calls this server by URL.
+    #[arg(
+        long,
+        env = "SYSTEM_UPGRADE_WEBHOOK_EXTRA_CERT_NAMES",
+        value_delimiter = ','
+    )]
+    pub extra_cert_names: Vec<String>,
+
     /// Secret (in --namespace) holding the webhook CA shared by all replicas.
     #[arg(
         long,

@@ -79,6 +79,7 @@ pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
 
 /// Runs the server (and, later, the controller) until `stop` is cancelled.
 pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
+    tracing::debug!(?config, "effective configuration");
     let metrics = metrics::Metrics::new();
     let resolver = Arc::new(CertResolver::default());
     let readiness = Readiness::new(resolver.clone());
@@ -109,6 +110,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                 service: config.service_name.clone(),
                 ca_secret: config.ca_secret_name.clone(),
                 webhook_config: config.webhook_config_name.clone(),
+                extra_names: config.extra_cert_names.clone(),
             };
             let serving = bootstrap.start(&resolver).await?;
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");

@@ -101,3 +101,58 @@ fn bad_flags_fail_with_usage() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
 }
+
+/// Starts `run` with the given environment, waits for it to listen, stops it with SIGTERM and
+/// returns its log.
+fn run_with_env(env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if line.contains("listening on https://") {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{log}");
+    log
+}
+
+#[test]
+fn environment_twins_configure_run_like_the_go_controllers_variables() {
+    let base = [
+        ("SYSTEM_UPGRADE_WEBHOOK_ONLY", "true"),
+        ("SYSTEM_UPGRADE_LISTEN", "127.0.0.1:0"),
+    ];
+    let quiet = run_with_env(&[
+        base[0],
+        base[1],
+        ("SYSTEM_UPGRADE_CONTROLLER_DEBUG", "false"),
+    ]);
+    assert!(quiet.contains("listening on https://127.0.0.1:"), "{quiet}");
+    assert!(!quiet.contains("DEBUG"), "{quiet}");
+    assert!(quiet.contains("SIGTERM received"), "{quiet}");
+    let debug = run_with_env(&[
+        base[0],
+        base[1],
+        ("SYSTEM_UPGRADE_CONTROLLER_DEBUG", "true"),
+        ("SYSTEM_UPGRADE_LOG_FORMAT", "json"),
+    ]);
+    assert!(debug.lines().all(|l| l.starts_with('{')), "{debug}");
+    assert!(debug.contains("\"level\":\"DEBUG\""), "{debug}");
+}

@@ -47,6 +47,15 @@ fn tidy_schema(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             map.remove("nullable");
+            // The standard form of an int-or-string node, which `kubectl explain` shows as such.
+            if map.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true))
+                && !map.contains_key("anyOf")
+            {
+                map.insert(
+                    "anyOf".to_owned(),
+                    serde_json::json!([{"type": "integer"}, {"type": "string"}]),
+                );
+            }
             if let Some(serde_json::Value::String(text)) = map.get_mut("description") {
                 *text = reflow(text);
             }

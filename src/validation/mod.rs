@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DrainSpec, IntOrDuration, LATEST_HASH_VAR, LATEST_VERSION_VAR,
+    ContainerSpec, DAY_NAMES, DrainSpec, IntOrDuration, LATEST_HASH_VAR, LATEST_VERSION_VAR,
     PLAN_LABEL_PREFIX, Plan, PlanSpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
@@ -441,6 +441,15 @@ fn check_window(spec: &TimeWindowSpec, report: &mut Report) {
     let start = spec.start_time.as_deref().unwrap_or_default();
     let end = spec.end_time.as_deref().unwrap_or_default();
     let zone = spec.time_zone.as_deref().unwrap_or_default();
+    // The CRD accepts only the lowercase spellings; say so before the API server does.
+    for (i, day) in days.iter().enumerate() {
+        if !DAY_NAMES.contains(&day.as_str()) && window::parse_day(day).is_some() {
+            report.problems.push(Problem::text(
+                format!("spec.window.days[{i}]"),
+                format!("spec.window is invalid, days[{i}]: {day:?} must be written in lowercase ({:?})", day.to_lowercase()),
+            ));
+        }
+    }
     if let Err(errors) = window::TimeWindow::parse(&days, start, end, zone) {
         for error in errors {
             let field = match &error {

@@ -450,8 +450,12 @@ fn other_names() {
 fn windows() {
     let window = |w: serde_json::Value| problems(with("window", w));
     assert!(
-        window(serde_json::json!({"days": ["MO"], "startTime": "3pm", "endTime": "03:04pm"}))
+        window(serde_json::json!({"days": ["mo"], "startTime": "3pm", "endTime": "03:04pm"}))
             .is_empty()
+    );
+    assert_eq!(
+        window(serde_json::json!({"days": ["MO"], "startTime": "3pm", "endTime": "03:04pm"})),
+        ["spec.window is invalid, days[0]: \"MO\" must be written in lowercase (\"mo\")"]
     );
     let all = window(
         serde_json::json!({"startTime": "x", "endTime": "24:00", "timeZone": "Nowhere/City"}),

@@ -10,7 +10,7 @@ k8s_version="$(cd "$here/k8s" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 kwok_version="$(cd "$here/kwok" && go list -m -f '{{.Version}}' sigs.k8s.io/kwok)"
 cache="${SUC_TESTBIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/suc-rs}"
 out="$cache/k8s-$k8s_version-kwok-$kwok_version"
-bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok stages.yaml)
+bins=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok kwok-stages.yaml)
 
 complete=1
 for b in "${bins[@]}"; do [[ -s "$out/$b" ]] || complete=0; done
@@ -32,7 +32,7 @@ echo "building Kubernetes $k8s_version and kwok $kwok_version into $out (cold bu
 (
   cd "$here/kwok"
   go build -p 2 -trimpath -ldflags "-s -w" -o "$out.tmp/kwok" sigs.k8s.io/kwok/cmd/kwok
-  go run ./stages > "$out.tmp/stages.yaml"
+  go run ./stages > "$out.tmp/kwok-stages.yaml"
 ) >&2
 rm -rf "$out"
 mv "$out.tmp" "$out"

@@ -1,5 +1,7 @@
-// Command stages prints kwok's default node and pod stages as one multi-document YAML
-// stream, so the test cluster uses exactly the stages shipped with the pinned kwok version.
+// Command stages prints kwok's default node stages and the pod stages that make pods run and
+// delete as one multi-document YAML stream, so the test cluster uses the stages shipped with the
+// pinned kwok version. Completing Job pods is left to the project's own stages, which choose
+// success or failure per pod.
 package main
 
 import (
@@ -16,7 +18,6 @@ func main() {
 		nodefast.DefaultNodeInit,
 		nodeheartbeat.DefaultNodeHeartbeatWithLease,
 		podfast.DefaultPodReady,
-		podfast.DefaultPodComplete,
 		podfast.DefaultPodDelete,
 	}
 	for i, d := range docs {

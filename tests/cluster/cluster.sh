@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for the end-to-end tests: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, and kwok simulating nodes and their kubelets.
+#
+#   tests/cluster/cluster.sh up   [--dir DIR] [--nodes N] [--control-planes M]
+#   tests/cluster/cluster.sh down [--dir DIR]
+#   tests/cluster/cluster.sh env  [--dir DIR]     # prints `export KUBECONFIG=...` for a running cluster
+#
+# `up` builds the binaries when the cache is cold (tests/testbin/build.sh), writes certificates, a
+# kubeconfig and logs under DIR (default: $XDG_RUNTIME_DIR or /tmp, suc-cluster), creates N
+# simulated nodes labelled like a K3s cluster (the first M are control-plane nodes) and waits
+# until they are Ready and untainted. `down` stops every process by PID. A failed start prints
+# the failing component's log tail and exits non-zero.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+command="${1:-}"
+[[ -n "$command" ]] && shift
+dir="${SUC_CLUSTER_DIR:-${TMPDIR:-/tmp}/suc-cluster}"
+nodes=6
+control_planes=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) dir="$2"; shift 2 ;;
+    --nodes) nodes="$2"; shift 2 ;;
+    --control-planes) control_planes="$2"; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "cluster: $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+fail() {
+  local component="$1"; shift
+  log "FAILED: $*"
+  if [[ -f "$dir/logs/$component.log" ]]; then
+    log "last lines of $dir/logs/$component.log:"
+    tail -n 40 "$dir/logs/$component.log" >&2
+  fi
+  down
+  exit 1
+}
+
+# Waits up to $2 seconds for command "${@:3}" to succeed; the component named $1 is blamed if not.
+wait_for() {
+  local component="$1" seconds="$2"; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$(cat "$dir/pids/$component")" 2>/dev/null; then
+      fail "$component" "$component exited during start-up"
+    fi
+    if ((SECONDS > deadline)); then
+      fail "$component" "$component was not ready after ${seconds}s"
+    fi
+    sleep 0.5
+  done
+}
+
+start() {
+  local name="$1"; shift
+  "$@" >"$dir/logs/$name.log" 2>&1 &
+  echo $! >"$dir/pids/$name"
+}
+
+down() {
+  [[ -d "$dir/pids" ]] || return 0
+  # Reverse start order: nodes' kubelet first, etcd last.
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    local pid_file="$dir/pids/$name"
+    [[ -f "$pid_file" ]] || continue
+    local pid
+    pid="$(cat "$pid_file")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pid_file"
+  done
+}
+
+pki() {
+  local p="$dir/pki"
+  mkdir -p "$p"
+  (
+    cd "$p"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=suc-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 -out apiserver.crt -extfile apiserver.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    token="$(openssl rand -hex 16)"
+    echo "$token,admin,admin-uid,\"system:masters\"" >tokens.csv
+    echo "$token" >admin.token
+  )
+}
+
+kubeconfig() {
+  local port="$1"
+  cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: suc-test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $(cat "$dir/pki/admin.token")
+contexts:
+- name: suc-test
+  context: {cluster: suc-test, user: admin}
+current-context: suc-test
+EOF
+}
+
+node_manifest() {
+  local name="$1" role="$2" arch="$3"
+  cat <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/hostname: $name
+    kubernetes.io/os: linux
+    kubernetes.io/arch: $arch
+    beta.kubernetes.io/os: linux
+    beta.kubernetes.io/arch: $arch
+    node.kubernetes.io/instance-type: k3s
+EOF
+  if [[ "$role" == control-plane ]]; then
+    cat <<EOF
+    node-role.kubernetes.io/control-plane: "true"
+    node-role.kubernetes.io/master: "true"
+    node-role.kubernetes.io/etcd: "true"
+EOF
+  fi
+  cat <<EOF
+status:
+  allocatable: {cpu: "4", memory: 8Gi, pods: "110"}
+  capacity: {cpu: "4", memory: 8Gi, pods: "110"}
+  nodeInfo:
+    architecture: $arch
+    operatingSystem: linux
+    kubeletVersion: v1.36.3+k3s1
+    containerRuntimeVersion: containerd://2.0.0-k3s1
+EOF
+}
+
+up() {
+  if [[ -f "$dir/pids/kube-apiserver" ]] && kill -0 "$(cat "$dir/pids/kube-apiserver")" 2>/dev/null; then
+    log "a cluster is already running in $dir (run: $0 down --dir $dir)"
+    exit 1
+  fi
+  local bin
+  bin="$(bash "$here/../testbin/build.sh")"
+  rm -rf "$dir"
+  mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
+  pki
+  local etcd_port etcd_peer api_port sched_port
+  etcd_port="$(free_port)"; etcd_peer="$(free_port)"; api_port="$(free_port)"; sched_port="$(free_port)"
+  local kc="$dir/kubeconfig"
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start etcd "$bin/etcd" --name=node0 --data-dir="$dir/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-cluster="node0=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync=true \
+    --auto-compaction-retention=1 --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) --log-level=warn
+  wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/readyz"
+
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" \
+    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
+    --client-ca-file="$dir/pki/ca.crt" --token-auth-file="$dir/pki/tokens.csv" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=true \
+    --cert-dir="$dir/apiserver-certs"
+  kubeconfig "$api_port"
+  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/pki/ca.crt" \
+    -H "Authorization: Bearer $(cat "$dir/pki/admin.token")" "https://127.0.0.1:$api_port/readyz"
+
+  log "starting kube-controller-manager and kube-scheduler"
+  start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kc" --leader-elect=false \
+    --controllers=job-controller,disruption-controller,garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,ttl-after-finished-controller,replicaset-controller,deployment-controller,daemonset-controller,endpointslice-controller,statefulset-controller \
+    --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
+    --use-service-account-credentials=false --node-monitor-grace-period=40s --secure-port=0
+  start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$kc" --leader-elect=false \
+    --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --bind-address=127.0.0.1 --secure-port="$sched_port" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+  wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/readyz"
+  wait_for kube-controller-manager 60 kubectl --kubeconfig="$kc" -n default get serviceaccount default
+
+  log "starting kwok"
+  start kwok "$bin/kwok" --kubeconfig="$kc" -c "$bin/kwok-stages.yaml" -c "$here/job-stages.yaml" \
+    --manage-nodes-with-label-selector=type=kwok --node-lease-duration-seconds=40 \
+    --cidr=10.244.0.1/16 --node-ip=10.1.0.1
+  sleep 1
+  kill -0 "$(cat "$dir/pids/kwok")" 2>/dev/null || fail kwok "kwok exited during start-up"
+
+  log "creating $nodes nodes ($control_planes control plane)"
+  local manifests=""
+  for i in $(seq 1 "$nodes"); do
+    local name role arch
+    if ((i <= control_planes)); then name="server-$i"; role=control-plane; else name="agent-$((i - control_planes))"; role=agent; fi
+    # A homelab mix: every third node is a 64-bit ARM board.
+    if ((i % 3 == 0)); then arch=arm64; else arch=amd64; fi
+    manifests+="$(node_manifest "$name" "$role" "$arch")"$'\n---\n'
+  done
+  echo "$manifests" | kubectl --kubeconfig="$kc" apply -f - >/dev/null || fail kwok "could not create the nodes"
+  wait_for kwok 120 kubectl --kubeconfig="$kc" wait --for=condition=Ready nodes --all --timeout=5s
+  wait_for kube-controller-manager 120 bash -c \
+    "test -z \"\$(kubectl --kubeconfig='$kc' get nodes -o jsonpath='{range .items[*]}{.spec.taints}{end}')\""
+  log "ready: export KUBECONFIG=$kc"
+  echo "$kc"
+}
+
+case "$command" in
+  up) up ;;
+  down) down; log "stopped the cluster in $dir" ;;
+  env) echo "export KUBECONFIG=$dir/kubeconfig" ;;
+  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+esac
