@@ -32,8 +32,6 @@ const CA_RENEW_BEFORE: time::Duration = time::Duration::days(30);
 const LEAF_VALIDITY: time::Duration = time::Duration::days(30);
 /// The serving certificate is renewed when less than this is left (a third of its life).
 const LEAF_RENEW_BEFORE: time::Duration = time::Duration::days(10);
-/// How often the certificate and the caBundle are checked.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where the certificates live and who they are for.
 #[derive(Clone)]
@@ -45,6 +43,8 @@ pub struct Bootstrap {
     pub webhook_config: String,
     /// More names for the serving certificate, beyond the Service's.
     pub extra_names: Vec<String>,
+    /// How often the certificate and the caBundle are checked.
+    pub check_interval: Duration,
 }
 
 /// The CA as stored in the Secret.
@@ -80,7 +80,7 @@ impl Bootstrap {
         let ca = self.ensure_ca().await?;
         let leaf_not_after = self.issue(&ca, resolver)?;
         if let Err(e) = self.inject_ca_bundle(&ca).await {
-            tracing::warn!(error = %e, "could not update the webhooks' caBundle yet; retrying every minute");
+            tracing::warn!(error = %e, "could not update the webhooks' caBundle yet; retrying");
         }
         Ok(Serving { ca, leaf_not_after })
     }
@@ -95,10 +95,10 @@ impl Bootstrap {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+                _ = tokio::time::sleep(self.check_interval) => {}
             }
             if let Err(e) = self.maintain_once(&resolver, &mut serving).await {
-                tracing::warn!(error = %e, "webhook certificate maintenance failed; retrying in a minute");
+                tracing::warn!(error = %e, "webhook certificate maintenance failed; retrying");
             }
         }
     }

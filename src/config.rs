@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -114,6 +115,10 @@ pub struct RunConfig {
     )]
     pub extra_cert_names: Vec<String>,
 
+    /// How often the bootstrapped certificate is checked for renewal and the caBundle re-asserted.
+    #[arg(long, env = "SYSTEM_UPGRADE_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = parse_interval)]
+    pub cert_check_interval: Duration,
+
     /// Secret (in --namespace) holding the webhook CA shared by all replicas.
     #[arg(
         long,
@@ -121,6 +126,15 @@ pub struct RunConfig {
         default_value = "system-upgrade-controller-webhook-ca"
     )]
     pub ca_secret_name: String,
+}
+
+/// A positive Go-style duration such as `30s` or `5m`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match crate::syntax::duration::parse(text) {
+        Ok(nanos) if nanos > 0 => Ok(Duration::from_nanos(nanos.unsigned_abs())),
+        Ok(_) => Err("must be positive".to_owned()),
+        Err(e) => Err(format!("{e}; use e.g. 30s or 5m")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -172,5 +186,14 @@ mod tests {
         };
         assert_eq!(check.files.len(), 2);
         assert!(Cli::try_parse_from(["suc", "run", "--listen", "nonsense"]).is_err());
+        let Command::Run(run) = Cli::try_parse_from(["suc", "run", "--cert-check-interval", "2s"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(run.cert_check_interval, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "soon"]).is_err());
     }
 }

@@ -111,6 +111,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                 ca_secret: config.ca_secret_name.clone(),
                 webhook_config: config.webhook_config_name.clone(),
                 extra_names: config.extra_cert_names.clone(),
+                check_interval: config.cert_check_interval,
             };
             let serving = bootstrap.start(&resolver).await?;
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");

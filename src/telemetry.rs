@@ -6,7 +6,7 @@ use crate::config::LogFormat;
 
 pub fn init(debug: bool, format: LogFormat) {
     let default = if debug {
-        "debug,hyper=info,rustls=info,tower=info"
+        "debug,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info,kube_client=info"
     } else {
         "info"
     };

@@ -16,3 +16,7 @@ fi
 
 # Unit tests, the router in-process, TLS on loopback, the CLI and the packaging checks.
 cargo test --locked
+
+# End to end against a real control plane: builds it from the Go module proxy when the cache is
+# cold, starts a fresh one (or reuses SUC_E2E_KUBECONFIG's), runs the suite and stops it.
+cargo test --locked --features e2e --test e2e

@@ -1,0 +1,128 @@
+//! End-to-end tests against a real kube-apiserver, kube-controller-manager, kube-scheduler, etcd
+//! and kwok nodes (tests/cluster/cluster.sh).
+//!
+//!   cargo test --features e2e --test e2e               # starts and stops a fresh control plane
+//!   SUC_E2E_KUBECONFIG=... cargo test --features e2e --test e2e   # reuses a running one
+//!   cargo test --features e2e --test e2e -- webhook    # only tests whose name contains "webhook"
+//!
+//! Tests run one after another, in order, sharing the cluster and the server under test. A failed
+//! test does not stop the others; the run fails if any did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
+
+mod support;
+mod testbed;
+mod webhook;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use support::{Cluster, Ctx};
+
+type Test = (&'static str, fn(&Ctx));
+
+const TESTS: &[Test] = &[
+    (
+        "nodes_look_like_a_k3s_cluster_and_are_ready",
+        testbed::nodes_look_like_a_k3s_cluster_and_are_ready,
+    ),
+    (
+        "job_pods_succeed_or_fail_as_the_test_decides",
+        testbed::job_pods_succeed_or_fail_as_the_test_decides,
+    ),
+    (
+        "a_component_that_fails_to_start_fails_loudly",
+        testbed::a_component_that_fails_to_start_fails_loudly,
+    ),
+    (
+        "crd_is_accepted_explained_and_printed",
+        webhook::crd_is_accepted_explained_and_printed,
+    ),
+    (
+        "rbac_allows_what_the_server_needs_and_no_more",
+        webhook::rbac_allows_what_the_server_needs_and_no_more,
+    ),
+    (
+        "webhooks_are_registered_with_the_servers_ca",
+        webhook::webhooks_are_registered_with_the_servers_ca,
+    ),
+    (
+        "invalid_plans_are_refused_with_our_messages",
+        webhook::invalid_plans_are_refused_with_our_messages,
+    ),
+    (
+        "valid_plans_are_stored_with_defaults_and_warnings",
+        webhook::valid_plans_are_stored_with_defaults_and_warnings,
+    ),
+    (
+        "server_dry_run_reaches_the_webhook_and_stores_nothing",
+        webhook::server_dry_run_reaches_the_webhook_and_stores_nothing,
+    ),
+    ("updates_are_validated", webhook::updates_are_validated),
+    (
+        "plans_stored_while_the_webhook_was_down_stay_editable",
+        webhook::plans_stored_while_the_webhook_was_down_stay_editable,
+    ),
+    (
+        "metrics_count_the_reviews_the_api_server_sent",
+        webhook::metrics_count_the_reviews_the_api_server_sent,
+    ),
+    ("ca_bundle_is_reasserted", webhook::ca_bundle_is_reasserted),
+    (
+        "replicas_share_one_ca_that_survives_restarts",
+        webhook::replicas_share_one_ca_that_survives_restarts,
+    ),
+];
+
+fn main() {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("a crypto provider was already installed");
+    }
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<&Test> = TESTS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let selected_count = selected.len();
+    let started = Instant::now();
+    let ctx = Ctx::new(Cluster::start());
+    println!("\nrunning {} end-to-end tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in selected {
+        let test_started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| test(&ctx)));
+        let seconds = test_started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({seconds:.1}s)"),
+            Err(_) => {
+                println!("test {name} ... FAILED ({seconds:.1}s)");
+                failed.push(*name);
+            }
+        }
+    }
+    ctx.stop_server();
+    ctx.cluster.stop();
+    let total = started.elapsed().as_secs_f64();
+    if failed.is_empty() {
+        println!("\ne2e result: ok. {} passed in {total:.0}s", selected_count);
+    } else {
+        println!(
+            "\ne2e result: FAILED. {} failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        std::process::exit(1);
+    }
+}
