@@ -119,6 +119,51 @@ pub struct RunConfig {
     #[arg(long, env = "SYSTEM_UPGRADE_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = parse_interval)]
     pub cert_check_interval: Duration,
 
+    /// Reconciles of Plans running at once.
+    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+
+    /// Default activeDeadlineSeconds of upgrade Jobs (a Plan's jobActiveDeadlineSecs overrides it).
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(i64).range(0..))]
+    pub job_active_deadline_seconds: i64,
+
+    /// Upper bound of activeDeadlineSeconds, also imposed on Plans asking for none; 0 means no bound.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS_MAX", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub job_active_deadline_seconds_max: i64,
+
+    /// backoffLimit of upgrade Jobs.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT", default_value_t = 2, value_parser = clap::value_parser!(i32).range(0..))]
+    pub job_backoff_limit: i32,
+
+    /// imagePullPolicy of every container of upgrade Jobs.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_IMAGE_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub job_image_pull_policy: String,
+
+    /// Whether the default security context of the upgrade container is privileged.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_PRIVILEGED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub job_privileged: bool,
+
+    /// ttlSecondsAfterFinished of upgrade Jobs (raised to postCompleteDelay + 60s when shorter).
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_TTL_SECONDS_AFTER_FINISH", default_value_t = 900, value_parser = clap::value_parser!(i32).range(0..))]
+    pub job_ttl_seconds_after_finish: i32,
+
+    /// podReplacementPolicy of upgrade Jobs (`Failed` suits upgrades that reboot the node).
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_POD_REPLACEMENT_POLICY", default_value = "TerminatingOrFailed", value_parser = ["TerminatingOrFailed", "Failed"])]
+    pub job_pod_replacement_policy: String,
+
+    /// Accepted for compatibility with the Go controller's settings and unused: cordon and drain
+    /// are done by the controller itself, so no kubectl image is needed.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_KUBECTL_IMAGE", hide = true)]
+    pub job_kubectl_image: Option<String>,
+
+    /// Accepted for compatibility and unused, as --job-kubectl-image.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_KUBECTL_IMAGE_WINDOWS", hide = true)]
+    pub job_kubectl_image_windows: Option<String>,
+
+    /// How often a Plan's channel is polled for a new version (at least 1m).
+    #[arg(long, env = "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL", default_value = "15m", value_parser = parse_polling_interval)]
+    pub plan_polling_interval: Duration,
+
     /// Secret (in --namespace) holding the webhook CA shared by all replicas.
     #[arg(
         long,
@@ -135,6 +180,15 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         Ok(_) => Err("must be positive".to_owned()),
         Err(e) => Err(format!("{e}; use e.g. 30s or 5m")),
     }
+}
+
+/// The channel polling interval: a duration of at least one minute.
+fn parse_polling_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_interval(text)?;
+    if interval < Duration::from_secs(60) {
+        return Err("must be at least 1m, so channel servers are not hammered".to_owned());
+    }
+    Ok(interval)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -195,5 +249,11 @@ mod tests {
         assert_eq!(run.cert_check_interval, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "0s"]).is_err());
         assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["suc", "run", "--plan-polling-interval", "30s"]).is_err());
+        assert!(Cli::try_parse_from(["suc", "run", "--job-privileged", "false"]).is_ok());
+        assert!(Cli::try_parse_from(["suc", "run", "--job-backoff-limit", "-1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["suc", "run", "--job-image-pull-policy", "Sometimes"]).is_err()
+        );
     }
 }

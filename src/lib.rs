@@ -7,6 +7,7 @@ pub mod api;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod server;
 pub mod syntax;

@@ -1,0 +1,511 @@
+//! The upgrade Job for one node of a Plan, built purely from the Plan, the Node and the settings,
+//! with the shape the Go controller gives it (names, labels, annotations, pod spec, env order).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
+    EnvVarSource, HostPathVolumeSource, LocalObjectReference, Node, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, PodTemplateSpec, SecretVolumeSource, SecurityContext, Toleration,
+    Volume, VolumeMount, WindowsSecurityContextOptions,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
+use sha2::{Digest, Sha256};
+
+use crate::api::{ContainerSpec, LABEL_CONTROLLER, PLAN_LABEL_PREFIX, Plan};
+use crate::controller::hash::hex;
+use crate::syntax::{duration, image};
+
+pub const LABEL_PLAN: &str = "upgrade.cattle.io/plan";
+pub const LABEL_NODE: &str = "upgrade.cattle.io/node";
+pub const LABEL_VERSION: &str = "upgrade.cattle.io/version";
+pub const LABEL_EXCLUSIVE: &str = "upgrade.cattle.io/exclusive";
+pub const ANNOTATION_TTL: &str = "upgrade.cattle.io/ttl-seconds-after-finished";
+/// Digest of the pod template a Job was created with; a Plan edit that changes the template
+/// replaces the Job.
+pub const ANNOTATION_TEMPLATE: &str = "upgrade.cattle.io/template-hash";
+pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+const LABEL_OS: &str = "kubernetes.io/os";
+const SECRETS_DIR: &str = "/run/system-upgrade/secrets";
+
+/// Job settings from the controller's configuration (`SYSTEM_UPGRADE_JOB_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    pub controller_name: String,
+    pub active_deadline_seconds: i64,
+    pub active_deadline_seconds_max: i64,
+    pub backoff_limit: i32,
+    pub image_pull_policy: String,
+    pub privileged: bool,
+    pub ttl_seconds_after_finished: i32,
+    pub pod_replacement_policy: String,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            controller_name: "system-upgrade-controller".into(),
+            active_deadline_seconds: 600,
+            active_deadline_seconds_max: 0,
+            backoff_limit: 2,
+            image_pull_policy: "IfNotPresent".into(),
+            privileged: true,
+            ttl_seconds_after_finished: 900,
+            pod_replacement_policy: "TerminatingOrFailed".into(),
+        }
+    }
+}
+
+/// wrangler's `name.SafeConcatName`: the parts joined by `-`, shortened to 63 characters with a
+/// digest suffix when longer.
+pub fn safe_concat_name(parts: &[&str]) -> String {
+    let full = parts.join("-");
+    shorten(&full, &full)
+}
+
+/// Shortens `visible` the way `SafeConcatName` does, with the digest taken over `digested`.
+fn shorten(visible: &str, digested: &str) -> String {
+    if visible.len() < 64 {
+        return visible.to_owned();
+    }
+    let digest = hex(&Sha256::digest(digested.as_bytes()));
+    let bytes = visible.as_bytes();
+    let c = bytes[56];
+    if c.is_ascii_lowercase() || c.is_ascii_digit() {
+        format!("{}-{}", &visible[..57], &digest[..5])
+    } else {
+        format!("{}-{}", &visible[..56], &digest[..6])
+    }
+}
+
+/// The Job name for a node: `apply-<plan>-on-<node up to its first dot>-with-<hash>`, shortened
+/// as the Go controller does. The digest suffix covers the full node name, so nodes that share a
+/// first DNS label get different Jobs (for names without dots it is exactly the Go name).
+pub fn job_name(plan: &str, node: &str, hash: &str) -> String {
+    let short_node = node.split('.').next().unwrap_or(node);
+    let visible = format!("apply-{plan}-on-{short_node}-with-{hash}");
+    let digested = format!("apply-{plan}-on-{node}-with-{hash}");
+    shorten(&visible, &digested)
+}
+
+/// The image to run: an image without tag or digest gets `:<version>`; others stay as written.
+pub fn image_with_version(image_ref: &str, version: &str) -> String {
+    match image::ImageRef::parse(image_ref) {
+        Ok(parsed) if parsed.tag.is_none() && parsed.digest.is_none() && image::is_tag(version) => {
+            format!("{image_ref}:{version}")
+        }
+        _ => image_ref.to_owned(),
+    }
+}
+
+/// activeDeadlineSeconds: the Plan's value (0 = none, negative = default) or the default, then
+/// clamped to the maximum when one is set (which also replaces "none").
+pub fn active_deadline(plan_value: Option<i64>, settings: &JobSettings) -> Option<i64> {
+    let wanted = match plan_value {
+        Some(v) if v >= 0 => v,
+        _ => settings.active_deadline_seconds,
+    };
+    let max = settings.active_deadline_seconds_max;
+    match (wanted, max) {
+        (0, 0) => None,
+        (0, max) => Some(max),
+        (v, 0) => Some(v),
+        (v, max) => Some(v.min(max)),
+    }
+}
+
+/// ttlSecondsAfterFinished: the setting, raised to postCompleteDelay + 60s when shorter.
+pub fn ttl_seconds(plan: &Plan, settings: &JobSettings) -> i32 {
+    let ttl = settings.ttl_seconds_after_finished;
+    let delay_nanos = plan
+        .spec
+        .post_complete_delay
+        .as_deref()
+        .and_then(|d| duration::parse(d).ok())
+        .unwrap_or(0);
+    if delay_nanos <= 0 {
+        return ttl;
+    }
+    let needed = delay_nanos / 1_000_000_000 + 60;
+    if i64::from(ttl) < needed {
+        i32::try_from(needed).unwrap_or(i32::MAX)
+    } else {
+        ttl
+    }
+}
+
+/// Plan labels are copied to Jobs and pods unless they belong to cattle.io.
+fn copied_labels(plan: &Plan) -> BTreeMap<String, String> {
+    plan.metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !k.contains("cattle.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Plan annotations are copied unless they belong to cattle.io or kubectl (last-applied).
+fn copied_annotations(plan: &Plan) -> BTreeMap<String, String> {
+    plan.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !k.contains("cattle.io/") && !k.contains("kubectl.kubernetes.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The labels of a node's Job and of its pod.
+pub fn job_labels(
+    plan: &Plan,
+    node_name: &str,
+    settings: &JobSettings,
+) -> BTreeMap<String, String> {
+    let name = plan.metadata.name.clone().unwrap_or_default();
+    let status = plan.status.clone().unwrap_or_default();
+    let mut labels = copied_labels(plan);
+    labels.insert(LABEL_CONTROLLER.into(), settings.controller_name.clone());
+    labels.insert(
+        LABEL_EXCLUSIVE.into(),
+        plan.spec.exclusive.unwrap_or(false).to_string(),
+    );
+    labels.insert(LABEL_NODE.into(), node_name.into());
+    labels.insert(LABEL_PLAN.into(), name.clone());
+    labels.insert(
+        LABEL_VERSION.into(),
+        status.latest_version.unwrap_or_default(),
+    );
+    labels.insert(
+        format!("{PLAN_LABEL_PREFIX}{name}"),
+        status.latest_hash.unwrap_or_default(),
+    );
+    labels
+}
+
+/// Builds the Job that applies the Plan's current version on `node`.
+pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
+    let plan_name = plan.metadata.name.clone().unwrap_or_default();
+    let status = plan.status.clone().unwrap_or_default();
+    let version = status.latest_version.clone().unwrap_or_default();
+    let hash = status.latest_hash.clone().unwrap_or_default();
+    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let node_labels = node.metadata.labels.clone().unwrap_or_default();
+    let hostname = node_labels
+        .get(LABEL_HOSTNAME)
+        .cloned()
+        .unwrap_or_else(|| node_name.clone());
+    let windows = node_labels.get(LABEL_OS).map(String::as_str) == Some("windows");
+    let labels = job_labels(plan, &node_name, settings);
+    let exclusive = plan.spec.exclusive.unwrap_or(false);
+
+    let secrets = plan.spec.secrets.clone().unwrap_or_default();
+    let mut volumes = vec![
+        Volume {
+            name: "host-root".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/".into(),
+                type_: Some("Directory".into()),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "pod-info".into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                default_mode: Some(0o644),
+                items: Some(vec![
+                    downward_file("labels", "metadata.labels"),
+                    downward_file("annotations", "metadata.annotations"),
+                ]),
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut secret_mounts = Vec::new();
+    for secret in &secrets {
+        let volume_name = safe_concat_name(&["secret", &secret.name]);
+        volumes.push(Volume {
+            name: volume_name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: secret.default_mode,
+                optional: Some(secret.ignore_updates.unwrap_or(false)),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        let mount_path = match secret.path.as_str() {
+            "" => format!("{SECRETS_DIR}/{}", secret.name),
+            p if p.starts_with('/') => p.to_owned(),
+            p => format!("{SECRETS_DIR}/{p}"),
+        };
+        secret_mounts.push(VolumeMount {
+            name: volume_name,
+            mount_path,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    // Upgrade volumes, then prepare volumes not already present (the Go controller forgets the
+    // latter, which makes the pod invalid).
+    for spec in [&plan.spec.upgrade, &plan.spec.prepare]
+        .into_iter()
+        .flatten()
+    {
+        for v in spec.volumes.iter().flatten() {
+            if !volumes.iter().any(|existing| existing.name == v.name) {
+                volumes.push(Volume {
+                    name: v.name.clone(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: v.source.clone(),
+                        type_: None,
+                    }),
+                    ..Volume::default()
+                });
+            }
+        }
+    }
+
+    let container = |name: &str, spec: &ContainerSpec| -> Container {
+        let mut mounts = vec![
+            VolumeMount {
+                name: "host-root".into(),
+                mount_path: "/host".into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "pod-info".into(),
+                mount_path: "/run/system-upgrade/pod".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ];
+        mounts.extend(secret_mounts.iter().cloned());
+        for v in spec.volumes.iter().flatten() {
+            mounts.push(VolumeMount {
+                name: v.name.clone(),
+                mount_path: v.destination.clone(),
+                ..VolumeMount::default()
+            });
+        }
+        let mut env = vec![
+            field_env("SYSTEM_UPGRADE_NODE_NAME", "spec.nodeName"),
+            field_env("SYSTEM_UPGRADE_POD_NAME", "metadata.name"),
+            field_env("SYSTEM_UPGRADE_POD_UID", "metadata.uid"),
+        ];
+        env.extend(spec.envs.iter().flatten().cloned());
+        env.push(value_env("SYSTEM_UPGRADE_PLAN_NAME", &plan_name));
+        env.push(value_env("SYSTEM_UPGRADE_PLAN_LATEST_HASH", &hash));
+        env.push(value_env("SYSTEM_UPGRADE_PLAN_LATEST_VERSION", &version));
+        Container {
+            name: name.into(),
+            image: Some(image_with_version(&spec.image, &version)),
+            image_pull_policy: Some(settings.image_pull_policy.clone()),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            env: Some(env),
+            env_from: spec.env_from.clone(),
+            volume_mounts: Some(mounts),
+            ..Container::default()
+        }
+    };
+
+    let windows_context = || SecurityContext {
+        windows_options: Some(WindowsSecurityContextOptions {
+            host_process: Some(true),
+            run_as_user_name: Some("NT AUTHORITY\\SYSTEM".into()),
+            ..WindowsSecurityContextOptions::default()
+        }),
+        ..SecurityContext::default()
+    };
+    let init_containers: Vec<Container> = plan
+        .spec
+        .prepare
+        .iter()
+        .map(|prepare| {
+            let mut c = container("prepare", prepare);
+            c.security_context = if windows {
+                Some(windows_context())
+            } else {
+                prepare.security_context.clone()
+            };
+            c
+        })
+        .collect();
+    let upgrade_spec = plan.spec.upgrade.clone().unwrap_or_default();
+    let mut upgrade = container("upgrade", &upgrade_spec);
+    upgrade.security_context = match (&upgrade_spec.security_context, windows) {
+        (Some(context), _) => Some(context.clone()),
+        (None, true) => Some(windows_context()),
+        (None, false) => Some(SecurityContext {
+            privileged: Some(settings.privileged),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["CAP_SYS_BOOT".into()]),
+                drop: None,
+            }),
+            ..SecurityContext::default()
+        }),
+    };
+
+    let mut tolerations = vec![Toleration {
+        key: Some("node.kubernetes.io/unschedulable".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Toleration::default()
+    }];
+    tolerations.extend(plan.spec.tolerations.iter().flatten().cloned());
+
+    let anti_affinity_term = if exclusive {
+        (LABEL_EXCLUSIVE, "true".to_owned())
+    } else {
+        (LABEL_PLAN, plan_name.clone())
+    };
+    let affinity = Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: LABEL_HOSTNAME.into(),
+                        operator: "In".into(),
+                        values: Some(vec![hostname]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: anti_affinity_term.0.into(),
+                        operator: "In".into(),
+                        values: Some(vec![anti_affinity_term.1]),
+                    }]),
+                    ..LabelSelector::default()
+                }),
+                topology_key: LABEL_HOSTNAME.into(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    };
+
+    let pod_annotations = copied_annotations(plan);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: (!pod_annotations.is_empty()).then(|| pod_annotations.clone()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            host_ipc: Some(true),
+            host_pid: Some(true),
+            host_network: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            restart_policy: Some("Never".into()),
+            service_account_name: plan
+                .spec
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty()),
+            priority_class_name: plan
+                .spec
+                .priority_class_name
+                .clone()
+                .filter(|s| !s.is_empty()),
+            image_pull_secrets: plan
+                .spec
+                .image_pull_secrets
+                .clone()
+                .map(|s| s.into_iter().collect::<Vec<LocalObjectReference>>()),
+            affinity: Some(affinity),
+            tolerations: Some(tolerations),
+            volumes: Some(volumes),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers: vec![upgrade],
+            ..PodSpec::default()
+        }),
+    };
+
+    let ttl = ttl_seconds(plan, settings);
+    let mut annotations = pod_annotations;
+    annotations.insert(ANNOTATION_TTL.into(), ttl.to_string());
+    annotations.insert(ANNOTATION_TEMPLATE.into(), template_hash(&template));
+
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&plan_name, &node_name, &hash)),
+            namespace: plan.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "upgrade.cattle.io/v1".into(),
+                kind: "Plan".into(),
+                name: plan_name,
+                uid: plan.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            completions: Some(1),
+            parallelism: Some(1),
+            backoff_limit: Some(settings.backoff_limit),
+            active_deadline_seconds: active_deadline(plan.spec.job_active_deadline_secs, settings),
+            ttl_seconds_after_finished: Some(ttl),
+            pod_replacement_policy: Some(settings.pod_replacement_policy.clone()),
+            template,
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// A short digest of a pod template, to notice Plan edits that change it.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    hex(&Sha256::digest(&json))[..16].to_owned()
+}
+
+fn downward_file(path: &str, field: &str) -> DownwardAPIVolumeFile {
+    DownwardAPIVolumeFile {
+        path: path.into(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: field.into(),
+            api_version: None,
+        }),
+        ..DownwardAPIVolumeFile::default()
+    }
+}
+
+fn field_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
