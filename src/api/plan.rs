@@ -373,6 +373,34 @@ pub struct PlanStatus {
     /// Nodes the Plan is currently being applied on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applying: Option<Vec<String>>,
+    /// Progress of each node the Plan is being applied on (an addition to the Go controller's
+    /// status): its phase, Job and, when something is wrong or waited for, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub nodes: Option<Vec<NodeStatus>>,
+}
+
+/// Where the upgrade of one node stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Upgrading (its Job runs), WaitingDelay (done, waiting postCompleteDelay before the next
+    /// node), or Failed (its Job failed; the node keeps its slot until the Plan changes).
+    pub phase: String,
+    /// The upgrade Job of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Details of the phase: why the Job failed, until when the delay lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the node entered this phase (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Digest of the failed Job's pod template: an edit of the Plan that changes it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// A condition of a Plan, as in the Go controller (with lastUpdateTime).

@@ -1,0 +1,754 @@
+use super::*;
+use serde_json::{Value, json};
+
+const NOW: &str = "2026-11-23T10:00:00Z"; // a Monday
+
+struct World {
+    plan: Value,
+    nodes: Vec<Value>,
+    jobs: Vec<Value>,
+    secrets: Vec<Value>,
+    now: String,
+    /// Overrides the resolution, which otherwise follows spec.version.
+    resolution: Option<Resolution>,
+}
+
+impl World {
+    fn new(spec: Value) -> Self {
+        World {
+            plan: json!({
+                "apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                "metadata": {"name": "p", "namespace": "system-upgrade", "uid": "plan-uid", "generation": 1},
+                "spec": spec,
+            }),
+            nodes: Vec::new(),
+            jobs: Vec::new(),
+            secrets: Vec::new(),
+            now: NOW.into(),
+            resolution: None,
+        }
+    }
+
+    fn nodes(mut self, names: &[&str]) -> Self {
+        for name in names {
+            self.nodes.push(json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {"kubernetes.io/hostname": name}}}));
+        }
+        self
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Value {
+        self.nodes
+            .iter_mut()
+            .find(|n| n["metadata"]["name"] == name)
+            .unwrap()
+    }
+
+    fn decide(&self) -> Decision {
+        let plan: Plan = serde_json::from_value(self.plan.clone()).unwrap();
+        let nodes: Vec<Node> = self
+            .nodes
+            .iter()
+            .map(|n| serde_json::from_value(n.clone()).unwrap())
+            .collect();
+        let jobs: Vec<Job> = self
+            .jobs
+            .iter()
+            .map(|j| serde_json::from_value(j.clone()).unwrap())
+            .collect();
+        let secrets: Vec<Secret> = self
+            .secrets
+            .iter()
+            .map(|s| serde_json::from_value(s.clone()).unwrap())
+            .collect();
+        let node_refs: Vec<&Node> = nodes.iter().collect();
+        let job_refs: Vec<&Job> = jobs.iter().collect();
+        let secret_map: BTreeMap<String, &Secret> = secrets
+            .iter()
+            .map(|s| (s.metadata.name.clone().unwrap(), s))
+            .collect();
+        let settings = JobSettings::default();
+        decide(&Observed {
+            plan: &plan,
+            nodes: &node_refs,
+            jobs: &job_refs,
+            secrets: &secret_map,
+            now: self.now.parse().unwrap(),
+            resolution: self.resolution.clone().unwrap_or_else(
+                || match self.plan["spec"]["version"].as_str() {
+                    Some(v) => Resolution::Version(v.to_owned()),
+                    None => Resolution::Missing,
+                },
+            ),
+            settings: &settings,
+        })
+    }
+
+    /// Applies a decision the way the cluster would: status persisted, Jobs created (running)
+    /// or deleted, nodes labelled and cordoned.
+    fn apply(&mut self, decision: &Decision) {
+        self.plan["status"] = serde_json::to_value(&decision.status).unwrap();
+        for change in decision.before.iter().chain(&decision.after) {
+            match change {
+                Change::DeleteJob { name, .. } => {
+                    self.jobs.retain(|j| j["metadata"]["name"] != name.as_str())
+                }
+                Change::CreateJob(job) => {
+                    let mut value = serde_json::to_value(job).unwrap();
+                    value["status"] = json!({"active": 1});
+                    self.jobs.push(value);
+                }
+                Change::UnpauseJob(name) => {
+                    let job = self
+                        .jobs
+                        .iter_mut()
+                        .find(|j| j["metadata"]["name"] == name.as_str())
+                        .unwrap();
+                    job["spec"]["parallelism"] = json!(1);
+                }
+                Change::LabelNode { node, labels } => {
+                    let node = self.node_mut(node);
+                    for (k, v) in labels {
+                        node["metadata"]["labels"][k] = json!(v);
+                    }
+                }
+                Change::Cordon { node } => {
+                    let node = self.node_mut(node);
+                    node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("true");
+                    node["spec"]["unschedulable"] = json!(true);
+                }
+                Change::Release { node } => {
+                    let node = self.node_mut(node);
+                    node["metadata"]["annotations"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("cordoned.upgrade.cattle.io/p");
+                    node["spec"]["unschedulable"] = json!(false);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Decision {
+        let decision = self.decide();
+        self.apply(&decision);
+        decision
+    }
+
+    fn finish_job(&mut self, node: &str, succeeded: bool, at: &str) {
+        let job = self
+            .jobs
+            .iter_mut()
+            .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
+            .unwrap();
+        job["status"] = if succeeded {
+            json!({"succeeded": 1, "completionTime": at, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": at}]})
+        } else {
+            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": at,
+                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
+        };
+    }
+}
+
+fn spec() -> Value {
+    json!({"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {}, "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade"}})
+}
+
+fn condition(decision: &Decision, type_: &str) -> (String, String, String) {
+    let c = status::get(decision.status.conditions.as_deref().unwrap(), type_).unwrap();
+    (
+        c.status.clone(),
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    )
+}
+
+fn created(decision: &Decision) -> Vec<String> {
+    decision
+        .after
+        .iter()
+        .filter_map(|c| match c {
+            Change::CreateJob(job) => {
+                Some(job.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn deleted(decision: &Decision) -> Vec<String> {
+    decision
+        .before
+        .iter()
+        .filter_map(|c| match c {
+            Change::DeleteJob { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reasons(decision: &Decision) -> Vec<&'static str> {
+    decision.notes.iter().map(|n| n.reason).collect()
+}
+
+#[test]
+fn static_version_resolves_and_starts_one_node() {
+    let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
+    let first = world.step();
+    assert_eq!(first.status.latest_version.as_deref(), Some("v1.30.4-k3s1"));
+    let hash = first.status.latest_hash.clone().unwrap();
+    assert_eq!(hash.len(), 56);
+    assert_eq!(
+        condition(&first, VALIDATED),
+        ("True".into(), "PlanIsValid".into(), "".into())
+    );
+    assert_eq!(
+        condition(&first, LATEST_RESOLVED),
+        ("True".into(), "Version".into(), "".into())
+    );
+    assert_eq!(
+        condition(&first, COMPLETE),
+        ("False".into(), "SyncJob".into(), "".into())
+    );
+    assert_eq!(first.status.applying.as_ref().unwrap().len(), 1);
+    let node = first.status.applying.as_ref().unwrap()[0].clone();
+    assert_eq!(created(&first), std::slice::from_ref(&node));
+    assert!(
+        first
+            .after
+            .iter()
+            .position(|c| *c == Change::Cordon { node: node.clone() })
+            .unwrap()
+            < first
+                .after
+                .iter()
+                .position(|c| matches!(c, Change::CreateJob(_)))
+                .unwrap(),
+        "cordon before the Job"
+    );
+    for reason in ["Validated", "Resolved", "SyncJob"] {
+        assert!(
+            reasons(&first).contains(&reason),
+            "{reason}: {:?}",
+            reasons(&first)
+        );
+    }
+    assert_eq!(first.status.nodes.as_ref().unwrap()[0].phase, "Upgrading");
+
+    // Nothing more happens while the Job runs.
+    let second = world.step();
+    assert!(created(&second).is_empty());
+    assert_eq!(second.status.applying, first.status.applying);
+    assert!(
+        reasons(&second).is_empty(),
+        "no repeated events: {:?}",
+        reasons(&second)
+    );
+    assert_eq!(second.status, world.decide().status, "stable");
+}
+
+#[test]
+fn a_rollout_runs_node_by_node_to_completion() {
+    let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
+    let mut upgraded = Vec::new();
+    for _ in 0..3 {
+        let decision = world.step();
+        let node = decision.status.applying.as_ref().unwrap()[0].clone();
+        assert_eq!(
+            decision.status.applying.as_ref().unwrap().len(),
+            1,
+            "never more than the concurrency"
+        );
+        world.finish_job(&node, true, NOW);
+        upgraded.push(node);
+    }
+    let done = world.step();
+    assert_eq!(
+        condition(&done, COMPLETE),
+        ("True".into(), "Complete".into(), "".into())
+    );
+    assert!(done.status.applying.is_none());
+    assert!(done.status.nodes.is_none());
+    assert!(reasons(&done).contains(&"Complete"));
+    upgraded.sort();
+    assert_eq!(upgraded, ["a", "b", "c"]);
+    let hash = done.status.latest_hash.clone().unwrap();
+    for node in &world.nodes {
+        assert_eq!(
+            node["metadata"]["labels"]["plan.upgrade.cattle.io/p"],
+            hash.as_str()
+        );
+        assert_eq!(node["spec"]["unschedulable"], false, "uncordoned");
+    }
+    let again = world.step();
+    assert!(again.before.is_empty() && again.after.is_empty() && again.notes.is_empty());
+}
+
+#[test]
+fn completion_labels_the_node_and_starts_the_next_in_the_same_pass() {
+    let mut plan = spec();
+    plan["postCompleteLabels"] = json!({"example.com/v": "$(LATEST_VERSION)", "example.com/h": "$(LATEST_HASH)", "example.com/s": "static"});
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    let first = world.step();
+    let hash = first.status.latest_hash.clone().unwrap();
+    let node = first.status.applying.as_ref().unwrap()[0].clone();
+    world.finish_job(&node, true, NOW);
+    let second = world.step();
+    let label = second
+        .before
+        .iter()
+        .find_map(|c| match c {
+            Change::LabelNode { node: n, labels } if *n == node => Some(labels.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(label["plan.upgrade.cattle.io/p"], hash);
+    assert_eq!(label["example.com/v"], "v1.30.4-k3s1");
+    assert_eq!(label["example.com/h"], hash);
+    assert_eq!(label["example.com/s"], "static");
+    assert!(
+        second
+            .before
+            .contains(&Change::Release { node: node.clone() })
+    );
+    let other = if node == "a" { "b" } else { "a" };
+    assert_eq!(second.status.applying.clone().unwrap(), [other.to_string()]);
+    assert_eq!(created(&second), [other.to_string()]);
+    assert!(reasons(&second).contains(&"JobComplete"));
+}
+
+#[test]
+fn post_complete_delay_holds_the_slot() {
+    let mut plan = spec();
+    plan["postCompleteDelay"] = json!("2m");
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    let first = world.step();
+    let node = first.status.applying.as_ref().unwrap()[0].clone();
+    world.finish_job(&node, true, NOW);
+    world.now = "2026-11-23T10:01:00Z".into();
+    let waiting = world.step();
+    assert!(
+        waiting
+            .before
+            .contains(&Change::Release { node: node.clone() }),
+        "uncordoned at once"
+    );
+    assert!(
+        !waiting
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::LabelNode { .. })),
+        "not labelled yet"
+    );
+    assert_eq!(
+        waiting.status.applying.clone().unwrap(),
+        std::slice::from_ref(&node)
+    );
+    assert!(created(&waiting).is_empty());
+    assert_eq!(waiting.requeue, Duration::from_secs(60));
+    let entry = &waiting.status.nodes.as_ref().unwrap()[0];
+    assert_eq!(
+        (entry.phase.as_str(), entry.message.as_deref()),
+        (
+            "WaitingDelay",
+            Some("waiting postCompleteDelay until 2026-11-23T10:02:00Z")
+        )
+    );
+    let messages: Vec<&str> = waiting.notes.iter().map(|n| n.message.as_str()).collect();
+    assert!(
+        messages.contains(
+            &format!("Job completed on Node {node}, waiting 2m0s PostCompleteDelay").as_str()
+        ),
+        "{messages:?}"
+    );
+    world.now = "2026-11-23T10:02:00Z".into();
+    let after = world.step();
+    assert!(
+        after
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::LabelNode { node: n, .. } if *n == node))
+    );
+    assert_eq!(
+        created(&after).len(),
+        1,
+        "the next node starts after the delay"
+    );
+}
+
+#[test]
+fn a_failure_halts_the_slot_even_after_the_job_expires() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    let first = world.step();
+    let node = first.status.applying.as_ref().unwrap()[0].clone();
+    world.finish_job(&node, false, NOW);
+    let failed = world.step();
+    let job_name = job::job_name("p", &node, first.status.latest_hash.as_deref().unwrap());
+    let (status, reason, message) = condition(&failed, COMPLETE);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "JobFailed"));
+    assert_eq!(
+        message,
+        format!(
+            "Job system-upgrade/{job_name} failed on Node {node}: BackoffLimitExceeded: Job has reached the specified backoff limit"
+        )
+    );
+    assert!(
+        failed
+            .notes
+            .iter()
+            .any(|n| n.reason == "JobFailed" && n.warning)
+    );
+    assert_eq!(
+        failed.status.applying.clone().unwrap(),
+        std::slice::from_ref(&node),
+        "the node keeps its slot"
+    );
+    assert!(created(&failed).is_empty());
+    assert!(
+        !failed
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::Release { .. })),
+        "stays cordoned"
+    );
+    assert_eq!(failed.status.nodes.as_ref().unwrap()[0].phase, "Failed");
+
+    // The TTL expires: the Job goes, the halt stays.
+    world.now = "2026-11-23T10:15:01Z".into();
+    let expired = world.step();
+    assert_eq!(deleted(&expired), [job_name]);
+    let later = world.step();
+    assert!(created(&later).is_empty(), "no automatic retry");
+    assert_eq!(condition(&later, COMPLETE).1, "JobFailed");
+    assert!(later.notes.is_empty(), "{:?}", later.notes);
+
+    // Editing the Plan so its Job changes retries the node.
+    world.plan["spec"]["upgrade"]["args"] = json!(["--fixed"]);
+    let retried = world.step();
+    assert_eq!(created(&retried), [node]);
+}
+
+#[test]
+fn an_edit_replaces_a_failed_job_that_still_exists() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.step();
+    world.finish_job("a", false, NOW);
+    world.step();
+    world.plan["spec"]["upgrade"]["args"] = json!(["--fixed"]);
+    let edited = world.step();
+    assert_eq!(deleted(&edited).len(), 1, "the failed Job is replaced");
+    let recreated = world.step();
+    assert_eq!(created(&recreated), ["a"]);
+    assert_eq!(condition(&recreated, COMPLETE).1, "SyncJob");
+}
+
+#[test]
+fn a_version_bump_replaces_old_jobs() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    world.step();
+    world.plan["spec"]["version"] = json!("v1.31.0+k3s1");
+    let bumped = world.step();
+    assert_eq!(deleted(&bumped).len(), 1);
+    assert!(reasons(&bumped).contains(&"Resolved"));
+    assert_eq!(created(&bumped).len(), 1);
+    let job = bumped
+        .after
+        .iter()
+        .find_map(|c| match c {
+            Change::CreateJob(j) => Some(j.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        job.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/version"],
+        "v1.31.0-k3s1"
+    );
+}
+
+#[test]
+fn lowering_concurrency_keeps_running_nodes() {
+    let mut plan = spec();
+    plan["concurrency"] = json!(3);
+    let mut world = World::new(plan).nodes(&["a", "b", "c", "d", "e"]);
+    let first = world.step();
+    assert_eq!(first.status.applying.as_ref().unwrap().len(), 3);
+    world.plan["spec"]["concurrency"] = json!(1);
+    let lowered = world.step();
+    assert_eq!(lowered.status.applying, first.status.applying);
+    assert!(deleted(&lowered).is_empty() && created(&lowered).is_empty());
+    for node in first.status.applying.clone().unwrap() {
+        world.finish_job(&node, true, NOW);
+    }
+    let next = world.step();
+    assert_eq!(
+        next.status.applying.as_ref().unwrap().len(),
+        1,
+        "then one at a time"
+    );
+}
+
+#[test]
+fn nodes_that_stop_needing_the_plan_are_let_go() {
+    let mut plan = spec();
+    plan["nodeSelector"] = json!({"matchLabels": {"upgrade": "true"}});
+    let mut world = World::new(plan).nodes(&["a"]);
+    world.node_mut("a")["metadata"]["labels"]["upgrade"] = json!("true");
+    let first = world.step();
+    assert_eq!(created(&first), ["a"]);
+    world.node_mut("a")["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("upgrade");
+    let gone = world.step();
+    assert_eq!(deleted(&gone).len(), 1, "the out-of-turn Job is deleted");
+    assert!(
+        gone.before.contains(&Change::Release { node: "a".into() }),
+        "and the node uncordoned"
+    );
+    assert_eq!(condition(&gone, COMPLETE).0, "True");
+}
+
+#[test]
+fn deleted_nodes_lose_their_jobs() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.step();
+    world.nodes.clear();
+    let decision = world.step();
+    assert_eq!(deleted(&decision).len(), 1);
+    assert!(decision.status.applying.is_none());
+}
+
+#[test]
+fn ineligible_nodes_never_get_jobs() {
+    let mut world = World::new(spec()).nodes(&["opted-out", "no-hostname", "done"]);
+    world.node_mut("opted-out")["metadata"]["labels"]["plan.upgrade.cattle.io/p"] =
+        json!("disabled");
+    world.node_mut("no-hostname")["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kubernetes.io/hostname");
+    let hash = World::new(spec()).decide().status.latest_hash.unwrap();
+    world.node_mut("done")["metadata"]["labels"]["plan.upgrade.cattle.io/p"] = json!(hash);
+    let decision = world.step();
+    assert!(created(&decision).is_empty());
+    assert_eq!(
+        condition(&decision, COMPLETE),
+        ("True".into(), "Complete".into(), "".into())
+    );
+}
+
+#[test]
+fn without_a_selector_nothing_is_selected() {
+    let mut plan = spec();
+    plan.as_object_mut().unwrap().remove("nodeSelector");
+    let decision = World::new(plan).nodes(&["a"]).decide();
+    assert!(created(&decision).is_empty());
+    assert_eq!(condition(&decision, COMPLETE).0, "True");
+}
+
+#[test]
+fn invalid_and_unresolved_plans_do_nothing() {
+    let mut plan = spec();
+    plan["drain"] = json!({"deleteLocalData": true, "deleteEmptydirData": true});
+    let decision = World::new(plan).nodes(&["a"]).decide();
+    let (status, reason, message) = condition(&decision, VALIDATED);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Error"));
+    assert!(
+        message.contains("spec.drain cannot specify both deleteEmptydirData and deleteLocalData")
+    );
+    assert_eq!(
+        condition(&decision, COMPLETE),
+        (
+            "False".into(),
+            "NotReady".into(),
+            "plan is not valid and resolved".into()
+        )
+    );
+    assert!(decision.after.is_empty());
+    assert!(reasons(&decision).contains(&"ValidateFailed"));
+
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.plan["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("version");
+    world.resolution = Some(Resolution::Missing);
+    let decision = world.decide();
+    assert_eq!(
+        condition(&decision, LATEST_RESOLVED),
+        (
+            "False".into(),
+            "Error".into(),
+            "cannot resolve plan: missing channel and version".into()
+        )
+    );
+    assert!(decision.status.latest_version.is_none() && decision.status.latest_hash.is_none());
+    assert!(decision.after.is_empty());
+}
+
+#[test]
+fn missing_secrets_block_until_created() {
+    let mut plan = spec();
+    plan["secrets"] = json!([{"name": "s", "path": "/x"}, {"name": "ignored", "path": "/y", "ignoreUpdates": true}]);
+    let mut world = World::new(plan).nodes(&["a"]);
+    let blocked = world.decide();
+    assert!(
+        condition(&blocked, VALIDATED)
+            .2
+            .contains("secrets \"s\" not found")
+    );
+    assert!(blocked.after.is_empty());
+    world
+        .secrets
+        .push(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}}));
+    let with_secret = world.decide();
+    assert_eq!(created(&with_secret).len(), 1);
+    // The Secret's content is part of the hash.
+    let first_hash = with_secret.status.latest_hash.clone();
+    world.secrets[0]["data"]["k"] = json!("dzI=");
+    assert_ne!(world.decide().status.latest_hash, first_hash);
+}
+
+#[test]
+fn windows_gate_the_start_only() {
+    let mut plan = spec();
+    plan["window"] =
+        json!({"days": ["tu"], "startTime": "01:00", "endTime": "02:00", "timeZone": "UTC"});
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    let waiting = world.step();
+    assert_eq!(
+        condition(&waiting, COMPLETE),
+        (
+            "False".into(),
+            "Waiting".into(),
+            "current time is not within configured window".into()
+        )
+    );
+    assert!(created(&waiting).is_empty());
+    assert_eq!(waiting.requeue, WINDOW_RETRY);
+    assert!(reasons(&waiting).contains(&"Waiting"));
+    assert!(
+        !reasons(&world.step()).contains(&"Waiting"),
+        "the Waiting event is sent once"
+    );
+    world.now = "2026-11-24T01:30:00Z".into();
+    let open = world.step();
+    assert_eq!(created(&open).len(), 1);
+    // The window closes while a node is applying: the rollout continues to the end.
+    world.now = "2026-11-24T05:00:00Z".into();
+    let node = open.status.applying.clone().unwrap()[0].clone();
+    world.finish_job(&node, true, "2026-11-24T04:00:00Z");
+    let continued = world.step();
+    assert_eq!(created(&continued).len(), 1);
+}
+
+#[test]
+fn channel_failures_are_visible_and_retried() {
+    let mut plan = spec();
+    plan.as_object_mut().unwrap().remove("version");
+    plan["channel"] = json!("https://update.k3s.io/v1-release/channels/stable");
+    let mut world = World::new(plan).nodes(&["a"]);
+    world.resolution = Some(Resolution::ChannelFailed {
+        error: "unexpected response: HTTP/1.1 503 Service Unavailable".into(),
+        retry: Duration::from_secs(10),
+    });
+    let failed = world.step();
+    assert_eq!(condition(&failed, LATEST_RESOLVED).1, "ChannelError");
+    assert_eq!(failed.requeue, Duration::from_secs(10));
+    assert!(
+        failed
+            .notes
+            .iter()
+            .any(|n| n.reason == "ResolveFailed" && n.message.contains("503"))
+    );
+    assert!(failed.after.is_empty());
+    world.resolution = Some(Resolution::Channel("v1.30.4+k3s1".into()));
+    let resolved = world.step();
+    assert_eq!(
+        condition(&resolved, LATEST_RESOLVED),
+        ("True".into(), "Channel".into(), "".into())
+    );
+    assert_eq!(created(&resolved).len(), 1);
+    // A later failure keeps the rollout going with the resolved version.
+    world.resolution = Some(Resolution::ChannelFailed {
+        error: "timeout".into(),
+        retry: Duration::from_secs(20),
+    });
+    let later = world.step();
+    let (status, _, message) = condition(&later, LATEST_RESOLVED);
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("still applying v1.30.4-k3s1: timeout"),
+        "{message}"
+    );
+    assert_eq!(later.status.applying, resolved.status.applying);
+    world.resolution = Some(Resolution::ChannelNotDue(Duration::from_secs(300)));
+    assert_eq!(world.step().requeue, Duration::from_secs(300));
+}
+
+#[test]
+fn paused_jobs_of_the_go_controller_are_adopted() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    let first = world.step();
+    // Pretend the Go controller had created it: paused and without a template digest.
+    let job = &mut world.jobs[0];
+    job["spec"]["parallelism"] = json!(0);
+    job["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(ANNOTATION_TEMPLATE);
+    let adopted = world.step();
+    assert_eq!(
+        adopted.after,
+        [Change::UnpauseJob(job::job_name(
+            "p",
+            "a",
+            first.status.latest_hash.as_deref().unwrap()
+        ))]
+    );
+    assert!(
+        deleted(&adopted).is_empty(),
+        "a Job without a template digest is not replaced"
+    );
+}
+
+#[test]
+fn jobs_of_another_hash_are_superseded() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.step();
+    world.plan["spec"]["serviceAccountName"] = json!("other");
+    let changed = world.step();
+    assert_eq!(
+        deleted(&changed).len(),
+        1,
+        "the running Job of the old hash goes"
+    );
+    assert_eq!(created(&changed), ["a"]);
+}
+
+#[test]
+fn expansion_follows_kubernetes_rules() {
+    assert_eq!(expand("$(LATEST_VERSION)", "v1", "h"), "v1");
+    assert_eq!(expand("k3s-$(LATEST_HASH)-x", "v1", "h"), "k3s-h-x");
+    assert_eq!(expand("$$(LATEST_VERSION)", "v1", "h"), "$(LATEST_VERSION)");
+    assert_eq!(expand("$(OTHER)", "v1", "h"), "$(OTHER)");
+    assert_eq!(expand("a$b$", "v1", "h"), "a$b$");
+}
+
+#[test]
+fn finished_jobs_expire_after_their_ttl() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    world.step();
+    let node = world.plan["status"]["applying"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world.finish_job(&node, true, NOW);
+    let done = world.step();
+    assert!(deleted(&done).is_empty());
+    assert_eq!(
+        done.requeue, RESYNC,
+        "the TTL (900s) is further away than the resync"
+    );
+    world.now = "2026-11-23T10:15:00Z".into();
+    assert_eq!(deleted(&world.decide()).len(), 1);
+}
