@@ -102,6 +102,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         );
     }
 
+    let mut controller = None;
     if !config.webhook_only {
         let client = kube_client(&config).await?;
         if config.cert_dir.is_none() {
@@ -118,14 +119,63 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");
             tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
         }
+        readiness.expect_controller();
+        let ready = readiness.clone();
+        controller = Some(tokio::spawn(controller::run(
+            client,
+            controller_options(&config),
+            metrics.clone(),
+            move || ready.controller_ready(),
+            stop.clone(),
+        )));
     }
 
     let app = server::router(metrics, readiness.clone());
-    let (address, serve) = server::bind(config.listen, app, resolver, readiness, stop)?;
+    let (address, serve) = server::bind(config.listen, app, resolver, readiness, stop.clone())?;
     tracing::info!(%address, "listening on https://{address} (/mutate, /validate, /healthz, /readyz, /metrics)");
-    serve.await?;
+    let Some(controller) = controller else {
+        serve.await?;
+        tracing::info!("stopped");
+        return Ok(());
+    };
+    // The server and the controller stop together; a controller that fails stops the process.
+    let serving = tokio::spawn(serve);
+    let outcome = match controller.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::KubeConfig(format!(
+            "the controller task failed: {e}"
+        ))),
+    };
+    stop.cancel();
+    match serving.await {
+        Ok(result) => result?,
+        Err(e) => return Err(Error::KubeConfig(format!("the server task failed: {e}"))),
+    }
     tracing::info!("stopped");
-    Ok(())
+    outcome
+}
+
+/// The controller's settings from the command line.
+fn controller_options(config: &RunConfig) -> controller::ControllerOptions {
+    controller::ControllerOptions {
+        settings: controller::reconcile::Settings {
+            namespace: config.namespace.clone(),
+            job: controller::job::JobSettings {
+                controller_name: config.name.clone(),
+                active_deadline_seconds: config.job_active_deadline_seconds,
+                active_deadline_seconds_max: config.job_active_deadline_seconds_max,
+                backoff_limit: config.job_backoff_limit,
+                image_pull_policy: config.job_image_pull_policy.clone(),
+                privileged: config.job_privileged,
+                ttl_seconds_after_finished: config.job_ttl_seconds_after_finish,
+                pod_replacement_policy: config.job_pod_replacement_policy.clone(),
+            },
+            polling_interval: config.plan_polling_interval,
+        },
+        threads: config.threads,
+        node_name: config.node_name.clone(),
+    }
 }
 
 /// A token cancelled on SIGTERM or SIGINT: the one shutdown signal every task watches.

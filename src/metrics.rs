@@ -23,6 +23,16 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -32,6 +42,10 @@ pub struct Metrics {
     registry: Registry,
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub jobs: Family<ActionLabels, Counter>,
+    pub nodes_upgraded: Counter,
 }
 
 impl Metrics {
@@ -62,11 +76,55 @@ impl Metrics {
             "Version of the running controller (always 1)",
             build_info,
         );
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Plan reconciles, by result (ok, error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile a Plan",
+            reconcile_duration.clone(),
+        );
+        let jobs = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "jobs",
+            "Upgrade Jobs created or deleted, by action",
+            jobs.clone(),
+        );
+        let nodes_upgraded = Counter::default();
+        registry.register(
+            "nodes_upgraded",
+            "Nodes labelled as done with a Plan",
+            nodes_upgraded.clone(),
+        );
         Arc::new(Self {
             registry,
             admission_requests,
             admission_duration,
+            reconciles,
+            reconcile_duration,
+            jobs,
+            nodes_upgraded,
         })
+    }
+
+    pub fn observe_reconcile(&self, ok: bool, took: std::time::Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn job_changed(&self, action: &'static str) {
+        self.jobs.get_or_create(&ActionLabels { action }).inc();
+    }
+
+    pub fn node_upgraded(&self) {
+        self.nodes_upgraded.inc();
     }
 
     /// The metrics in the Prometheus text exposition format.

@@ -1,9 +1,314 @@
 //! The upgrade controller: resolves Plans to versions, picks nodes within each Plan's
 //! concurrency, runs the upgrade Jobs, and labels, cordons and uncordons nodes.
+//!
+//! Watch-driven: reflector caches of Plans (in the controller's namespace), this controller's
+//! Jobs, Nodes and Secrets feed one kube-runtime Controller; the only timers are the channel
+//! polling interval and the requeues a reconcile asks for (delays, windows, TTLs, a resync).
 
 pub mod decide;
 pub mod hash;
 pub mod job;
+pub mod reconcile;
 pub mod resolve;
 pub mod select;
 pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{LABEL_CONTROLLER, Plan};
+use crate::metrics::Metrics;
+use decide::CORDON_CLAIM_PREFIX;
+use reconcile::{Context, ReconcileError, Reporter, Settings};
+
+/// Everything the controller needs from the command line.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub settings: Settings,
+    pub threads: u16,
+    pub node_name: Option<String>,
+}
+
+/// Runs the controller until `stop`; `ready` is called once every cache has synced.
+pub async fn run(
+    client: Client,
+    config: ControllerOptions,
+    metrics: Arc<Metrics>,
+    ready: impl FnOnce() + Send + 'static,
+    stop: CancellationToken,
+) -> Result<(), crate::Error> {
+    let settings = config.settings;
+    let namespace = settings.namespace.clone();
+    let cluster_id = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .map_err(|e| crate::Error::KubeConfig(format!("cannot read the kube-system Namespace (its UID identifies the cluster to channels): {e}")))?
+        .metadata
+        .uid
+        .unwrap_or_default();
+
+    // Plans of our namespace; deletions also go to the janitor, which returns cordoned nodes.
+    let (plans, plan_writer) = reflector::store::<Plan>();
+    let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let plan_stream = watcher(
+        Api::<Plan>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    )
+    .reflect(plan_writer)
+    .inspect(move |event| {
+        if let Ok(Event::Delete(plan)) = event {
+            let _ = deleted_tx.send(plan.name_any());
+        }
+    })
+    .touched_objects();
+
+    let selector = format!("{LABEL_CONTROLLER}={}", settings.job.controller_name);
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let job_stream = watcher(
+        Api::<Job>::namespaced(client.clone(), &namespace),
+        watcher::Config::default().labels(&selector),
+    )
+    .reflect(job_writer)
+    .touched_objects();
+
+    // Node heartbeats change nothing a Plan looks at; only labels, annotations, schedulability
+    // and existence do.
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let mut fingerprints: HashMap<String, u64> = HashMap::new();
+    let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .reflect(node_writer)
+        .filter(move |event| {
+            let relevant = match event {
+                Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                    let print = node_fingerprint(node);
+                    fingerprints.insert(node.name_any(), print) != Some(print)
+                }
+                Ok(Event::Delete(node)) => {
+                    fingerprints.remove(&node.name_any());
+                    true
+                }
+                _ => true,
+            };
+            future::ready(relevant)
+        })
+        .touched_objects();
+
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let secret_stream = watcher(
+        Api::<Secret>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    )
+    .reflect(secret_writer)
+    .touched_objects();
+
+    let reporter = Reporter {
+        controller: settings.job.controller_name.clone(),
+        instance: config
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok()),
+    };
+    let context = Arc::new(Context::new(
+        client.clone(),
+        settings.clone(),
+        (plans.clone(), jobs.clone(), nodes.clone(), secrets.clone()),
+        reporter,
+        resolve::ChannelClient::new(Duration::from_secs(30))
+            .map_err(|e| crate::Error::KubeConfig(e.0))?,
+        cluster_id,
+        metrics,
+    ));
+
+    let plans_for_nodes = plans.clone();
+    let plans_for_secrets = plans.clone();
+    let controller = Controller::for_stream(plan_stream, plans.clone())
+        .owns_stream(job_stream)
+        .watches_stream(node_stream, move |_node: Node| all_plans(&plans_for_nodes))
+        .watches_stream(secret_stream, move |secret: Secret| {
+            plans_using_secret(&plans_for_secrets, &secret.name_any())
+        })
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(config.threads)
+                .debounce(Duration::from_millis(300)),
+        )
+        .graceful_shutdown_on(stop.clone().cancelled_owned());
+
+    // Readiness once every cache is filled, then the janitor's first sweep.
+    let janitor_context = context.clone();
+    let janitor_stop = stop.clone();
+    let janitor = async move {
+        let synced = async {
+            wait_ready(&janitor_context.plans)
+                .await
+                .map_err(|e| format!("Plans: {e}"))?;
+            wait_ready(&janitor_context.jobs)
+                .await
+                .map_err(|e| format!("Jobs: {e}"))?;
+            wait_ready(&janitor_context.nodes)
+                .await
+                .map_err(|e| format!("Nodes: {e}"))?;
+            wait_ready(&janitor_context.secrets)
+                .await
+                .map_err(|e| format!("Secrets: {e}"))?;
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            _ = janitor_stop.cancelled() => return,
+            result = synced => if let Err(e) = result {
+                tracing::error!(error = %e, "caches did not sync");
+                return;
+            },
+        }
+        tracing::info!("caches synced; controller is ready");
+        ready();
+        release_orphaned_claims(&janitor_context).await;
+        loop {
+            tokio::select! {
+                _ = janitor_stop.cancelled() => return,
+                deleted = deleted_rx.recv() => match deleted {
+                    Some(plan) => {
+                        tracing::info!(%plan, "Plan deleted; returning the nodes it cordoned");
+                        release_orphaned_claims(&janitor_context).await;
+                    }
+                    None => return,
+                },
+            }
+        }
+    };
+    tokio::spawn(janitor);
+
+    tracing::info!(%namespace, controller = %settings.job.controller_name, "controller starting");
+    controller
+        .run(reconcile::reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((plan, _)) => tracing::debug!(plan = %plan.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Waits until a cache is filled. A store wakes only its most recent waiter, and the Controller
+/// waits on the Plan store too, so this one asks again every quarter second instead of relying
+/// on being woken.
+async fn wait_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await
+        {
+            return result;
+        }
+    }
+}
+
+/// A watcher of `api` whose objects carry no managedFields (less memory in the caches).
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| {
+            object.managed_fields_mut().clear();
+        })
+}
+
+fn error_policy(plan: Arc<Plan>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let backoff = ctx.backoff(&plan, error);
+    match error {
+        ReconcileError::Conflict => {
+            tracing::debug!(plan = %plan.name_any(), "status conflict; retrying")
+        }
+        ReconcileError::Kube(e) => {
+            tracing::warn!(plan = %plan.name_any(), error = %e, ?backoff, "reconcile failed; retrying")
+        }
+    }
+    Action::requeue(backoff)
+}
+
+fn all_plans(plans: &Store<Plan>) -> Vec<ObjectRef<Plan>> {
+    plans
+        .state()
+        .iter()
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+fn plans_using_secret(plans: &Store<Plan>, secret: &str) -> Vec<ObjectRef<Plan>> {
+    plans
+        .state()
+        .iter()
+        .filter(|p| {
+            p.spec
+                .secrets
+                .iter()
+                .flatten()
+                .any(|s| s.name == secret && !s.ignore_updates.unwrap_or(false))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// What about a Node matters to Plans: labels, our annotations, schedulability.
+fn node_fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node.metadata.labels.hash(&mut hasher);
+    let claims: BTreeMap<&String, &String> = node
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(CORDON_CLAIM_PREFIX))
+        .collect();
+    claims.hash(&mut hasher);
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .hash(&mut hasher);
+    node.metadata.uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Drops the cordon claims of Plans that no longer exist, uncordoning nodes nobody else holds.
+async fn release_orphaned_claims(ctx: &Context) {
+    let existing: Vec<String> = ctx.plans.state().iter().map(|p| p.name_any()).collect();
+    for node in ctx.nodes.state() {
+        let orphaned: Vec<String> = node
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
+            .filter(|plan| !existing.iter().any(|e| e == plan))
+            .map(str::to_owned)
+            .collect();
+        for plan in orphaned {
+            if let Err(e) = reconcile::cordon(ctx, &plan, &node.name_any(), false).await {
+                tracing::warn!(%plan, node = %node.name_any(), error = %e, "could not release a cordon claim");
+            }
+        }
+    }
+}

@@ -32,11 +32,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// What `/readyz` reports: ready once a certificate is served and until shutdown begins.
+/// What `/readyz` reports: ready once a certificate is served and, when the controller runs, its
+/// caches have synced; not ready from the start of a shutdown.
 #[derive(Debug, Default)]
 pub struct Readiness {
     certificate: Arc<CertResolver>,
     shutting_down: AtomicBool,
+    waiting_for_controller: AtomicBool,
 }
 
 impl Readiness {
@@ -44,7 +46,17 @@ impl Readiness {
         Arc::new(Self {
             certificate,
             shutting_down: AtomicBool::new(false),
+            waiting_for_controller: AtomicBool::new(false),
         })
+    }
+
+    /// Readiness now also waits for [`Readiness::controller_ready`].
+    pub fn expect_controller(&self) {
+        self.waiting_for_controller.store(true, Ordering::SeqCst);
+    }
+
+    pub fn controller_ready(&self) {
+        self.waiting_for_controller.store(false, Ordering::SeqCst);
     }
 
     /// Why the server is not ready, if it is not.
@@ -53,6 +65,8 @@ impl Readiness {
             Some("shutting down")
         } else if !self.certificate.is_loaded() {
             Some("no serving certificate loaded yet")
+        } else if self.waiting_for_controller.load(Ordering::SeqCst) {
+            Some("controller caches not synced yet")
         } else {
             None
         }

@@ -10,6 +10,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
+mod resilience;
+mod resolution;
+mod rollout;
+mod scenario;
 mod support;
 mod testbed;
 mod webhook;
@@ -71,6 +75,66 @@ const TESTS: &[Test] = &[
     (
         "replicas_share_one_ca_that_survives_restarts",
         webhook::replicas_share_one_ca_that_survives_restarts,
+    ),
+    (
+        "rollout_within_concurrency_labels_and_uncordons",
+        rollout::rollout_within_concurrency_labels_and_uncordons,
+    ),
+    (
+        "jobs_have_the_go_controllers_shape",
+        rollout::jobs_have_the_go_controllers_shape,
+    ),
+    (
+        "ineligible_and_already_done_nodes_get_no_jobs",
+        rollout::ineligible_and_already_done_nodes_get_no_jobs,
+    ),
+    (
+        "joining_nodes_and_lowered_concurrency",
+        rollout::joining_nodes_and_lowered_concurrency,
+    ),
+    (
+        "secrets_rerun_and_spec_edits_do_not",
+        rollout::secrets_rerun_and_spec_edits_do_not,
+    ),
+    (
+        "failures_halt_and_an_edit_fixes_them",
+        rollout::failures_halt_and_an_edit_fixes_them,
+    ),
+    (
+        "post_complete_delay_holds_the_next_node",
+        rollout::post_complete_delay_holds_the_next_node,
+    ),
+    (
+        "bumps_and_departures_replace_or_remove_jobs",
+        rollout::bumps_and_departures_replace_or_remove_jobs,
+    ),
+    (
+        "foreign_jobs_stay_and_deleted_plans_clean_up",
+        rollout::foreign_jobs_stay_and_deleted_plans_clean_up,
+    ),
+    (
+        "exclusive_plans_take_turns",
+        rollout::exclusive_plans_take_turns,
+    ),
+    (
+        "windows_gate_the_start_of_a_rollout",
+        rollout::windows_gate_the_start_of_a_rollout,
+    ),
+    (
+        "plans_in_other_namespaces_are_ignored",
+        rollout::plans_in_other_namespaces_are_ignored,
+    ),
+    (
+        "channels_resolve_versions",
+        resolution::channels_resolve_versions,
+    ),
+    (
+        "plans_that_bypassed_the_webhook_are_validated",
+        resolution::plans_that_bypassed_the_webhook_are_validated,
+    ),
+    (
+        "twenty_nodes_concurrency_three_survive_a_sigkill",
+        resilience::twenty_nodes_concurrency_three_survive_a_sigkill,
     ),
 ];
 

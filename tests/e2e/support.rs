@@ -179,7 +179,7 @@ impl Ctx {
 
     /// The suite's server, started (as our ServiceAccount) if none is running.
     pub fn ensure_server(&self) -> ServerInfo {
-        let mut server = self.server.lock().unwrap();
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
         if server.is_none() {
             let started = Server::start(self, "suite", &[]);
             started.wait_ready();
@@ -189,11 +189,20 @@ impl Ctx {
     }
 
     pub fn stop_server(&self) {
-        self.server.lock().unwrap().take();
+        self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Runs `f` on the suite's server process.
+    pub fn with_server<T>(&self, f: impl FnOnce(&mut Server) -> T) -> Option<T> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(f)
     }
 
     pub fn set_server(&self, server: Server) {
-        *self.server.lock().unwrap() = Some(server);
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
     }
 
     /// The webhook configurations of webhook-config.yaml, calling `base_url` instead of the Service.
@@ -324,6 +333,12 @@ impl Server {
             .spawn()
             .unwrap();
         Server { child, port, log }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn info(&self) -> ServerInfo {

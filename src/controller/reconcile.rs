@@ -1,0 +1,511 @@
+//! One reconcile of a Plan: observe (caches, channel), decide (pure), then act on the API in a
+//! safe order: cleanups, the status with `applying` (guarded by resourceVersion), then the
+//! nodes that start. Events are recorded once the status is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::api::{LABEL_CONTROLLER, Plan};
+use crate::controller::decide::{
+    self, CORDON_CLAIM_PREFIX, Change, Decision, Note, Observed, Resolution, Target,
+};
+use crate::controller::job::{JobSettings, LABEL_PLAN};
+use crate::controller::resolve::ChannelClient;
+use crate::controller::status;
+use crate::metrics::Metrics;
+
+/// Controller-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub namespace: String,
+    pub job: JobSettings,
+    pub polling_interval: Duration,
+}
+
+/// The state of a Plan's channel polling, in memory.
+#[derive(Debug, Clone)]
+struct Poll {
+    channel: String,
+    next: Instant,
+    failures: u32,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub plans: Store<Plan>,
+    pub jobs: Store<Job>,
+    pub nodes: Store<Node>,
+    pub secrets: Store<Secret>,
+    pub reporter: Reporter,
+    pub channel: ChannelClient,
+    /// UID of the kube-system Namespace, sent to channels as X-SUC-Cluster-ID.
+    pub cluster_id: String,
+    pub metrics: Arc<Metrics>,
+    polls: Mutex<HashMap<String, Poll>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Why a reconcile did not finish; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the Plan changed while it was reconciled; retrying")]
+    Conflict,
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        stores: (Store<Plan>, Store<Job>, Store<Node>, Store<Secret>),
+        reporter: Reporter,
+        channel: ChannelClient,
+        cluster_id: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (plans, jobs, nodes, secrets) = stores;
+        Self {
+            client,
+            settings,
+            plans,
+            jobs,
+            nodes,
+            secrets,
+            reporter,
+            channel,
+            cluster_id,
+            metrics,
+            polls: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// How long to wait before retrying a Plan whose reconcile failed: 1s doubling to 5 min.
+    pub fn backoff(&self, plan: &Plan, error: &ReconcileError) -> Duration {
+        let key = plan.metadata.uid.clone().unwrap_or_default();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key).or_insert(0);
+        if matches!(error, ReconcileError::Conflict) {
+            return Duration::from_millis(200);
+        }
+        *count = (*count + 1).min(20);
+        Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, plan: &Plan) {
+        let key = plan.metadata.uid.clone().unwrap_or_default();
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+}
+
+/// Reconciles one Plan.
+pub async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&plan, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.succeeded(&plan);
+    }
+    result
+}
+
+async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = plan.name_any();
+    let namespace = plan.namespace().unwrap_or_default();
+    let resolution = resolve(plan, ctx).await;
+
+    let nodes = ctx.nodes.state();
+    let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let jobs = ctx.jobs.state();
+    let job_refs: Vec<&Job> = jobs
+        .iter()
+        .map(|j| j.as_ref())
+        .filter(|j| j.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|j| {
+            let labels = j.metadata.labels.as_ref();
+            labels.and_then(|l| l.get(LABEL_PLAN)) == Some(&name)
+                && labels.and_then(|l| l.get(LABEL_CONTROLLER))
+                    == Some(&ctx.settings.job.controller_name)
+        })
+        .collect();
+    let secrets = ctx.secrets.state();
+    let secret_map: BTreeMap<String, &Secret> = secrets
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .map(|s| (s.name_any(), s.as_ref()))
+        .collect();
+    let decision = decide::decide(&Observed {
+        plan,
+        nodes: &node_refs,
+        jobs: &job_refs,
+        secrets: &secret_map,
+        now: jiff::Timestamp::now(),
+        resolution,
+        settings: &ctx.settings.job,
+    });
+    tracing::debug!(plan = %name, before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
+
+    for change in &decision.before {
+        apply(ctx, plan, change).await?;
+    }
+    write_status(ctx, plan, &decision).await?;
+    for change in &decision.after {
+        apply(ctx, plan, change).await?;
+    }
+    for note in &decision.notes {
+        publish(ctx, plan, note).await;
+    }
+    Ok(Action::requeue(decision.requeue))
+}
+
+/// Resolves the Plan's version; the channel is polled at most once per interval, and after a
+/// failure again with backoff (5 s doubling, at most the interval).
+async fn resolve(plan: &Plan, ctx: &Context) -> Resolution {
+    if !crate::validation::validate(plan).is_valid() {
+        return Resolution::Skipped;
+    }
+    if let Some(version) = plan.spec.version.as_deref().filter(|v| !v.is_empty()) {
+        return Resolution::Version(version.to_owned());
+    }
+    let Some(channel) = plan.spec.channel.as_deref().filter(|c| !c.is_empty()) else {
+        return Resolution::Missing;
+    };
+    let key = plan.metadata.uid.clone().unwrap_or_default();
+    let status = plan.status.clone().unwrap_or_default();
+    let latest = status.latest_version.clone().unwrap_or_default();
+    let resolved = status::is(
+        status.conditions.as_deref().unwrap_or_default(),
+        status::LATEST_RESOLVED,
+        "True",
+    );
+    let now = Instant::now();
+    let previous = ctx
+        .polls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(poll) = &previous
+        && poll.channel == channel
+        && now < poll.next
+        && (resolved || poll.failures > 0)
+    {
+        return Resolution::ChannelNotDue(poll.next - now);
+    }
+    let result = ctx.channel.resolve(channel, &latest, &ctx.cluster_id).await;
+    let mut polls = ctx.polls.lock().unwrap_or_else(|e| e.into_inner());
+    match result {
+        Ok(version) => {
+            let interval = ctx.settings.polling_interval;
+            polls.insert(
+                key,
+                Poll {
+                    channel: channel.to_owned(),
+                    next: now + interval,
+                    failures: 0,
+                },
+            );
+            tracing::info!(plan = %plan.name_any(), %channel, %version, "polled the channel");
+            Resolution::Channel(version)
+        }
+        Err(error) => {
+            let failures = previous
+                .filter(|p| p.channel == channel)
+                .map_or(0, |p| p.failures)
+                + 1;
+            let retry = Duration::from_secs(5u64 << (failures - 1).min(10))
+                .min(ctx.settings.polling_interval);
+            polls.insert(
+                key,
+                Poll {
+                    channel: channel.to_owned(),
+                    next: now + retry,
+                    failures,
+                },
+            );
+            tracing::warn!(plan = %plan.name_any(), %channel, %error, ?retry, "channel poll failed");
+            Resolution::ChannelFailed {
+                error: error.0,
+                retry,
+            }
+        }
+    }
+}
+
+/// Writes the status when it changed, only if the Plan was not changed meanwhile.
+async fn write_status(
+    ctx: &Context,
+    plan: &Plan,
+    decision: &Decision,
+) -> Result<(), ReconcileError> {
+    if plan.status.as_ref() == Some(&decision.status) {
+        return Ok(());
+    }
+    let mut status = serde_json::to_value(&decision.status).unwrap_or_default();
+    if let Some(fields) = status.as_object_mut() {
+        // A merge patch removes what is set to null.
+        for key in [
+            "conditions",
+            "latestVersion",
+            "latestHash",
+            "applying",
+            "nodes",
+        ] {
+            fields.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": plan.resource_version()},
+        "status": status,
+    });
+    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    match api
+        .patch_status(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(ReconcileError::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), ReconcileError> {
+    let namespace = plan.namespace().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    match change {
+        Change::DeleteJob { name, why } => {
+            tracing::info!(plan = %plan.name_any(), job = %name, %why, "deleting Job");
+            match jobs.delete(name, &DeleteParams::background()).await {
+                Ok(_) => ctx.metrics.job_changed("deleted"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Change::CreateJob(job) => {
+            let name = job.name_any();
+            match jobs.create(&PostParams::default(), job).await {
+                Ok(_) => {
+                    tracing::info!(plan = %plan.name_any(), job = %name, "created Job");
+                    ctx.metrics.job_changed("created");
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Change::UnpauseJob(name) => {
+            let patch = serde_json::json!({"spec": {"parallelism": 1}});
+            jobs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Change::LabelNode { node, labels } => {
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            let patch = serde_json::json!({"metadata": {"labels": labels}});
+            match nodes
+                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(plan = %plan.name_any(), %node, "labelled node done");
+                    ctx.metrics.node_upgraded();
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Change::Cordon { node } => cordon(ctx, &plan.name_any(), node, true).await?,
+        Change::Release { node } => cordon(ctx, &plan.name_any(), node, false).await?,
+    }
+    Ok(())
+}
+
+/// Cordons a node for a Plan (recording the claim), or drops the Plan's claim and uncordons the
+/// node when no claim is left. A node cordoned by someone else is never claimed, so never
+/// uncordoned by us. Read-modify-write with the node's resourceVersion, so Plans acting on the
+/// same node at once cannot lose each other's claims.
+pub async fn cordon(
+    ctx: &Context,
+    plan: &str,
+    node: &str,
+    claim: bool,
+) -> Result<(), ReconcileError> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
+    for _ in 0..5 {
+        let Some(current) = nodes.get_opt(node).await? else {
+            return Ok(());
+        };
+        let annotations = current.metadata.annotations.clone().unwrap_or_default();
+        let claims: Vec<&String> = annotations
+            .keys()
+            .filter(|k| k.starts_with(CORDON_CLAIM_PREFIX))
+            .collect();
+        let unschedulable = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        let patch = if claim {
+            if annotations.contains_key(&key) || (unschedulable && claims.is_empty()) {
+                return Ok(());
+            }
+            serde_json::json!({
+                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: decide::stamp(jiff::Timestamp::now())}},
+                "spec": {"unschedulable": true},
+            })
+        } else {
+            if !annotations.contains_key(&key) {
+                return Ok(());
+            }
+            let last = claims.len() == 1;
+            let mut patch = serde_json::json!({
+                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: null}},
+            });
+            if last {
+                patch["spec"] = serde_json::json!({"unschedulable": null});
+            }
+            patch
+        };
+        match nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                let (reason, message) = if claim {
+                    ("Cordoned", format!("Cordoned for Plan {plan}"))
+                } else if claims.len() == 1 {
+                    (
+                        "Uncordoned",
+                        format!("Uncordoned: Plan {plan} released the node"),
+                    )
+                } else {
+                    (
+                        "CordonReleased",
+                        format!("Plan {plan} released the node; other Plans keep it cordoned"),
+                    )
+                };
+                tracing::info!(%plan, %node, reason, "cordon");
+                let note = Note {
+                    target: Target::Node(node.to_owned()),
+                    warning: false,
+                    reason,
+                    message,
+                };
+                publish_node(ctx, &current, &note).await;
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ReconcileError::Conflict)
+}
+
+async fn publish(ctx: &Context, plan: &Plan, note: &Note) {
+    match &note.target {
+        Target::Plan => {
+            let reference = plan.object_ref(&());
+            send(ctx, &reference, note).await;
+        }
+        Target::Node(name) => {
+            if let Some(node) = ctx
+                .nodes
+                .get(&kube::runtime::reflector::ObjectRef::new(name))
+            {
+                publish_node(ctx, &node, note).await;
+            }
+        }
+    }
+}
+
+async fn publish_node(ctx: &Context, node: &Node, note: &Note) {
+    let reference = ObjectReference {
+        namespace: None,
+        ..node.object_ref(&())
+    };
+    send(ctx, &reference, note).await;
+}
+
+/// Records an event (events.k8s.io/v1). Each transition is its own event: kube's recorder folds
+/// events of one reason into a series that keeps the first message, which would hide, say, the
+/// version a Plan resolved to after a bump.
+async fn send(ctx: &Context, reference: &ObjectReference, note: &Note) {
+    let now = jiff::Timestamp::now();
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    // Event names are DNS subdomains: the object's name (cut to leave room) and a time.
+    let object: String = reference
+        .name
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    let event = Event {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some(if note.warning { "Warning" } else { "Normal" }.to_owned()),
+        reason: Some(note.reason.to_owned()),
+        action: Some(note.reason.to_owned()),
+        note: Some(truncate(&note.message, 1000)),
+        regarding: Some(reference.clone()),
+        reporting_controller: Some(format!("upgrade.cattle.io/{}", ctx.reporter.controller)),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
+        ..Event::default()
+    };
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(e) = events.create(&PostParams::default(), &event).await {
+        tracing::warn!(error = %e, reason = note.reason, "could not record an event");
+    }
+}
+
+/// Who records events.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub controller: String,
+    pub instance: Option<String>,
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

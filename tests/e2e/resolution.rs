@@ -1,0 +1,227 @@
+//! Version resolution and the controller's own validation, against the real API server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::scenario::Scenario;
+use crate::support::{Ctx, NAMESPACE, wait};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A channel server on loopback: what it answers can be changed, and what it was asked is kept.
+struct ChannelServer {
+    url: String,
+    answer: Arc<Mutex<(u16, Option<String>)>>,
+    requests: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl ChannelServer {
+    fn start(ctx: &Ctx) -> ChannelServer {
+        let answer = Arc::new(Mutex::new((
+            302u16,
+            Some("/k3s-io/k3s/releases/tag/v1.2.3+test".to_owned()),
+        )));
+        let requests: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let (a, r) = (answer.clone(), requests.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+            let (a, r) = (a.clone(), r.clone());
+            async move {
+                r.lock().unwrap().push(headers);
+                let (code, location) = a.lock().unwrap().clone();
+                let status = StatusCode::from_u16(code).unwrap();
+                match location {
+                    Some(location) => (status, [(header::LOCATION, location)]).into_response(),
+                    None => status.into_response(),
+                }
+            }
+        });
+        let listener = ctx
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        ctx.runtime
+            .spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ChannelServer {
+            url: format!("http://{address}"),
+            answer,
+            requests,
+        }
+    }
+
+    fn answer(&self, code: u16, location: Option<&str>) {
+        *self.answer.lock().unwrap() = (code, location.map(str::to_owned));
+    }
+
+    fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+/// §11.3-6: a channel's 302 names the version; failures are visible and retried; a version wins.
+pub fn channels_resolve_versions(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "chan", 1);
+    let server = ChannelServer::start(ctx);
+    let cluster_id = ctx
+        .kubectl(&[
+            "get",
+            "namespace",
+            "kube-system",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect_ok()
+        .stdout;
+
+    // §11.4 first: a failing channel, retried, with an event and a condition message.
+    server.answer(503, None);
+    let spec = |channel: &str| json!({"concurrency": 1, "channel": channel, "upgrade": {"image": "rancher/k3s-upgrade"}});
+    s.apply_plan("chan", spec(&format!("{}/stable", server.url)), json!({}));
+    let message = s.wait_condition("chan", "LatestResolved", "False", "ChannelError", MINUTE);
+    assert!(
+        message.contains("unexpected response: HTTP/1.1 503 Service Unavailable"),
+        "{message}"
+    );
+    wait("retries", MINUTE, || (server.count() >= 2).then_some(()));
+    assert!(s.events(NAMESPACE, "Plan", "chan").iter().any(|e| e.starts_with("ResolveFailed: Failed to resolve latest version from Spec.Channel: unexpected response")));
+    assert!(s.jobs("chan").is_empty());
+
+    // §11.3: the channel recovers with a 302.
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.2.3+test"));
+    wait("the resolved version", MINUTE, || {
+        (s.plan_json("chan")["status"]["latestVersion"] == "v1.2.3-test").then_some(())
+    });
+    assert_eq!(
+        s.condition("chan", "LatestResolved").unwrap(),
+        ("True".into(), "Channel".into(), "".into())
+    );
+    let headers = server.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(headers["x-suc-cluster-id"], cluster_id.as_str());
+    s.wait_condition("chan", "Complete", "True", "Complete", MINUTE);
+    let job = s.jobs("chan").into_iter().next().unwrap();
+    let image = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("rancher/k3s-upgrade:v1.2.3-test"));
+
+    // §11.5: a 200 names the version by the URL's last element.
+    server.answer(200, None);
+    s.apply_plan(
+        "chan-200",
+        spec(&format!("{}/releases/v9", server.url)),
+        json!({}),
+    );
+    wait("v9", MINUTE, || {
+        (s.plan("chan-200")
+            .and_then(|p| p.status?.latest_version)
+            .as_deref()
+            == Some("v9"))
+        .then_some(())
+    });
+
+    // §11.6: a version wins; the channel is never asked.
+    let before = server.count();
+    let mut both = spec(&format!("{}/never", server.url));
+    both["version"] = json!("v1.0.0");
+    s.apply_plan("chan-version", both, json!({}));
+    wait("the static version", MINUTE, || {
+        (s.plan("chan-version")
+            .and_then(|p| p.status?.latest_version)
+            .as_deref()
+            == Some("v1.0.0"))
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        server.count(),
+        before,
+        "the channel of a Plan with a version was polled"
+    );
+    for plan in ["chan", "chan-200", "chan-version"] {
+        s.delete_plan(plan);
+    }
+}
+
+/// §11.2, 8, 9, 11, 12: Plans that reached the cluster while the webhook was down are refused
+/// by the controller with the webhook's messages, and proceed once fixed.
+pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
+    let server = ctx.ensure_server();
+    let s = Scenario::new(ctx, "byp", 1);
+    ctx.kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+        "system-upgrade-controller",
+    ])
+    .expect_ok();
+    let base = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}});
+    let mut drain = base.clone();
+    drain["drain"] = json!({"deleteLocalData": true, "deleteEmptydirData": true});
+    let mut delay = base.clone();
+    delay["postCompleteDelay"] = json!("-30s");
+    let mut window = base.clone();
+    window["window"] = json!({"days": ["mo"], "startTime": "25:00", "endTime": "03:00"});
+    let mut secret = base.clone();
+    secret["secrets"] = json!([{"name": "byp-secret", "path": "/s"}]);
+    let mut unresolved = base.clone();
+    unresolved.as_object_mut().unwrap().remove("version");
+    let cases = [
+        (
+            "byp-drain",
+            drain,
+            "spec.drain cannot specify both deleteEmptydirData and deleteLocalData",
+        ),
+        ("byp-delay", delay, "spec.postCompleteDelay is negative"),
+        ("byp-window", window, "spec.window is invalid"),
+        ("byp-secret", secret, "secrets \"byp-secret\" not found"),
+        (
+            "byp-unresolved",
+            unresolved,
+            "neither version nor channel is set",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        s.apply_plan(name, spec.clone(), json!({}));
+    }
+    for (name, _, expected) in &cases {
+        let message = s.wait_condition(name, "Validated", "False", "Error", MINUTE);
+        assert!(message.contains(expected), "{name}: {message}");
+        assert_eq!(s.condition(name, "Complete").unwrap().1, "NotReady");
+        assert!(
+            s.events(NAMESPACE, "Plan", name)
+                .iter()
+                .any(|e| e.starts_with("ValidateFailed: Failed to validate plan: "))
+        );
+        assert!(s.jobs(name).is_empty());
+    }
+    // Creating the Secret lets its Plan go on without touching the Plan (§11.12).
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "byp-secret",
+        "--from-literal=k=v",
+    ])
+    .expect_ok();
+    s.wait_condition("byp-secret", "Complete", "True", "Complete", MINUTE);
+    // Fixing a spec lets it go on (§11.8).
+    let mut fixed = cases[0].1.clone();
+    fixed["drain"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deleteLocalData");
+    s.apply_plan("byp-drain", fixed, json!({}));
+    s.wait_condition("byp-drain", "Validated", "True", "PlanIsValid", MINUTE);
+    for (name, _, _) in &cases {
+        s.delete_plan(name);
+    }
+    ctx.kubectl(&["-n", NAMESPACE, "delete", "secret", "byp-secret"])
+        .expect_ok();
+    ctx.register_webhooks(&format!("https://127.0.0.1:{}", server.port));
+    ctx.wait_for_ca_bundles();
+}

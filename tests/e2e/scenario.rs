@@ -1,0 +1,362 @@
+//! A scenario: its own simulated nodes, labelled `suc-test/scenario=<name>`, and Plans selecting
+//! them, all removed when the scenario ends, so scenarios do not disturb each other.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use system_upgrade_controller::api::Plan;
+
+use crate::support::{Ctx, NAMESPACE, wait};
+
+pub const SCENARIO_LABEL: &str = "suc-test/scenario";
+
+pub struct Scenario<'a> {
+    pub ctx: &'a Ctx,
+    pub name: String,
+    pub nodes: Vec<String>,
+}
+
+impl<'a> Scenario<'a> {
+    /// Creates `count` Ready nodes named `<name>-1`...
+    pub fn new(ctx: &'a Ctx, name: &str, count: usize) -> Self {
+        let scenario = Scenario {
+            ctx,
+            name: name.to_owned(),
+            nodes: Vec::new(),
+        };
+        scenario.cleanup();
+        let mut scenario = scenario;
+        scenario.add_nodes(count);
+        scenario
+    }
+
+    pub fn add_nodes(&mut self, count: usize) -> Vec<String> {
+        let first = self.nodes.len() + 1;
+        let names: Vec<String> = (first..first + count)
+            .map(|i| format!("{}-{i}", self.name))
+            .collect();
+        let items: Vec<Value> = names
+            .iter()
+            .map(|n| {
+                json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": n, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
+                        "type": "kwok", "kubernetes.io/hostname": n, "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64", SCENARIO_LABEL: self.name,
+                    }},
+                })
+            })
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.ctx
+            .kubectl_with_input(&["apply", "-f", "-"], Some(&list.to_string()))
+            .expect_ok();
+        for name in &names {
+            wait(
+                &format!("node {name} to be Ready and untainted"),
+                Duration::from_secs(60),
+                || {
+                    let node = self.node(name)?;
+                    let ready = node
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    let tainted = node
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| !t.is_empty());
+                    (ready && !tainted).then_some(())
+                },
+            );
+        }
+        self.nodes.extend(names.iter().cloned());
+        names
+    }
+
+    /// Applies a Plan named after the scenario (or `name`), selecting the scenario's nodes unless
+    /// the spec selects otherwise.
+    pub fn apply_plan(&self, name: &str, mut spec: Value, metadata: Value) {
+        if spec.get("nodeSelector").is_none() {
+            spec["nodeSelector"] = json!({"matchLabels": {SCENARIO_LABEL: self.name}});
+        }
+        let mut meta = json!({"name": name, "namespace": NAMESPACE});
+        for (k, v) in metadata.as_object().into_iter().flatten() {
+            meta[k] = v.clone();
+        }
+        let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": meta, "spec": spec});
+        self.ctx
+            .kubectl_with_input(&["apply", "-f", "-"], Some(&plan.to_string()))
+            .expect_ok();
+    }
+
+    pub fn plan(&self, name: &str) -> Option<Plan> {
+        let api: Api<Plan> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
+        self.ctx.block_on(api.get_opt(name)).unwrap()
+    }
+
+    pub fn plan_json(&self, name: &str) -> Value {
+        serde_json::to_value(self.plan(name).expect("the Plan exists")).unwrap()
+    }
+
+    pub fn condition(&self, plan: &str, type_: &str) -> Option<(String, String, String)> {
+        let plan = self.plan(plan)?;
+        let conditions = plan.status?.conditions?;
+        let c = conditions.into_iter().find(|c| c.type_ == type_)?;
+        Some((
+            c.status,
+            c.reason.unwrap_or_default(),
+            c.message.unwrap_or_default(),
+        ))
+    }
+
+    /// Waits for a condition to reach status and reason.
+    #[track_caller]
+    pub fn wait_condition(
+        &self,
+        plan: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> String {
+        wait(
+            &format!(
+                "Plan {plan} {type_}={status}/{reason} (now {:?})",
+                self.condition(plan, type_)
+            ),
+            timeout,
+            || {
+                self.condition(plan, type_)
+                    .filter(|(s, r, _)| s == status && r == reason)
+                    .map(|(_, _, m)| m)
+            },
+        )
+    }
+
+    pub fn jobs(&self, plan: &str) -> Vec<Job> {
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
+        let list = self
+            .ctx
+            .block_on(
+                api.list(&ListParams::default().labels(&format!("upgrade.cattle.io/plan={plan}"))),
+            )
+            .unwrap();
+        list.items
+    }
+
+    pub fn node(&self, name: &str) -> Option<Node> {
+        let api: Api<Node> = Api::all(self.ctx.client.clone());
+        self.ctx.block_on(api.get_opt(name)).unwrap()
+    }
+
+    pub fn node_label(&self, node: &str, key: &str) -> Option<String> {
+        self.node(node)?.metadata.labels?.get(key).cloned()
+    }
+
+    pub fn unschedulable(&self, node: &str) -> bool {
+        self.node(node)
+            .and_then(|n| n.spec?.unschedulable)
+            .unwrap_or(false)
+    }
+
+    /// Events about an object (`Kind/name`), as "Reason: message".
+    pub fn events(&self, namespace: &str, kind: &str, name: &str) -> Vec<String> {
+        let out = self.ctx.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.kind={kind},involvedObject.name={name}"),
+            "-o",
+            "json",
+        ]);
+        let list: Value = serde_json::from_str(&out.expect_ok().stdout).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e["reason"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
+    pub fn delete_plan(&self, name: &str) {
+        self.ctx
+            .kubectl(&[
+                "-n",
+                NAMESPACE,
+                "delete",
+                "plan",
+                name,
+                "--ignore-not-found",
+                "--wait=true",
+            ])
+            .expect_ok();
+    }
+
+    /// Removes the scenario's Plans (those selecting its label or named after it), Jobs and nodes.
+    pub fn cleanup(&self) {
+        let api: Api<Plan> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
+        let plans = self.ctx.block_on(api.list(&ListParams::default())).unwrap();
+        for plan in plans.items {
+            let name = plan.metadata.name.clone().unwrap_or_default();
+            let ours = name.starts_with(&self.name)
+                || serde_json::to_string(&plan.spec.node_selector)
+                    .unwrap_or_default()
+                    .contains(&format!("\"{}\"", self.name));
+            if ours {
+                self.delete_plan(&name);
+            }
+        }
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let selector = format!("{SCENARIO_LABEL}={}", self.name);
+        let _ = self.ctx.block_on(nodes.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&selector),
+        ));
+        wait(
+            "the scenario's nodes to go",
+            Duration::from_secs(60),
+            || {
+                let left = self
+                    .ctx
+                    .block_on(nodes.list(&ListParams::default().labels(&selector)))
+                    .unwrap();
+                left.items.is_empty().then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for Scenario<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.cleanup();
+        }
+    }
+}
+
+/// Watches a Plan's Jobs for the whole scenario and checks the concurrency invariant at every
+/// change: never more than the allowed number of nodes with an unfinished Job of one hash.
+pub struct JobWatch {
+    state: Arc<Mutex<WatchState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct WatchState {
+    /// Job name → (node, hash, unfinished).
+    jobs: BTreeMap<String, (String, String, bool)>,
+    /// Highest number of nodes seen with an unfinished Job of one hash.
+    pub max_unfinished: usize,
+    /// Job UIDs created per node.
+    pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl JobWatch {
+    pub fn start(ctx: &Ctx, plan: &str) -> JobWatch {
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+        let config = watcher::Config::default().labels(&format!("upgrade.cattle.io/plan={plan}"));
+        let state = Arc::new(Mutex::new(WatchState::default()));
+        let shared = state.clone();
+        let plan_label = format!("plan.upgrade.cattle.io/{plan}");
+        let task = ctx.runtime.spawn(async move {
+            let mut stream = watcher::watcher(api, config).boxed();
+            while let Some(event) = stream.next().await {
+                let Ok(event) = event else { continue };
+                let mut state = shared.lock().unwrap();
+                let mut record = |job: &Job, gone: bool| {
+                    let name = job.metadata.name.clone().unwrap_or_default();
+                    let labels = job.metadata.labels.clone().unwrap_or_default();
+                    let node = labels
+                        .get("upgrade.cattle.io/node")
+                        .cloned()
+                        .unwrap_or_default();
+                    let hash = labels.get(&plan_label).cloned().unwrap_or_default();
+                    if gone {
+                        state.jobs.remove(&name);
+                        return;
+                    }
+                    let finished = job
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                            })
+                        });
+                    let running = !finished
+                        && job.metadata.deletion_timestamp.is_none()
+                        && job.spec.as_ref().and_then(|s| s.parallelism) != Some(0);
+                    state
+                        .created
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(job.metadata.uid.clone().unwrap_or_default());
+                    state.jobs.insert(name, (node, hash, running));
+                };
+                match &event {
+                    watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                        record(job, false)
+                    }
+                    watcher::Event::Delete(job) => record(job, true),
+                    _ => continue,
+                }
+                let mut per_hash: BTreeMap<&String, std::collections::BTreeSet<&String>> =
+                    BTreeMap::new();
+                for (node, hash, running) in state.jobs.values() {
+                    if *running {
+                        per_hash.entry(hash).or_default().insert(node);
+                    }
+                }
+                let now = per_hash
+                    .values()
+                    .map(|nodes| nodes.len())
+                    .max()
+                    .unwrap_or(0);
+                state.max_unfinished = state.max_unfinished.max(now);
+            }
+        });
+        JobWatch { state, task }
+    }
+
+    pub fn max_unfinished(&self) -> usize {
+        self.state.lock().unwrap().max_unfinished
+    }
+
+    /// How many distinct Jobs each node got.
+    pub fn jobs_per_node(&self) -> BTreeMap<String, usize> {
+        self.state
+            .lock()
+            .unwrap()
+            .created
+            .iter()
+            .map(|(n, uids)| (n.clone(), uids.len()))
+            .collect()
+    }
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
