@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# The main job: a local simulated K3s-like cluster (real control plane, kwok nodes) with our
-# server installed as the Plans' admission webhook, and the usual K3s server and agent Plans
-# applied to it.
+# The main job: a local simulated K3s cluster (a real control plane, kwok nodes), with our
+# controller rolling the usual K3s server and agent Plans across it.
 #
-#   bash demo/run.sh          # set up everything and show the result
-#   bash demo/run.sh stop     # stop the server and the cluster
+#   bash demo/run.sh          # set everything up, show the rollout until both Plans are Complete
+#   bash demo/run.sh stop     # stop the controller, the channel server and the cluster
 #
 # Environment: SUC_DEMO_NODES (default 6: 1 control plane, 5 agents), SUC_DEMO_DIR (default
-# /tmp/suc-demo).
+# /tmp/suc-demo), SUC_DEMO_VERSION (default v1.30.4+k3s1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dir="${SUC_DEMO_DIR:-${TMPDIR:-/tmp}/suc-demo}"
 nodes="${SUC_DEMO_NODES:-6}"
+version="${SUC_DEMO_VERSION:-v1.30.4+k3s1}"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '\n== %s\n' "$*"; }
 
 stop() {
-  if [[ -f "$dir/controller.pid" ]]; then
-    kill "$(cat "$dir/controller.pid")" 2>/dev/null || true
-    rm -f "$dir/controller.pid"
-  fi
+  for pid_file in "$dir/controller.pid" "$dir/channel.pid"; do
+    if [[ -f "$pid_file" ]]; then
+      kill "$(cat "$pid_file")" 2>/dev/null || true
+      rm -f "$pid_file"
+    fi
+  done
   bash tests/cluster/cluster.sh down --dir "$dir/cluster"
 }
 
@@ -29,54 +31,106 @@ if [[ "${1:-}" == stop ]]; then
 fi
 stop >/dev/null 2>&1 || true
 mkdir -p "$dir"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 say "Building system-upgrade-controller"
 cargo build --release --locked --bin system-upgrade-controller
 bin="$PWD/target/release/system-upgrade-controller"
 
-say "Starting a control plane with $nodes simulated nodes (first run builds it: ~10 minutes)"
+say "Starting a control plane with $nodes simulated nodes (the first run builds it: ~10 minutes)"
 kubeconfig="$(bash tests/cluster/cluster.sh up --dir "$dir/cluster" --nodes "$nodes" --control-planes 1)"
 export KUBECONFIG="$kubeconfig"
 kubectl get nodes -L kubernetes.io/arch
 
-say "Installing the CRD, the namespace and the webhook configurations"
-kubectl apply -f deploy/namespace.yaml -f deploy/crd.yaml
-kubectl wait --for condition=established crd/plans.upgrade.cattle.io --timeout=60s
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# The server runs on this machine, not in the cluster: point the webhooks at it by URL.
+say "Installing the namespace, the CRD, RBAC (ServiceAccount system-upgrade) and the webhooks"
+kubectl apply -f deploy/namespace.yaml -f deploy/crd.yaml -f deploy/rbac.yaml
+kubectl wait --for condition=established crd/plans.upgrade.cattle.io --timeout=60s >/dev/null
+port="$(free_port)"
+# The controller runs on this machine, not in the cluster: point the webhooks at it by URL.
 awk -v url="https://127.0.0.1:$port" '
   /^    service:$/ { in_service = 1; next }
   in_service && /^      / { if ($1 == "path:") path = $2; next }
   in_service { print "    url: " url path; in_service = 0 }
   { print }' webhook-config.yaml | kubectl apply -f -
 
-say "Starting the server (it creates its CA, injects the caBundle and serves on 127.0.0.1:$port)"
-"$bin" run --kubeconfig "$KUBECONFIG" --listen "127.0.0.1:$port" --extra-cert-names 127.0.0.1 \
-  >"$dir/controller.log" 2>&1 &
+say "Starting a stand-in for the K3s release channel (no network here): it answers $version"
+channel_port="$(free_port)"
+python3 - "$channel_port" "$version" >"$dir/channel.log" 2>&1 <<'EOF' &
+import http.server, sys, urllib.parse
+port, version = int(sys.argv[1]), sys.argv[2]
+class Channel(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", "https://github.com/k3s-io/k3s/releases/tag/" + urllib.parse.quote(version))
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", port), Channel).serve_forever()
+EOF
+echo $! >"$dir/channel.pid"
+
+say "Starting the controller as the ServiceAccount system-upgrade (its RBAC is all it has)"
+sed "s/^  user:/  user:\n    as: system:serviceaccount:system-upgrade:system-upgrade/" "$KUBECONFIG" >"$dir/service-account.kubeconfig"
+"$bin" run --kubeconfig "$dir/service-account.kubeconfig" --listen "127.0.0.1:$port" --extra-cert-names 127.0.0.1 \
+  --cert-check-interval 2s >"$dir/controller.log" 2>&1 &
 echo $! >"$dir/controller.pid"
-for _ in $(seq 1 60); do
+for _ in $(seq 1 120); do
   curl -fsSk "https://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 "$(cat "$dir/controller.pid")" 2>/dev/null || { cat "$dir/controller.log"; exit 1; }
+  kill -0 "$(cat "$dir/controller.pid")" 2>/dev/null || { tail -20 "$dir/controller.log"; exit 1; }
   sleep 0.5
 done
 until [[ -n "$(kubectl get validatingwebhookconfiguration system-upgrade-controller -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]]; do sleep 0.5; done
 
-say "Applying the usual K3s server and agent Plans"
-kubectl apply -f tests/plans/valid/k3s-server.yaml -f tests/plans/valid/k3s-agent.yaml
+say "Applying the usual K3s server Plan (channel) and agent Plan (version)"
+sed "s#https://update.k3s.io/v1-release/channels/stable#http://127.0.0.1:$channel_port/v1-release/channels/stable#" \
+  tests/plans/valid/k3s-server.yaml | kubectl apply -f -
+sed "s#version: v1.30.4+k3s1#version: $version#" tests/plans/valid/k3s-agent.yaml | kubectl apply -f -
+
+say "The rollout as it happens (C = cordoned, J = Job running, S = server-plan done, A = agent-plan done)"
+started=$SECONDS
+snapshot() {
+  local nodes_line jobs_line
+  # Jobs first: a node is cordoned before its Job is created, so a Job seen implies its cordon.
+  jobs_line="$(kubectl -n system-upgrade get jobs -o jsonpath='{range .items[*]}{.metadata.labels.upgrade\.cattle\.io/node}{" "}{.status.active}{"\n"}{end}')"
+  nodes_line="$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.spec.unschedulable}{"|"}{.metadata.labels.plan\.upgrade\.cattle\.io/server-plan}{"|"}{.metadata.labels.plan\.upgrade\.cattle\.io/agent-plan}{"\n"}{end}')"
+  while IFS='|' read -r name cordoned server agent; do
+    [[ -z "$name" ]] && continue
+    local marks=""
+    [[ "$cordoned" == true ]] && marks+="C"
+    grep -q "^$name 1$" <<<"$jobs_line" && marks+="J"
+    [[ -n "$server" ]] && marks+="S"
+    [[ -n "$agent" ]] && marks+="A"
+    printf '%s[%s] ' "$name" "${marks:--}"
+  done <<<"$nodes_line"
+}
+last=""
+while true; do
+  line="$(snapshot)"
+  if [[ "$line" != "$last" ]]; then
+    printf '%4ss  %s\n' "$((SECONDS - started))" "$line"
+    last="$line"
+  fi
+  complete="$(kubectl -n system-upgrade get plans -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Complete")].status}{" "}{end}')"
+  [[ "$complete" == "True True " ]] && break
+  if ((SECONDS - started > 600)); then
+    echo "the rollout did not finish in 10 minutes; see $dir/controller.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+elapsed=$((SECONDS - started))
+
+say "Both Plans are Complete after ${elapsed}s"
 kubectl -n system-upgrade get plans -o wide
-
-say "A Plan with mistakes is refused with every problem named"
-kubectl apply -f tests/plans/invalid/many-problems.yaml || true
-
-say "Offline, the same rules: system-upgrade-controller check"
-"$bin" check -f tests/plans/invalid/many-problems.yaml tests/plans/valid/k3s-agent.yaml || true
+kubectl get nodes -L plan.upgrade.cattle.io/server-plan -L plan.upgrade.cattle.io/agent-plan
+kubectl -n system-upgrade get events --field-selector involvedObject.kind=Plan --sort-by=.eventTime 2>/dev/null | tail -8 || true
 
 cat <<EOF
 
-The cluster and the server keep running:
+The cluster and the controller keep running. Try:
   export KUBECONFIG=$KUBECONFIG
-  kubectl apply -f tests/plans/invalid/version-two-parts.yaml   # try a bad Plan
-  curl -k https://127.0.0.1:$port/metrics                        # what the webhook answered
+  kubectl apply -f tests/plans/invalid/many-problems.yaml        # a bad Plan: every problem is named
+  kubectl -n system-upgrade patch plan agent-plan --type=merge -p '{"spec":{"version":"v1.31.0+k3s1"}}'
+  kubectl -n system-upgrade get plans -w                          # watch the agents upgrade again
+  curl -k https://127.0.0.1:$port/metrics                         # webhook and controller metrics
   less $dir/controller.log
 Stop everything with: bash demo/run.sh stop
 EOF

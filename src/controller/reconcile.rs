@@ -179,13 +179,18 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
 /// Resolves the Plan's version; the channel is polled at most once per interval, and after a
 /// failure again with backoff (5 s doubling, at most the interval).
 async fn resolve(plan: &Plan, ctx: &Context) -> Resolution {
+    let version = plan.spec.version.as_deref().filter(|v| !v.is_empty());
+    let channel = plan.spec.channel.as_deref().filter(|c| !c.is_empty());
+    if version.is_none() && channel.is_none() {
+        return Resolution::Missing;
+    }
     if !crate::validation::validate(plan).is_valid() {
         return Resolution::Skipped;
     }
-    if let Some(version) = plan.spec.version.as_deref().filter(|v| !v.is_empty()) {
+    if let Some(version) = version {
         return Resolution::Version(version.to_owned());
     }
-    let Some(channel) = plan.spec.channel.as_deref().filter(|c| !c.is_empty()) else {
+    let Some(channel) = channel else {
         return Resolution::Missing;
     };
     let key = plan.metadata.uid.clone().unwrap_or_default();

@@ -197,6 +197,20 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         );
         assert!(s.jobs(name).is_empty());
     }
+    // §11.2: the unresolvable Plan says so in LatestResolved too, and has no version or hash.
+    assert_eq!(
+        s.condition("byp-unresolved", "LatestResolved").unwrap(),
+        (
+            "False".into(),
+            "Error".into(),
+            "cannot resolve plan: missing channel and version".into()
+        )
+    );
+    let status = s.plan_json("byp-unresolved")["status"].clone();
+    assert!(
+        status.get("latestVersion").is_none() && status.get("latestHash").is_none(),
+        "{status}"
+    );
     // Creating the Secret lets its Plan go on without touching the Plan (§11.12).
     ctx.kubectl(&[
         "-n",
