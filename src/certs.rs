@@ -198,38 +198,48 @@ impl Bootstrap {
     async fn inject_ca_bundle(&self, ca: &Ca) -> Result<(), Error> {
         let bundle = ca.cert_pem.as_bytes();
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        if let Some(config) = mutating.get_opt(&self.webhook_config).await? {
-            let stale = config.webhooks.iter().flatten().filter(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle)
-            });
-            self.patch_bundles(&mutating, stale.map(|w| w.name.clone()).collect(), bundle)
-                .await?;
-        } else {
-            tracing::warn!(name = %self.webhook_config, "MutatingWebhookConfiguration not found; apply webhook-config.yaml");
-        }
+        let stale = mutating.get_opt(&self.webhook_config).await?.map(|c| {
+            let webhooks = c.webhooks.unwrap_or_default();
+            webhooks
+                .into_iter()
+                .map(|w| (w.name, w.client_config.ca_bundle))
+                .collect()
+        });
+        self.patch_bundles(&mutating, "MutatingWebhookConfiguration", stale, bundle)
+            .await?;
         let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        if let Some(config) = validating.get_opt(&self.webhook_config).await? {
-            let stale = config.webhooks.iter().flatten().filter(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle)
-            });
-            self.patch_bundles(&validating, stale.map(|w| w.name.clone()).collect(), bundle)
-                .await?;
-        } else {
-            tracing::warn!(name = %self.webhook_config, "ValidatingWebhookConfiguration not found; apply webhook-config.yaml");
-        }
-        Ok(())
+        let stale = validating.get_opt(&self.webhook_config).await?.map(|c| {
+            let webhooks = c.webhooks.unwrap_or_default();
+            webhooks
+                .into_iter()
+                .map(|w| (w.name, w.client_config.ca_bundle))
+                .collect()
+        });
+        self.patch_bundles(&validating, "ValidatingWebhookConfiguration", stale, bundle)
+            .await
     }
 
     /// One strategic merge patch: webhooks merge by name, so only the named caBundles change.
+    /// `webhooks` are the configuration's (name, caBundle) pairs, `None` when it does not exist.
     async fn patch_bundles<K>(
         &self,
         api: &Api<K>,
-        names: Vec<String>,
+        kind: &str,
+        webhooks: Option<Vec<(String, Option<ByteString>)>>,
         bundle: &[u8],
     ) -> Result<(), Error>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
+        let Some(webhooks) = webhooks else {
+            tracing::warn!(name = %self.webhook_config, "{kind} not found; apply webhook-config.yaml");
+            return Ok(());
+        };
+        let names: Vec<String> = webhooks
+            .into_iter()
+            .filter(|(_, b)| b.as_ref().map(|b| b.0.as_slice()) != Some(bundle))
+            .map(|(n, _)| n)
+            .collect();
         if names.is_empty() {
             return Ok(());
         }

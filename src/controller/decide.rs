@@ -419,7 +419,6 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
                         &name,
                         &message,
                         &now,
-                        None,
                     );
                     if old_entries.get(node_name).map(|e| e.phase.as_str()) != Some("WaitingDelay")
                     {
@@ -605,40 +604,28 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
                         }
                         entries.insert(node_name, entry);
                     }
-                    _ if changed => {
-                        before.push(Change::DeleteJob {
-                            name: existing_name.clone(),
-                            why: "the Plan changed its pod template".into(),
-                        });
-                        entries.insert(
-                            node_name.clone(),
-                            entry_for(
-                                &old_entries,
-                                &node_name,
-                                "Upgrading",
-                                &existing_name,
-                                "replacing the Job after a Plan edit",
-                                &now,
-                                None,
-                            ),
-                        );
-                    }
                     _ => {
-                        if existing.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
-                            after.push(Change::UnpauseJob(existing_name.clone()));
-                        }
-                        entries.insert(
-                            node_name.clone(),
-                            entry_for(
-                                &old_entries,
-                                &node_name,
-                                "Upgrading",
-                                &existing_name,
-                                "",
-                                &now,
-                                None,
-                            ),
+                        let message = if changed {
+                            before.push(Change::DeleteJob {
+                                name: existing_name.clone(),
+                                why: "the Plan changed its pod template".into(),
+                            });
+                            "replacing the Job after a Plan edit"
+                        } else {
+                            if existing.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
+                                after.push(Change::UnpauseJob(existing_name.clone()));
+                            }
+                            ""
+                        };
+                        let entry = entry_for(
+                            &old_entries,
+                            &node_name,
+                            "Upgrading",
+                            &existing_name,
+                            message,
+                            &now,
                         );
+                        entries.insert(node_name.clone(), entry);
                     }
                 }
             }
@@ -678,7 +665,6 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
                         &desired_name,
                         "",
                         &now,
-                        None,
                     ),
                 );
             }
@@ -803,7 +789,6 @@ fn entry_for(
     job: &str,
     message: &str,
     now: &str,
-    template: Option<String>,
 ) -> NodeStatus {
     let since = old
         .get(node)
@@ -816,7 +801,7 @@ fn entry_for(
         job: Some(job.to_owned()),
         message: (!message.is_empty()).then(|| message.to_owned()),
         since: Some(since),
-        template,
+        template: None,
     }
 }
 
