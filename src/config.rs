@@ -151,6 +151,11 @@ pub struct RunConfig {
     #[arg(long, env = "SYSTEM_UPGRADE_JOB_POD_REPLACEMENT_POLICY", default_value = "TerminatingOrFailed", value_parser = ["TerminatingOrFailed", "Failed"])]
     pub job_pod_replacement_policy: String,
 
+    /// Image of the init container that holds the upgrade until the controller has cordoned or
+    /// drained the node (it runs `sh`); the Plan's upgrade image when unset.
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_GATE_IMAGE")]
+    pub job_gate_image: Option<String>,
+
     /// Accepted for compatibility with the Go controller's settings and unused: cordon and drain
     /// are done by the controller itself, so no kubectl image is needed.
     #[arg(long, env = "SYSTEM_UPGRADE_JOB_KUBECTL_IMAGE", hide = true)]

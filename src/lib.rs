@@ -70,6 +70,9 @@ pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
             .await
             .map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
+    // No silent retries inside the client: a 429 from the Eviction API is a PodDisruptionBudget
+    // answering, which the drain reports and retries itself; reconciles have their own backoff.
+    client_config.default_retry = false;
     if let Some(master) = &config.master {
         client_config.cluster_url = master
             .parse()
@@ -170,6 +173,7 @@ fn controller_options(config: &RunConfig) -> controller::ControllerOptions {
                 privileged: config.job_privileged,
                 ttl_seconds_after_finished: config.job_ttl_seconds_after_finish,
                 pod_replacement_policy: config.job_pod_replacement_policy.clone(),
+                gate_image: config.job_gate_image.clone(),
             },
             polling_interval: config.plan_polling_interval,
         },

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub jobs: Family<ActionLabels, Counter>,
     pub nodes_upgraded: Counter,
+    pub evictions: Family<ResultLabels, Counter>,
+    pub drain_duration: Histogram,
 }
 
 impl Metrics {
@@ -100,6 +102,18 @@ impl Metrics {
             "Nodes labelled as done with a Plan",
             nodes_upgraded.clone(),
         );
+        let evictions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "evictions",
+            "Pods evicted or deleted by drains, by result (evicted, deleted, blocked by a PodDisruptionBudget, error)",
+            evictions.clone(),
+        );
+        let drain_duration = Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        registry.register(
+            "drain_duration_seconds",
+            "Time to drain a node",
+            drain_duration.clone(),
+        );
         Arc::new(Self {
             registry,
             admission_requests,
@@ -108,6 +122,8 @@ impl Metrics {
             reconcile_duration,
             jobs,
             nodes_upgraded,
+            evictions,
+            drain_duration,
         })
     }
 
@@ -125,6 +141,14 @@ impl Metrics {
 
     pub fn node_upgraded(&self) {
         self.nodes_upgraded.inc();
+    }
+
+    pub fn eviction(&self, result: &'static str) {
+        self.evictions.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn drain_finished(&self, took: std::time::Duration) {
+        self.drain_duration.observe(took.as_secs_f64());
     }
 
     /// The metrics in the Prometheus text exposition format.

@@ -386,8 +386,10 @@ pub struct PlanStatus {
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
-    /// Upgrading (its Job runs), WaitingDelay (done, waiting postCompleteDelay before the next
-    /// node), or Failed (its Job failed; the node keeps its slot until the Plan changes).
+    /// Preparing (its Job runs `prepare`; the node still serves its workloads), Draining (the
+    /// controller cordons and drains it; the message names what it waits for), Upgrading (the
+    /// upgrade container runs), WaitingDelay (done, waiting postCompleteDelay before the next
+    /// node), or Failed (its Job or drain failed; the node keeps its slot until the Plan changes).
     pub phase: String,
     /// The upgrade Job of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]

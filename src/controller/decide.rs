@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
     LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Plan, PlanStatus,
 };
+use crate::controller::drain::DrainProgress;
 use crate::controller::job::{
-    self, ANNOTATION_TEMPLATE, ANNOTATION_TTL, JobSettings, LABEL_NODE, LABEL_VERSION,
+    self, ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL, JobSettings, LABEL_NODE,
+    LABEL_VERSION,
 };
 use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED, VALIDATED, Wanted};
 use crate::controller::{hash, resolve, select};
@@ -75,9 +77,17 @@ pub enum Change {
         node: String,
         labels: BTreeMap<String, String>,
     },
-    /// Cordon a node for this Plan, recording the claim on the node.
-    Cordon {
+    /// Cordon the node and drain it (per the Plan's `drain`; cordon only without one), then let
+    /// the pod's upgrade start. Kept running across passes; started when not running.
+    Drain {
         node: String,
+        pod: String,
+        job_uid: String,
+    },
+    /// Suspend a Job whose node could not be drained, recording why.
+    FailDrain {
+        job: String,
+        message: String,
     },
     /// Drop this Plan's cordon claim; uncordon the node when no claim is left.
     Release {
@@ -108,6 +118,10 @@ pub struct Observed<'a> {
     pub now: Timestamp,
     pub resolution: Resolution,
     pub settings: &'a JobSettings,
+    /// Pods of the Plan's Jobs.
+    pub pods: &'a [&'a Pod],
+    /// Drains in progress or finished, by the UID of the Job they are for.
+    pub drains: &'a BTreeMap<String, DrainProgress>,
 }
 
 /// RFC 3339 with whole seconds, as condition times are written.
@@ -556,7 +570,8 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         }
     }
 
-    let wants_cordon = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
+    // With cordon or drain, the Job waits in its gate (after prepare) for the controller.
+    let gated = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
     for node in &selected {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         if entries.contains_key(&node_name) {
@@ -566,109 +581,114 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         let desired_name = desired.metadata.name.clone().unwrap_or_default();
         let desired_template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
         let previous = old_entries.get(&node_name);
-        match current_jobs.get(&node_name) {
-            Some(existing) => {
-                let existing_name = existing.metadata.name.clone().unwrap_or_default();
-                // Jobs from the Go controller carry no template digest; they are kept as they are.
-                let template = annotation(existing, ANNOTATION_TEMPLATE);
-                let changed = template.as_ref().is_some_and(|t| *t != desired_template);
-                match finished_at(existing) {
-                    Some((false, at)) if !changed => {
-                        let message = failure_message(existing, &namespace, &node_name);
-                        let entry = NodeStatus {
-                            name: node_name.clone(),
-                            phase: "Failed".into(),
-                            job: Some(existing_name),
-                            message: Some(message.clone()),
-                            since: Some(
-                                previous
-                                    .filter(|p| p.phase == "Failed")
-                                    .and_then(|p| p.since.clone())
-                                    .unwrap_or_else(|| stamp(at)),
-                            ),
-                            template: template.or(Some(desired_template.clone())),
-                        };
-                        if previous.map(|p| p.phase.as_str()) != Some("Failed") {
-                            notes.push(Note {
-                                target: Target::Plan,
-                                warning: true,
-                                reason: "JobFailed",
-                                message: message.clone(),
-                            });
-                            notes.push(Note {
-                                target: Target::Node(node_name.clone()),
-                                warning: true,
-                                reason: "JobFailed",
-                                message,
-                            });
-                        }
-                        entries.insert(node_name, entry);
-                    }
-                    _ => {
-                        let message = if changed {
-                            before.push(Change::DeleteJob {
-                                name: existing_name.clone(),
-                                why: "the Plan changed its pod template".into(),
-                            });
-                            "replacing the Job after a Plan edit"
-                        } else {
-                            if existing.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
-                                after.push(Change::UnpauseJob(existing_name.clone()));
-                            }
-                            ""
-                        };
-                        let entry = entry_for(
-                            &old_entries,
-                            &node_name,
-                            "Upgrading",
-                            &existing_name,
-                            message,
-                            &now,
-                        );
-                        entries.insert(node_name.clone(), entry);
-                    }
-                }
+        let Some(existing) = current_jobs.get(&node_name) else {
+            // A failure stays a failure, even after its Job expired, until the Plan's pod
+            // template or hash changes.
+            if let Some(failed) = previous.filter(|p| {
+                p.phase == "Failed"
+                    && p.template.as_deref() == Some(desired_template.as_str())
+                    && p.job.as_deref() == Some(desired_name.as_str())
+            }) {
+                entries.insert(node_name, failed.clone());
+                continue;
             }
-            None => {
-                // A failure stays a failure, even after its Job expired, until the Plan's pod
-                // template or hash changes.
-                if let Some(failed) = previous.filter(|p| {
-                    p.phase == "Failed"
-                        && p.template.as_deref() == Some(desired_template.as_str())
-                        && p.job.as_deref() == Some(desired_name.as_str())
-                }) {
-                    entries.insert(node_name, failed.clone());
-                    continue;
-                }
-                if wants_cordon {
-                    after.push(Change::Cordon {
-                        node: node_name.clone(),
-                    });
-                }
-                after.push(Change::CreateJob(Box::new(desired)));
-                if previous.map(|p| p.phase.as_str()) != Some("Upgrading") {
-                    notes.push(Note {
-                        target: Target::Node(node_name.clone()),
-                        warning: false,
-                        reason: "Upgrading",
-                        message: format!(
-                            "Plan {plan_name} starts Job {desired_name} (version {version})"
-                        ),
-                    });
-                }
-                entries.insert(
-                    node_name.clone(),
-                    entry_for(
-                        &old_entries,
-                        &node_name,
-                        "Upgrading",
-                        &desired_name,
-                        "",
-                        &now,
+            after.push(Change::CreateJob(Box::new(desired)));
+            if previous.is_none() {
+                notes.push(Note {
+                    target: Target::Node(node_name.clone()),
+                    warning: false,
+                    reason: "Upgrading",
+                    message: format!(
+                        "Plan {plan_name} starts Job {desired_name} (version {version})"
                     ),
-                );
+                });
             }
+            let phase = if gated { "Preparing" } else { "Upgrading" };
+            entries.insert(
+                node_name.clone(),
+                entry_for(&old_entries, &node_name, phase, &desired_name, "", &now),
+            );
+            continue;
+        };
+        let existing_name = existing.metadata.name.clone().unwrap_or_default();
+        // Jobs from the Go controller carry no template digest; they are kept as they are.
+        let template = annotation(existing, ANNOTATION_TEMPLATE);
+        let changed = template.as_ref().is_some_and(|t| *t != desired_template);
+        let failure = match (
+            finished_at(existing),
+            annotation(existing, ANNOTATION_DRAIN_FAILED),
+        ) {
+            (Some((false, at)), _) => Some((
+                failure_message(existing, &namespace, &node_name),
+                stamp(at),
+                "JobFailed",
+            )),
+            (_, Some(message)) => Some((message, now.clone(), "DrainFailed")),
+            _ => None,
+        };
+        if let (Some((message, at, reason)), false) = (failure, changed) {
+            let since = previous
+                .filter(|p| p.phase == "Failed")
+                .and_then(|p| p.since.clone())
+                .unwrap_or(at);
+            let entry = NodeStatus {
+                name: node_name.clone(),
+                phase: "Failed".into(),
+                job: Some(existing_name),
+                message: Some(message.clone()),
+                since: Some(since),
+                template: template.or(Some(desired_template.clone())),
+            };
+            if previous.map(|p| p.phase.as_str()) != Some("Failed") {
+                notes.push(Note {
+                    target: Target::Plan,
+                    warning: true,
+                    reason,
+                    message: message.clone(),
+                });
+                notes.push(Note {
+                    target: Target::Node(node_name.clone()),
+                    warning: true,
+                    reason,
+                    message,
+                });
+            }
+            entries.insert(node_name, entry);
+            continue;
         }
+        if changed {
+            before.push(Change::DeleteJob {
+                name: existing_name.clone(),
+                why: "the Plan changed its pod template".into(),
+            });
+            let entry = entry_for(
+                &old_entries,
+                &node_name,
+                "Upgrading",
+                &existing_name,
+                "replacing the Job after a Plan edit",
+                &now,
+            );
+            entries.insert(node_name.clone(), entry);
+            continue;
+        }
+        if existing.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
+            after.push(Change::UnpauseJob(existing_name.clone()));
+        }
+        let (phase, message) = if gated {
+            gate_phase(obs, &node_name, existing, &mut after, &mut notes)
+        } else {
+            ("Upgrading", String::new())
+        };
+        let entry = entry_for(
+            &old_entries,
+            &node_name,
+            phase,
+            &existing_name,
+            &message,
+            &now,
+        );
+        entries.insert(node_name.clone(), entry);
     }
 
     // Running Jobs of nodes that are no longer applying stop; their nodes are released.
@@ -702,6 +722,102 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         &version,
         &hash,
     )
+}
+
+/// Where a gated Job stands: preparing (its pod not there or `prepare` still running), draining
+/// (the controller cordons and drains; a drain is started or kept going), or upgrading (the gate
+/// was opened). A failed drain suspends the Job, so its upgrade never starts.
+fn gate_phase(
+    obs: &Observed<'_>,
+    node_name: &str,
+    job: &Job,
+    after: &mut Vec<Change>,
+    notes: &mut Vec<Note>,
+) -> (&'static str, String) {
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pod = obs
+        .pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed"))
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let Some(pod) = pod else {
+        return ("Preparing", "waiting for the Job's pod".into());
+    };
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
+        return ("Upgrading", "the upgrade finished".into());
+    }
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(job::ANNOTATION_DRAINED))
+    {
+        return ("Upgrading", String::new());
+    }
+    if !prepared(pod) {
+        return (
+            "Preparing",
+            "prepare is running; the node keeps its workloads until it ends".into(),
+        );
+    }
+    match obs.drains.get(&uid) {
+        Some(DrainProgress::Failed(message)) => {
+            after.push(Change::FailDrain {
+                job: job_name,
+                message: message.clone(),
+            });
+            notes.push(Note {
+                target: Target::Plan,
+                warning: true,
+                reason: "DrainFailed",
+                message: message.clone(),
+            });
+            ("Failed", message.clone())
+        }
+        Some(DrainProgress::Done(opened)) if *opened == pod_name => {
+            ("Draining", "drained; starting the upgrade".into())
+        }
+        progress => {
+            let message = match progress {
+                Some(DrainProgress::Running(text)) => text.clone(),
+                _ => "starting".into(),
+            };
+            after.push(Change::Drain {
+                node: node_name.to_owned(),
+                pod: pod_name,
+                job_uid: uid.clone(),
+            });
+            ("Draining", message)
+        }
+    }
+}
+
+/// Whether a pod's `prepare` init container (if it has one) finished successfully.
+fn prepared(pod: &Pod) -> bool {
+    let has_prepare = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == "prepare"));
+    if !has_prepare {
+        return true;
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|s| s.iter().find(|c| c.name == "prepare"))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
 }
 
 /// Sets `applying`, the node entries and the Complete condition.
@@ -752,10 +868,16 @@ fn finish(
             ),
         });
     } else if let Some(message) = failed {
+        // A drain failure is no Job failure: say which it is.
+        let reason = if message.starts_with("drain of node ") {
+            "DrainFailed"
+        } else {
+            "JobFailed"
+        };
         status::set(
             &mut conditions,
             COMPLETE,
-            &Wanted::new("False", "JobFailed", &message),
+            &Wanted::new("False", reason, &message),
             now,
         );
     } else if status::is(&conditions, COMPLETE, "True")

@@ -29,6 +29,16 @@ pub const ANNOTATION_TTL: &str = "upgrade.cattle.io/ttl-seconds-after-finished";
 /// replaces the Job.
 pub const ANNOTATION_TEMPLATE: &str = "upgrade.cattle.io/template-hash";
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// Pod annotation by which the controller lets the upgrade start once the node is drained.
+pub const ANNOTATION_DRAINED: &str = "upgrade.cattle.io/drained";
+/// Job annotation recording why the node's drain failed (the Job is then suspended).
+pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
+/// The init container waiting for the controller's drain (`drain`) or cordon (`cordon`): named
+/// like the Go controller's kubectl containers, it runs after `prepare` and before `upgrade`.
+const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations
+echo \"waiting for the controller to prepare node ${SYSTEM_UPGRADE_NODE_NAME} for the upgrade\"
+until grep -q '^upgrade.cattle.io/drained=' \"$f\" 2>/dev/null; do sleep 2; done
+echo 'node ready; the upgrade starts'";
 const LABEL_OS: &str = "kubernetes.io/os";
 const SECRETS_DIR: &str = "/run/system-upgrade/secrets";
 
@@ -43,6 +53,9 @@ pub struct JobSettings {
     pub privileged: bool,
     pub ttl_seconds_after_finished: i32,
     pub pod_replacement_policy: String,
+    /// Image of the init container that waits for the controller's cordon or drain; the
+    /// upgrade image when unset. It needs `sh`.
+    pub gate_image: Option<String>,
 }
 
 impl Default for JobSettings {
@@ -56,6 +69,7 @@ impl Default for JobSettings {
             privileged: true,
             ttl_seconds_after_finished: 900,
             pod_replacement_policy: "TerminatingOrFailed".into(),
+            gate_image: None,
         }
     }
 }
@@ -322,7 +336,7 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
         }),
         ..SecurityContext::default()
     };
-    let init_containers: Vec<Container> = plan
+    let mut init_containers: Vec<Container> = plan
         .spec
         .prepare
         .iter()
@@ -336,6 +350,36 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             c
         })
         .collect();
+    // Cordon and drain are done by the controller; this container holds the upgrade until then.
+    let gate = match (&plan.spec.drain, plan.spec.cordon.unwrap_or(false)) {
+        (Some(_), _) => Some("drain"),
+        (None, true) => Some("cordon"),
+        (None, false) => None,
+    };
+    if let Some(name) = gate {
+        let upgrade_image = plan
+            .spec
+            .upgrade
+            .as_ref()
+            .map(|u| u.image.clone())
+            .unwrap_or_default();
+        let image = gate_image(settings, &upgrade_image, &version);
+        init_containers.push(Container {
+            name: name.into(),
+            image: Some(image),
+            image_pull_policy: Some(settings.image_pull_policy.clone()),
+            command: Some(vec!["sh".into(), "-c".into(), GATE_SCRIPT.into()]),
+            env: Some(vec![field_env("SYSTEM_UPGRADE_NODE_NAME", "spec.nodeName")]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "pod-info".into(),
+                mount_path: "/run/system-upgrade/pod".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]),
+            security_context: windows.then(windows_context),
+            ..Container::default()
+        });
+    }
     let upgrade_spec = plan.spec.upgrade.clone().unwrap_or_default();
     let mut upgrade = container("upgrade", &upgrade_spec);
     upgrade.security_context = match (&upgrade_spec.security_context, windows) {
@@ -436,7 +480,12 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
     let ttl = ttl_seconds(plan, settings);
     let mut annotations = pod_annotations;
     annotations.insert(ANNOTATION_TTL.into(), ttl.to_string());
-    annotations.insert(ANNOTATION_TEMPLATE.into(), template_hash(&template));
+    // The drain options count as part of the template (they were the kubectl container's
+    // arguments in the Go controller's Jobs): changing them re-runs the node.
+    annotations.insert(
+        ANNOTATION_TEMPLATE.into(),
+        template_hash(&template, plan.spec.drain.as_ref()),
+    );
 
     Job {
         metadata: ObjectMeta {
@@ -468,9 +517,20 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
     }
 }
 
+/// The gate's image: the configured one, else the upgrade image (with its version tag).
+fn gate_image(settings: &JobSettings, upgrade_image: &str, version: &str) -> String {
+    match settings.gate_image.as_deref().filter(|i| !i.is_empty()) {
+        Some(image) => image.to_owned(),
+        None => image_with_version(upgrade_image, version),
+    }
+}
+
 /// A short digest of a pod template, to notice Plan edits that change it.
-pub fn template_hash(template: &PodTemplateSpec) -> String {
-    let json = serde_json::to_vec(template).unwrap_or_default();
+pub fn template_hash(template: &PodTemplateSpec, drain: Option<&crate::api::DrainSpec>) -> String {
+    let mut json = serde_json::to_vec(template).unwrap_or_default();
+    if let Some(drain) = drain {
+        json.extend(serde_json::to_vec(drain).unwrap_or_default());
+    }
     hex(&Sha256::digest(&json))[..16].to_owned()
 }
 

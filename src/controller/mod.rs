@@ -6,6 +6,7 @@
 //! polling interval and the requeues a reconcile asks for (delays, windows, TTLs, a resync).
 
 pub mod decide;
+pub mod drain;
 pub mod hash;
 pub mod job;
 pub mod reconcile;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -60,7 +61,7 @@ pub async fn run(
 
     // Plans of our namespace; deletions also go to the janitor, which returns cordoned nodes.
     let (plans, plan_writer) = reflector::store::<Plan>();
-    let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let plan_stream = watcher(
         Api::<Plan>::namespaced(client.clone(), &namespace),
         watcher::Config::default(),
@@ -68,7 +69,10 @@ pub async fn run(
     .reflect(plan_writer)
     .inspect(move |event| {
         if let Ok(Event::Delete(plan)) = event {
-            let _ = deleted_tx.send(plan.name_any());
+            let _ = deleted_tx.send((
+                plan.name_any(),
+                plan.metadata.uid.clone().unwrap_or_default(),
+            ));
         }
     })
     .touched_objects();
@@ -119,15 +123,33 @@ pub async fn run(
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok()),
     };
+    // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = watcher(
+        Api::<Pod>::namespaced(client.clone(), &namespace),
+        watcher::Config::default().labels(&selector),
+    )
+    .reflect(pod_writer)
+    .touched_objects();
+
+    // Drains report progress through this channel.
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Plan>>();
     let context = Arc::new(Context::new(
         client.clone(),
         settings.clone(),
-        (plans.clone(), jobs.clone(), nodes.clone(), secrets.clone()),
+        (
+            plans.clone(),
+            jobs.clone(),
+            nodes.clone(),
+            secrets.clone(),
+            pods.clone(),
+        ),
         reporter,
         resolve::ChannelClient::new(Duration::from_secs(30))
             .map_err(|e| crate::Error::KubeConfig(e.0))?,
         cluster_id,
         metrics,
+        wake,
     ));
 
     let plans_for_nodes = plans.clone();
@@ -138,6 +160,17 @@ pub async fn run(
         .watches_stream(secret_stream, move |secret: Secret| {
             plans_using_secret(&plans_for_secrets, &secret.name_any())
         })
+        .watches_stream(pod_stream, |pod: Pod| {
+            let plan = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(job::LABEL_PLAN))
+                .cloned();
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            plan.map(|plan| ObjectRef::new(&plan).within(&namespace))
+        })
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(woken))
         .with_config(
             ControllerConfig::default()
                 .concurrency(config.threads)
@@ -162,6 +195,9 @@ pub async fn run(
             wait_ready(&janitor_context.secrets)
                 .await
                 .map_err(|e| format!("Secrets: {e}"))?;
+            wait_ready(&janitor_context.pods)
+                .await
+                .map_err(|e| format!("Pods: {e}"))?;
             Ok::<(), String>(())
         };
         tokio::select! {
@@ -178,8 +214,9 @@ pub async fn run(
             tokio::select! {
                 _ = janitor_stop.cancelled() => return,
                 deleted = deleted_rx.recv() => match deleted {
-                    Some(plan) => {
-                        tracing::info!(%plan, "Plan deleted; returning the nodes it cordoned");
+                    Some((plan, uid)) => {
+                        tracing::info!(%plan, "Plan deleted; stopping its drains and returning the nodes it cordoned");
+                        janitor_context.forget_drains(&uid, &[]);
                         release_orphaned_claims(&janitor_context).await;
                     }
                     None => return,

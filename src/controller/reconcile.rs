@@ -7,18 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::{LABEL_CONTROLLER, Plan};
 use crate::controller::decide::{
     self, CORDON_CLAIM_PREFIX, Change, Decision, Note, Observed, Resolution, Target,
 };
+use crate::controller::drain::{DrainOptions, DrainProgress, DrainRequest};
 use crate::controller::job::{JobSettings, LABEL_PLAN};
 use crate::controller::resolve::ChannelClient;
 use crate::controller::status;
@@ -40,6 +41,15 @@ struct Poll {
     failures: u32,
 }
 
+/// The watch caches: Plans, this controller's Jobs and their pods, Nodes, Secrets.
+pub type Caches = (
+    Store<Plan>,
+    Store<Job>,
+    Store<Node>,
+    Store<Secret>,
+    Store<Pod>,
+);
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -48,6 +58,8 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub nodes: Store<Node>,
     pub secrets: Store<Secret>,
+    /// Pods of this controller's Jobs.
+    pub pods: Store<Pod>,
     pub reporter: Reporter,
     pub channel: ChannelClient,
     /// UID of the kube-system Namespace, sent to channels as X-SUC-Cluster-ID.
@@ -55,6 +67,18 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     polls: Mutex<HashMap<String, Poll>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Drains, by the UID of the Job they are for.
+    drains: Mutex<HashMap<String, DrainTask>>,
+    /// Asks for a Plan to be reconciled (drains report progress this way).
+    wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<Plan>>,
+}
+
+/// A drain running (or finished) in the background.
+struct DrainTask {
+    plan_uid: String,
+    pod: String,
+    progress: Arc<Mutex<DrainProgress>>,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 /// Why a reconcile did not finish; it is retried with backoff.
@@ -71,13 +95,14 @@ impl Context {
     pub fn new(
         client: Client,
         settings: Settings,
-        stores: (Store<Plan>, Store<Job>, Store<Node>, Store<Secret>),
+        stores: Caches,
         reporter: Reporter,
         channel: ChannelClient,
         cluster_id: String,
         metrics: Arc<Metrics>,
+        wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<Plan>>,
     ) -> Self {
-        let (plans, jobs, nodes, secrets) = stores;
+        let (plans, jobs, nodes, secrets, pods) = stores;
         Self {
             client,
             settings,
@@ -85,13 +110,125 @@ impl Context {
             jobs,
             nodes,
             secrets,
+            pods,
             reporter,
             channel,
             cluster_id,
             metrics,
             polls: Mutex::default(),
             failures: Mutex::default(),
+            drains: Mutex::default(),
+            wake,
         }
+    }
+
+    /// Asks for the Plan to be reconciled soon.
+    pub fn wake(&self, namespace: &str, plan: &str) {
+        let _ = self.wake.send(ObjectRef::new(plan).within(namespace));
+    }
+
+    /// Records an event of a drain on its Plan and its Node.
+    pub async fn event(
+        &self,
+        request: &DrainRequest,
+        warning: bool,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let plan = ObjectReference {
+            api_version: Some("upgrade.cattle.io/v1".into()),
+            kind: Some("Plan".into()),
+            name: Some(request.plan.clone()),
+            namespace: Some(request.namespace.clone()),
+            uid: Some(request.plan_uid.clone()),
+            ..ObjectReference::default()
+        };
+        let note = Note {
+            target: Target::Plan,
+            warning,
+            reason,
+            message: message.to_owned(),
+        };
+        send(self, &plan, &note).await;
+        if let Some(node) = self.nodes.get(&ObjectRef::new(&request.node)) {
+            publish_node(self, &node, &note).await;
+        }
+    }
+
+    /// The drains of a Plan's Jobs, by Job UID.
+    fn drains_of(&self, plan_uid: &str) -> BTreeMap<String, DrainProgress> {
+        let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains
+            .iter()
+            .filter(|(_, task)| task.plan_uid == plan_uid)
+            .map(|(uid, task)| {
+                (
+                    uid.clone(),
+                    task.progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts a drain for a Job's pod unless one is running, or finished for this very pod.
+    fn start_drain(self: &Arc<Self>, plan: &Plan, node: &str, pod: &str, job_uid: &str) {
+        let Some(job_name) = self
+            .jobs
+            .state()
+            .iter()
+            .find(|j| j.metadata.uid.as_deref() == Some(job_uid))
+            .and_then(|j| j.metadata.name.clone())
+        else {
+            return;
+        };
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = drains.get(job_uid) {
+            let done_for_pod = matches!(&*task.progress.lock().unwrap_or_else(|e| e.into_inner()), DrainProgress::Done(p) if p == pod);
+            if (!task.handle.is_finished() && task.pod == pod) || done_for_pod {
+                return;
+            }
+            task.handle.abort();
+        }
+        let request = DrainRequest {
+            plan: plan.name_any(),
+            plan_uid: plan.metadata.uid.clone().unwrap_or_default(),
+            namespace: plan.namespace().unwrap_or_default(),
+            node: node.to_owned(),
+            pod: pod.to_owned(),
+            job: job_name.to_owned(),
+            options: plan.spec.drain.as_ref().map(DrainOptions::from_spec),
+        };
+        tracing::info!(plan = %request.plan, %node, %pod, drain = request.options.is_some(), "starting cordon/drain");
+        let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
+        let handle = tokio::spawn(crate::controller::drain::run(
+            self.clone(),
+            request.clone(),
+            progress.clone(),
+        ));
+        drains.insert(
+            job_uid.to_owned(),
+            DrainTask {
+                plan_uid: request.plan_uid,
+                pod: pod.to_owned(),
+                progress,
+                handle,
+            },
+        );
+    }
+
+    /// Stops and forgets a Plan's drains, except those of the Jobs in `keep`.
+    pub fn forget_drains(&self, plan_uid: &str, keep: &[String]) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.retain(|uid, task| {
+            let keep_it = task.plan_uid != plan_uid || keep.contains(uid);
+            if !keep_it {
+                task.handle.abort();
+            }
+            keep_it
+        });
     }
 
     /// How long to wait before retrying a Plan whose reconcile failed: 1s doubling to 5 min.
@@ -127,7 +264,7 @@ pub async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Rec
     result
 }
 
-async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn reconcile_inner(plan: &Plan, ctx: &Arc<Context>) -> Result<Action, ReconcileError> {
     let name = plan.name_any();
     let namespace = plan.namespace().unwrap_or_default();
     let resolution = resolve(plan, ctx).await;
@@ -152,6 +289,20 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .map(|s| (s.name_any(), s.as_ref()))
         .collect();
+    let pods = ctx.pods.state();
+    let pod_refs: Vec<&Pod> = pods
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(LABEL_PLAN)) == Some(&name))
+        .collect();
+    let plan_uid = plan.metadata.uid.clone().unwrap_or_default();
+    let job_uids: Vec<String> = job_refs
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    ctx.forget_drains(&plan_uid, &job_uids);
+    let drains = ctx.drains_of(&plan_uid);
     let decision = decide::decide(&Observed {
         plan,
         nodes: &node_refs,
@@ -160,6 +311,8 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         now: jiff::Timestamp::now(),
         resolution,
         settings: &ctx.settings.job,
+        pods: &pod_refs,
+        drains: &drains,
     });
     tracing::debug!(plan = %name, before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
 
@@ -296,7 +449,7 @@ async fn write_status(
     }
 }
 
-async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), ReconcileError> {
+async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), ReconcileError> {
     let namespace = plan.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     match change {
@@ -339,8 +492,25 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
                 Err(e) => return Err(e.into()),
             }
         }
-        Change::Cordon { node } => cordon(ctx, &plan.name_any(), node, true).await?,
-        Change::Release { node } => cordon(ctx, &plan.name_any(), node, false).await?,
+        Change::Drain { node, pod, job_uid } => ctx.start_drain(plan, node, pod, job_uid),
+        Change::FailDrain { job, message } => {
+            // Suspending stops the pod (waiting in its gate), so the upgrade never starts.
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {crate::controller::job::ANNOTATION_DRAIN_FAILED: message}},
+                "spec": {"suspend": true},
+            });
+            match jobs
+                .patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Change::Release { node } => {
+            cordon(ctx, &plan.name_any(), node, false).await?;
+        }
     }
     Ok(())
 }
@@ -348,18 +518,19 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
 /// Cordons a node for a Plan (recording the claim), or drops the Plan's claim and uncordons the
 /// node when no claim is left. A node cordoned by someone else is never claimed, so never
 /// uncordoned by us. Read-modify-write with the node's resourceVersion, so Plans acting on the
-/// same node at once cannot lose each other's claims.
+/// same node at once cannot lose each other's claims. When claiming, returns since when the node
+/// is cordoned for the Plan (the claim's time survives restarts; it starts drain timeouts).
 pub async fn cordon(
     ctx: &Context,
     plan: &str,
     node: &str,
     claim: bool,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<jiff::Timestamp>, ReconcileError> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
     for _ in 0..5 {
         let Some(current) = nodes.get_opt(node).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let annotations = current.metadata.annotations.clone().unwrap_or_default();
         let claims: Vec<&String> = annotations
@@ -371,23 +542,26 @@ pub async fn cordon(
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
+        let now = jiff::Timestamp::now();
         let patch = if claim {
-            if annotations.contains_key(&key) || (unschedulable && claims.is_empty()) {
-                return Ok(());
+            if let Some(since) = annotations.get(&key) {
+                return Ok(Some(since.parse().unwrap_or(now)));
+            }
+            if unschedulable && claims.is_empty() {
+                return Ok(Some(now)); // cordoned by someone else: left to them
             }
             serde_json::json!({
-                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: decide::stamp(jiff::Timestamp::now())}},
+                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: decide::stamp(now)}},
                 "spec": {"unschedulable": true},
             })
         } else {
             if !annotations.contains_key(&key) {
-                return Ok(());
+                return Ok(None);
             }
-            let last = claims.len() == 1;
             let mut patch = serde_json::json!({
                 "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: null}},
             });
-            if last {
+            if claims.len() == 1 {
                 patch["spec"] = serde_json::json!({"unschedulable": null});
             }
             patch
@@ -418,10 +592,10 @@ pub async fn cordon(
                     message,
                 };
                 publish_node(ctx, &current, &note).await;
-                return Ok(());
+                return Ok(claim.then_some(now));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e.into()),
         }
     }

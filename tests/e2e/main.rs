@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
+mod drain;
 mod resilience;
 mod resolution;
 mod rollout;
@@ -135,6 +136,22 @@ const TESTS: &[Test] = &[
     (
         "twenty_nodes_concurrency_three_survive_a_sigkill",
         resilience::twenty_nodes_concurrency_three_survive_a_sigkill,
+    ),
+    (
+        "drains_evict_workloads_between_prepare_and_upgrade",
+        drain::drains_evict_workloads_between_prepare_and_upgrade,
+    ),
+    (
+        "bare_and_emptydir_pods_follow_the_drain_flags",
+        drain::bare_and_emptydir_pods_follow_the_drain_flags,
+    ),
+    (
+        "budgets_block_until_the_timeout",
+        drain::budgets_block_until_the_timeout,
+    ),
+    (
+        "a_drain_resumes_after_a_restart",
+        drain::a_drain_resumes_after_a_restart,
     ),
 ];
 

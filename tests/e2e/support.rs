@@ -184,6 +184,15 @@ impl Ctx {
             let started = Server::start(self, "suite", &[]);
             started.wait_ready();
             *server = Some(started);
+            drop(server);
+            self.wait_for_ca_bundles();
+            return self
+                .server
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .unwrap()
+                .info();
         }
         server.as_ref().unwrap().info()
     }
@@ -395,8 +404,12 @@ impl ServerInfo {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {

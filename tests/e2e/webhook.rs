@@ -194,6 +194,11 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         &["watch", "nodes"],
         &["patch", "nodes"],
         &["get", "namespaces/kube-system"],
+        &["list", "pods", "--all-namespaces"],
+        &["create", "pods", "--subresource=eviction", "-n", "default"],
+        &["delete", "pods", "-n", "default"],
+        &["watch", "pods", "-n", NAMESPACE],
+        &["patch", "pods", "-n", NAMESPACE],
         &["create", "events.events.k8s.io", "-n", NAMESPACE],
         &["create", "events.events.k8s.io", "-n", "default"],
     ];
@@ -230,6 +235,9 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         &["list", "namespaces"],
         &["patch", "events.events.k8s.io", "-n", "default"],
         &["create", "pods", "-n", "kube-system"],
+        &["patch", "pods", "-n", "default"],
+        &["create", "pods/exec", "-n", "default"],
+        &["update", "pods", "-n", NAMESPACE],
         &["impersonate", "users"],
         &["escalate", "clusterroles"],
     ];

@@ -7,6 +7,14 @@ struct World {
     plan: Value,
     nodes: Vec<Value>,
     jobs: Vec<Value>,
+    /// The pods of the Jobs (one per Job).
+    pods: Vec<Value>,
+    /// Drains by Job UID, as the controller's drain tasks report them.
+    drains: BTreeMap<String, DrainProgress>,
+    /// Whether a requested drain finishes at once (else it stays running).
+    drains_finish: bool,
+    /// Whether prepare containers have finished.
+    prepared: bool,
     secrets: Vec<Value>,
     now: String,
     /// Overrides the resolution, which otherwise follows spec.version.
@@ -23,6 +31,10 @@ impl World {
             }),
             nodes: Vec::new(),
             jobs: Vec::new(),
+            pods: Vec::new(),
+            drains: BTreeMap::new(),
+            drains_finish: true,
+            prepared: true,
             secrets: Vec::new(),
             now: NOW.into(),
             resolution: None,
@@ -60,6 +72,12 @@ impl World {
             .iter()
             .map(|s| serde_json::from_value(s.clone()).unwrap())
             .collect();
+        let pods: Vec<Pod> = self
+            .pods
+            .iter()
+            .map(|p| serde_json::from_value(p.clone()).unwrap())
+            .collect();
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
         let node_refs: Vec<&Node> = nodes.iter().collect();
         let job_refs: Vec<&Job> = jobs.iter().collect();
         let secret_map: BTreeMap<String, &Secret> = secrets
@@ -80,6 +98,8 @@ impl World {
                 },
             ),
             settings: &settings,
+            pods: &pod_refs,
+            drains: &self.drains,
         })
     }
 
@@ -90,12 +110,70 @@ impl World {
         for change in decision.before.iter().chain(&decision.after) {
             match change {
                 Change::DeleteJob { name, .. } => {
-                    self.jobs.retain(|j| j["metadata"]["name"] != name.as_str())
+                    let uid = format!("uid-{name}");
+                    self.jobs.retain(|j| j["metadata"]["name"] != name.as_str());
+                    self.pods
+                        .retain(|p| p["metadata"]["ownerReferences"][0]["uid"] != uid.as_str());
+                    self.drains.remove(&uid);
                 }
                 Change::CreateJob(job) => {
                     let mut value = serde_json::to_value(job).unwrap();
+                    let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+                    value["metadata"]["uid"] = json!(format!("uid-{name}"));
                     value["status"] = json!({"active": 1});
+                    let template = value["spec"]["template"].clone();
+                    let inits: Vec<Value> = template["spec"]["initContainers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let state = if self.prepared {
+                        json!({"terminated": {"exitCode": 0}})
+                    } else {
+                        json!({"running": {}})
+                    };
+                    let statuses: Vec<Value> = inits
+                        .iter()
+                        .filter(|c| c["name"] == "prepare")
+                        .map(|c| json!({"name": c["name"], "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": state}))
+                        .collect();
+                    self.pods.push(json!({
+                        "metadata": {"name": format!("{name}-pod"), "namespace": "system-upgrade", "labels": template["metadata"]["labels"],
+                            "creationTimestamp": self.now, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": format!("uid-{name}"), "controller": true}]},
+                        "spec": template["spec"],
+                        "status": {"phase": "Pending", "initContainerStatuses": statuses},
+                    }));
                     self.jobs.push(value);
+                }
+                Change::Drain { node, pod, job_uid } => {
+                    let node = self.node_mut(node);
+                    node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("true");
+                    node["spec"]["unschedulable"] = json!(true);
+                    if self.drains_finish {
+                        let pod_value = self
+                            .pods
+                            .iter_mut()
+                            .find(|p| p["metadata"]["name"] == pod.as_str())
+                            .unwrap();
+                        pod_value["metadata"]["annotations"]["upgrade.cattle.io/drained"] =
+                            json!("now");
+                        self.drains
+                            .insert(job_uid.clone(), DrainProgress::Done(pod.clone()));
+                    } else {
+                        self.drains.insert(
+                            job_uid.clone(),
+                            DrainProgress::Running("waiting for pod web/x to terminate".into()),
+                        );
+                    }
+                }
+                Change::FailDrain { job, message } => {
+                    let job = self
+                        .jobs
+                        .iter_mut()
+                        .find(|j| j["metadata"]["name"] == job.as_str())
+                        .unwrap();
+                    job["metadata"]["annotations"]["upgrade.cattle.io/drain-failed"] =
+                        json!(message);
+                    job["spec"]["suspend"] = json!(true);
                 }
                 Change::UnpauseJob(name) => {
                     let job = self
@@ -110,11 +188,6 @@ impl World {
                     for (k, v) in labels {
                         node["metadata"]["labels"][k] = json!(v);
                     }
-                }
-                Change::Cordon { node } => {
-                    let node = self.node_mut(node);
-                    node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("true");
-                    node["spec"]["unschedulable"] = json!(true);
                 }
                 Change::Release { node } => {
                     let node = self.node_mut(node);
@@ -132,6 +205,22 @@ impl World {
         let decision = self.decide();
         self.apply(&decision);
         decision
+    }
+
+    /// Runs passes until nothing more happens: Job created, pod prepared, node drained, gate
+    /// opened. Returns the last pass.
+    fn settle(&mut self) -> Decision {
+        let mut last = self.step();
+        for _ in 0..6 {
+            let next = self.step();
+            let quiet =
+                next.before.is_empty() && next.after.is_empty() && next.status == last.status;
+            last = next;
+            if quiet {
+                break;
+            }
+        }
+        last
     }
 
     fn finish_job(&mut self, node: &str, succeeded: bool, at: &str) {
@@ -213,17 +302,11 @@ fn static_version_resolves_and_starts_one_node() {
     let node = first.status.applying.as_ref().unwrap()[0].clone();
     assert_eq!(created(&first), std::slice::from_ref(&node));
     assert!(
-        first
+        !first
             .after
             .iter()
-            .position(|c| *c == Change::Cordon { node: node.clone() })
-            .unwrap()
-            < first
-                .after
-                .iter()
-                .position(|c| matches!(c, Change::CreateJob(_)))
-                .unwrap(),
-        "cordon before the Job"
+            .any(|c| matches!(c, Change::Drain { .. })),
+        "no cordon before the Job's prepare"
     );
     for reason in ["Validated", "Resolved", "SyncJob"] {
         assert!(
@@ -232,18 +315,125 @@ fn static_version_resolves_and_starts_one_node() {
             reasons(&first)
         );
     }
-    assert_eq!(first.status.nodes.as_ref().unwrap()[0].phase, "Upgrading");
+    assert_eq!(first.status.nodes.as_ref().unwrap()[0].phase, "Preparing");
 
-    // Nothing more happens while the Job runs.
+    // The pod has prepared: the node is drained (here: at once), then the upgrade goes on.
     let second = world.step();
-    assert!(created(&second).is_empty());
-    assert_eq!(second.status.applying, first.status.applying);
     assert!(
-        reasons(&second).is_empty(),
-        "no repeated events: {:?}",
-        reasons(&second)
+        second
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::Drain { node: n, .. } if *n == node))
     );
-    assert_eq!(second.status, world.decide().status, "stable");
+    assert_eq!(second.status.nodes.as_ref().unwrap()[0].phase, "Draining");
+    let third = world.step();
+    assert_eq!(third.status.nodes.as_ref().unwrap()[0].phase, "Upgrading");
+    assert!(created(&third).is_empty());
+    assert_eq!(third.status.applying, first.status.applying);
+    // Nothing more happens while the Job runs.
+    let fourth = world.step();
+    assert!(fourth.after.is_empty() && fourth.before.is_empty());
+    assert!(
+        reasons(&fourth).is_empty(),
+        "no repeated events: {:?}",
+        reasons(&fourth)
+    );
+    assert_eq!(fourth.status, world.decide().status, "stable");
+}
+
+#[test]
+fn prepare_runs_before_the_node_is_cordoned() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.prepared = false;
+    let mut plan = spec();
+    plan["prepare"] = json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
+    world.plan["spec"] = plan;
+    world.step();
+    let waiting = world.step();
+    let entry = &waiting.status.nodes.as_ref().unwrap()[0];
+    assert_eq!(entry.phase, "Preparing");
+    assert!(
+        entry
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("prepare is running")
+    );
+    assert!(
+        !waiting
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::Drain { .. })),
+        "not cordoned while prepare waits"
+    );
+    assert_ne!(world.node_mut("a")["spec"]["unschedulable"], true);
+    // Prepare ends: now the drain starts.
+    world.pods[0]["status"]["initContainerStatuses"][0]["state"] =
+        json!({"terminated": {"exitCode": 0}});
+    let drained = world.step();
+    assert!(
+        drained
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::Drain { .. }))
+    );
+}
+
+#[test]
+fn drains_show_progress_and_failures_halt_the_node() {
+    let mut plan = spec();
+    plan["drain"] = json!({"timeout": "5m"});
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    world.drains_finish = false;
+    world.step();
+    world.step();
+    let draining = world.step();
+    let entry = &draining.status.nodes.as_ref().unwrap()[0];
+    assert_eq!(
+        (entry.phase.as_str(), entry.message.as_deref()),
+        ("Draining", Some("waiting for pod web/x to terminate"))
+    );
+    // The drain gives up.
+    let job_uid = world.jobs[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message =
+        "drain of node a timed out after 5m0s: pod web/x blocked by PodDisruptionBudget web/pdb"
+            .to_owned();
+    world
+        .drains
+        .insert(job_uid, DrainProgress::Failed(message.clone()));
+    let failed = world.step();
+    assert!(
+        failed
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::FailDrain { message: m, .. } if *m == message))
+    );
+    assert!(
+        failed
+            .notes
+            .iter()
+            .any(|n| n.reason == "DrainFailed" && n.warning)
+    );
+    let halted = world.step();
+    let entry = &halted.status.nodes.as_ref().unwrap()[0];
+    assert_eq!(
+        (entry.phase.as_str(), entry.message.as_deref()),
+        ("Failed", Some(message.as_str()))
+    );
+    assert_eq!(
+        condition(&halted, COMPLETE),
+        ("False".into(), "DrainFailed".into(), message.clone())
+    );
+    let again = world.step();
+    assert!(created(&again).is_empty(), "the other node never starts");
+    assert_eq!(halted.status.applying.as_ref().unwrap().len(), 1);
+    // An edit retries it.
+    world.plan["spec"]["drain"]["disableEviction"] = json!(true);
+    let edited = world.step();
+    assert_eq!(deleted(&edited).len(), 1);
 }
 
 #[test]
@@ -251,7 +441,7 @@ fn a_rollout_runs_node_by_node_to_completion() {
     let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
     let mut upgraded = Vec::new();
     for _ in 0..3 {
-        let decision = world.step();
+        let decision = world.settle();
         let node = decision.status.applying.as_ref().unwrap()[0].clone();
         assert_eq!(
             decision.status.applying.as_ref().unwrap().len(),
@@ -288,7 +478,7 @@ fn completion_labels_the_node_and_starts_the_next_in_the_same_pass() {
     let mut plan = spec();
     plan["postCompleteLabels"] = json!({"example.com/v": "$(LATEST_VERSION)", "example.com/h": "$(LATEST_HASH)", "example.com/s": "static"});
     let mut world = World::new(plan).nodes(&["a", "b"]);
-    let first = world.step();
+    let first = world.settle();
     let hash = first.status.latest_hash.clone().unwrap();
     let node = first.status.applying.as_ref().unwrap()[0].clone();
     world.finish_job(&node, true, NOW);
@@ -321,7 +511,7 @@ fn post_complete_delay_holds_the_slot() {
     let mut plan = spec();
     plan["postCompleteDelay"] = json!("2m");
     let mut world = World::new(plan).nodes(&["a", "b"]);
-    let first = world.step();
+    let first = world.settle();
     let node = first.status.applying.as_ref().unwrap()[0].clone();
     world.finish_job(&node, true, NOW);
     world.now = "2026-11-23T10:01:00Z".into();
@@ -494,6 +684,7 @@ fn nodes_that_stop_needing_the_plan_are_let_go() {
     world.node_mut("a")["metadata"]["labels"]["upgrade"] = json!("true");
     let first = world.step();
     assert_eq!(created(&first), ["a"]);
+    world.settle();
     world.node_mut("a")["metadata"]["labels"]
         .as_object_mut()
         .unwrap()
@@ -688,7 +879,7 @@ fn channel_failures_are_visible_and_retried() {
 #[test]
 fn paused_jobs_of_the_go_controller_are_adopted() {
     let mut world = World::new(spec()).nodes(&["a"]);
-    let first = world.step();
+    let first = world.settle();
     // Pretend the Go controller had created it: paused and without a template digest.
     let job = &mut world.jobs[0];
     job["spec"]["parallelism"] = json!(0);

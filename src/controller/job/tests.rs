@@ -486,3 +486,57 @@ fn template_hash_follows_the_pod_template() {
         "concurrency is not in the template"
     );
 }
+
+#[test]
+fn cordon_and_drain_add_a_gate_after_prepare() {
+    let names = |job: &serde_json::Value| -> Vec<String> {
+        job["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut spec = basic();
+    spec["prepare"] = json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
+    assert_eq!(names(&build_json(spec.clone(), json!({}))), ["prepare"]);
+    spec["cordon"] = json!(true);
+    assert_eq!(
+        names(&build_json(spec.clone(), json!({}))),
+        ["prepare", "cordon"]
+    );
+    spec["drain"] = json!({"force": true});
+    let job = build_json(spec.clone(), json!({}));
+    assert_eq!(names(&job), ["prepare", "drain"]);
+    let gate = &job["spec"]["template"]["spec"]["initContainers"][1];
+    assert_eq!(
+        gate["image"], "rancher/k3s-upgrade:v1.30.4-k3s1",
+        "the upgrade image by default"
+    );
+    assert_eq!(gate["command"][0], "sh");
+    assert!(
+        gate["command"][2]
+            .as_str()
+            .unwrap()
+            .contains("upgrade.cattle.io/drained=")
+    );
+    assert_eq!(
+        gate["volumeMounts"],
+        json!([{"name": "pod-info", "mountPath": "/run/system-upgrade/pod", "readOnly": true}])
+    );
+    assert!(
+        gate.get("securityContext").is_none(),
+        "the gate is not privileged"
+    );
+    let settings = JobSettings {
+        gate_image: Some("busybox:1.37".into()),
+        ..JobSettings::default()
+    };
+    let job = serde_json::to_value(build(&plan(spec), &node("n", json!({})), &settings)).unwrap();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["initContainers"][1]["image"],
+        "busybox:1.37"
+    );
+}

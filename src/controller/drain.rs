@@ -1,0 +1,632 @@
+//! Native drain: which pods of a node to evict, delete, leave alone or refuse on, with the
+//! meaning of `kubectl drain`'s options (the Plan's `drain` fields), and the drain itself run
+//! from the controller through the Eviction API.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{Selector, SelectorExt};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+use crate::api::{DrainSpec, IntOrDuration, LABEL_CONTROLLER};
+use crate::controller::job::ANNOTATION_DRAINED;
+
+/// Job annotation: when the drain for this Job began (its timeout counts from there).
+pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
+use crate::controller::reconcile::{Context, cordon};
+use crate::syntax::duration;
+
+/// What a drain may do, from a Plan's `drain`.
+#[derive(Debug, Clone, Default)]
+pub struct DrainOptions {
+    pub ignore_daemon_sets: bool,
+    pub delete_emptydir_data: bool,
+    pub force: bool,
+    pub grace_period: Option<i64>,
+    pub timeout: Option<Duration>,
+    pub disable_eviction: bool,
+    pub skip_wait_for_delete_timeout: Option<Duration>,
+    pub pod_selector: Option<Selector>,
+}
+
+impl DrainOptions {
+    /// The options of a (valid) drain spec, with kubectl's defaults.
+    pub fn from_spec(spec: &DrainSpec) -> Self {
+        let timeout = match &spec.timeout {
+            Some(IntOrDuration::Nanos(n)) => Some(*n),
+            Some(IntOrDuration::Text(t)) => duration::parse(t).ok(),
+            None => None,
+        }
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_nanos(n.unsigned_abs()));
+        Self {
+            ignore_daemon_sets: spec.ignore_daemon_sets.unwrap_or(true),
+            delete_emptydir_data: spec
+                .delete_emptydir_data
+                .or(spec.delete_local_data)
+                .unwrap_or(true),
+            force: spec.force.unwrap_or(false),
+            grace_period: spec.grace_period.map(i64::from).filter(|g| *g >= 0),
+            timeout,
+            disable_eviction: spec.disable_eviction.unwrap_or(false),
+            skip_wait_for_delete_timeout: spec
+                .skip_wait_for_delete_timeout
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(s.unsigned_abs())),
+            pod_selector: spec
+                .pod_selector
+                .clone()
+                .and_then(|s| Selector::try_from(s).ok()),
+        }
+    }
+}
+
+/// How a node's drain is going, as the reconcile sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainProgress {
+    /// Under way; what it waits for.
+    Running(String),
+    /// Drained, and this pod told to go on.
+    Done(String),
+    /// Given up; why.
+    Failed(String),
+}
+
+/// What the drain does with one pod of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodAction {
+    /// Ask the Eviction API (which respects PodDisruptionBudgets).
+    Evict,
+    /// Delete it (`disableEviction`).
+    Delete,
+    /// Already terminating: wait for it to go.
+    Wait,
+    /// Leave it alone, for this reason.
+    Skip(&'static str),
+    /// The drain cannot proceed while this pod is there, for this reason.
+    Block(&'static str),
+}
+
+/// Decides what to do with a pod on the node being drained (kubectl drain's filters, in order).
+pub fn pod_action(pod: &Pod, options: &DrainOptions, now: Timestamp) -> PodAction {
+    let empty = Default::default();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    if labels.contains_key(LABEL_CONTROLLER) {
+        return PodAction::Skip("it belongs to the upgrade controller");
+    }
+    if let Some(selector) = &options.pod_selector
+        && !selector.matches(labels)
+    {
+        return PodAction::Skip("drain.podSelector does not select it");
+    }
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default();
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    if let Some(deleted) = &pod.metadata.deletion_timestamp {
+        return match options.skip_wait_for_delete_timeout {
+            Some(skip)
+                if now.as_second() - deleted.0.as_second()
+                    > i64::try_from(skip.as_secs()).unwrap_or(i64::MAX) =>
+            {
+                PodAction::Skip("it has been terminating longer than skipWaitForDeleteTimeout")
+            }
+            _ => PodAction::Wait,
+        };
+    }
+    let controller = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if controller.is_some_and(|o| o.kind == "DaemonSet") {
+        return if options.ignore_daemon_sets {
+            PodAction::Skip("DaemonSet pods are ignored")
+        } else {
+            PodAction::Block(
+                "it is managed by a DaemonSet (set drain.ignoreDaemonSets to ignore such pods)",
+            )
+        };
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+        return PodAction::Skip("it is a static (mirror) pod");
+    }
+    let has_emptydir = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
+    if has_emptydir && !terminal && !options.delete_emptydir_data {
+        return PodAction::Block(
+            "it uses emptyDir data (set drain.deleteEmptydirData to delete it)",
+        );
+    }
+    if controller.is_none() && !terminal && !options.force {
+        return PodAction::Block(
+            "no controller manages it, so it would be gone for good (set drain.force to delete it)",
+        );
+    }
+    if options.disable_eviction {
+        PodAction::Delete
+    } else {
+        PodAction::Evict
+    }
+}
+
+/// `namespace/name` of a pod.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The PodDisruptionBudget named in an eviction refusal, if the API server named one.
+pub fn budget_in(message: &str) -> Option<String> {
+    // "The disruption budget web needs 1 healthy pods and has 1 currently"
+    let rest = message.split("disruption budget ").nth(1)?;
+    let name = rest.split_whitespace().next()?;
+    (!name.is_empty() && name != "would").then(|| name.trim_end_matches(['.', ',']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: &str = "2026-11-26T12:00:00Z";
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut base = json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}]},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running"}});
+        merge(&mut base, spec);
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+        match (base, patch) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        b.remove(&k);
+                    } else {
+                        merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            }
+            (b, p) => *b = p,
+        }
+    }
+
+    fn options(spec: serde_json::Value) -> DrainOptions {
+        DrainOptions::from_spec(&serde_json::from_value(spec).unwrap())
+    }
+
+    fn action(pod_spec: serde_json::Value, drain: serde_json::Value) -> PodAction {
+        pod_action(&pod(pod_spec), &options(drain), NOW.parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_are_kubectls() {
+        let o = options(json!({}));
+        assert!(o.ignore_daemon_sets && o.delete_emptydir_data && !o.force && !o.disable_eviction);
+        assert_eq!(
+            (o.timeout, o.grace_period, o.skip_wait_for_delete_timeout),
+            (None, None, None)
+        );
+        assert!(!options(json!({"deleteLocalData": false})).delete_emptydir_data);
+        assert!(!options(json!({"deleteEmptydirData": false})).delete_emptydir_data);
+        assert_eq!(
+            options(json!({"timeout": 300_000_000_000i64})).timeout,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            options(json!({"timeout": "90s"})).timeout,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            options(json!({"timeout": 0})).timeout,
+            None,
+            "0 waits forever, as kubectl"
+        );
+        assert_eq!(
+            options(json!({"skipWaitForDeleteTimeout": 60})).skip_wait_for_delete_timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            options(json!({"skipWaitForDeleteTimeout": 0})).skip_wait_for_delete_timeout,
+            None
+        );
+        assert_eq!(options(json!({"gracePeriod": 30})).grace_period, Some(30));
+    }
+
+    #[test]
+    fn replicated_pods_are_evicted_or_deleted() {
+        assert_eq!(action(json!({}), json!({})), PodAction::Evict);
+        assert_eq!(
+            action(json!({}), json!({"disableEviction": true})),
+            PodAction::Delete
+        );
+    }
+
+    #[test]
+    fn daemonset_pods() {
+        let ds = json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u", "controller": true}]}});
+        assert_eq!(
+            action(ds.clone(), json!({})),
+            PodAction::Skip("DaemonSet pods are ignored")
+        );
+        assert!(matches!(
+            action(ds, json!({"ignoreDaemonSets": false})),
+            PodAction::Block(_)
+        ));
+    }
+
+    #[test]
+    fn bare_pods_need_force() {
+        let bare = json!({"metadata": {"ownerReferences": null}});
+        assert!(
+            matches!(action(bare.clone(), json!({})), PodAction::Block(r) if r.contains("drain.force"))
+        );
+        assert_eq!(
+            action(bare.clone(), json!({"force": true})),
+            PodAction::Evict
+        );
+        assert_eq!(
+            action(
+                bare.clone(),
+                json!({"force": true, "disableEviction": true})
+            ),
+            PodAction::Delete
+        );
+        assert_eq!(
+            action(
+                json!({"metadata": {"ownerReferences": null}, "status": {"phase": "Succeeded"}}),
+                json!({})
+            ),
+            PodAction::Evict,
+            "finished pods go"
+        );
+    }
+
+    #[test]
+    fn emptydir_pods_follow_the_flag() {
+        let local = json!({"spec": {"volumes": [{"name": "scratch", "emptyDir": {}}]}});
+        assert_eq!(action(local.clone(), json!({})), PodAction::Evict);
+        assert!(
+            matches!(action(local.clone(), json!({"deleteEmptydirData": false})), PodAction::Block(r) if r.contains("emptyDir"))
+        );
+        assert!(matches!(
+            action(local, json!({"deleteLocalData": false})),
+            PodAction::Block(_)
+        ));
+    }
+
+    #[test]
+    fn mirror_pods_and_our_own_pods_are_skipped() {
+        let mirror = json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n", "uid": "u", "controller": true}],
+            "annotations": {"kubernetes.io/config.mirror": "x"}}});
+        assert_eq!(
+            action(mirror, json!({})),
+            PodAction::Skip("it is a static (mirror) pod")
+        );
+        let ours = json!({"metadata": {"labels": {"upgrade.cattle.io/controller": "system-upgrade-controller"}}});
+        assert_eq!(
+            action(ours.clone(), json!({"force": true})),
+            PodAction::Skip("it belongs to the upgrade controller")
+        );
+    }
+
+    #[test]
+    fn pod_selector_limits_the_drain() {
+        let drain = json!({"podSelector": {"matchExpressions": [{"key": "component", "operator": "NotIn", "values": ["sonobuoy"]}]}});
+        assert_eq!(
+            action(
+                json!({"metadata": {"labels": {"component": "sonobuoy"}}}),
+                drain.clone()
+            ),
+            PodAction::Skip("drain.podSelector does not select it")
+        );
+        assert_eq!(action(json!({}), drain), PodAction::Evict);
+    }
+
+    #[test]
+    fn terminating_pods_are_waited_for_unless_stuck() {
+        let deleting = json!({"metadata": {"deletionTimestamp": "2026-11-26T11:58:00Z"}});
+        assert_eq!(action(deleting.clone(), json!({})), PodAction::Wait);
+        assert_eq!(
+            action(deleting.clone(), json!({"skipWaitForDeleteTimeout": 300})),
+            PodAction::Wait
+        );
+        assert!(matches!(
+            action(deleting, json!({"skipWaitForDeleteTimeout": 60})),
+            PodAction::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn budgets_are_read_from_refusals() {
+        assert_eq!(
+            budget_in("The disruption budget web-pdb needs 1 healthy pods and has 1 currently")
+                .as_deref(),
+            Some("web-pdb")
+        );
+        assert_eq!(
+            budget_in("Cannot evict pod as it would violate the pod's disruption budget."),
+            None
+        );
+    }
+}
+
+/// What a drain task needs to know.
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    pub plan: String,
+    pub plan_uid: String,
+    pub namespace: String,
+    pub node: String,
+    /// The upgrade pod waiting in its gate, and its Job.
+    pub pod: String,
+    pub job: String,
+    /// `None`: cordon only.
+    pub options: Option<DrainOptions>,
+}
+
+/// Cordons the node, evicts or deletes its pods as the options say, waits for them to go, then
+/// lets the upgrade pod go on. Progress is kept in `progress` and each change wakes the Plan.
+/// Runs until done, failed (a blocking pod, or the timeout) or aborted; starting it again
+/// resumes it, with the timeout counted from when the node was cordoned for the Plan.
+pub async fn run(
+    ctx: std::sync::Arc<Context>,
+    request: DrainRequest,
+    progress: std::sync::Arc<std::sync::Mutex<DrainProgress>>,
+) {
+    let started = std::time::Instant::now();
+    let set = |state: DrainProgress| {
+        let mut current = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != state;
+        *current = state;
+        changed
+    };
+    if let Err(e) = cordon(&ctx, &request.plan, &request.node, true).await {
+        set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
+        ctx.wake(&request.namespace, &request.plan);
+        return;
+    }
+    let since = match drain_started(&ctx, &request).await {
+        Ok(since) => since,
+        Err(e) => {
+            set(DrainProgress::Running(format!(
+                "recording the drain's start: {e}; retrying"
+            )));
+            ctx.wake(&request.namespace, &request.plan);
+            return;
+        }
+    };
+    let result = match &request.options {
+        None => Ok(0),
+        Some(options) => evict_all(&ctx, &request, options, since, &set).await,
+    };
+    match result {
+        Ok(evicted) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &request.namespace);
+            let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: crate::controller::decide::stamp(Timestamp::now())}}});
+            if let Err(e) = pods
+                .patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                set(DrainProgress::Running(format!(
+                    "telling pod {} to go on: {e}; retrying",
+                    request.pod
+                )));
+                ctx.wake(&request.namespace, &request.plan);
+                return;
+            }
+            if request.options.is_some() {
+                ctx.metrics.drain_finished(started.elapsed());
+                let message = format!(
+                    "Node {} drained in {}s ({evicted} pods evicted or deleted)",
+                    request.node,
+                    started.elapsed().as_secs()
+                );
+                ctx.event(&request, false, "Drained", &message).await;
+            }
+            set(DrainProgress::Done(request.pod.clone()));
+        }
+        Err(message) => {
+            ctx.event(&request, true, "DrainFailed", &message).await;
+            set(DrainProgress::Failed(message));
+        }
+    }
+    ctx.wake(&request.namespace, &request.plan);
+}
+
+/// When this Job's drain began: recorded on the Job the first time, so a controller restarted in
+/// the middle of a drain keeps its timeout, and a replaced Job gets a fresh one.
+async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(ctx.client.clone(), &request.namespace);
+    let job = jobs.get(&request.job).await?;
+    if let Some(since) = job
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DRAIN_STARTED))
+        .and_then(|t| t.parse().ok())
+    {
+        return Ok(since);
+    }
+    let now = Timestamp::now();
+    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: crate::controller::decide::stamp(now)}}});
+    jobs.patch(&request.job, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(now)
+}
+
+/// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
+/// many pods were evicted or deleted, or why the drain failed.
+async fn evict_all(
+    ctx: &Context,
+    request: &DrainRequest,
+    options: &DrainOptions,
+    since: Timestamp,
+    set: &impl Fn(DrainProgress) -> bool,
+) -> Result<usize, String> {
+    let node = &request.node;
+    let all: Api<Pod> = Api::all(ctx.client.clone());
+    let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    ctx.event(
+        request,
+        false,
+        "Draining",
+        &format!("Draining node {node} for Plan {}", request.plan),
+    )
+    .await;
+    let mut evicted = std::collections::BTreeSet::new();
+    let mut told_budget = std::collections::BTreeSet::new();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let pods = all
+            .list(&listing)
+            .await
+            .map_err(|e| format!("drain of node {node}: cannot list its pods: {e}"))?;
+        let now = Timestamp::now();
+        let mut waiting: Vec<String> = Vec::new();
+        for pod in &pods.items {
+            let key = pod_key(pod);
+            let action = pod_action(pod, options, now);
+            let api: Api<Pod> = Api::namespaced(
+                ctx.client.clone(),
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+            );
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let delete = kube::api::DeleteParams {
+                grace_period_seconds: options.grace_period.and_then(|g| u32::try_from(g).ok()),
+                ..Default::default()
+            };
+            match action {
+                PodAction::Skip(_) => {}
+                PodAction::Block(reason) => {
+                    return Err(format!(
+                        "drain of node {node} cannot proceed: pod {key}: {reason}"
+                    ));
+                }
+                PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
+                PodAction::Evict => match api
+                    .evict(
+                        &name,
+                        &kube::api::EvictParams {
+                            delete_options: Some(delete),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        ctx.metrics.eviction("evicted");
+                        if evicted.insert(key.clone()) {
+                            ctx.event(
+                                request,
+                                false,
+                                "Evicted",
+                                &format!("Evicted pod {key} from node {node}"),
+                            )
+                            .await;
+                        }
+                        waiting.push(format!("waiting for pod {key} to terminate"));
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(kube::Error::Api(s)) if s.code == 429 => {
+                        ctx.metrics.eviction("blocked");
+                        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+                        // The budget's name is in the refusal's causes.
+                        let causes = s
+                            .details
+                            .iter()
+                            .flat_map(|d| d.causes.iter())
+                            .map(|c| c.message.as_str());
+                        let budget = std::iter::once(s.message.as_str())
+                            .chain(causes)
+                            .find_map(budget_in);
+                        let reason = match budget {
+                            Some(budget) => format!(
+                                "pod {key} blocked by PodDisruptionBudget {namespace}/{budget}"
+                            ),
+                            None => format!(
+                                "pod {key} blocked by a PodDisruptionBudget ({})",
+                                s.message
+                            ),
+                        };
+                        if told_budget.insert(key.clone()) {
+                            ctx.event(
+                                request,
+                                false,
+                                "WaitingForBudget",
+                                &format!("Drain of node {node}: {reason}"),
+                            )
+                            .await;
+                        }
+                        waiting.push(reason);
+                    }
+                    Err(e) => {
+                        ctx.metrics.eviction("error");
+                        waiting.push(format!("evicting pod {key}: {e}"));
+                    }
+                },
+                PodAction::Delete => match api.delete(&name, &delete).await {
+                    Ok(_) => {
+                        ctx.metrics.eviction("deleted");
+                        if evicted.insert(key.clone()) {
+                            ctx.event(
+                                request,
+                                false,
+                                "Deleted",
+                                &format!("Deleted pod {key} from node {node} (eviction disabled)"),
+                            )
+                            .await;
+                        }
+                        waiting.push(format!("waiting for pod {key} to terminate"));
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => {
+                        ctx.metrics.eviction("error");
+                        waiting.push(format!("deleting pod {key}: {e}"));
+                    }
+                },
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(evicted.len());
+        }
+        // Budget refusals first: they are what an operator needs to see.
+        waiting.sort_by_key(|w| !w.contains("PodDisruptionBudget"));
+        let summary = match waiting.len() {
+            1 => waiting[0].clone(),
+            n => format!("{} (and {} more)", waiting[0], n - 1),
+        };
+        if let Some(timeout) = options.timeout
+            && now.as_second() - since.as_second()
+                >= i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)
+        {
+            let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+            return Err(format!(
+                "drain of node {node} timed out after {after}: {}",
+                waiting[0]
+            ));
+        }
+        if set(DrainProgress::Running(summary)) {
+            ctx.wake(&request.namespace, &request.plan);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,457 @@
+//! Native drain against the real control plane: evictions, PodDisruptionBudgets, the order
+//! prepare → drain → upgrade, failures, and a drain resumed after a restart.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::json;
+
+use crate::scenario::{SCENARIO_LABEL, Scenario};
+use crate::support::{Ctx, NAMESPACE, Server, wait};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const APPS: &str = "drain-apps";
+
+fn ensure_namespace(ctx: &Ctx) {
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": APPS}});
+    ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&ns.to_string()))
+        .expect_ok();
+}
+
+fn apply(ctx: &Ctx, object: serde_json::Value) {
+    ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
+        .expect_ok();
+}
+
+/// A Deployment whose pods run on the scenario's nodes, spread one per node where possible.
+fn deployment(
+    name: &str,
+    scenario: &str,
+    replicas: i32,
+    extra_pod_spec: serde_json::Value,
+) -> serde_json::Value {
+    let mut pod_spec = json!({
+        "nodeSelector": {SCENARIO_LABEL: scenario},
+        "containers": [{"name": "app", "image": "nginx"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app": name}}}],
+    });
+    for (k, v) in extra_pod_spec.as_object().into_iter().flatten() {
+        pod_spec[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": APPS},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}},
+    })
+}
+
+fn pods_on(ctx: &Ctx, node: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), APPS);
+    let list = ctx
+        .block_on(api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn running(ctx: &Ctx, app: &str) -> usize {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), APPS);
+    let list = ctx
+        .block_on(api.list(&ListParams::default().labels(&format!("app={app}"))))
+        .unwrap();
+    list.items
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .count()
+}
+
+fn node_entry(s: &Scenario, plan: &str) -> (String, String) {
+    let plan = s.plan_json(plan);
+    let entry = &plan["status"]["nodes"][0];
+    (
+        entry["phase"].as_str().unwrap_or("").to_owned(),
+        entry["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn drain_plan(
+    s: &Scenario,
+    name: &str,
+    node: &str,
+    drain: serde_json::Value,
+    annotations: serde_json::Value,
+) {
+    let spec = json!({
+        "concurrency": 1, "version": "v1.30.4+k3s1",
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node}},
+        "drain": drain,
+        "prepare": {"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]},
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+    });
+    s.apply_plan(name, spec, json!({"annotations": annotations}));
+}
+
+fn time(value: &serde_json::Value) -> Timestamp {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("no time in {value}"))
+        .parse()
+        .unwrap()
+}
+
+/// Deployment pods are evicted and rescheduled, DaemonSet pods stay, and the order is
+/// prepare → cordon and drain → upgrade, with the node serving its workloads during prepare.
+pub fn drains_evict_workloads_between_prepare_and_upgrade(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "dr", 2);
+    let (a, b) = (s.nodes[0].clone(), s.nodes[1].clone());
+    apply(ctx, deployment("dr-web", "dr", 4, json!({})));
+    apply(
+        ctx,
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "dr-agent", "namespace": APPS},
+            "spec": {"selector": {"matchLabels": {"app": "dr-agent"}}, "template": {"metadata": {"labels": {"app": "dr-agent"}},
+                "spec": {"nodeSelector": {SCENARIO_LABEL: "dr"}, "containers": [{"name": "agent", "image": "busybox"}]}}},
+        }),
+    );
+    wait("4 web pods and a DaemonSet pod per node", MINUTE, || {
+        let on_a = pods_on(ctx, &a);
+        (running(ctx, "dr-web") == 4
+            && running(ctx, "dr-agent") == 2
+            && on_a
+                .iter()
+                .any(|p| p.metadata.labels.as_ref().unwrap()["app"] == "dr-web"))
+        .then_some(())
+    });
+    let daemon_uid = pods_on(ctx, &a)
+        .into_iter()
+        .find(|p| p.metadata.labels.as_ref().unwrap()["app"] == "dr-agent")
+        .unwrap()
+        .metadata
+        .uid;
+
+    drain_plan(
+        &s,
+        "dr",
+        &a,
+        json!({}),
+        json!({"suc-test/prepare-duration": "6s", "suc-test/duration": "3s"}),
+    );
+    // While prepare runs, the node keeps serving and is not cordoned.
+    wait("prepare to be running", MINUTE, || {
+        (node_entry(&s, "dr").0 == "Preparing").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_entry(&s, "dr").0, "Preparing");
+    assert!(!s.unschedulable(&a), "cordoned while prepare runs");
+    assert!(
+        pods_on(ctx, &a)
+            .iter()
+            .any(|p| p.metadata.labels.as_ref().unwrap()["app"] == "dr-web"),
+        "evicted during prepare"
+    );
+
+    s.wait_condition("dr", "Complete", "True", "Complete", 2 * MINUTE);
+    // The web pods left node a and run elsewhere; the DaemonSet pod stayed.
+    wait("the web pods rescheduled on the other node", MINUTE, || {
+        (running(ctx, "dr-web") == 4).then_some(())
+    });
+    let on_b = pods_on(ctx, &b)
+        .iter()
+        .filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == "dr-web")
+        .count();
+    assert!(on_b >= 3, "{on_b} web pods on the other node");
+    let daemon_after = pods_on(ctx, &a)
+        .into_iter()
+        .find(|p| p.metadata.labels.as_ref().unwrap()["app"] == "dr-agent")
+        .map(|p| p.metadata.uid);
+    assert_eq!(
+        daemon_after,
+        Some(daemon_uid),
+        "the DaemonSet pod was not touched"
+    );
+    assert!(!s.unschedulable(&a), "uncordoned after the upgrade");
+
+    // Timestamps: prepare ended, then the node was drained, then the upgrade container started.
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let pod = ctx
+        .block_on(api.list(&ListParams::default().labels("upgrade.cattle.io/plan=dr")))
+        .unwrap()
+        .items
+        .remove(0);
+    let pod = serde_json::to_value(&pod).unwrap();
+    let inits = pod["status"]["initContainerStatuses"].as_array().unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["prepare", "drain"]);
+    let drained = time(&pod["metadata"]["annotations"]["upgrade.cattle.io/drained"]);
+    let upgrade = &pod["status"]["containerStatuses"][0]["state"];
+    let upgrade_started =
+        time(&upgrade.get("terminated").unwrap_or(&upgrade["running"])["startedAt"]);
+    assert!(
+        drained <= upgrade_started,
+        "the upgrade started at {upgrade_started} before the drain ended at {drained}"
+    );
+    let events = s.events(NAMESPACE, "Plan", "dr");
+    let position = |reason: &str| {
+        events
+            .iter()
+            .position(|e| e.starts_with(reason))
+            .unwrap_or_else(|| panic!("no {reason} event in {events:?}"))
+    };
+    assert!(
+        position("Draining") < position("Evicted") && position("Evicted") < position("Drained"),
+        "{events:?}"
+    );
+    for event in ["Cordoned", "Draining", "Evicted", "Drained", "Uncordoned"] {
+        assert!(
+            s.events("default", "Node", &a)
+                .iter()
+                .any(|e| e.starts_with(event)),
+            "no {event} event on the node"
+        );
+    }
+    let metrics = ctx.ensure_server().metrics();
+    assert!(
+        metrics.contains("suc_evictions_total{result=\"evicted\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("suc_drain_duration_seconds_count"),
+        "{metrics}"
+    );
+    ctx.kubectl(&[
+        "-n",
+        APPS,
+        "delete",
+        "deployment/dr-web",
+        "daemonset/dr-agent",
+    ])
+    .expect_ok();
+}
+
+/// A bare pod blocks without force and is deleted with it; an emptyDir pod follows its flag.
+pub fn bare_and_emptydir_pods_follow_the_drain_flags(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "bare", 2);
+    let (a, b) = (s.nodes[0].clone(), s.nodes[1].clone());
+    apply(
+        ctx,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare-pod", "namespace": APPS},
+        "spec": {"nodeName": a, "containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    apply(
+        ctx,
+        deployment(
+            "bare-scratch",
+            "bare",
+            1,
+            json!({"nodeSelector": {"kubernetes.io/hostname": b},
+        "volumes": [{"name": "scratch", "emptyDir": {}}]}),
+        ),
+    );
+    wait("the pods", MINUTE, || {
+        (pods_on(ctx, &a).len() == 1 && pods_on(ctx, &b).len() == 1).then_some(())
+    });
+
+    drain_plan(&s, "bare", &a, json!({}), json!({}));
+    let message = s.wait_condition("bare", "Complete", "False", "DrainFailed", MINUTE);
+    assert_eq!(
+        message,
+        format!(
+            "drain of node {a} cannot proceed: pod {APPS}/bare-pod: no controller manages it, so it would be gone for good (set drain.force to delete it)"
+        )
+    );
+    assert_eq!(
+        node_entry(&s, "bare"),
+        ("Failed".to_owned(), message.clone())
+    );
+    assert!(
+        s.unschedulable(&a),
+        "a failed drain leaves the node cordoned"
+    );
+    let job = s.jobs("bare").remove(0);
+    assert_eq!(
+        job.spec.as_ref().unwrap().suspend,
+        Some(true),
+        "the Job is suspended: its upgrade never starts"
+    );
+    assert_eq!(pods_on(ctx, &a).len(), 1, "the bare pod is still there");
+    // With force it goes for good, and the upgrade proceeds.
+    drain_plan(&s, "bare", &a, json!({"force": true}), json!({}));
+    s.wait_condition("bare", "Complete", "True", "Complete", 2 * MINUTE);
+    assert!(pods_on(ctx, &a).is_empty());
+
+    // emptyDir data: refused when deleteEmptydirData is false, evicted by default.
+    drain_plan(
+        &s,
+        "bare-local",
+        &b,
+        json!({"deleteEmptydirData": false}),
+        json!({}),
+    );
+    let message = s.wait_condition("bare-local", "Complete", "False", "DrainFailed", MINUTE);
+    assert!(
+        message.contains("uses emptyDir data (set drain.deleteEmptydirData to delete it)"),
+        "{message}"
+    );
+    drain_plan(&s, "bare-local", &b, json!({}), json!({}));
+    s.wait_condition("bare-local", "Complete", "True", "Complete", 2 * MINUTE);
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/bare-scratch"])
+        .expect_ok();
+}
+
+/// A PodDisruptionBudget blocks evictions until the drain's timeout, naming the pod and the
+/// budget; disableEviction deletes instead; skipWaitForDeleteTimeout moves on past stuck pods.
+pub fn budgets_block_until_the_timeout(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "pdb", 1);
+    let a = s.nodes[0].clone();
+    apply(ctx, deployment("pdb-db", "pdb", 1, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "pdb-db", "namespace": APPS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "pdb-db"}}}}),
+    );
+    wait("the guarded pod", MINUTE, || {
+        (running(ctx, "pdb-db") == 1).then_some(())
+    });
+    let pod = pods_on(ctx, &a).remove(0).metadata.name.unwrap();
+
+    drain_plan(&s, "pdb", &a, json!({"timeout": "12s"}), json!({}));
+    let blocked = format!("pod {APPS}/{pod} blocked by PodDisruptionBudget {APPS}/pdb-db");
+    wait("the blocking pod in the status", MINUTE, || {
+        (node_entry(&s, "pdb") == ("Draining".to_owned(), blocked.clone())).then_some(())
+    });
+    let message = s.wait_condition("pdb", "Complete", "False", "DrainFailed", MINUTE);
+    assert_eq!(
+        message,
+        format!("drain of node {a} timed out after 12s: {blocked}")
+    );
+    assert!(
+        s.events(NAMESPACE, "Plan", "pdb")
+            .iter()
+            .any(|e| *e == format!("DrainFailed: {message}"))
+    );
+    assert!(
+        s.events("default", "Node", &a)
+            .iter()
+            .any(|e| e.starts_with("WaitingForBudget"))
+    );
+    assert_eq!(running(ctx, "pdb-db"), 1, "the budget was respected");
+    assert!(s.unschedulable(&a));
+
+    // disableEviction deletes the pod, budget or not.
+    drain_plan(
+        &s,
+        "pdb",
+        &a,
+        json!({"timeout": "12s", "disableEviction": true}),
+        json!({}),
+    );
+    s.wait_condition("pdb", "Complete", "True", "Complete", 2 * MINUTE);
+    assert!(
+        s.events("default", "Node", &a)
+            .iter()
+            .any(|e| e.starts_with(&format!("Deleted: Deleted pod {APPS}/{pod}")))
+    );
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/pdb-db", "pdb/pdb-db"])
+        .expect_ok();
+    s.delete_plan("pdb");
+
+    // A pod that never finishes terminating (a finalizer holds it): waited for, unless it has
+    // been terminating longer than skipWaitForDeleteTimeout.
+    apply(
+        ctx,
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "pdb-stuck", "namespace": APPS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pdb-stuck"}}, "template": {"metadata": {"labels": {"app": "pdb-stuck"},
+            "finalizers": ["suc-test/hold"]}, "spec": {"nodeSelector": {"kubernetes.io/hostname": a}, "containers": [{"name": "c", "image": "busybox"}]}}}}),
+    );
+    wait("the stuck pod", MINUTE, || {
+        (running(ctx, "pdb-stuck") == 1).then_some(())
+    });
+    let stuck = pods_on(ctx, &a).remove(0).metadata.name.unwrap();
+    ctx.kubectl(&["-n", APPS, "scale", "replicaset/pdb-stuck", "--replicas=0"])
+        .expect_ok();
+    ctx.kubectl(&["-n", APPS, "delete", "pod", &stuck, "--wait=false"])
+        .expect_ok();
+    drain_plan(
+        &s,
+        "pdb-skip",
+        &a,
+        json!({"skipWaitForDeleteTimeout": 3, "timeout": "60s"}),
+        json!({}),
+    );
+    s.wait_condition("pdb-skip", "Complete", "True", "Complete", MINUTE);
+    ctx.kubectl(&[
+        "-n",
+        APPS,
+        "patch",
+        "pod",
+        &stuck,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .expect_ok();
+    ctx.kubectl(&["-n", APPS, "delete", "replicaset/pdb-stuck"])
+        .expect_ok();
+}
+
+/// A controller killed in the middle of a drain finishes it after a restart.
+pub fn a_drain_resumes_after_a_restart(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "resume", 1);
+    let a = s.nodes[0].clone();
+    apply(ctx, deployment("resume-db", "resume", 1, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "resume-db", "namespace": APPS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "resume-db"}}}}),
+    );
+    wait("the guarded pod", MINUTE, || {
+        (running(ctx, "resume-db") == 1).then_some(())
+    });
+    let guarded = pods_on(ctx, &a).remove(0).metadata.name.unwrap();
+    drain_plan(&s, "resume", &a, json!({"timeout": "10m"}), json!({}));
+    wait("the drain to be blocked", MINUTE, || {
+        node_entry(&s, "resume")
+            .1
+            .contains("blocked by PodDisruptionBudget")
+            .then_some(())
+    });
+    ctx.with_server(Server::kill_hard);
+    ctx.stop_server();
+    // The budget allows it now, but nobody is draining.
+    ctx.kubectl(&["-n", APPS, "delete", "pdb/resume-db"])
+        .expect_ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running(ctx, "resume-db"), 1, "evicted without a controller");
+    let restarted = Server::start(ctx, "after-drain-kill", &[]);
+    restarted.wait_ready();
+    ctx.set_server(restarted);
+    s.wait_condition("resume", "Complete", "True", "Complete", 2 * MINUTE);
+    // The pod was evicted after the restart (its replacement may be back once uncordoned).
+    assert!(
+        !pods_on(ctx, &a)
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(guarded.as_str())),
+        "the drain finished after the restart"
+    );
+    assert!(!s.unschedulable(&a));
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/resume-db"])
+        .expect_ok();
+}
