@@ -455,3 +455,145 @@ pub fn a_drain_resumes_after_a_restart(ctx: &Ctx) {
     ctx.kubectl(&["-n", APPS, "delete", "deployment/resume-db"])
         .expect_ok();
 }
+
+/// Plans shaped like the Go controller's examples with `drain` (an OS package upgrade opted in
+/// per node, and a K3s agent upgrade that prepares by waiting for the servers) run end to end
+/// with native drain. Prints the eviction timeline.
+pub fn go_example_plans_with_drain_run_end_to_end(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    ctx.kubectl(&[
+        "apply",
+        "-f",
+        crate::support::repo("deploy/rbac.yaml").to_str().unwrap(),
+    ])
+    .expect_ok();
+    let s = Scenario::new(ctx, "ex", 4);
+    // Workloads: a replicated web app, and a bare pod only `force` removes.
+    apply(ctx, deployment("ex-web", "ex", 4, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ex-debug", "namespace": APPS},
+        "spec": {"nodeName": s.nodes[1], "containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    wait("the workloads", MINUTE, || {
+        (running(ctx, "ex-web") == 4).then_some(())
+    });
+    // The OS upgrade: nodes opt in with the label plan.upgrade.cattle.io/ex-os.
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "secret",
+        "ex-os",
+        "--ignore-not-found",
+    ])
+    .expect_ok();
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "ex-os",
+        "--from-literal=upgrade.sh=apt-get -y upgrade",
+    ])
+    .expect_ok();
+    for node in &s.nodes[..2] {
+        ctx.kubectl(&["label", "node", node, "plan.upgrade.cattle.io/ex-os=true"])
+            .expect_ok();
+    }
+    s.apply_plan("ex-os", json!({
+        "concurrency": 2,
+        "nodeSelector": {"matchExpressions": [{"key": "plan.upgrade.cattle.io/ex-os", "operator": "Exists"}]},
+        "serviceAccountName": "system-upgrade",
+        "secrets": [{"name": "ex-os", "path": "/host/run/system-upgrade/secrets/ex-os"}],
+        "drain": {"force": true},
+        "version": "jammy",
+        "upgrade": {"image": "ubuntu", "command": ["chroot", "/host"], "args": ["sh", "/run/system-upgrade/secrets/ex-os/upgrade.sh"]},
+    }), json!({}));
+    // The K3s agent upgrade on the other two nodes.
+    for node in &s.nodes[2..] {
+        ctx.kubectl(&["label", "node", node, "k3s-upgrade=true"])
+            .expect_ok();
+    }
+    s.apply_plan(
+        "ex-agent",
+        json!({
+            "concurrency": 2,
+            "version": "v1.30.4+k3s1",
+            "nodeSelector": {"matchExpressions": [
+                {"key": "k3s-upgrade", "operator": "Exists"},
+                {"key": "k3s-upgrade", "operator": "NotIn", "values": ["disabled", "false"]},
+                {"key": "node-role.kubernetes.io/master", "operator": "NotIn", "values": ["true"]},
+            ]},
+            "serviceAccountName": "system-upgrade",
+            "prepare": {"image": "rancher/k3s-upgrade", "args": ["prepare", "k3s-server"]},
+            "drain": {"force": true},
+            "upgrade": {"image": "rancher/k3s-upgrade"},
+        }),
+        json!({}),
+    );
+    for plan in ["ex-os", "ex-agent"] {
+        s.wait_condition(plan, "Complete", "True", "Complete", 3 * MINUTE);
+    }
+    for node in &s.nodes {
+        assert!(!s.unschedulable(node), "{node} left cordoned");
+    }
+    assert_eq!(
+        s.node_label(&s.nodes[0], "plan.upgrade.cattle.io/ex-os")
+            .map(|h| h.len()),
+        Some(56)
+    );
+    assert_eq!(
+        s.node_label(&s.nodes[3], "plan.upgrade.cattle.io/ex-agent")
+            .map(|h| h.len()),
+        Some(56)
+    );
+    let debug_gone = ctx.kubectl(&["-n", APPS, "get", "pod", "ex-debug"]);
+    assert!(!debug_gone.ok, "force removed the bare pod");
+    wait("the web app back at full strength", MINUTE, || {
+        (running(ctx, "ex-web") == 4).then_some(())
+    });
+
+    // The eviction timeline, as the events tell it.
+    let out = ctx
+        .kubectl(&["get", "events.events.k8s.io", "-A", "-o", "json"])
+        .expect_ok()
+        .stdout;
+    let events: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut timeline: Vec<(String, String, String, String)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["reportingController"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("upgrade.cattle.io/"))
+        })
+        .filter(|e| {
+            e["regarding"]["kind"] == "Node"
+                && e["regarding"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("ex-"))
+        })
+        .map(|e| {
+            (
+                e["eventTime"].as_str().unwrap_or("").to_owned(),
+                e["regarding"]["name"].as_str().unwrap_or("").to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+                e["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    timeline.sort();
+    println!("eviction timeline:");
+    for (time, node, reason, note) in &timeline {
+        println!("  {time}  {node:<6} {reason:<12} {note}");
+    }
+    assert!(timeline.iter().any(|(_, _, reason, _)| reason == "Evicted"));
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/ex-web"])
+        .expect_ok();
+    ctx.kubectl(&["-n", NAMESPACE, "delete", "secret", "ex-os"])
+        .expect_ok();
+}

@@ -153,6 +153,10 @@ const TESTS: &[Test] = &[
         "a_drain_resumes_after_a_restart",
         drain::a_drain_resumes_after_a_restart,
     ),
+    (
+        "go_example_plans_with_drain_run_end_to_end",
+        drain::go_example_plans_with_drain_run_end_to_end,
+    ),
 ];
 
 fn main() {

@@ -181,6 +181,22 @@ impl Ctx {
     pub fn ensure_server(&self) -> ServerInfo {
         let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
         if server.is_none() {
+            // What the server needs from deploy/, so any test can run first or alone.
+            let files = [
+                "deploy/namespace.yaml",
+                "deploy/crd.yaml",
+                "deploy/rbac.yaml",
+            ]
+            .map(|f| repo(f).display().to_string());
+            self.kubectl(&["apply", "-f", &files[0], "-f", &files[1], "-f", &files[2]])
+                .expect_ok();
+            self.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/plans.upgrade.cattle.io",
+                "--timeout=60s",
+            ])
+            .expect_ok();
             let started = Server::start(self, "suite", &[]);
             started.wait_ready();
             *server = Some(started);
