@@ -84,7 +84,7 @@ sed "s#https://update.k3s.io/v1-release/channels/stable#http://127.0.0.1:$channe
   tests/plans/valid/k3s-server.yaml | kubectl apply -f -
 sed "s#version: v1.30.4+k3s1#version: $version#" tests/plans/valid/k3s-agent.yaml | kubectl apply -f -
 
-say "The rollout as it happens (C = cordoned, J = Job running, S = server-plan done, A = agent-plan done)"
+say "The rollout as it happens (J = Job runs: prepare first, C = cordoned and drained after prepare, S/A = server/agent Plan done)"
 started=$SECONDS
 snapshot() {
   local nodes_line jobs_line
