@@ -82,6 +82,7 @@ pub enum Change {
     Drain {
         node: String,
         pod: String,
+        job: String,
         job_uid: String,
     },
     /// Suspend a Job whose node could not be drained, recording why.
@@ -795,6 +796,7 @@ fn gate_phase(
             after.push(Change::Drain {
                 node: node_name.to_owned(),
                 pod: pod_name,
+                job: job_name,
                 job_uid: uid.clone(),
             });
             ("Draining", message)

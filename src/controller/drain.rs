@@ -13,11 +13,11 @@ use kube::api::{Patch, PatchParams};
 
 use crate::api::{DrainSpec, IntOrDuration, LABEL_CONTROLLER};
 use crate::controller::job::ANNOTATION_DRAINED;
+use crate::controller::reconcile::{Context, cordon};
+use crate::syntax::duration;
 
 /// Job annotation: when the drain for this Job began (its timeout counts from there).
 pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
-use crate::controller::reconcile::{Context, cordon};
-use crate::syntax::duration;
 
 /// What a drain may do, from a Plan's `drain`.
 #[derive(Debug, Clone, Default)]
@@ -169,12 +169,261 @@ pub fn pod_key(pod: &Pod) -> String {
     )
 }
 
+/// Why an eviction of pod `key` (in `namespace`) was refused (429): the budget, named when the
+/// API server named it in the refusal's message or causes.
+fn refusal(key: &str, namespace: &str, refused: &kube::core::Status) -> String {
+    let causes = refused
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.message.as_str());
+    match std::iter::once(refused.message.as_str())
+        .chain(causes)
+        .find_map(budget_in)
+    {
+        Some(budget) => format!("pod {key} blocked by PodDisruptionBudget {namespace}/{budget}"),
+        None => format!(
+            "pod {key} blocked by a PodDisruptionBudget ({})",
+            refused.message
+        ),
+    }
+}
+
 /// The PodDisruptionBudget named in an eviction refusal, if the API server named one.
 pub fn budget_in(message: &str) -> Option<String> {
     // "The disruption budget web needs 1 healthy pods and has 1 currently"
     let rest = message.split("disruption budget ").nth(1)?;
     let name = rest.split_whitespace().next()?;
     (!name.is_empty() && name != "would").then(|| name.trim_end_matches(['.', ',']).to_owned())
+}
+
+/// What a drain task needs to know.
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    pub plan: String,
+    pub plan_uid: String,
+    pub namespace: String,
+    pub node: String,
+    /// The upgrade pod waiting in its gate, and its Job.
+    pub pod: String,
+    pub job: String,
+    /// `None`: cordon only.
+    pub options: Option<DrainOptions>,
+}
+
+/// Cordons the node, evicts or deletes its pods as the options say, waits for them to go, then
+/// lets the upgrade pod go on. Progress is kept in `progress` and each change wakes the Plan.
+/// Runs until done, failed (a blocking pod, or the timeout) or aborted; starting it again
+/// resumes it, with the timeout counted from when this Job's drain began (see `drain_started`).
+pub async fn run(
+    ctx: std::sync::Arc<Context>,
+    request: DrainRequest,
+    progress: std::sync::Arc<std::sync::Mutex<DrainProgress>>,
+) {
+    let started = std::time::Instant::now();
+    let set = |state: DrainProgress| {
+        let mut current = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != state;
+        *current = state;
+        changed
+    };
+    if let Err(e) = cordon(&ctx, &request.plan, &request.node, true).await {
+        set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
+        ctx.wake(&request.namespace, &request.plan);
+        return;
+    }
+    let since = match drain_started(&ctx, &request).await {
+        Ok(since) => since,
+        Err(e) => {
+            set(DrainProgress::Running(format!(
+                "recording the drain's start: {e}; retrying"
+            )));
+            ctx.wake(&request.namespace, &request.plan);
+            return;
+        }
+    };
+    let result = match &request.options {
+        None => Ok(0),
+        Some(options) => evict_all(&ctx, &request, options, since, &set).await,
+    };
+    match result {
+        Ok(evicted) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &request.namespace);
+            let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: crate::controller::decide::stamp(Timestamp::now())}}});
+            if let Err(e) = pods
+                .patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                set(DrainProgress::Running(format!(
+                    "telling pod {} to go on: {e}; retrying",
+                    request.pod
+                )));
+                ctx.wake(&request.namespace, &request.plan);
+                return;
+            }
+            if request.options.is_some() {
+                ctx.metrics.drain_finished(started.elapsed());
+                let message = format!(
+                    "Node {} drained in {}s ({evicted} pods evicted or deleted)",
+                    request.node,
+                    started.elapsed().as_secs()
+                );
+                ctx.event(&request, false, "Drained", &message).await;
+            }
+            set(DrainProgress::Done(request.pod.clone()));
+        }
+        Err(message) => {
+            ctx.event(&request, true, "DrainFailed", &message).await;
+            set(DrainProgress::Failed(message));
+        }
+    }
+    ctx.wake(&request.namespace, &request.plan);
+}
+
+/// When this Job's drain began: recorded on the Job the first time, so a controller restarted in
+/// the middle of a drain keeps its timeout, and a replaced Job gets a fresh one.
+async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(ctx.client.clone(), &request.namespace);
+    let job = jobs.get(&request.job).await?;
+    if let Some(since) = job
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DRAIN_STARTED))
+        .and_then(|t| t.parse().ok())
+    {
+        return Ok(since);
+    }
+    let now = Timestamp::now();
+    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: crate::controller::decide::stamp(now)}}});
+    jobs.patch(&request.job, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(now)
+}
+
+/// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
+/// many pods were evicted or deleted, or why the drain failed.
+async fn evict_all(
+    ctx: &Context,
+    request: &DrainRequest,
+    options: &DrainOptions,
+    since: Timestamp,
+    set: &impl Fn(DrainProgress) -> bool,
+) -> Result<usize, String> {
+    let node = &request.node;
+    let all: Api<Pod> = Api::all(ctx.client.clone());
+    let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    ctx.event(
+        request,
+        false,
+        "Draining",
+        &format!("Draining node {node} for Plan {}", request.plan),
+    )
+    .await;
+    let delete = kube::api::DeleteParams {
+        grace_period_seconds: options.grace_period.and_then(|g| u32::try_from(g).ok()),
+        ..Default::default()
+    };
+    let mut evicted = std::collections::BTreeSet::new();
+    let mut told_budget = std::collections::BTreeSet::new();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let pods = all
+            .list(&listing)
+            .await
+            .map_err(|e| format!("drain of node {node}: cannot list its pods: {e}"))?;
+        let now = Timestamp::now();
+        let mut waiting: Vec<String> = Vec::new();
+        for pod in &pods.items {
+            let key = pod_key(pod);
+            let action = pod_action(pod, options, now);
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            match action {
+                PodAction::Skip(_) => {}
+                PodAction::Block(reason) => {
+                    return Err(format!(
+                        "drain of node {node} cannot proceed: pod {key}: {reason}"
+                    ));
+                }
+                PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
+                PodAction::Evict | PodAction::Delete => {
+                    let evict = action == PodAction::Evict;
+                    let result = if evict {
+                        let params = kube::api::EvictParams {
+                            delete_options: Some(delete.clone()),
+                            ..Default::default()
+                        };
+                        api.evict(name, &params).await.map(drop)
+                    } else {
+                        api.delete(name, &delete).await.map(drop)
+                    };
+                    let (done, reason, message) = if evict {
+                        (
+                            "evicted",
+                            "Evicted",
+                            format!("Evicted pod {key} from node {node}"),
+                        )
+                    } else {
+                        let message =
+                            format!("Deleted pod {key} from node {node} (eviction disabled)");
+                        ("deleted", "Deleted", message)
+                    };
+                    match result {
+                        Ok(()) => {
+                            ctx.metrics.eviction(done);
+                            if evicted.insert(key.clone()) {
+                                ctx.event(request, false, reason, &message).await;
+                            }
+                            waiting.push(format!("waiting for pod {key} to terminate"));
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(kube::Error::Api(s)) if s.code == 429 => {
+                            ctx.metrics.eviction("blocked");
+                            let reason = refusal(&key, namespace, &s);
+                            if told_budget.insert(key.clone()) {
+                                let message = format!("Drain of node {node}: {reason}");
+                                ctx.event(request, false, "WaitingForBudget", &message)
+                                    .await;
+                            }
+                            waiting.push(reason);
+                        }
+                        Err(e) => {
+                            ctx.metrics.eviction("error");
+                            let verb = if evict { "evicting" } else { "deleting" };
+                            waiting.push(format!("{verb} pod {key}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(evicted.len());
+        }
+        // Budget refusals first: they are what an operator needs to see.
+        waiting.sort_by_key(|w| !w.contains("PodDisruptionBudget"));
+        let summary = match waiting.len() {
+            1 => waiting[0].clone(),
+            n => format!("{} (and {} more)", waiting[0], n - 1),
+        };
+        if let Some(timeout) = options.timeout
+            && now.as_second() - since.as_second()
+                >= i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)
+        {
+            let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+            return Err(format!(
+                "drain of node {node} timed out after {after}: {}",
+                waiting[0]
+            ));
+        }
+        if set(DrainProgress::Running(summary)) {
+            ctx.wake(&request.namespace, &request.plan);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 #[cfg(test)]
@@ -364,269 +613,5 @@ mod tests {
             budget_in("Cannot evict pod as it would violate the pod's disruption budget."),
             None
         );
-    }
-}
-
-/// What a drain task needs to know.
-#[derive(Debug, Clone)]
-pub struct DrainRequest {
-    pub plan: String,
-    pub plan_uid: String,
-    pub namespace: String,
-    pub node: String,
-    /// The upgrade pod waiting in its gate, and its Job.
-    pub pod: String,
-    pub job: String,
-    /// `None`: cordon only.
-    pub options: Option<DrainOptions>,
-}
-
-/// Cordons the node, evicts or deletes its pods as the options say, waits for them to go, then
-/// lets the upgrade pod go on. Progress is kept in `progress` and each change wakes the Plan.
-/// Runs until done, failed (a blocking pod, or the timeout) or aborted; starting it again
-/// resumes it, with the timeout counted from when the node was cordoned for the Plan.
-pub async fn run(
-    ctx: std::sync::Arc<Context>,
-    request: DrainRequest,
-    progress: std::sync::Arc<std::sync::Mutex<DrainProgress>>,
-) {
-    let started = std::time::Instant::now();
-    let set = |state: DrainProgress| {
-        let mut current = progress.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = *current != state;
-        *current = state;
-        changed
-    };
-    if let Err(e) = cordon(&ctx, &request.plan, &request.node, true).await {
-        set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
-        ctx.wake(&request.namespace, &request.plan);
-        return;
-    }
-    let since = match drain_started(&ctx, &request).await {
-        Ok(since) => since,
-        Err(e) => {
-            set(DrainProgress::Running(format!(
-                "recording the drain's start: {e}; retrying"
-            )));
-            ctx.wake(&request.namespace, &request.plan);
-            return;
-        }
-    };
-    let result = match &request.options {
-        None => Ok(0),
-        Some(options) => evict_all(&ctx, &request, options, since, &set).await,
-    };
-    match result {
-        Ok(evicted) => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &request.namespace);
-            let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: crate::controller::decide::stamp(Timestamp::now())}}});
-            if let Err(e) = pods
-                .patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                set(DrainProgress::Running(format!(
-                    "telling pod {} to go on: {e}; retrying",
-                    request.pod
-                )));
-                ctx.wake(&request.namespace, &request.plan);
-                return;
-            }
-            if request.options.is_some() {
-                ctx.metrics.drain_finished(started.elapsed());
-                let message = format!(
-                    "Node {} drained in {}s ({evicted} pods evicted or deleted)",
-                    request.node,
-                    started.elapsed().as_secs()
-                );
-                ctx.event(&request, false, "Drained", &message).await;
-            }
-            set(DrainProgress::Done(request.pod.clone()));
-        }
-        Err(message) => {
-            ctx.event(&request, true, "DrainFailed", &message).await;
-            set(DrainProgress::Failed(message));
-        }
-    }
-    ctx.wake(&request.namespace, &request.plan);
-}
-
-/// When this Job's drain began: recorded on the Job the first time, so a controller restarted in
-/// the middle of a drain keeps its timeout, and a replaced Job gets a fresh one.
-async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
-        Api::namespaced(ctx.client.clone(), &request.namespace);
-    let job = jobs.get(&request.job).await?;
-    if let Some(since) = job
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_DRAIN_STARTED))
-        .and_then(|t| t.parse().ok())
-    {
-        return Ok(since);
-    }
-    let now = Timestamp::now();
-    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: crate::controller::decide::stamp(now)}}});
-    jobs.patch(&request.job, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(now)
-}
-
-/// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
-/// many pods were evicted or deleted, or why the drain failed.
-async fn evict_all(
-    ctx: &Context,
-    request: &DrainRequest,
-    options: &DrainOptions,
-    since: Timestamp,
-    set: &impl Fn(DrainProgress) -> bool,
-) -> Result<usize, String> {
-    let node = &request.node;
-    let all: Api<Pod> = Api::all(ctx.client.clone());
-    let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
-    ctx.event(
-        request,
-        false,
-        "Draining",
-        &format!("Draining node {node} for Plan {}", request.plan),
-    )
-    .await;
-    let mut evicted = std::collections::BTreeSet::new();
-    let mut told_budget = std::collections::BTreeSet::new();
-    let mut pause = Duration::from_millis(500);
-    loop {
-        let pods = all
-            .list(&listing)
-            .await
-            .map_err(|e| format!("drain of node {node}: cannot list its pods: {e}"))?;
-        let now = Timestamp::now();
-        let mut waiting: Vec<String> = Vec::new();
-        for pod in &pods.items {
-            let key = pod_key(pod);
-            let action = pod_action(pod, options, now);
-            let api: Api<Pod> = Api::namespaced(
-                ctx.client.clone(),
-                pod.metadata.namespace.as_deref().unwrap_or_default(),
-            );
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let delete = kube::api::DeleteParams {
-                grace_period_seconds: options.grace_period.and_then(|g| u32::try_from(g).ok()),
-                ..Default::default()
-            };
-            match action {
-                PodAction::Skip(_) => {}
-                PodAction::Block(reason) => {
-                    return Err(format!(
-                        "drain of node {node} cannot proceed: pod {key}: {reason}"
-                    ));
-                }
-                PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
-                PodAction::Evict => match api
-                    .evict(
-                        &name,
-                        &kube::api::EvictParams {
-                            delete_options: Some(delete),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        ctx.metrics.eviction("evicted");
-                        if evicted.insert(key.clone()) {
-                            ctx.event(
-                                request,
-                                false,
-                                "Evicted",
-                                &format!("Evicted pod {key} from node {node}"),
-                            )
-                            .await;
-                        }
-                        waiting.push(format!("waiting for pod {key} to terminate"));
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(kube::Error::Api(s)) if s.code == 429 => {
-                        ctx.metrics.eviction("blocked");
-                        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-                        // The budget's name is in the refusal's causes.
-                        let causes = s
-                            .details
-                            .iter()
-                            .flat_map(|d| d.causes.iter())
-                            .map(|c| c.message.as_str());
-                        let budget = std::iter::once(s.message.as_str())
-                            .chain(causes)
-                            .find_map(budget_in);
-                        let reason = match budget {
-                            Some(budget) => format!(
-                                "pod {key} blocked by PodDisruptionBudget {namespace}/{budget}"
-                            ),
-                            None => format!(
-                                "pod {key} blocked by a PodDisruptionBudget ({})",
-                                s.message
-                            ),
-                        };
-                        if told_budget.insert(key.clone()) {
-                            ctx.event(
-                                request,
-                                false,
-                                "WaitingForBudget",
-                                &format!("Drain of node {node}: {reason}"),
-                            )
-                            .await;
-                        }
-                        waiting.push(reason);
-                    }
-                    Err(e) => {
-                        ctx.metrics.eviction("error");
-                        waiting.push(format!("evicting pod {key}: {e}"));
-                    }
-                },
-                PodAction::Delete => match api.delete(&name, &delete).await {
-                    Ok(_) => {
-                        ctx.metrics.eviction("deleted");
-                        if evicted.insert(key.clone()) {
-                            ctx.event(
-                                request,
-                                false,
-                                "Deleted",
-                                &format!("Deleted pod {key} from node {node} (eviction disabled)"),
-                            )
-                            .await;
-                        }
-                        waiting.push(format!("waiting for pod {key} to terminate"));
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        ctx.metrics.eviction("error");
-                        waiting.push(format!("deleting pod {key}: {e}"));
-                    }
-                },
-            }
-        }
-        if waiting.is_empty() {
-            return Ok(evicted.len());
-        }
-        // Budget refusals first: they are what an operator needs to see.
-        waiting.sort_by_key(|w| !w.contains("PodDisruptionBudget"));
-        let summary = match waiting.len() {
-            1 => waiting[0].clone(),
-            n => format!("{} (and {} more)", waiting[0], n - 1),
-        };
-        if let Some(timeout) = options.timeout
-            && now.as_second() - since.as_second()
-                >= i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)
-        {
-            let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
-            return Err(format!(
-                "drain of node {node} timed out after {after}: {}",
-                waiting[0]
-            ));
-        }
-        if set(DrainProgress::Running(summary)) {
-            ctx.wake(&request.namespace, &request.plan);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

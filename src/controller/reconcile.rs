@@ -174,16 +174,7 @@ impl Context {
     }
 
     /// Starts a drain for a Job's pod unless one is running, or finished for this very pod.
-    fn start_drain(self: &Arc<Self>, plan: &Plan, node: &str, pod: &str, job_uid: &str) {
-        let Some(job_name) = self
-            .jobs
-            .state()
-            .iter()
-            .find(|j| j.metadata.uid.as_deref() == Some(job_uid))
-            .and_then(|j| j.metadata.name.clone())
-        else {
-            return;
-        };
+    fn start_drain(self: &Arc<Self>, plan: &Plan, node: &str, pod: &str, job: &str, job_uid: &str) {
         let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(task) = drains.get(job_uid) {
             let done_for_pod = matches!(&*task.progress.lock().unwrap_or_else(|e| e.into_inner()), DrainProgress::Done(p) if p == pod);
@@ -198,7 +189,7 @@ impl Context {
             namespace: plan.namespace().unwrap_or_default(),
             node: node.to_owned(),
             pod: pod.to_owned(),
-            job: job_name.to_owned(),
+            job: job.to_owned(),
             options: plan.spec.drain.as_ref().map(DrainOptions::from_spec),
         };
         tracing::info!(plan = %request.plan, %node, %pod, drain = request.options.is_some(), "starting cordon/drain");
@@ -492,7 +483,12 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
                 Err(e) => return Err(e.into()),
             }
         }
-        Change::Drain { node, pod, job_uid } => ctx.start_drain(plan, node, pod, job_uid),
+        Change::Drain {
+            node,
+            pod,
+            job,
+            job_uid,
+        } => ctx.start_drain(plan, node, pod, job, job_uid),
         Change::FailDrain { job, message } => {
             // Suspending stops the pod (waiting in its gate), so the upgrade never starts.
             let patch = serde_json::json!({
@@ -518,19 +514,18 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
 /// Cordons a node for a Plan (recording the claim), or drops the Plan's claim and uncordons the
 /// node when no claim is left. A node cordoned by someone else is never claimed, so never
 /// uncordoned by us. Read-modify-write with the node's resourceVersion, so Plans acting on the
-/// same node at once cannot lose each other's claims. When claiming, returns since when the node
-/// is cordoned for the Plan (the claim's time survives restarts; it starts drain timeouts).
+/// same node at once cannot lose each other's claims. The claim's value is when it was made.
 pub async fn cordon(
     ctx: &Context,
     plan: &str,
     node: &str,
     claim: bool,
-) -> Result<Option<jiff::Timestamp>, ReconcileError> {
+) -> Result<(), ReconcileError> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
     for _ in 0..5 {
         let Some(current) = nodes.get_opt(node).await? else {
-            return Ok(None);
+            return Ok(());
         };
         let annotations = current.metadata.annotations.clone().unwrap_or_default();
         let claims: Vec<&String> = annotations
@@ -542,21 +537,20 @@ pub async fn cordon(
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
-        let now = jiff::Timestamp::now();
         let patch = if claim {
-            if let Some(since) = annotations.get(&key) {
-                return Ok(Some(since.parse().unwrap_or(now)));
+            if annotations.contains_key(&key) {
+                return Ok(());
             }
             if unschedulable && claims.is_empty() {
-                return Ok(Some(now)); // cordoned by someone else: left to them
+                return Ok(()); // cordoned by someone else: left to them
             }
             serde_json::json!({
-                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: decide::stamp(now)}},
+                "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: decide::stamp(jiff::Timestamp::now())}},
                 "spec": {"unschedulable": true},
             })
         } else {
             if !annotations.contains_key(&key) {
-                return Ok(None);
+                return Ok(());
             }
             let mut patch = serde_json::json!({
                 "metadata": {"resourceVersion": current.resource_version(), "annotations": {&key: null}},
@@ -592,10 +586,10 @@ pub async fn cordon(
                     message,
                 };
                 publish_node(ctx, &current, &note).await;
-                return Ok(claim.then_some(now));
+                return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }

@@ -144,7 +144,9 @@ impl World {
                     }));
                     self.jobs.push(value);
                 }
-                Change::Drain { node, pod, job_uid } => {
+                Change::Drain {
+                    node, pod, job_uid, ..
+                } => {
                     let node = self.node_mut(node);
                     node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("true");
                     node["spec"]["unschedulable"] = json!(true);
