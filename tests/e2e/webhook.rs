@@ -589,16 +589,21 @@ pub fn metrics_count_the_reviews_the_api_server_sent(ctx: &Ctx) {
 pub fn ca_bundle_is_reasserted(ctx: &Ctx) {
     ctx.ensure_server();
     let ca = ctx.wait_for_ca_bundles();
-    ctx.kubectl(&[
-        "patch",
-        "mutatingwebhookconfiguration",
-        "system-upgrade-controller",
-        "--type=json",
-        "-p",
-        r#"[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]"#,
-    ])
-    .expect_ok();
-    assert_eq!(ctx.ca_bundles()[0], None);
+    // The patch's own response shows the removal: a later read races the server's watch,
+    // which may already have put the bundle back.
+    let patched = ctx
+        .kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "system-upgrade-controller",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]"#,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+        .expect_ok();
+    assert_eq!(patched.stdout.trim(), "", "the caBundle was not removed");
     wait(
         "the caBundle to be restored",
         Duration::from_secs(20),
