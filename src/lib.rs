@@ -81,7 +81,7 @@ pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
     kube::Client::try_from(client_config).map_err(Error::from)
 }
 
-/// Runs the server (and, later, the controller) until `stop` is cancelled.
+/// Runs the HTTPS server and (unless --webhook-only) the controller until `stop` is cancelled.
 pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     tracing::debug!(?config, "effective configuration");
     let metrics = metrics::Metrics::new();
