@@ -84,8 +84,15 @@ impl Cluster {
             &format!("  user:\n    as: {SERVICE_ACCOUNT}\n"),
             1,
         );
+        // Servers start side by side, so a plain truncating write could let one read an empty
+        // file; write a private copy and rename it into place.
         let path = self.dir.join("service-account.kubeconfig");
-        std::fs::write(&path, text).unwrap();
+        let scratch = self.dir.join(format!(
+            "service-account.kubeconfig.{:?}",
+            std::thread::current().id()
+        ));
+        std::fs::write(&scratch, text).unwrap();
+        std::fs::rename(&scratch, &path).unwrap();
         path
     }
 }
