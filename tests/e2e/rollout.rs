@@ -771,7 +771,7 @@ pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     // §11.54: a window closing in a few seconds, and slow Jobs one at a time: all nodes finish.
     let start = now.checked_sub(jiff::SignedDuration::from_mins(1)).unwrap();
     let end = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(8))
+        .checked_add(jiff::SignedDuration::from_secs(12))
         .unwrap()
         .to_zoned(jiff::tz::TimeZone::UTC);
     if end.date() != start.date() {
@@ -783,11 +783,11 @@ pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     s.apply_plan(
         "win-close",
         spec,
-        json!({"annotations": {"suc-test/duration": "5s"}}),
+        json!({"annotations": {"suc-test/duration": "8s"}}),
     );
     s.wait_condition("win-close", "Complete", "True", "Complete", 2 * MINUTE);
     assert!(
-        started.elapsed() > Duration::from_secs(10),
+        started.elapsed() > Duration::from_secs(14),
         "the rollout went on after the window closed"
     );
     assert_eq!(s.jobs("win-close").len(), 3);

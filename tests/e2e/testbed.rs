@@ -167,9 +167,10 @@ pub fn job_pods_succeed_or_fail_as_the_test_decides(ctx: &Ctx) {
     assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
     let (succeeded, slow) = finish(ctx, &jobs, "stage-slow");
     assert!(succeeded);
+    // Compared with each other, not a wall-clock bound, so a busy machine cannot fail it.
     assert!(
-        fast <= Duration::from_secs(4),
-        "the default is about 2s: {fast:?}"
+        fast < slow,
+        "the default (about 2s) is shorter than the annotated 6s: {fast:?} vs {slow:?}"
     );
     assert!(
         slow >= Duration::from_secs(6),
