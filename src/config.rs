@@ -119,6 +119,23 @@ pub struct RunConfig {
     #[arg(long, env = "SYSTEM_UPGRADE_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = parse_interval)]
     pub cert_check_interval: Duration,
 
+    /// Run the controller only while holding the Lease named --name in --namespace, so replicas
+    /// can run side by side (every replica serves the webhook).
+    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// How long a leader's Lease stays valid after its last renewal (the Go controller's name).
+    #[arg(long, env = "CATTLE_ELECTION_LEASE_DURATION", default_value = "45s", value_parser = parse_interval)]
+    pub leader_election_lease_duration: Duration,
+
+    /// A leader that has not renewed its Lease within this long stops its controller.
+    #[arg(long, env = "CATTLE_ELECTION_RENEW_DEADLINE", default_value = "30s", value_parser = parse_interval)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// How long to wait before trying again after a failed Lease request.
+    #[arg(long, env = "CATTLE_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = parse_interval)]
+    pub leader_election_retry_period: Duration,
+
     /// Reconciles of Plans running at once.
     #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
@@ -223,8 +240,11 @@ mod tests {
                 continue;
             }
             let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            // The election timings keep the names the Go controller reads (from wrangler).
             assert!(
-                env.is_some_and(|e| e.starts_with("SYSTEM_UPGRADE_")),
+                env.is_some_and(
+                    |e| e.starts_with("SYSTEM_UPGRADE_") || e.starts_with("CATTLE_ELECTION_")
+                ),
                 "--{id} has no SYSTEM_UPGRADE_* twin"
             );
         }

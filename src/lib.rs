@@ -8,6 +8,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 pub mod syntax;
@@ -55,6 +56,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Builds the Kubernetes client from `--kubeconfig`/`--master`, or in-cluster configuration.
 pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
+    kube::Client::try_from(kube_config(config).await?).map_err(Error::from)
+}
+
+/// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
+async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
     let mut client_config = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -78,7 +84,7 @@ pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
             .parse()
             .map_err(|e| Error::KubeConfig(format!("--master {master:?}: {e}")))?;
     }
-    kube::Client::try_from(client_config).map_err(Error::from)
+    Ok(client_config)
 }
 
 /// Runs the HTTPS server and (unless --webhook-only) the controller until `stop` is cancelled.
@@ -107,7 +113,8 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
 
     let mut controller = None;
     if !config.webhook_only {
-        let client = kube_client(&config).await?;
+        let client_config = kube_config(&config).await?;
+        let client = kube::Client::try_from(client_config.clone())?;
         if config.cert_dir.is_none() {
             let bootstrap = certs::Bootstrap {
                 client: client.clone(),
@@ -122,15 +129,38 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");
             tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
         }
-        readiness.expect_controller();
-        let ready = readiness.clone();
-        controller = Some(tokio::spawn(controller::run(
-            client,
-            controller_options(&config),
-            metrics.clone(),
-            move || ready.controller_ready(),
-            stop.clone(),
-        )));
+        let options = controller_options(&config);
+        if config.leader_elect {
+            // Followers serve the webhook, so readiness does not wait for a controller.
+            let election = election(&config, client_config)?;
+            let metrics = metrics.clone();
+            let stop = stop.clone();
+            controller = Some(tokio::spawn(async move {
+                let controller_metrics = metrics.clone();
+                election
+                    .lead(metrics, stop, move |term| {
+                        controller::run(
+                            client.clone(),
+                            options.clone(),
+                            controller_metrics.clone(),
+                            || {},
+                            term,
+                        )
+                    })
+                    .await
+            }));
+        } else {
+            readiness.expect_controller();
+            let ready = readiness.clone();
+            metrics.set_leader(true);
+            controller = Some(tokio::spawn(controller::run(
+                client,
+                options,
+                metrics.clone(),
+                move || ready.controller_ready(),
+                stop.clone(),
+            )));
+        }
     }
 
     let app = server::router(metrics, readiness.clone());
@@ -157,6 +187,27 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     }
     tracing::info!("stopped");
     outcome
+}
+
+/// The Lease election from the command line, with a client whose requests time out before a
+/// Lease we hold can expire.
+fn election(config: &RunConfig, mut client_config: kube::Config) -> Result<leader::Election> {
+    let timings = leader::Timings {
+        lease_duration: config.leader_election_lease_duration,
+        renew_deadline: config.leader_election_renew_deadline,
+        retry_period: config.leader_election_retry_period,
+    };
+    let timeout = timings.request_timeout().map_err(Error::KubeConfig)?;
+    client_config.connect_timeout = Some(timeout);
+    client_config.read_timeout = Some(timeout);
+    client_config.write_timeout = Some(timeout);
+    Ok(leader::Election {
+        client: kube::Client::try_from(client_config)?,
+        namespace: config.namespace.clone(),
+        name: config.name.clone(),
+        identity: leader::identity(),
+        timings,
+    })
 }
 
 /// The controller's settings from the command line.

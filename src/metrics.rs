@@ -48,6 +48,7 @@ pub struct Metrics {
     pub nodes_upgraded: Counter,
     pub evictions: Family<ResultLabels, Counter>,
     pub drain_duration: Histogram,
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -114,6 +115,12 @@ impl Metrics {
             "Time to drain a node",
             drain_duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (leads, or runs without leader election), else 0",
+            leader.clone(),
+        );
         Arc::new(Self {
             registry,
             admission_requests,
@@ -124,7 +131,12 @@ impl Metrics {
             nodes_upgraded,
             evictions,
             drain_duration,
+            leader,
         })
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn observe_reconcile(&self, ok: bool, took: std::time::Duration) {

@@ -180,6 +180,7 @@ pub async fn run(
 
     // Readiness once every cache is filled, then the janitor's first sweep.
     let janitor_context = context.clone();
+    let drains_context = context.clone();
     let janitor_stop = stop.clone();
     let janitor = async move {
         let synced = async {
@@ -236,6 +237,7 @@ pub async fn run(
             }
         })
         .await;
+    drains_context.stop_drains();
     tracing::info!("controller stopped");
     Ok(())
 }

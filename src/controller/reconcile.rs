@@ -222,6 +222,15 @@ impl Context {
         });
     }
 
+    /// Stops every drain: the controller is stopping (shutdown, or another replica now leads and
+    /// resumes the drains from the Jobs' annotations).
+    pub fn stop_drains(&self) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in drains.drain() {
+            task.handle.abort();
+        }
+    }
+
     /// How long to wait before retrying a Plan whose reconcile failed: 1s doubling to 5 min.
     pub fn backoff(&self, plan: &Plan, error: &ReconcileError) -> Duration {
         let key = plan.metadata.uid.clone().unwrap_or_default();

@@ -48,6 +48,10 @@ const TESTS: &[Test] = &[
         webhook::rbac_allows_what_the_server_needs_and_no_more,
     ),
     (
+        "deploy_manifests_are_accepted_by_the_api_server",
+        webhook::deploy_manifests_are_accepted_by_the_api_server,
+    ),
+    (
         "webhooks_are_registered_with_the_servers_ca",
         webhook::webhooks_are_registered_with_the_servers_ca,
     ),
@@ -136,6 +140,10 @@ const TESTS: &[Test] = &[
     (
         "twenty_nodes_concurrency_three_survive_a_sigkill",
         resilience::twenty_nodes_concurrency_three_survive_a_sigkill,
+    ),
+    (
+        "replicas_elect_one_leader_and_hand_over",
+        resilience::replicas_elect_one_leader_and_hand_over,
     ),
     (
         "drains_evict_workloads_between_prepare_and_upgrade",

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::scenario::{JobWatch, Scenario};
-use crate::support::{Ctx, Server, wait};
+use crate::support::{Ctx, NAMESPACE, Server, wait};
 
 /// 20 nodes, concurrency 3: never more than 3 nodes with an unfinished Job, even when the
 /// controller is SIGKILLed in the middle; it finishes after a restart, no node runs twice and no
@@ -87,4 +87,118 @@ pub fn twenty_nodes_concurrency_three_survive_a_sigkill(ctx: &Ctx) {
         })
         .count();
     assert_eq!(unfinished, 0, "orphaned Jobs");
+}
+
+/// Leader election: of two replicas started with `--leader-elect`, one runs the controller while
+/// both serve the webhook; when the leader is SIGKILLed mid-rollout the other takes over within
+/// the Lease duration and finishes without breaking the concurrency or re-running a node; a
+/// replica stopped with SIGTERM hands the Lease back.
+pub fn replicas_elect_one_leader_and_hand_over(ctx: &Ctx) {
+    const ELECTION: &[&str] = &[
+        "--leader-elect",
+        "--leader-election-lease-duration",
+        "10s",
+        "--leader-election-renew-deadline",
+        "6s",
+        "--leader-election-retry-period",
+        "1s",
+    ];
+    ctx.ensure_server();
+    ctx.stop_server();
+    let s = Scenario::new(ctx, "ha", 6);
+    let holder = || {
+        let out = ctx.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "lease",
+            "system-upgrade-controller",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        out.ok.then(|| out.stdout.trim().to_owned())
+    };
+    let mut replicas = [
+        Server::spawn(ctx, "ha-a", ELECTION),
+        Server::spawn(ctx, "ha-b", ELECTION),
+    ];
+    for replica in &replicas {
+        replica.wait_ready();
+    }
+    // The holder is one of the two, and the metrics agree on who leads.
+    let leader = wait("one replica to lead", Duration::from_secs(60), || {
+        let holder = holder()?;
+        replicas.iter().position(|r| {
+            holder.ends_with(&format!("_{}", r.pid())) && r.info().sample("suc_leader") == 1.0
+        })
+    });
+    let follower = 1 - leader;
+    assert_eq!(replicas[follower].info().sample("suc_leader"), 0.0);
+
+    // The follower answers the webhook while the leader rolls the Plan out.
+    ctx.register_webhooks(&format!("https://127.0.0.1:{}", replicas[follower].port));
+    let reviews = |r: &Server| {
+        r.info()
+            .sample("suc_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",result=\"allowed\"}")
+    };
+    let before = reviews(&replicas[follower]);
+    let watch = JobWatch::start(ctx, "ha");
+    s.apply_plan(
+        "ha",
+        json!({"concurrency": 2, "version": "v1.30.4+k3s1", "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({"annotations": {"suc-test/duration": "3s"}}),
+    );
+    assert_eq!(reviews(&replicas[follower]), before + 1.0);
+    let labelled = |s: &Scenario| {
+        s.nodes
+            .iter()
+            .filter(|n| s.node_label(n, "plan.upgrade.cattle.io/ha").is_some())
+            .count()
+    };
+    wait("two nodes done", Duration::from_secs(120), || {
+        (labelled(&s) >= 2).then_some(())
+    });
+    let follower_log = std::fs::read_to_string(&replicas[follower].log).unwrap();
+    assert!(
+        !follower_log.contains("controller starting"),
+        "the follower ran a controller:\n{follower_log}"
+    );
+
+    replicas[leader].kill_hard();
+    let killed_at = std::time::Instant::now();
+    wait(
+        "the follower to take the Lease",
+        Duration::from_secs(60),
+        || (replicas[follower].info().sample("suc_leader") == 1.0).then_some(()),
+    );
+    let took_over = killed_at.elapsed();
+    s.wait_condition(
+        "ha",
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(180),
+    );
+    eprintln!("failover: the follower led {took_over:?} after the SIGKILL (Lease duration 10s)");
+    assert!(
+        watch.max_unfinished() <= 2,
+        "{} nodes ran at once",
+        watch.max_unfinished()
+    );
+    let per_node = watch.jobs_per_node();
+    assert_eq!(per_node.len(), 6, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| *n == 1),
+        "a node ran twice: {per_node:?}"
+    );
+    for node in &s.nodes {
+        assert!(!s.unschedulable(node), "{node} left cordoned");
+    }
+
+    // SIGTERM: the controller stops and the Lease is handed back, so no successor waits.
+    let [a, b] = replicas;
+    drop(a);
+    drop(b);
+    assert_eq!(holder().as_deref(), Some(""), "the Lease was not released");
+    s.cleanup();
 }

@@ -367,6 +367,10 @@ impl Server {
         Server { child, port, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();

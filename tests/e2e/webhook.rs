@@ -130,6 +130,23 @@ pub fn crd_is_accepted_explained_and_printed(ctx: &Ctx) {
     delete_all_plans(ctx);
 }
 
+/// The whole of `deploy/` (Deployment, Service, RBAC, webhooks...) passes the API server's own
+/// validation, as `kubectl apply -k deploy/` would send it.
+pub fn deploy_manifests_are_accepted_by_the_api_server(ctx: &Ctx) {
+    ctx.ensure_server();
+    let out = ctx
+        .kubectl(&["apply", "-k", path(&repo("deploy")), "--dry-run=server"])
+        .expect_ok();
+    for kind in [
+        "deployment.apps/system-upgrade-controller",
+        "role.rbac.authorization.k8s.io/system-upgrade-controller",
+        "service/system-upgrade-controller",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/system-upgrade-controller",
+    ] {
+        assert!(out.stdout.contains(kind), "{kind} missing:\n{}", out.stdout);
+    }
+}
+
 pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
     ctx.kubectl(&["apply", "-f", path(&repo("deploy/rbac.yaml"))])
         .expect_ok();
@@ -201,6 +218,19 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         &["patch", "pods", "-n", NAMESPACE],
         &["create", "events.events.k8s.io", "-n", NAMESPACE],
         &["create", "events.events.k8s.io", "-n", "default"],
+        &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
+        &[
+            "get",
+            "leases.coordination.k8s.io/system-upgrade-controller",
+            "-n",
+            NAMESPACE,
+        ],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/system-upgrade-controller",
+            "-n",
+            NAMESPACE,
+        ],
     ];
     for args in needed {
         assert!(can(args), "the ServiceAccount must be allowed: {args:?}");
@@ -239,6 +269,13 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         &["create", "pods/exec", "-n", "default"],
         &["update", "pods", "-n", NAMESPACE],
         &["impersonate", "users"],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/kube-controller-manager",
+            "-n",
+            "kube-system",
+        ],
+        &["delete", "leases.coordination.k8s.io", "-n", NAMESPACE],
         &["escalate", "clusterroles"],
     ];
     for args in refused {

@@ -1,0 +1,259 @@
+//! Lease-based leader election. Every replica serves the webhook; the controller runs only in the
+//! replica that holds the Lease named after the controller (`--name`) in its namespace. That is
+//! the Lease the Go controller takes, so during a swap the two never lead at the same time.
+//!
+//! A leader that cannot renew stops its controller before the Lease can expire and campaigns
+//! again, still serving the webhook (the Go controller exits instead).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// The election's timings, with the Go controller's defaults (45 s, 30 s, 2 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a Lease stays valid after its last renewal.
+    pub lease_duration: Duration,
+    /// The leader renews once this long after its last renewal, and stops leading if it fails.
+    pub renew_deadline: Duration,
+    /// The pause before trying again after a failed Lease request.
+    pub retry_period: Duration,
+}
+
+impl Timings {
+    /// The Lease duration and how long before expiry the holder renews, in whole seconds (the
+    /// Lease's unit), or what is wrong with the settings.
+    pub fn lease_seconds(&self) -> Result<(u64, u64), String> {
+        let duration = self.lease_duration.as_secs_f64().ceil() as u64;
+        let renew = self.renew_deadline.as_secs_f64().ceil() as u64;
+        if renew >= duration {
+            return Err(format!(
+                "the renew deadline ({renew}s, CATTLE_ELECTION_RENEW_DEADLINE) must be shorter than \
+                 the lease duration ({duration}s, CATTLE_ELECTION_LEASE_DURATION), or the Lease \
+                 expires before the leader renews it"
+            ));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "the retry period ({:?}, CATTLE_ELECTION_RETRY_PERIOD) must be shorter than the \
+                 renew deadline ({renew}s, CATTLE_ELECTION_RENEW_DEADLINE)",
+                self.retry_period
+            ));
+        }
+        Ok((duration, duration - renew))
+    }
+
+    /// The timeout of each Lease request: half the time between the renewal and the expiry, so a
+    /// renewal that hangs fails, and the controller stops, while the Lease is still ours.
+    pub fn request_timeout(&self) -> Result<Duration, String> {
+        let (_, grace) = self.lease_seconds()?;
+        Ok(Duration::from_millis(grace * 500).max(Duration::from_secs(1)))
+    }
+}
+
+/// Who this replica is in the Lease: the host name (the pod's name in a cluster) and the process
+/// id, so two processes on one machine are never mistaken for each other.
+pub fn identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Where the Lease lives and who competes for it.
+pub struct Election {
+    /// A client whose requests time out within [`Timings::request_timeout`].
+    pub client: kube::Client,
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub timings: Timings,
+}
+
+impl Election {
+    /// Runs `controller` for as long as this replica leads, campaigning again after losing the
+    /// Lease, until `stop` is cancelled or the controller fails. On the way out the Lease is
+    /// released, so another replica takes over at once instead of after the Lease expires.
+    pub async fn lead<F, Fut>(
+        &self,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+        mut controller: F,
+    ) -> crate::Result<()>
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: Future<Output = crate::Result<()>> + Send + 'static,
+    {
+        let (duration, grace) = self
+            .timings
+            .lease_seconds()
+            .map_err(crate::Error::KubeConfig)?;
+        let params = LeaseParams::new(self.identity.clone(), duration, grace);
+        loop {
+            // A new manager for each term starts out not leading, so its first answer is news.
+            let created = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                created = LeaseManager::new(
+                    self.client.clone(),
+                    &self.name,
+                    &self.namespace,
+                    params.clone(),
+                    LeaseCreateMode::AutoCreate,
+                ) => created,
+            };
+            let manager = match created {
+                Ok(manager) => manager,
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "cannot read or create the Lease; trying again");
+                    if self.pause(&stop).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(lease = %self.name, identity = %self.identity, "waiting to lead");
+            let acquired = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                acquired = manager.changed() => acquired,
+            };
+            match acquired {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "the Lease request failed; trying again");
+                    if self.pause(&stop).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+
+            tracing::info!(lease = %self.name, identity = %self.identity, "leading; starting the controller");
+            metrics.set_leader(true);
+            let term = stop.child_token();
+            let mut running = tokio::spawn(controller(term.clone()));
+            let finished = loop {
+                tokio::select! {
+                    finished = &mut running => break Some(finished),
+                    still = manager.changed() => match still {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            tracing::warn!(lease = %self.name, "another replica holds the Lease; stopping the controller");
+                            break None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %self.name, error = %e, "cannot renew the Lease; stopping the controller before it expires");
+                            break None;
+                        }
+                    },
+                }
+            };
+            let finished = match finished {
+                Some(finished) => finished,
+                None => {
+                    term.cancel();
+                    running.await
+                }
+            };
+            metrics.set_leader(false);
+            let outcome = match finished {
+                Ok(outcome) => outcome,
+                Err(e) => Err(crate::Error::KubeConfig(format!(
+                    "the controller task failed: {e}"
+                ))),
+            };
+            if stop.is_cancelled() || outcome.is_err() {
+                self.release(&manager).await;
+                return outcome;
+            }
+            tracing::info!(lease = %self.name, "controller stopped; campaigning again");
+            if self.pause(&stop).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands the Lease back; a failure only means the next leader waits for it to expire.
+    async fn release(&self, manager: &LeaseManager) {
+        let timeout = self
+            .timings
+            .request_timeout()
+            .unwrap_or(Duration::from_secs(5));
+        match tokio::time::timeout(timeout, manager.release()).await {
+            Ok(Ok(())) => tracing::info!(lease = %self.name, "released the Lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %self.name, error = %e, "could not release the Lease")
+            }
+            Err(_) => tracing::warn!(lease = %self.name, "releasing the Lease timed out"),
+        }
+    }
+
+    /// Waits one retry period; true when `stop` was cancelled meanwhile.
+    async fn pause(&self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(self.timings.retry_period) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timings(lease: u64, renew: u64, retry: u64) -> Timings {
+        Timings {
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(renew),
+            retry_period: Duration::from_secs(retry),
+        }
+    }
+
+    #[test]
+    fn the_go_defaults_renew_fifteen_seconds_before_expiry() {
+        let defaults = timings(45, 30, 2);
+        assert_eq!(defaults.lease_seconds(), Ok((45, 15)));
+        assert_eq!(defaults.request_timeout(), Ok(Duration::from_millis(7500)));
+    }
+
+    #[test]
+    fn fractions_round_up_to_whole_seconds() {
+        let t = Timings {
+            lease_duration: Duration::from_millis(4500),
+            renew_deadline: Duration::from_millis(2100),
+            retry_period: Duration::from_millis(500),
+        };
+        assert_eq!(t.lease_seconds(), Ok((5, 2)));
+        assert_eq!(t.request_timeout(), Ok(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn inconsistent_timings_name_the_setting_to_change() {
+        let e = timings(30, 30, 2).lease_seconds().unwrap_err();
+        assert!(e.contains("CATTLE_ELECTION_RENEW_DEADLINE"), "{e}");
+        assert!(e.contains("CATTLE_ELECTION_LEASE_DURATION"), "{e}");
+        let e = timings(10, 20, 2).lease_seconds().unwrap_err();
+        assert!(e.contains("must be shorter"), "{e}");
+        let e = timings(45, 30, 30).lease_seconds().unwrap_err();
+        assert!(e.contains("CATTLE_ELECTION_RETRY_PERIOD"), "{e}");
+        assert!(timings(45, 30, 30).request_timeout().is_err());
+    }
+
+    #[test]
+    fn identities_differ_between_processes_on_one_host() {
+        let me = identity();
+        assert!(me.ends_with(&format!("_{}", std::process::id())), "{me}");
+        assert!(!me.starts_with('_'), "{me}");
+    }
+}
