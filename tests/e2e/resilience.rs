@@ -195,6 +195,55 @@ pub fn replicas_elect_one_leader_and_hand_over(ctx: &Ctx) {
         assert!(!s.unschedulable(node), "{node} left cordoned");
     }
 
+    // Someone else takes the Lease: the leader sees it at its next renewal and stops its
+    // controller (Plans wait, the webhook still answers), then leads again once that holder's
+    // Lease expires.
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "lease",
+        "system-upgrade-controller",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"holderIdentity":"intruder"}}"#,
+    ])
+    .expect_ok();
+    let survivor = replicas[follower].info();
+    wait("the leader to step down", Duration::from_secs(30), || {
+        (survivor.sample("suc_leader") == 0.0).then_some(())
+    });
+    assert!(
+        survivor
+            .log_tail()
+            .contains("another replica holds the Lease; stopping the controller"),
+        "{}",
+        survivor.log_tail()
+    );
+    s.apply_plan(
+        "ha-late",
+        json!({"concurrency": 2, "version": "v1.30.5+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let jobs_meanwhile = s.jobs("ha-late").len();
+    if survivor.sample("suc_leader") == 0.0 {
+        assert_eq!(
+            jobs_meanwhile, 0,
+            "a replica that does not lead created Jobs"
+        );
+    }
+    wait("the Lease back", Duration::from_secs(60), || {
+        (survivor.sample("suc_leader") == 1.0).then_some(())
+    });
+    s.wait_condition(
+        "ha-late",
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(180),
+    );
+
     // SIGTERM: the controller stops and the Lease is handed back, so no successor waits.
     let [a, b] = replicas;
     drop(a);

@@ -148,6 +148,7 @@ pub fn deploy_manifests_are_accepted_by_the_api_server(ctx: &Ctx) {
 }
 
 pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
+    ctx.ensure_server(); // the namespace, so the test can also run alone
     ctx.kubectl(&["apply", "-f", path(&repo("deploy/rbac.yaml"))])
         .expect_ok();
     let can = |args: &[&str]| -> bool {
