@@ -5,12 +5,14 @@
 #   tests/cluster/cluster.sh up   [--dir DIR] [--nodes N] [--control-planes M]
 #   tests/cluster/cluster.sh down [--dir DIR]
 #   tests/cluster/cluster.sh env  [--dir DIR]     # prints `export KUBECONFIG=...` for a running cluster
+#   tests/cluster/cluster.sh restart-apiserver [--dir DIR] [--down-for SECONDS]
 #
 # `up` builds the binaries when the cache is cold (tests/testbin/build.sh), writes certificates, a
 # kubeconfig and logs under DIR (default: $XDG_RUNTIME_DIR or /tmp, suc-cluster), creates N
 # simulated nodes labelled like a K3s cluster (the first M are control-plane nodes) and waits
 # until they are Ready and untainted. `down` stops every process by PID. A failed start prints
-# the failing component's log tail and exits non-zero.
+# the failing component's log tail and exits non-zero. `restart-apiserver` stops kube-apiserver,
+# waits (default 5 s) and starts it again on the same port: the outage a K3s server upgrade causes.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,11 +21,13 @@ command="${1:-}"
 dir="${SUC_CLUSTER_DIR:-${TMPDIR:-/tmp}/suc-cluster}"
 nodes=6
 control_planes=1
+down_for=5
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --nodes) nodes="$2"; shift 2 ;;
     --control-planes) control_planes="$2"; shift 2 ;;
+    --down-for) down_for="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -159,6 +163,46 @@ status:
 EOF
 }
 
+# kube-apiserver with the settings `up` saved in $dir/apiserver.env.
+start_apiserver() {
+  # shellcheck disable=SC1091
+  source "$dir/apiserver.env"
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" \
+    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
+    --client-ca-file="$dir/pki/ca.crt" --token-auth-file="$dir/pki/tokens.csv" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=true \
+    --cert-dir="$dir/apiserver-certs"
+}
+
+wait_apiserver() {
+  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/pki/ca.crt" \
+    -H "Authorization: Bearer $(cat "$dir/pki/admin.token")" "https://127.0.0.1:$api_port/readyz"
+}
+
+restart_apiserver() {
+  local pid_file="$dir/pids/kube-apiserver"
+  [[ -f "$pid_file" ]] || { log "no kube-apiserver running in $dir"; exit 1; }
+  local pid
+  pid="$(cat "$pid_file")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  log "kube-apiserver stopped; starting it again in ${down_for}s"
+  sleep "$down_for"
+  mv "$dir/logs/kube-apiserver.log" "$dir/logs/kube-apiserver.before-restart.log"
+  start_apiserver
+  wait_apiserver
+  log "kube-apiserver is back"
+}
+
 up() {
   if [[ -f "$dir/pids/kube-apiserver" ]] && kill -0 "$(cat "$dir/pids/kube-apiserver")" 2>/dev/null; then
     log "a cluster is already running in $dir (run: $0 down --dir $dir)"
@@ -181,22 +225,10 @@ up() {
     --auto-compaction-retention=1 --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) --log-level=warn
   wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/readyz"
 
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
-  start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
-    --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
-    --client-ca-file="$dir/pki/ca.crt" --token-auth-file="$dir/pki/tokens.csv" \
-    --authorization-mode=Node,RBAC \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --allow-privileged=true \
-    --cert-dir="$dir/apiserver-certs"
+  printf 'bin=%q\netcd_port=%q\napi_port=%q\n' "$bin" "$etcd_port" "$api_port" >"$dir/apiserver.env"
+  start_apiserver
   kubeconfig "$api_port"
-  wait_for kube-apiserver 90 curl -fsS --cacert "$dir/pki/ca.crt" \
-    -H "Authorization: Bearer $(cat "$dir/pki/admin.token")" "https://127.0.0.1:$api_port/readyz"
+  wait_apiserver
 
   log "starting kube-controller-manager and kube-scheduler"
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kc" --leader-elect=false \
@@ -238,5 +270,6 @@ case "$command" in
   up) up ;;
   down) down; log "stopped the cluster in $dir" ;;
   env) echo "export KUBECONFIG=$dir/kubeconfig" ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  restart-apiserver) restart_apiserver ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

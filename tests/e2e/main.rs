@@ -146,6 +146,10 @@ const TESTS: &[Test] = &[
         resilience::replicas_elect_one_leader_and_hand_over,
     ),
     (
+        "an_api_server_outage_mid_rollout_is_survived",
+        resilience::an_api_server_outage_mid_rollout_is_survived,
+    ),
+    (
         "drains_evict_workloads_between_prepare_and_upgrade",
         drain::drains_evict_workloads_between_prepare_and_upgrade,
     ),

@@ -251,3 +251,77 @@ pub fn replicas_elect_one_leader_and_hand_over(ctx: &Ctx) {
     assert_eq!(holder().as_deref(), Some(""), "the Lease was not released");
     s.cleanup();
 }
+
+/// The outage a K3s server upgrade causes: kube-apiserver stops for 12 s in the middle of a
+/// rollout, longer than the leader's renew deadline. The leader stops its controller, leads again
+/// once the API server is back, and the rollout finishes with the concurrency kept, no node run
+/// twice and none left cordoned.
+pub fn an_api_server_outage_mid_rollout_is_survived(ctx: &Ctx) {
+    ctx.ensure_server();
+    ctx.stop_server();
+    let s = Scenario::new(ctx, "outage", 6);
+    let server = Server::start(
+        ctx,
+        "outage",
+        &[
+            "--leader-elect",
+            "--leader-election-lease-duration",
+            "10s",
+            "--leader-election-renew-deadline",
+            "6s",
+            "--leader-election-retry-period",
+            "1s",
+        ],
+    );
+    server.wait_ready();
+    let info = server.info();
+    ctx.set_server(server);
+    wait("the replica to lead", Duration::from_secs(60), || {
+        (info.sample("suc_leader") == 1.0).then_some(())
+    });
+    let watch = JobWatch::start(ctx, "outage");
+    s.apply_plan(
+        "outage",
+        json!({"concurrency": 2, "version": "v1.30.4+k3s1", "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({"annotations": {"suc-test/duration": "4s"}}),
+    );
+    wait("a Job running", Duration::from_secs(60), || {
+        (!s.jobs("outage").is_empty()).then_some(())
+    });
+    ctx.cluster.restart_apiserver(Duration::from_secs(12));
+    s.wait_condition(
+        "outage",
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(240),
+    );
+    let log = std::fs::read_to_string(&info.log).unwrap();
+    assert!(
+        log.contains("cannot renew the Lease; stopping the controller"),
+        "the leader did not step down during the outage:\n{}",
+        info.log_tail()
+    );
+    assert!(
+        log.matches("leading; starting the controller").count() >= 2,
+        "the replica did not lead again:\n{}",
+        info.log_tail()
+    );
+    assert_eq!(info.sample("suc_leader"), 1.0);
+    assert!(
+        watch.max_unfinished() <= 2,
+        "{} nodes ran at once",
+        watch.max_unfinished()
+    );
+    let per_node = watch.jobs_per_node();
+    assert_eq!(per_node.len(), 6, "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| *n == 1),
+        "a node ran twice: {per_node:?}"
+    );
+    for node in &s.nodes {
+        assert!(!s.unschedulable(node), "{node} left cordoned");
+    }
+    ctx.stop_server();
+    s.cleanup();
+}

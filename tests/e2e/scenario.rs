@@ -279,7 +279,10 @@ impl JobWatch {
         let shared = state.clone();
         let plan_label = format!("plan.upgrade.cattle.io/{plan}");
         let task = ctx.runtime.spawn(async move {
-            let mut stream = watcher::watcher(api, config).boxed();
+            // With backoff: the API server may be restarted under the watch.
+            let mut stream =
+                kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(api, config))
+                    .boxed();
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { continue };
                 let mut state = shared.lock().unwrap();

@@ -76,6 +76,18 @@ impl Cluster {
         }
     }
 
+    /// Stops kube-apiserver for `down_for` and starts it again on the same port.
+    pub fn restart_apiserver(&self, down_for: Duration) {
+        let status = Command::new("bash")
+            .arg(repo("tests/cluster/cluster.sh"))
+            .args(["restart-apiserver", "--dir"])
+            .arg(self.kubeconfig.parent().unwrap())
+            .args(["--down-for", &down_for.as_secs().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kube-apiserver did not come back");
+    }
+
     /// A kubeconfig that acts as our ServiceAccount (impersonation), to prove its RBAC.
     pub fn service_account_kubeconfig(&self) -> PathBuf {
         let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
