@@ -37,7 +37,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
     /// Serve the webhooks, health and metrics without connecting to any cluster.
-    #[arg(long, env = "SYSTEM_UPGRADE_WEBHOOK_ONLY")]
+    #[arg(long, env = "SYSTEM_UPGRADE_WEBHOOK_ONLY", value_parser = go_bool())]
     pub webhook_only: bool,
 
     /// Address of the HTTPS listener.
@@ -70,7 +70,7 @@ pub struct RunConfig {
     pub node_name: Option<String>,
 
     /// Log at debug level.
-    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_DEBUG")]
+    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_DEBUG", value_parser = go_bool())]
     pub debug: bool,
 
     /// Log format.
@@ -121,7 +121,7 @@ pub struct RunConfig {
 
     /// Run the controller only while holding the Lease named --name in --namespace, so replicas
     /// can run side by side (every replica serves the webhook).
-    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT")]
+    #[arg(long, env = "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT", value_parser = go_bool())]
     pub leader_elect: bool,
 
     /// How long a leader's Lease stays valid after its last renewal (the Go controller's name).
@@ -157,7 +157,7 @@ pub struct RunConfig {
     pub job_image_pull_policy: String,
 
     /// Whether the default security context of the upgrade container is privileged.
-    #[arg(long, env = "SYSTEM_UPGRADE_JOB_PRIVILEGED", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "SYSTEM_UPGRADE_JOB_PRIVILEGED", default_value_t = true, action = clap::ArgAction::Set, value_parser = go_bool())]
     pub job_privileged: bool,
 
     /// ttlSecondsAfterFinished of upgrade Jobs (raised to postCompleteDelay + 60s when shorter).
@@ -193,6 +193,11 @@ pub struct RunConfig {
         default_value = "system-upgrade-controller-webhook-ca"
     )]
     pub ca_secret_name: String,
+}
+
+/// Booleans as the Go controller reads them (`1`, `t`, `TRUE`, `false`...), plus `yes`/`no`.
+fn go_bool() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 /// A positive Go-style duration such as `30s` or `5m`.

@@ -155,4 +155,19 @@ fn environment_twins_configure_run_like_the_go_controllers_variables() {
     ]);
     assert!(debug.lines().all(|l| l.starts_with('{')), "{debug}");
     assert!(debug.contains("\"level\":\"DEBUG\""), "{debug}");
+    // Go's strconv.ParseBool spellings, as the Go controller's manifests may carry them.
+    for (value, on) in [
+        ("1", true),
+        ("T", true),
+        ("TRUE", true),
+        ("0", false),
+        ("F", false),
+    ] {
+        let log = run_with_env(&[
+            ("SYSTEM_UPGRADE_WEBHOOK_ONLY", "1"),
+            base[1],
+            ("SYSTEM_UPGRADE_CONTROLLER_DEBUG", value),
+        ]);
+        assert_eq!(log.contains("DEBUG"), on, "{value}: {log}");
+    }
 }
