@@ -101,44 +101,9 @@ impl Election {
             .map_err(crate::Error::KubeConfig)?;
         let params = LeaseParams::new(self.identity.clone(), duration, grace);
         loop {
-            // A new manager for each term starts out not leading, so its first answer is news.
-            let created = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                created = LeaseManager::new(
-                    self.client.clone(),
-                    &self.name,
-                    &self.namespace,
-                    params.clone(),
-                    LeaseCreateMode::AutoCreate,
-                ) => created,
+            let Some(manager) = self.campaign(&params, &stop).await else {
+                return Ok(());
             };
-            let manager = match created {
-                Ok(manager) => manager,
-                Err(e) => {
-                    tracing::warn!(lease = %self.name, error = %e, "cannot read or create the Lease; trying again");
-                    if self.pause(&stop).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            };
-            tracing::info!(lease = %self.name, identity = %self.identity, "waiting to lead");
-            let acquired = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                acquired = manager.changed() => acquired,
-            };
-            match acquired {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(lease = %self.name, error = %e, "the Lease request failed; trying again");
-                    if self.pause(&stop).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            }
-
             tracing::info!(lease = %self.name, identity = %self.identity, "leading; starting the controller");
             metrics.set_leader(true);
             let term = stop.child_token();
@@ -180,6 +145,45 @@ impl Election {
             tracing::info!(lease = %self.name, "controller stopped; campaigning again");
             if self.pause(&stop).await {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Waits until this replica holds the Lease (`None`: `stop` was cancelled first), trying
+    /// again one retry period after a failed request.
+    async fn campaign(
+        &self,
+        params: &LeaseParams,
+        stop: &CancellationToken,
+    ) -> Option<LeaseManager> {
+        loop {
+            // A new manager for each term starts out not leading, so its first answer is news.
+            let attempt = async {
+                let manager = LeaseManager::new(
+                    self.client.clone(),
+                    &self.name,
+                    &self.namespace,
+                    params.clone(),
+                    LeaseCreateMode::AutoCreate,
+                )
+                .await?;
+                tracing::info!(lease = %self.name, identity = %self.identity, "waiting to lead");
+                let leading = manager.changed().await?;
+                Ok::<_, kube_lease_manager::LeaseManagerError>(leading.then_some(manager))
+            };
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return None,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(Some(manager)) => return Some(manager),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "a Lease request failed; trying again");
+                    if self.pause(stop).await {
+                        return None;
+                    }
+                }
             }
         }
     }

@@ -480,25 +480,7 @@ pub fn go_example_plans_with_drain_run_end_to_end(ctx: &Ctx) {
         (running(ctx, "ex-web") == 4).then_some(())
     });
     // The OS upgrade: nodes opt in with the label plan.upgrade.cattle.io/ex-os.
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "secret",
-        "ex-os",
-        "--ignore-not-found",
-    ])
-    .expect_ok();
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "ex-os",
-        "--from-literal=upgrade.sh=apt-get -y upgrade",
-    ])
-    .expect_ok();
+    ctx.put_secret("ex-os", "upgrade.sh=apt-get -y upgrade");
     for node in &s.nodes[..2] {
         ctx.kubectl(&["label", "node", node, "plan.upgrade.cattle.io/ex-os=true"])
             .expect_ok();

@@ -212,16 +212,7 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         "{status}"
     );
     // Creating the Secret lets its Plan go on without touching the Plan (§11.12).
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "byp-secret",
-        "--from-literal=k=v",
-    ])
-    .expect_ok();
+    ctx.put_secret("byp-secret", "k=v");
     s.wait_condition("byp-secret", "Complete", "True", "Complete", MINUTE);
     // Fixing a spec lets it go on (§11.8).
     let mut fixed = cases[0].1.clone();

@@ -105,16 +105,7 @@ pub fn rollout_within_concurrency_labels_and_uncordons(ctx: &Ctx) {
 pub fn jobs_have_the_go_controllers_shape(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "shape", 1);
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "create",
-        "secret",
-        "generic",
-        "shape-secret",
-        "--from-literal=k=v",
-    ])
-    .expect_ok();
+    ctx.put_secret("shape-secret", "k=v");
     let spec = json!({
         "concurrency": 1, "version": "v1.30.4+k3s1",
         "serviceAccountName": "default",
@@ -365,26 +356,8 @@ pub fn joining_nodes_and_lowered_concurrency(ctx: &Ctx) {
 pub fn secrets_rerun_and_spec_edits_do_not(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "sec", 2);
-    for (name, value) in [("sec-a", "one"), ("sec-b", "one")] {
-        ctx.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "delete",
-            "secret",
-            name,
-            "--ignore-not-found",
-        ])
-        .expect_ok();
-        ctx.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "create",
-            "secret",
-            "generic",
-            name,
-            &format!("--from-literal=k={value}"),
-        ])
-        .expect_ok();
+    for name in ["sec-a", "sec-b"] {
+        ctx.put_secret(name, "k=one");
     }
     let mut spec = base_spec();
     spec["concurrency"] = json!(2);

@@ -158,6 +158,29 @@ impl Ctx {
         self.runtime.block_on(future)
     }
 
+    /// A generic Secret in the controller's namespace holding `key=value`, replacing any old one.
+    pub fn put_secret(&self, name: &str, literal: &str) {
+        self.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "secret",
+            name,
+            "--ignore-not-found",
+        ])
+        .expect_ok();
+        self.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "secret",
+            "generic",
+            name,
+            &format!("--from-literal={literal}"),
+        ])
+        .expect_ok();
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Kubectl {
         self.kubectl_with_input(args, None)
     }
