@@ -54,11 +54,6 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Builds the Kubernetes client from `--kubeconfig`/`--master`, or in-cluster configuration.
-pub async fn kube_client(config: &RunConfig) -> Result<kube::Client> {
-    kube::Client::try_from(kube_config(config).await?).map_err(Error::from)
-}
-
 /// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
 async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
     let mut client_config = match &config.kubeconfig {
