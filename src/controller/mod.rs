@@ -178,7 +178,7 @@ pub async fn run(
         )
         .graceful_shutdown_on(stop.clone().cancelled_owned());
 
-    // Readiness once every cache is filled, then the janitor's first sweep.
+    // Once every cache is filled: reconciles may act, readiness, then the janitor's first sweep.
     let janitor_context = context.clone();
     let drains_context = context.clone();
     let janitor_stop = stop.clone();
@@ -209,6 +209,7 @@ pub async fn run(
             },
         }
         tracing::info!("caches synced; controller is ready");
+        janitor_context.caches_filled();
         ready();
         release_orphaned_claims(&janitor_context).await;
         loop {

@@ -71,6 +71,9 @@ pub struct Context {
     drains: Mutex<HashMap<String, DrainTask>>,
     /// Asks for a Plan to be reconciled (drains report progress this way).
     wake: tokio::sync::mpsc::UnboundedSender<ObjectRef<Plan>>,
+    /// Every cache has been filled once. Until then a Plan could look as if none of its Jobs or
+    /// nodes existed, and decisions on that would break the concurrency limit after a restart.
+    caches_synced: std::sync::atomic::AtomicBool,
 }
 
 /// A drain running (or finished) in the background.
@@ -119,6 +122,17 @@ impl Context {
             failures: Mutex::default(),
             drains: Mutex::default(),
             wake,
+            caches_synced: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marks every cache filled and reconciles each Plan, including those whose reconcile was
+    /// skipped while waiting for the caches.
+    pub fn caches_filled(&self) {
+        self.caches_synced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for plan in self.plans.state() {
+            let _ = self.wake.send(ObjectRef::from_obj(plan.as_ref()));
         }
     }
 
@@ -254,6 +268,11 @@ impl Context {
 
 /// Reconciles one Plan.
 pub async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    if !ctx.caches_synced.load(std::sync::atomic::Ordering::SeqCst) {
+        // Context::caches_filled wakes this Plan once the caches are filled.
+        tracing::debug!(plan = %plan.name_any(), "caches not filled yet; the Plan waits");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let result = reconcile_inner(&plan, &ctx).await;
     ctx.metrics
