@@ -283,6 +283,8 @@ impl JobWatch {
             let mut stream =
                 kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(api, config))
                     .boxed();
+            // Jobs seen by the current (re)list; those it did not see were deleted meanwhile.
+            let mut listed = std::collections::BTreeSet::new();
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { continue };
                 let mut state = shared.lock().unwrap();
@@ -318,11 +320,14 @@ impl JobWatch {
                     state.jobs.insert(name, (node, hash, running));
                 };
                 match &event {
-                    watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                    watcher::Event::Init => listed.clear(),
+                    watcher::Event::InitApply(job) => {
+                        listed.insert(job.metadata.name.clone().unwrap_or_default());
                         record(job, false)
                     }
+                    watcher::Event::InitDone => state.jobs.retain(|name, _| listed.contains(name)),
+                    watcher::Event::Apply(job) => record(job, false),
                     watcher::Event::Delete(job) => record(job, true),
-                    _ => continue,
                 }
                 let mut per_hash: BTreeMap<&String, std::collections::BTreeSet<&String>> =
                     BTreeMap::new();
