@@ -150,6 +150,10 @@ const TESTS: &[Test] = &[
         resilience::an_api_server_outage_mid_rollout_is_survived,
     ),
     (
+        "job_watch_counts_a_relist_as_one_snapshot",
+        scenario::job_watch_counts_a_relist_as_one_snapshot,
+    ),
+    (
         "drains_evict_workloads_between_prepare_and_upgrade",
         drain::drains_evict_workloads_between_prepare_and_upgrade,
     ),

@@ -285,8 +285,9 @@ pub fn an_api_server_outage_mid_rollout_is_survived(ctx: &Ctx) {
 fn assert_rollout_kept_its_promises(s: &Scenario, watch: &JobWatch, concurrency: usize) {
     assert!(
         watch.max_unfinished() <= concurrency,
-        "{} nodes ran at once",
-        watch.max_unfinished()
+        "{} nodes ran at once: {:#?}",
+        watch.max_unfinished(),
+        watch.worst_moment()
     );
     let per_node = watch.jobs_per_node();
     assert_eq!(per_node.len(), s.nodes.len(), "{per_node:?}");

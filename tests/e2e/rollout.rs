@@ -63,8 +63,9 @@ pub fn rollout_within_concurrency_labels_and_uncordons(ctx: &Ctx) {
     }
     assert!(
         watch.max_unfinished() <= 2,
-        "{} nodes ran at once",
-        watch.max_unfinished()
+        "{} nodes ran at once: {:#?}",
+        watch.max_unfinished(),
+        watch.worst_moment()
     );
     assert!(watch.max_unfinished() >= 1);
     assert!(

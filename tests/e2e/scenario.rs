@@ -261,14 +261,104 @@ pub struct JobWatch {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One Job as the watch last saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    node: String,
+    hash: String,
+    running: bool,
+}
+
 #[derive(Default)]
 pub struct WatchState {
-    /// Job name → (node, hash, unfinished).
-    jobs: BTreeMap<String, (String, String, bool)>,
+    /// Job name → what the watch last saw of it.
+    jobs: BTreeMap<String, Seen>,
+    /// A relist in progress: the Jobs it has shown so far, swapped in whole when it ends, so the
+    /// count never mixes Jobs from before a watch gap with Jobs listed after it.
+    relist: Option<BTreeMap<String, Seen>>,
     /// Highest number of nodes seen with an unfinished Job of one hash.
     pub max_unfinished: usize,
+    /// The running Jobs at that moment, for the failure message.
+    worst: Vec<String>,
     /// Job UIDs created per node.
     pub created: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl WatchState {
+    fn apply(&mut self, event: &watcher::Event<Job>, plan_label: &str) {
+        let seen = |job: &Job| {
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            let finished = job
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
+                    })
+                });
+            Seen {
+                node: labels
+                    .get("upgrade.cattle.io/node")
+                    .cloned()
+                    .unwrap_or_default(),
+                hash: labels.get(plan_label).cloned().unwrap_or_default(),
+                running: !finished
+                    && job.metadata.deletion_timestamp.is_none()
+                    && job.spec.as_ref().and_then(|s| s.parallelism) != Some(0),
+            }
+        };
+        let mut note_created = |job: &Job, node: &str| {
+            self.created
+                .entry(node.to_owned())
+                .or_default()
+                .insert(job.metadata.uid.clone().unwrap_or_default());
+        };
+        let name = |job: &Job| job.metadata.name.clone().unwrap_or_default();
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                return;
+            }
+            watcher::Event::InitApply(job) => {
+                let job_seen = seen(job);
+                note_created(job, &job_seen.node);
+                self.relist
+                    .get_or_insert_default()
+                    .insert(name(job), job_seen);
+                return;
+            }
+            watcher::Event::InitDone => {
+                self.jobs = self.relist.take().unwrap_or_default();
+            }
+            watcher::Event::Apply(job) => {
+                let job_seen = seen(job);
+                note_created(job, &job_seen.node);
+                self.jobs.insert(name(job), job_seen);
+            }
+            watcher::Event::Delete(job) => {
+                self.jobs.remove(&name(job));
+            }
+        }
+        let mut per_hash: BTreeMap<&String, std::collections::BTreeSet<&String>> = BTreeMap::new();
+        for seen in self.jobs.values().filter(|s| s.running) {
+            per_hash.entry(&seen.hash).or_default().insert(&seen.node);
+        }
+        let now = per_hash
+            .values()
+            .map(|nodes| nodes.len())
+            .max()
+            .unwrap_or(0);
+        if now > self.max_unfinished {
+            self.max_unfinished = now;
+            self.worst = self
+                .jobs
+                .iter()
+                .filter(|(_, s)| s.running)
+                .map(|(name, s)| format!("{name} on {} (hash {})", s.node, s.hash))
+                .collect();
+        }
+    }
 }
 
 impl JobWatch {
@@ -283,65 +373,9 @@ impl JobWatch {
             let mut stream =
                 kube::runtime::WatchStreamExt::default_backoff(watcher::watcher(api, config))
                     .boxed();
-            // Jobs seen by the current (re)list; those it did not see were deleted meanwhile.
-            let mut listed = std::collections::BTreeSet::new();
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { continue };
-                let mut state = shared.lock().unwrap();
-                let mut record = |job: &Job, gone: bool| {
-                    let name = job.metadata.name.clone().unwrap_or_default();
-                    let labels = job.metadata.labels.clone().unwrap_or_default();
-                    let node = labels
-                        .get("upgrade.cattle.io/node")
-                        .cloned()
-                        .unwrap_or_default();
-                    let hash = labels.get(&plan_label).cloned().unwrap_or_default();
-                    if gone {
-                        state.jobs.remove(&name);
-                        return;
-                    }
-                    let finished = job
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| {
-                                (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"
-                            })
-                        });
-                    let running = !finished
-                        && job.metadata.deletion_timestamp.is_none()
-                        && job.spec.as_ref().and_then(|s| s.parallelism) != Some(0);
-                    state
-                        .created
-                        .entry(node.clone())
-                        .or_default()
-                        .insert(job.metadata.uid.clone().unwrap_or_default());
-                    state.jobs.insert(name, (node, hash, running));
-                };
-                match &event {
-                    watcher::Event::Init => listed.clear(),
-                    watcher::Event::InitApply(job) => {
-                        listed.insert(job.metadata.name.clone().unwrap_or_default());
-                        record(job, false)
-                    }
-                    watcher::Event::InitDone => state.jobs.retain(|name, _| listed.contains(name)),
-                    watcher::Event::Apply(job) => record(job, false),
-                    watcher::Event::Delete(job) => record(job, true),
-                }
-                let mut per_hash: BTreeMap<&String, std::collections::BTreeSet<&String>> =
-                    BTreeMap::new();
-                for (node, hash, running) in state.jobs.values() {
-                    if *running {
-                        per_hash.entry(hash).or_default().insert(node);
-                    }
-                }
-                let now = per_hash
-                    .values()
-                    .map(|nodes| nodes.len())
-                    .max()
-                    .unwrap_or(0);
-                state.max_unfinished = state.max_unfinished.max(now);
+                shared.lock().unwrap().apply(&event, &plan_label);
             }
         });
         JobWatch { state, task }
@@ -349,6 +383,11 @@ impl JobWatch {
 
     pub fn max_unfinished(&self) -> usize {
         self.state.lock().unwrap().max_unfinished
+    }
+
+    /// The Jobs that were running when the most nodes ran at once.
+    pub fn worst_moment(&self) -> Vec<String> {
+        self.state.lock().unwrap().worst.clone()
     }
 
     /// How many distinct Jobs each node got.
@@ -367,4 +406,56 @@ impl Drop for JobWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The watch's own check, with no cluster: a relist after a watch gap that lists the Jobs created
+/// meanwhile before the ones that finished meanwhile must not count those as running together.
+pub fn job_watch_counts_a_relist_as_one_snapshot(_ctx: &Ctx) {
+    let job = |node: &str, finished: bool| -> Job {
+        let conditions = if finished {
+            json!([{"type": "Complete", "status": "True"}])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("apply-on-{node}"),
+                "uid": format!("uid-{node}"),
+                "labels": {"upgrade.cattle.io/node": node, "plan.upgrade.cattle.io/p": "h"},
+            },
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    };
+    let mut state = WatchState::default();
+    let label = "plan.upgrade.cattle.io/p";
+    for event in [
+        watcher::Event::Apply(job("n3", false)),
+        watcher::Event::Apply(job("n4", false)),
+        // The gap: n3 and n4 finished, n1 and n2 started; the list comes sorted by name.
+        watcher::Event::Init,
+        watcher::Event::InitApply(job("n1", false)),
+        watcher::Event::InitApply(job("n2", false)),
+        watcher::Event::InitApply(job("n3", true)),
+        watcher::Event::InitApply(job("n4", true)),
+        watcher::Event::InitDone,
+    ] {
+        state.apply(&event, label);
+    }
+    assert_eq!(state.max_unfinished, 2, "{:?}", state.worst);
+    assert_eq!(state.created.len(), 4);
+    // A Job deleted during the gap is gone after the relist.
+    for event in [
+        watcher::Event::Init,
+        watcher::Event::InitApply(job("n1", false)),
+        watcher::Event::InitDone,
+        watcher::Event::Apply(job("n5", false)),
+    ] {
+        state.apply(&event, label);
+    }
+    assert_eq!(state.jobs.len(), 2);
+    assert_eq!(state.max_unfinished, 2);
+    // Three running at once is still seen.
+    state.apply(&watcher::Event::Apply(job("n6", false)), label);
+    assert_eq!(state.max_unfinished, 3, "{:?}", state.worst);
 }
