@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::scenario::{JobWatch, Scenario};
+use crate::scenario::{JobWatch, Scenario, assert_rollout_kept_its_promises};
 use crate::support::{Ctx, NAMESPACE, Server, wait};
 
 /// 20 nodes, concurrency 3: never more than 3 nodes with an unfinished Job, even when the
@@ -278,24 +278,4 @@ pub fn an_api_server_outage_mid_rollout_is_survived(ctx: &Ctx) {
     assert_rollout_kept_its_promises(&s, &watch, 2);
     ctx.stop_server();
     s.cleanup();
-}
-
-/// What an interrupted rollout must still show: never more than `concurrency` nodes with an
-/// unfinished Job, every node upgraded by exactly one Job, and none left cordoned.
-fn assert_rollout_kept_its_promises(s: &Scenario, watch: &JobWatch, concurrency: usize) {
-    assert!(
-        watch.max_unfinished() <= concurrency,
-        "{} nodes ran at once: {:#?}",
-        watch.max_unfinished(),
-        watch.worst_moment()
-    );
-    let per_node = watch.jobs_per_node();
-    assert_eq!(per_node.len(), s.nodes.len(), "{per_node:?}");
-    assert!(
-        per_node.values().all(|n| *n == 1),
-        "a node ran twice: {per_node:?}"
-    );
-    for node in &s.nodes {
-        assert!(!s.unschedulable(node), "{node} left cordoned");
-    }
 }

@@ -402,6 +402,26 @@ impl JobWatch {
     }
 }
 
+/// What a rollout must show, also when interrupted: never more than `concurrency` nodes with an
+/// unfinished Job, every node upgraded by exactly one Job, and none left cordoned.
+pub fn assert_rollout_kept_its_promises(s: &Scenario, watch: &JobWatch, concurrency: usize) {
+    assert!(
+        watch.max_unfinished() <= concurrency,
+        "{} nodes ran at once: {:#?}",
+        watch.max_unfinished(),
+        watch.worst_moment()
+    );
+    let per_node = watch.jobs_per_node();
+    assert_eq!(per_node.len(), s.nodes.len(), "{per_node:?}");
+    assert!(
+        per_node.values().all(|n| *n == 1),
+        "a node ran twice: {per_node:?}"
+    );
+    for node in &s.nodes {
+        assert!(!s.unschedulable(node), "{node} left cordoned");
+    }
+}
+
 impl Drop for JobWatch {
     fn drop(&mut self) {
         self.task.abort();
