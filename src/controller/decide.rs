@@ -1,6 +1,14 @@
 //! The heart of a reconcile, as a pure function: from what is observed (the Plan, Nodes, the
-//! Plan's Jobs, Secrets, the time and the version resolution) to the Plan's new status, the
-//! changes to make to Jobs and Nodes, the events to record and when to look again.
+//! Plan's Jobs and their pods, Secrets, the time and the version resolution) to the Plan's new
+//! status, the changes to make to Jobs and Nodes, the events to record and when to look again.
+//!
+//! A pass runs named phases over one accumulator ([`Pass`]): validate, resolve, hash, handle
+//! the Jobs (finished ones complete their node; stale ones go unless their upgrade may have
+//! begun), select the nodes (within the window and the concurrency), track each selected node
+//! (start, adopt, replace, drain), release what is left over, and finish the status. Only
+//! starting something new needs a valid, resolved Plan; finishing what runs never waits for it.
+
+mod pods;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,17 +18,19 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
-    LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Plan, PlanStatus,
+    Condition, LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Plan, PlanStatus,
 };
 use crate::controller::drain::DrainProgress;
 use crate::controller::job::{
-    self, ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL, JobSettings, LABEL_NODE,
-    LABEL_VERSION,
+    self, ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_TEMPLATE,
+    ANNOTATION_TTL, JobSettings, LABEL_HOSTNAME, LABEL_NODE, LABEL_VERSION,
 };
 use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED, VALIDATED, Wanted};
 use crate::controller::{hash, resolve, select};
 use crate::syntax::{duration, window};
 use crate::validation;
+
+pub use pods::upgrade_may_have_started;
 
 /// Annotation prefix on a Node recording that a Plan cordoned it (`cordoned.upgrade.cattle.io/<plan>`).
 pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
@@ -28,6 +38,10 @@ pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
 pub const RESYNC: Duration = Duration::from_secs(600);
 /// How often a Plan waiting for its window checks again.
 pub const WINDOW_RETRY: Duration = Duration::from_secs(60);
+/// The controller's own rule for a stored Plan without `concurrency` (the webhook sets it on
+/// create): the Go controller read it as 0 and upgraded nothing, so it must not start silently.
+pub const CONCURRENCY_UNSET: &str = "spec.concurrency: not set, so this Plan upgrades no node \
+    (the Go controller reads a missing concurrency as 0); set spec.concurrency, e.g. to 1, to start";
 
 /// What version resolution found in this pass (done by the caller: it may need the network).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +56,6 @@ pub enum Resolution {
     ChannelNotDue(Duration),
     /// Neither version nor channel.
     Missing,
-    /// Not attempted because the Plan is invalid.
-    Skipped,
 }
 
 /// Who an event is about.
@@ -60,6 +72,37 @@ pub struct Note {
     pub warning: bool,
     pub reason: &'static str,
     pub message: String,
+    /// Set on events that tell of a node's step once: the recorder sends an event with the same
+    /// key only once, even if the node entries that normally keep it one-shot were lost (a CRD
+    /// without `status.nodes` prunes them).
+    pub once: Option<String>,
+}
+
+impl Note {
+    fn new(target: Target, warning: bool, reason: &'static str, message: String) -> Self {
+        Note {
+            target,
+            warning,
+            reason,
+            message,
+            once: None,
+        }
+    }
+
+    fn once(mut self, key: String) -> Self {
+        self.once = Some(key);
+        self
+    }
+}
+
+/// Settings of a Job that may change while it exists; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFields {
+    /// `activeDeadlineSeconds`; `Some(None)` removes the deadline.
+    pub active_deadline_seconds: Option<Option<i64>>,
+    pub backoff_limit: Option<i32>,
+    /// `ttlSecondsAfterFinished`, also written to the TTL annotation.
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// A change to make in the cluster.
@@ -70,12 +113,26 @@ pub enum Change {
         why: String,
     },
     CreateJob(Box<Job>),
-    /// Let a Job that was created paused (by the Go controller) run.
-    UnpauseJob(String),
+    /// Take over a Job the Go controller created: record the pod template it stands for (the
+    /// Plan's as it is now), so a later edit of the Plan replaces it like one of ours.
+    AdoptJob {
+        name: String,
+        template: String,
+    },
+    /// Bring the settings of an existing Job in line with the Plan and the controller's settings.
+    UpdateJob {
+        name: String,
+        fields: JobFields,
+    },
     /// Set labels on a node (the completion label and postCompleteLabels).
     LabelNode {
         node: String,
         labels: BTreeMap<String, String>,
+    },
+    /// Record the cordon a Go controller's Job made as this Plan's claim, so the node is
+    /// uncordoned when its upgrade succeeds, as the Go controller would have done.
+    AdoptCordon {
+        node: String,
     },
     /// Cordon the node and drain it (per the Plan's `drain`; cordon only without one), then let
     /// the pod's upgrade start. Kept running across passes; started when not running.
@@ -132,801 +189,1008 @@ pub fn stamp(now: Timestamp) -> String {
 
 /// Decides one pass for a Plan.
 pub fn decide(obs: &Observed<'_>) -> Decision {
-    let plan = obs.plan;
-    let plan_name = plan.metadata.name.clone().unwrap_or_default();
-    let namespace = plan.metadata.namespace.clone().unwrap_or_default();
-    let now = stamp(obs.now);
-    let mut status = plan.status.clone().unwrap_or_default();
-    let applying_before: Vec<String> = status.applying.clone().unwrap_or_default();
-    let mut conditions = status.conditions.take().unwrap_or_default();
-    status::ensure(&mut conditions, COMPLETE, &now);
-    status::ensure(&mut conditions, VALIDATED, &now);
-    let mut notes = Vec::new();
-    let mut requeue = RESYNC;
-    let mut note = |warning: bool, reason: &'static str, message: String| {
-        notes.push(Note {
-            target: Target::Plan,
-            warning,
-            reason,
-            message,
-        });
-    };
-
-    // Validation: the webhook's rules, and the Secrets that must exist.
-    let mut problems: Vec<String> = validation::validate(plan)
-        .problems
-        .into_iter()
-        .map(|p| p.message)
-        .collect();
-    let hashed_secrets: Vec<&str> = plan
-        .spec
-        .secrets
-        .iter()
-        .flatten()
-        .filter(|s| !s.ignore_updates.unwrap_or(false))
-        .map(|s| s.name.as_str())
-        .collect();
-    let missing: Vec<String> = hashed_secrets
-        .iter()
-        .filter(|name| !obs.secrets.contains_key(**name))
-        .map(|name| format!("secrets \"{name}\" not found"))
-        .collect();
-    problems.extend(missing.iter().cloned());
-    let valid = problems.is_empty();
-    if valid {
-        if status::set(
-            &mut conditions,
-            VALIDATED,
-            &Wanted::new("True", "PlanIsValid", ""),
-            &now,
-        ) {
-            note(false, "Validated", "Plan is valid".to_owned());
-        }
+    let mut pass = Pass::new(obs);
+    pass.validate();
+    pass.resolve();
+    pass.hash();
+    if pass.version.is_empty() || pass.hash.is_empty() {
+        // Never resolved: no Job of this Plan can be judged yet.
+        let continuing = pass.continuing();
+        return pass.finish(&continuing, false);
+    }
+    pass.handle_jobs();
+    let ready = pass.ready();
+    let selected = if ready {
+        pass.select()
     } else {
-        let message = problems.join("; ");
-        let before = status::get(&conditions, VALIDATED).and_then(|c| c.message.clone());
-        status::set(
-            &mut conditions,
-            VALIDATED,
-            &Wanted::new("False", "Error", &message),
-            &now,
-        );
-        if before.as_deref() != Some(message.as_str()) {
-            note(
-                true,
-                "ValidateFailed",
-                format!("Failed to validate plan: {message}"),
-            );
-        }
+        pass.continuing()
+    };
+    if ready && pass.window_closed(&selected) {
+        return pass.wait_for_window();
     }
-
-    // Resolution.
-    status::ensure(&mut conditions, LATEST_RESOLVED, &now);
-    let was_resolved = status::is(&conditions, LATEST_RESOLVED, "True");
-    let previous_version = status.latest_version.clone().unwrap_or_default();
-    let mut resolved_now =
-        |conditions: &mut Vec<_>, version: String, reason: &str, source: &str| {
-            if !was_resolved || previous_version != version {
-                note(
-                    false,
-                    "Resolved",
-                    format!("Resolved latest version from Spec.{source}: {version}"),
-                );
-                status::set(
-                    conditions,
-                    COMPLETE,
-                    &Wanted::new("False", "Resolved", ""),
-                    &now,
-                );
-            }
-            status::set(
-                conditions,
-                LATEST_RESOLVED,
-                &Wanted::new("True", reason, ""),
-                &now,
-            );
-            version
-        };
-    match &obs.resolution {
-        Resolution::Version(v) => {
-            status.latest_version = Some(resolved_now(
-                &mut conditions,
-                resolve::munge(v),
-                "Version",
-                "Version",
-            ));
-        }
-        Resolution::Channel(v) => {
-            status.latest_version = Some(resolved_now(
-                &mut conditions,
-                resolve::munge(v),
-                "Channel",
-                "Channel",
-            ));
-        }
-        Resolution::ChannelFailed { error, retry } => {
-            requeue = requeue.min(*retry);
-            notes.push(Note {
-                target: Target::Plan,
-                warning: true,
-                reason: "ResolveFailed",
-                message: format!("Failed to resolve latest version from Spec.Channel: {error}"),
-            });
-            if previous_version.is_empty() {
-                let message =
-                    format!("Failed to resolve latest version from Spec.Channel: {error}");
-                status::set(
-                    &mut conditions,
-                    LATEST_RESOLVED,
-                    &Wanted::new("False", "ChannelError", &message),
-                    &now,
-                );
-            } else {
-                // The rollout continues with the version resolved before; say the poll failed.
-                let message =
-                    format!("channel poll failed, still applying {previous_version}: {error}");
-                status::set(
-                    &mut conditions,
-                    LATEST_RESOLVED,
-                    &Wanted::new("True", "Channel", &message),
-                    &now,
-                );
-            }
-        }
-        Resolution::ChannelNotDue(after) => requeue = requeue.min(*after),
-        Resolution::Missing => {
-            let message = "cannot resolve plan: missing channel and version";
-            if status::set(
-                &mut conditions,
-                LATEST_RESOLVED,
-                &Wanted::new("False", "Error", message),
-                &now,
-            ) {
-                notes.push(Note {
-                    target: Target::Plan,
-                    warning: true,
-                    reason: "ResolveFailed",
-                    message: message.to_owned(),
-                });
-            }
-        }
-        Resolution::Skipped => {}
+    pass.track(&selected, ready);
+    if ready {
+        pass.release_leftovers(&selected);
     }
-    let version = status.latest_version.clone().unwrap_or_default();
-    let resolved = status::is(&conditions, LATEST_RESOLVED, "True") && !version.is_empty();
+    pass.finish(&selected, ready)
+}
 
-    // The hash, from the version just resolved.
-    if resolved && missing.is_empty() {
-        let mut with_version = plan.clone();
-        with_version.status = Some(PlanStatus {
-            latest_version: Some(version.clone()),
-            ..status.clone()
-        });
-        let json = serde_json::to_value(&with_version).unwrap_or_default();
-        let secrets: Vec<&Secret> = hashed_secrets
+/// Which Jobs may have a drain running for them: those neither finished, suspended nor being
+/// deleted. Drains of other Jobs are stopped.
+pub fn drainable_jobs(jobs: &[&Job]) -> Vec<String> {
+    jobs.iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(|j| finished_at(j).is_none())
+        .filter(|j| j.spec.as_ref().and_then(|s| s.suspend) != Some(true))
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect()
+}
+
+/// The accumulator the phases of a pass read and add to.
+struct Pass<'a> {
+    obs: &'a Observed<'a>,
+    plan: &'a Plan,
+    plan_name: String,
+    namespace: String,
+    plan_label: String,
+    /// This pass's time, as written into conditions and node entries.
+    now: String,
+    status: PlanStatus,
+    conditions: Vec<Condition>,
+    /// `status.applying` as persisted, as node names (the Go controller wrote hostnames).
+    applying_before: Vec<String>,
+    old_entries: BTreeMap<String, NodeStatus>,
+    entries: BTreeMap<String, NodeStatus>,
+    notes: Vec<Note>,
+    before: Vec<Change>,
+    after: Vec<Change>,
+    requeue: Duration,
+    /// Validation problems (the webhook's rules and the controller's own).
+    problems: Vec<String>,
+    /// Every Secret the hash needs is there.
+    secrets_present: bool,
+    version: String,
+    resolved: bool,
+    hash: String,
+    nodes: BTreeMap<String, &'a Node>,
+    /// Nodes labelled done in this pass.
+    done_now: BTreeSet<String>,
+    /// Nodes whose claim is released in this pass.
+    released: BTreeSet<String>,
+    /// Nodes whose Go-era cordon is adopted in this pass.
+    adopted_cordons: BTreeSet<String>,
+    /// The Job of the current version and hash of each node.
+    current_jobs: BTreeMap<String, &'a Job>,
+    /// Unfinished Jobs of an earlier version or hash whose upgrade may have begun: they finish
+    /// before the node runs the current one.
+    finishing: BTreeMap<String, &'a Job>,
+    /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).
+    failure: Option<(&'static str, String)>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(obs: &'a Observed<'a>) -> Self {
+        let plan = obs.plan;
+        let plan_name = plan.metadata.name.clone().unwrap_or_default();
+        let now = stamp(obs.now);
+        let mut status = plan.status.clone().unwrap_or_default();
+        let mut conditions = status.conditions.take().unwrap_or_default();
+        status::ensure(&mut conditions, COMPLETE, &now);
+        status::ensure(&mut conditions, VALIDATED, &now);
+        let nodes: BTreeMap<String, &Node> = obs
+            .nodes
             .iter()
-            .filter_map(|name| obs.secrets.get(*name).copied())
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), *n))
             .collect();
-        status.latest_hash = Some(hash::plan_hash(&json, &secrets));
-    }
-    let hash = status.latest_hash.clone().unwrap_or_default();
-
-    let mut before = Vec::new();
-    let mut after = Vec::new();
-    if !(valid && resolved && !hash.is_empty()) {
-        status::set(
-            &mut conditions,
-            COMPLETE,
-            &Wanted::new("False", "NotReady", "plan is not valid and resolved"),
-            &now,
-        );
-        status.conditions = Some(conditions);
-        return Decision {
+        let applying_before = as_node_names(status.applying.as_deref().unwrap_or_default(), &nodes);
+        let old_entries = status
+            .nodes
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        Pass {
+            obs,
+            plan,
+            plan_label: format!("{PLAN_LABEL_PREFIX}{plan_name}"),
+            plan_name,
+            namespace: plan.metadata.namespace.clone().unwrap_or_default(),
+            now,
             status,
-            before,
-            after,
-            notes,
-            requeue,
-        };
+            conditions,
+            applying_before,
+            old_entries,
+            entries: BTreeMap::new(),
+            notes: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
+            requeue: RESYNC,
+            problems: Vec::new(),
+            secrets_present: true,
+            version: String::new(),
+            resolved: false,
+            hash: String::new(),
+            nodes,
+            done_now: BTreeSet::new(),
+            released: BTreeSet::new(),
+            adopted_cordons: BTreeSet::new(),
+            current_jobs: BTreeMap::new(),
+            finishing: BTreeMap::new(),
+            failure: None,
+        }
     }
 
-    // The Plan as the Jobs are built from it: with the new version and hash.
-    let mut current = plan.clone();
-    current.status = Some(PlanStatus {
-        latest_version: Some(version.clone()),
-        latest_hash: Some(hash.clone()),
-        ..PlanStatus::default()
-    });
-    let node_by_name: BTreeMap<String, &Node> = obs
-        .nodes
-        .iter()
-        .map(|n| (n.metadata.name.clone().unwrap_or_default(), *n))
-        .collect();
-    let plan_label = format!("{PLAN_LABEL_PREFIX}{plan_name}");
-    let delay = plan
-        .spec
-        .post_complete_delay
-        .as_deref()
-        .and_then(|d| duration::parse(d).ok())
-        .filter(|d| *d > 0);
-    let old_entries: BTreeMap<String, NodeStatus> = status
-        .nodes
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.name.clone(), e))
-        .collect();
-    let mut entries: BTreeMap<String, NodeStatus> = BTreeMap::new();
-    let mut done_now: BTreeSet<String> = BTreeSet::new();
-    let mut released: BTreeSet<String> = BTreeSet::new();
-    let mut current_jobs: BTreeMap<String, &Job> = BTreeMap::new();
+    fn note(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.notes
+            .push(Note::new(Target::Plan, warning, reason, message));
+    }
 
-    // Jobs: stale ones go; finished ones complete their node, then expire.
-    for job in obs.jobs {
-        let name = job.metadata.name.clone().unwrap_or_default();
-        if job.metadata.deletion_timestamp.is_some() {
-            continue;
+    /// Validation: the webhook's rules, a concurrency that is set, and the Secrets that must
+    /// exist. Sets `Validated`.
+    fn validate(&mut self) {
+        let plan = self.plan;
+        self.problems = validation::validate(plan)
+            .problems
+            .into_iter()
+            .map(|p| p.message)
+            .collect();
+        if plan.spec.concurrency.is_none() {
+            self.problems.push(CONCURRENCY_UNSET.to_owned());
         }
-        let labels = job.metadata.labels.clone().unwrap_or_default();
-        let (Some(node_name), Some(job_version)) =
-            (labels.get(LABEL_NODE), labels.get(LABEL_VERSION))
-        else {
-            before.push(Change::DeleteJob {
-                name,
-                why: "it lacks the node or version label".into(),
-            });
-            continue;
-        };
-        if *job_version != version {
-            before.push(Change::DeleteJob {
-                name,
-                why: format!("it applies version {job_version}, not {version}"),
-            });
-            continue;
-        }
-        let Some(node) = node_by_name.get(node_name) else {
-            before.push(Change::DeleteJob {
-                name,
-                why: format!("node {node_name} no longer exists"),
-            });
-            continue;
-        };
-        let job_hash = labels.get(&plan_label).cloned().unwrap_or_default();
-        let finished = finished_at(job);
-        if let Some((succeeded, at)) = finished {
-            // Expire finished Jobs after their TTL (also when the TTL controller is off).
-            let ttl = job_ttl(job);
-            let expiry = at
-                .checked_add(jiff::SignedDuration::from_secs(ttl))
-                .unwrap_or(at);
-            if obs.now >= expiry {
-                before.push(Change::DeleteJob {
-                    name: name.clone(),
-                    why: format!("it finished more than {ttl}s ago"),
-                });
-            } else {
-                requeue = requeue.min(until(obs.now, expiry));
+        for name in hashed_secrets(plan) {
+            if !self.obs.secrets.contains_key(name) {
+                self.secrets_present = false;
+                self.problems.push(format!("secrets \"{name}\" not found"));
             }
-            if succeeded {
-                let node_labels = node.metadata.labels.clone().unwrap_or_default();
-                if node_labels.get(&plan_label) == Some(&job_hash) {
-                    continue;
-                }
-                // The node is returned to service at once; the delay only holds the next node.
-                if has_claim(node, &plan_name) && released.insert(node_name.clone()) {
-                    before.push(Change::Release {
-                        node: node_name.clone(),
-                    });
-                }
-                let ready_at = match delay {
-                    Some(nanos) => at
-                        .checked_add(jiff::SignedDuration::from_nanos(nanos))
-                        .unwrap_or(at),
-                    None => at,
-                };
-                if obs.now < ready_at {
-                    requeue = requeue.min(until(obs.now, ready_at));
-                    let message = format!("waiting postCompleteDelay until {}", stamp(ready_at));
-                    let entry = entry_for(
-                        &old_entries,
-                        node_name,
-                        "WaitingDelay",
-                        &name,
-                        &message,
-                        &now,
-                    );
-                    if old_entries.get(node_name).map(|e| e.phase.as_str()) != Some("WaitingDelay")
-                    {
-                        let text = format!(
-                            "Job completed on Node {node_name}, waiting {} PostCompleteDelay",
-                            duration::format(delay.unwrap_or(0))
-                        );
-                        notes.push(Note {
-                            target: Target::Plan,
-                            warning: false,
-                            reason: "JobCompleteWaiting",
-                            message: text.clone(),
-                        });
-                        notes.push(Note {
-                            target: Target::Node(node_name.clone()),
-                            warning: false,
-                            reason: "JobCompleteWaiting",
-                            message: text,
-                        });
-                    }
-                    entries.insert(node_name.clone(), entry);
+        }
+        if self.problems.is_empty() {
+            let wanted = Wanted::new("True", "PlanIsValid", "");
+            if status::set(&mut self.conditions, VALIDATED, &wanted, &self.now) {
+                self.note(false, "Validated", "Plan is valid".to_owned());
+            }
+        } else {
+            let message = self.problems.join("; ");
+            let before = status::get(&self.conditions, VALIDATED).and_then(|c| c.message.clone());
+            let wanted = Wanted::new("False", "Error", &message);
+            status::set(&mut self.conditions, VALIDATED, &wanted, &self.now);
+            if before.as_deref() != Some(message.as_str()) {
+                self.note(
+                    true,
+                    "ValidateFailed",
+                    format!("Failed to validate plan: {message}"),
+                );
+            }
+        }
+    }
+
+    /// Resolution, whatever validation found: `latestVersion` and `LatestResolved`.
+    fn resolve(&mut self) {
+        status::ensure(&mut self.conditions, LATEST_RESOLVED, &self.now);
+        let previous = self.status.latest_version.clone().unwrap_or_default();
+        match self.obs.resolution.clone() {
+            Resolution::Version(v) => self.resolved_to(resolve::munge(&v), "Version"),
+            Resolution::Channel(v) => self.resolved_to(resolve::munge(&v), "Channel"),
+            Resolution::ChannelFailed { error, retry } => {
+                self.requeue = self.requeue.min(retry);
+                let failed = format!("Failed to resolve latest version from Spec.Channel: {error}");
+                self.note(true, "ResolveFailed", failed.clone());
+                let wanted = if previous.is_empty() {
+                    Wanted::new("False", "ChannelError", &failed)
                 } else {
-                    let mut labels = completion_labels(plan, &version, &hash);
-                    labels.insert(plan_label.clone(), job_hash.clone());
-                    before.push(Change::LabelNode {
-                        node: node_name.clone(),
-                        labels,
-                    });
-                    if job_hash == hash {
-                        done_now.insert(node_name.clone());
-                    }
-                    let text = format!("Job completed on Node {node_name}");
-                    notes.push(Note {
-                        target: Target::Plan,
-                        warning: false,
-                        reason: "JobComplete",
-                        message: text.clone(),
-                    });
-                    notes.push(Note {
-                        target: Target::Node(node_name.clone()),
-                        warning: false,
-                        reason: "JobComplete",
-                        message: format!("{text} for Plan {plan_name} (version {version})"),
-                    });
+                    // The rollout continues with the version resolved before; say the poll failed.
+                    let message =
+                        format!("channel poll failed, still applying {previous}: {error}");
+                    self.conditions_set_owned(LATEST_RESOLVED, "True", "Channel", &message);
+                    return;
+                };
+                status::set(&mut self.conditions, LATEST_RESOLVED, &wanted, &self.now);
+            }
+            Resolution::ChannelNotDue(after) => self.requeue = self.requeue.min(after),
+            Resolution::Missing => {
+                let message = "cannot resolve plan: missing channel and version";
+                let wanted = Wanted::new("False", "Error", message);
+                if status::set(&mut self.conditions, LATEST_RESOLVED, &wanted, &self.now) {
+                    self.note(true, "ResolveFailed", message.to_owned());
+                }
+            }
+        }
+        self.version = self.status.latest_version.clone().unwrap_or_default();
+        self.resolved =
+            status::is(&self.conditions, LATEST_RESOLVED, "True") && !self.version.is_empty();
+    }
+
+    fn conditions_set_owned(&mut self, type_: &str, status_: &str, reason: &str, message: &str) {
+        let wanted = Wanted::new(status_, reason, message);
+        status::set(&mut self.conditions, type_, &wanted, &self.now);
+    }
+
+    fn resolved_to(&mut self, version: String, reason: &'static str) {
+        let was_resolved = status::is(&self.conditions, LATEST_RESOLVED, "True");
+        let previous = self.status.latest_version.clone().unwrap_or_default();
+        if !was_resolved || previous != version {
+            self.note(
+                false,
+                "Resolved",
+                format!("Resolved latest version from Spec.{reason}: {version}"),
+            );
+            self.conditions_set_owned(COMPLETE, "False", "Resolved", "");
+        }
+        self.conditions_set_owned(LATEST_RESOLVED, "True", reason, "");
+        self.status.latest_version = Some(version);
+    }
+
+    /// The hash of the version just resolved, when every Secret it covers is there (else the
+    /// previous hash stays, as in the Go controller).
+    fn hash(&mut self) {
+        if self.resolved && self.secrets_present {
+            let mut with_version = self.plan.clone();
+            with_version.status = Some(PlanStatus {
+                latest_version: Some(self.version.clone()),
+                ..self.status.clone()
+            });
+            let secrets: Vec<&Secret> = hashed_secrets(self.plan)
+                .filter_map(|name| self.obs.secrets.get(name).copied())
+                .collect();
+            self.status.latest_hash =
+                Some(hash::plan_hash(&hash::go_shape(&with_version), &secrets));
+        }
+        self.hash = self.status.latest_hash.clone().unwrap_or_default();
+    }
+
+    /// Whether new nodes may start: the Plan is valid and resolved.
+    fn ready(&self) -> bool {
+        self.problems.is_empty() && self.resolved && !self.hash.is_empty()
+    }
+
+    /// The Jobs of the Plan: malformed ones and those of deleted nodes go; finished ones complete
+    /// their node and expire after their TTL; unfinished ones of an earlier version or hash go
+    /// unless their upgrade may have begun, which is left to finish.
+    fn handle_jobs(&mut self) {
+        for &job in self.obs.jobs {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            let node_name = labels.get(LABEL_NODE).cloned();
+            if let Some(node) = node_name
+                .as_deref()
+                .and_then(|n| self.nodes.get(n).copied())
+            {
+                self.adopt_go_cordon(job, node);
+            }
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let (Some(node_name), Some(job_version)) = (node_name, labels.get(LABEL_VERSION))
+            else {
+                self.before.push(Change::DeleteJob {
+                    name,
+                    why: "it lacks the node or version label".into(),
+                });
+                continue;
+            };
+            let Some(node) = self.nodes.get(&node_name).copied() else {
+                self.before.push(Change::DeleteJob {
+                    name,
+                    why: format!("node {node_name} no longer exists"),
+                });
+                continue;
+            };
+            let job_hash = labels.get(&self.plan_label).cloned().unwrap_or_default();
+            let finished = finished_at(job);
+            let current = *job_version == self.version && job_hash == self.hash;
+            if finished.is_none() {
+                if current {
+                    self.sync_ttl(job);
+                    self.current_jobs.insert(node_name, job);
+                } else if pods::upgrade_may_have_started(job, self.obs.pods) {
+                    self.sync_ttl(job);
+                    self.finishing.insert(node_name, job);
+                } else {
+                    let why = if *job_version != self.version {
+                        format!("it applies version {job_version}, not {}", self.version)
+                    } else {
+                        format!("it applies hash {job_hash}, superseded by {}", self.hash)
+                    };
+                    self.before.push(Change::DeleteJob { name, why });
                 }
                 continue;
             }
+            if *job_version != self.version {
+                // As the Go controller: a finished Job of another version is dropped unlabelled.
+                self.before.push(Change::DeleteJob {
+                    name,
+                    why: format!("it applied version {job_version}, not {}", self.version),
+                });
+                continue;
+            }
+            let Some((succeeded, at)) = finished else {
+                continue;
+            };
+            let labelled = node_label(node, &self.plan_label) == Some(job_hash.as_str());
+            // A succeeded Job whose node is not labelled yet never expires: its node would run
+            // again.
+            if (!succeeded || labelled) && self.expire(job, at) {
+                continue;
+            }
+            self.sync_ttl(job);
+            if succeeded && !labelled {
+                self.complete(job, node, &job_hash, at);
+            } else if !succeeded && current {
+                self.current_jobs.insert(node_name, job);
+            }
         }
-        if job_hash == hash {
-            current_jobs.insert(node_name.clone(), job);
-        } else if finished.is_none() {
-            before.push(Change::DeleteJob {
-                name,
-                why: format!("it applies hash {job_hash}, superseded by {hash}"),
+    }
+
+    /// A Job the Go controller created cordoned its node (through its kubectl container) when the
+    /// Plan cordons or drains; the Go controller uncordons such a node when the Job succeeds. The
+    /// cordon becomes this Plan's claim, so it is returned the same way, also when a Job of this
+    /// controller finishes the node's upgrade. A node cordoned by an administrator before this
+    /// controller's own Jobs stays cordoned.
+    fn adopt_go_cordon(&mut self, job: &Job, node: &Node) {
+        let cordons = self.plan.spec.cordon.unwrap_or(false) || self.plan.spec.drain.is_some();
+        let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        if cordons
+            && unschedulable
+            && is_go_era(job)
+            && claims(node).next().is_none()
+            && self.adopted_cordons.insert(node_name.clone())
+        {
+            self.before.push(Change::AdoptCordon { node: node_name });
+        }
+    }
+
+    /// Keeps a Job's TTL what the Plan asks now: `postCompleteDelay` may have grown since the Job
+    /// was created, and a Job deleted before its node is labelled would run the node again.
+    fn sync_ttl(&mut self, job: &Job) {
+        let wanted = job::ttl_seconds(self.plan, self.obs.settings);
+        let spec_ttl = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished);
+        let annotated = annotation(job, ANNOTATION_TTL).and_then(|t| t.parse::<i32>().ok());
+        if spec_ttl != Some(wanted) || annotated != Some(wanted) {
+            self.before.push(Change::UpdateJob {
+                name: job.metadata.name.clone().unwrap_or_default(),
+                fields: JobFields {
+                    ttl_seconds_after_finished: Some(wanted),
+                    ..JobFields::default()
+                },
             });
         }
     }
 
-    // Which nodes apply the Plan now.
-    let Ok(Some(selector)) = select::node_selector(plan) else {
-        // No selector selects no node.
-        return finish(
-            status,
-            conditions,
-            (before, after, notes, requeue),
-            Vec::new(),
-            &applying_before,
-            entries,
-            &now,
-            &version,
-            &hash,
-        );
-    };
-    let candidates: Vec<&Node> = obs
-        .nodes
-        .iter()
-        .copied()
-        .filter(|n| !done_now.contains(n.metadata.name.as_deref().unwrap_or_default()))
-        .collect();
-    let concurrency =
-        usize::try_from(plan.spec.concurrency.unwrap_or(1).max(0)).unwrap_or(usize::MAX);
-    let selected = select::select(
-        plan,
-        &selector,
-        &candidates,
-        &applying_before,
-        concurrency,
-        &hash,
-    );
-    let selected_names: Vec<String> = selected
-        .iter()
-        .map(|n| n.metadata.name.clone().unwrap_or_default())
-        .collect();
+    /// Deletes a finished Job after its TTL (also when the TTL controller is off); returns
+    /// whether it did.
+    fn expire(&mut self, job: &Job, finished: Timestamp) -> bool {
+        let ttl = i64::from(job::ttl_seconds(self.plan, self.obs.settings));
+        let expiry = finished
+            .checked_add(jiff::SignedDuration::from_secs(ttl))
+            .unwrap_or(finished);
+        if self.obs.now >= expiry {
+            self.before.push(Change::DeleteJob {
+                name: job.metadata.name.clone().unwrap_or_default(),
+                why: format!("it finished more than {ttl}s ago"),
+            });
+            return true;
+        }
+        self.requeue = self.requeue.min(until(self.obs.now, expiry));
+        false
+    }
 
-    // A rollout may only start inside its window; once started it runs to completion.
-    if applying_before.is_empty()
-        && !selected.is_empty()
-        && let Some(spec) = &plan.spec.window
-    {
+    /// A Job succeeded: the node goes back into service at once, and is labelled done (with the
+    /// Job's hash) after `postCompleteDelay`, which holds its slot until then.
+    fn complete(&mut self, job: &Job, node: &Node, job_hash: &str, at: Timestamp) {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        let claimed = has_claim(node, &self.plan_name) || self.adopted_cordons.contains(&node_name);
+        if claimed && self.released.insert(node_name.clone()) {
+            self.before.push(Change::Release {
+                node: node_name.clone(),
+            });
+        }
+        let delay = post_complete_delay(self.plan);
+        let ready_at = at
+            .checked_add(jiff::SignedDuration::from_nanos(delay.unwrap_or(0)))
+            .unwrap_or(at);
+        if self.obs.now < ready_at {
+            self.requeue = self.requeue.min(until(self.obs.now, ready_at));
+            let message = format!("waiting postCompleteDelay until {}", stamp(ready_at));
+            let entry = self.entry(&node_name, "WaitingDelay", &job_name, &message);
+            if self.old_phase(&node_name) != Some("WaitingDelay") {
+                let text = format!(
+                    "Job completed on Node {node_name}, waiting {} PostCompleteDelay",
+                    duration::format(delay.unwrap_or(0))
+                );
+                let key = format!("JobCompleteWaiting/{job_name}");
+                self.notes.push(
+                    Note::new(Target::Plan, false, "JobCompleteWaiting", text.clone())
+                        .once(key.clone()),
+                );
+                self.notes.push(
+                    Note::new(
+                        Target::Node(node_name.clone()),
+                        false,
+                        "JobCompleteWaiting",
+                        text,
+                    )
+                    .once(format!("{key}/node")),
+                );
+            }
+            self.entries.insert(node_name, entry);
+            return;
+        }
+        let mut labels = completion_labels(self.plan, &self.version, &self.hash);
+        labels.insert(self.plan_label.clone(), job_hash.to_owned());
+        self.before.push(Change::LabelNode {
+            node: node_name.clone(),
+            labels,
+        });
+        if job_hash == self.hash {
+            self.done_now.insert(node_name.clone());
+        }
+        let text = format!("Job completed on Node {node_name}");
+        self.note(false, "JobComplete", text.clone());
+        self.notes.push(Note::new(
+            Target::Node(node_name),
+            false,
+            "JobComplete",
+            format!(
+                "{text} for Plan {} (version {})",
+                self.plan_name, self.version
+            ),
+        ));
+    }
+
+    /// The nodes that apply or finish the Plan now: those already applying, or still finishing
+    /// an earlier Job, are kept (counting against the concurrency); others start in the stable
+    /// per-Plan order up to `concurrency`. Without a `nodeSelector` nothing is selected.
+    fn select(&self) -> Vec<&'a Node> {
+        let Ok(Some(selector)) = select::node_selector(self.plan) else {
+            return Vec::new();
+        };
+        let candidates: Vec<&Node> = self
+            .nodes
+            .values()
+            .copied()
+            .filter(|n| {
+                !self
+                    .done_now
+                    .contains(n.metadata.name.as_deref().unwrap_or_default())
+            })
+            .collect();
+        let concurrency =
+            usize::try_from(self.plan.spec.concurrency.unwrap_or(0).max(0)).unwrap_or(usize::MAX);
+        select::select(
+            self.plan,
+            &selector,
+            &candidates,
+            &self.running(),
+            concurrency,
+            &self.hash,
+        )
+    }
+
+    /// The nodes with an upgrade under way: persisted as applying, or with a running Job.
+    fn running(&self) -> Vec<String> {
+        let mut running: BTreeSet<String> = self.applying_before.iter().cloned().collect();
+        running.extend(self.finishing.keys().cloned());
+        running.extend(
+            self.current_jobs
+                .iter()
+                .filter(|(_, j)| finished_at(j).is_none())
+                .filter(|(_, j)| j.spec.as_ref().and_then(|s| s.parallelism) != Some(0))
+                .map(|(n, _)| n.clone()),
+        );
+        running.into_iter().collect()
+    }
+
+    /// When the Plan may not start anything (invalid or unresolved): the nodes whose upgrade is
+    /// under way keep their place, so their Jobs are followed to the end; nothing else is chosen.
+    fn continuing(&self) -> Vec<&'a Node> {
+        self.running()
+            .iter()
+            .filter(|n| !self.done_now.contains(*n))
+            .filter_map(|n| self.nodes.get(n).copied())
+            .collect()
+    }
+
+    /// A rollout may only start inside its window; once started it runs to completion.
+    fn window_closed(&self, selected: &[&Node]) -> bool {
+        let Some(spec) = &self.plan.spec.window else {
+            return false;
+        };
+        if selected.is_empty() || !self.running().is_empty() {
+            return false;
+        }
         let days: Vec<String> = spec.days.iter().flatten().map(|d| d.0.clone()).collect();
-        let open = window::TimeWindow::parse(
+        !window::TimeWindow::parse(
             &days,
             spec.start_time.as_deref().unwrap_or_default(),
             spec.end_time.as_deref().unwrap_or_default(),
             spec.time_zone.as_deref().unwrap_or_default(),
         )
-        .is_ok_and(|w| w.contains(obs.now));
-        if !open {
-            let message = "current time is not within configured window";
-            if status::get(&conditions, COMPLETE).and_then(|c| c.reason.as_deref())
-                != Some("Waiting")
-            {
-                notes.push(Note {
-                    target: Target::Plan,
-                    warning: false,
-                    reason: "Waiting",
-                    message: format!("Waiting for start of Spec.Window to sync Jobs for version {version}. Hash: {hash}"),
-                });
-            }
-            status::set(
-                &mut conditions,
-                COMPLETE,
-                &Wanted::new("False", "Waiting", message),
-                &now,
+        .is_ok_and(|w| w.contains(self.obs.now))
+    }
+
+    fn wait_for_window(mut self) -> Decision {
+        let message = "current time is not within configured window";
+        if status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
+            != Some("Waiting")
+        {
+            self.note(
+                false,
+                "Waiting",
+                format!(
+                    "Waiting for start of Spec.Window to sync Jobs for version {}. Hash: {}",
+                    self.version, self.hash
+                ),
             );
-            status.conditions = Some(conditions);
-            status.nodes = (!entries.is_empty()).then(|| entries.into_values().collect());
-            return Decision {
-                status,
-                before,
-                after,
-                notes,
-                requeue: requeue.min(WINDOW_RETRY),
-            };
+        }
+        self.conditions_set_owned(COMPLETE, "False", "Waiting", message);
+        self.requeue = self.requeue.min(WINDOW_RETRY);
+        self.status.conditions = Some(std::mem::take(&mut self.conditions));
+        self.status.nodes = entries_list(std::mem::take(&mut self.entries));
+        self.decision()
+    }
+
+    /// Each selected node: finishing an earlier Job, started (when the Plan is ready), failed,
+    /// replaced after an edit, or followed through its gate (cordon, drain, upgrade).
+    fn track(&mut self, selected: &[&'a Node], ready: bool) {
+        let gated = self.plan.spec.cordon.unwrap_or(false) || self.plan.spec.drain.is_some();
+        for &node in selected {
+            let node_name = node.metadata.name.clone().unwrap_or_default();
+            if self.entries.contains_key(&node_name) {
+                continue; // waiting out its delay
+            }
+            if let Some(job) = self.finishing.get(&node_name).copied() {
+                let job_name = job.metadata.name.clone().unwrap_or_default();
+                let message = "finishing the upgrade its Job began before the Plan changed; the \
+                               node runs the Plan again when it ends";
+                let entry = self.entry(&node_name, "Upgrading", &job_name, message);
+                self.entries.insert(node_name, entry);
+                continue;
+            }
+            let existing = self.current_jobs.get(&node_name).copied();
+            let desired = ready.then(|| job::build(&self.current_plan(), node, self.obs.settings));
+            match (existing, desired) {
+                (None, Some(desired)) => self.start(&node_name, desired, gated),
+                (None, None) => {
+                    if let Some(old) = self.old_entries.get(&node_name).cloned() {
+                        self.entries.insert(node_name, old);
+                    }
+                }
+                (Some(job), desired) => self.follow(&node_name, job, desired.as_ref(), gated),
+            }
         }
     }
 
-    // With cordon or drain, the Job waits in its gate (after prepare) for the controller.
-    let gated = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
-    for node in &selected {
-        let node_name = node.metadata.name.clone().unwrap_or_default();
-        if entries.contains_key(&node_name) {
-            continue; // waiting out its delay
-        }
-        let desired = job::build(&current, node, obs.settings);
+    /// The Plan as Jobs are built from it: with the version and hash of this pass.
+    fn current_plan(&self) -> Plan {
+        let mut current = self.plan.clone();
+        current.status = Some(PlanStatus {
+            latest_version: Some(self.version.clone()),
+            latest_hash: Some(self.hash.clone()),
+            ..PlanStatus::default()
+        });
+        current
+    }
+
+    /// A selected node without a Job: it gets one, unless it failed with the very pod template
+    /// the Plan still has (a failure stays a failure, even after its Job expired, until the
+    /// Plan's pod template or hash changes).
+    fn start(&mut self, node_name: &str, desired: Job, gated: bool) {
         let desired_name = desired.metadata.name.clone().unwrap_or_default();
-        let desired_template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
-        let previous = old_entries.get(&node_name);
-        let Some(existing) = current_jobs.get(&node_name) else {
-            // A failure stays a failure, even after its Job expired, until the Plan's pod
-            // template or hash changes.
-            if let Some(failed) = previous.filter(|p| {
-                p.phase == "Failed"
-                    && p.template.as_deref() == Some(desired_template.as_str())
-                    && p.job.as_deref() == Some(desired_name.as_str())
-            }) {
-                entries.insert(node_name, failed.clone());
-                continue;
-            }
-            after.push(Change::CreateJob(Box::new(desired)));
-            if previous.is_none() {
-                notes.push(Note {
-                    target: Target::Node(node_name.clone()),
-                    warning: false,
-                    reason: "Upgrading",
-                    message: format!(
-                        "Plan {plan_name} starts Job {desired_name} (version {version})"
+        let template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
+        let previous = self.old_entries.get(node_name).cloned();
+        if let Some(failed) = previous.as_ref().filter(|p| {
+            p.phase == "Failed"
+                && p.template.as_deref() == Some(template.as_str())
+                && p.job.as_deref() == Some(desired_name.as_str())
+        }) {
+            self.record_failure("JobFailed", failed.message.clone().unwrap_or_default());
+            self.entries.insert(node_name.to_owned(), failed.clone());
+            return;
+        }
+        self.after.push(Change::CreateJob(Box::new(desired)));
+        if previous.is_none() {
+            self.notes.push(
+                Note::new(
+                    Target::Node(node_name.to_owned()),
+                    false,
+                    "Upgrading",
+                    format!(
+                        "Plan {} starts Job {desired_name} (version {})",
+                        self.plan_name, self.version
                     ),
-                });
-            }
-            let phase = if gated { "Preparing" } else { "Upgrading" };
-            entries.insert(
-                node_name.clone(),
-                entry_for(&old_entries, &node_name, phase, &desired_name, "", &now),
+                )
+                .once(format!("Upgrading/{desired_name}")),
             );
-            continue;
-        };
-        let existing_name = existing.metadata.name.clone().unwrap_or_default();
-        // Jobs from the Go controller carry no template digest; they are kept as they are.
-        let template = annotation(existing, ANNOTATION_TEMPLATE);
-        let changed = template.as_ref().is_some_and(|t| *t != desired_template);
-        let failure = match (
-            finished_at(existing),
-            annotation(existing, ANNOTATION_DRAIN_FAILED),
-        ) {
-            (Some((false, at)), _) => Some((
-                failure_message(existing, &namespace, &node_name),
-                stamp(at),
-                "JobFailed",
-            )),
-            (_, Some(message)) => Some((message, now.clone(), "DrainFailed")),
-            _ => None,
-        };
-        if let (Some((message, at, reason)), false) = (failure, changed) {
-            let since = previous
-                .filter(|p| p.phase == "Failed")
-                .and_then(|p| p.since.clone())
-                .unwrap_or(at);
-            let entry = NodeStatus {
-                name: node_name.clone(),
-                phase: "Failed".into(),
-                job: Some(existing_name),
-                message: Some(message.clone()),
-                since: Some(since),
-                template: template.or(Some(desired_template.clone())),
-            };
-            if previous.map(|p| p.phase.as_str()) != Some("Failed") {
-                notes.push(Note {
-                    target: Target::Plan,
-                    warning: true,
-                    reason,
-                    message: message.clone(),
-                });
-                notes.push(Note {
-                    target: Target::Node(node_name.clone()),
-                    warning: true,
-                    reason,
-                    message,
-                });
+        }
+        let phase = if gated { "Preparing" } else { "Upgrading" };
+        let entry = self.entry(node_name, phase, &desired_name, "");
+        self.entries.insert(node_name.to_owned(), entry);
+    }
+
+    /// A selected node with a Job of the current hash. `desired` is the Job the Plan asks for now
+    /// (`None` while the Plan is not ready: then the Job is only followed, never replaced).
+    fn follow(&mut self, node_name: &str, job: &'a Job, desired: Option<&Job>, gated: bool) {
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        let desired_template = desired.and_then(|d| annotation(d, ANNOTATION_TEMPLATE));
+        let mut template = annotation(job, ANNOTATION_TEMPLATE);
+        let finished = finished_at(job);
+        if template.is_none()
+            && let Some(desired_template) = &desired_template
+        {
+            // A Go controller's Job. Not begun: this controller's own Job replaces it (native
+            // drain, the gate). Begun or failed: adopted as the Plan is now.
+            if finished.is_none() && !pods::upgrade_may_have_started(job, self.obs.pods) {
+                self.replace(
+                    node_name,
+                    &job_name,
+                    "replacing the Go controller's Job, whose upgrade had not begun",
+                );
+                return;
             }
-            entries.insert(node_name, entry);
-            continue;
+            self.before.push(Change::AdoptJob {
+                name: job_name.clone(),
+                template: desired_template.clone(),
+            });
+            template = Some(desired_template.clone());
+        }
+        let changed = matches!((&template, &desired_template), (Some(t), Some(d)) if t != d);
+        if let Some((reason, message)) = self.failure_of(job, node_name) {
+            if !changed {
+                self.fail(node_name, &job_name, reason, message, template);
+                return;
+            }
+        } else if let (Some(desired), false) = (desired, changed)
+            && finished.is_none()
+        {
+            self.sync_job_fields(job, desired);
         }
         if changed {
-            before.push(Change::DeleteJob {
-                name: existing_name.clone(),
-                why: "the Plan changed its pod template".into(),
-            });
-            let entry = entry_for(
-                &old_entries,
-                &node_name,
-                "Upgrading",
-                &existing_name,
-                "replacing the Job after a Plan edit",
-                &now,
-            );
-            entries.insert(node_name.clone(), entry);
-            continue;
+            self.replace(node_name, &job_name, "replacing the Job after a Plan edit");
+            return;
         }
-        if existing.spec.as_ref().and_then(|s| s.parallelism) == Some(0) {
-            after.push(Change::UnpauseJob(existing_name.clone()));
-        }
-        let (phase, message) = if gated {
-            gate_phase(obs, &node_name, existing, &mut after, &mut notes)
+        let (phase, message) = if gated && finished.is_none() {
+            self.gate_phase(node_name, job, desired.is_some())
         } else {
             ("Upgrading", String::new())
         };
-        let entry = entry_for(
-            &old_entries,
-            &node_name,
-            phase,
-            &existing_name,
-            &message,
-            &now,
-        );
-        entries.insert(node_name.clone(), entry);
+        let entry = self.entry(node_name, phase, &job_name, &message);
+        self.entries.insert(node_name.to_owned(), entry);
     }
 
-    // Running Jobs of nodes that are no longer applying stop; their nodes are released.
-    for (node_name, job) in &current_jobs {
-        if !selected_names.contains(node_name) && finished_at(job).is_none() {
-            let name = job.metadata.name.clone().unwrap_or_default();
-            before.push(Change::DeleteJob {
-                name,
-                why: format!("node {node_name} no longer needs the Plan"),
-            });
-        }
-    }
-    for node in obs.nodes {
-        let node_name = node.metadata.name.clone().unwrap_or_default();
-        if has_claim(node, &plan_name)
-            && !selected_names.contains(&node_name)
-            && !released.contains(&node_name)
-        {
-            before.push(Change::Release { node: node_name });
-        }
-    }
-
-    finish(
-        status,
-        conditions,
-        (before, after, notes, requeue),
-        selected_names,
-        &applying_before,
-        entries,
-        &now,
-        &version,
-        &hash,
-    )
-}
-
-/// Where a gated Job stands: preparing (its pod not there or `prepare` still running), draining
-/// (the controller cordons and drains; a drain is started or kept going), or upgrading (the gate
-/// was opened). A failed drain suspends the Job, so its upgrade never starts.
-fn gate_phase(
-    obs: &Observed<'_>,
-    node_name: &str,
-    job: &Job,
-    after: &mut Vec<Change>,
-    notes: &mut Vec<Note>,
-) -> (&'static str, String) {
-    let job_name = job.metadata.name.clone().unwrap_or_default();
-    let uid = job.metadata.uid.clone().unwrap_or_default();
-    let pod = obs
-        .pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.uid == uid)
-        })
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed"))
-        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let Some(pod) = pod else {
-        return ("Preparing", "waiting for the Job's pod".into());
-    };
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded") {
-        return ("Upgrading", "the upgrade finished".into());
-    }
-    if pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(job::ANNOTATION_DRAINED))
-    {
-        return ("Upgrading", String::new());
-    }
-    if !prepared(pod) {
-        return (
-            "Preparing",
-            "prepare is running; the node keeps its workloads until it ends".into(),
-        );
-    }
-    match obs.drains.get(&uid) {
-        Some(DrainProgress::Failed(message)) => {
-            after.push(Change::FailDrain {
-                job: job_name,
-                message: message.clone(),
-            });
-            notes.push(Note {
-                target: Target::Plan,
-                warning: true,
-                reason: "DrainFailed",
-                message: message.clone(),
-            });
-            ("Failed", message.clone())
-        }
-        Some(DrainProgress::Done(opened)) if *opened == pod_name => {
-            ("Draining", "drained; starting the upgrade".into())
-        }
-        progress => {
-            let message = match progress {
-                Some(DrainProgress::Running(text)) => text.clone(),
-                _ => "starting".into(),
-            };
-            after.push(Change::Drain {
-                node: node_name.to_owned(),
-                pod: pod_name,
-                job: job_name,
-                job_uid: uid.clone(),
-            });
-            ("Draining", message)
-        }
-    }
-}
-
-/// Whether a pod's `prepare` init container (if it has one) finished successfully.
-fn prepared(pod: &Pod) -> bool {
-    let has_prepare = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.name == "prepare"));
-    if !has_prepare {
-        return true;
-    }
-    pod.status
-        .as_ref()
-        .and_then(|s| s.init_container_statuses.as_ref())
-        .and_then(|s| s.iter().find(|c| c.name == "prepare"))
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref())
-        .is_some_and(|t| t.exit_code == 0)
-}
-
-/// Sets `applying`, the node entries and the Complete condition.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    mut status: PlanStatus,
-    mut conditions: Vec<crate::api::Condition>,
-    (before, after, mut notes, requeue): (Vec<Change>, Vec<Change>, Vec<Note>, Duration),
-    applying: Vec<String>,
-    applying_before: &[String],
-    entries: BTreeMap<String, NodeStatus>,
-    now: &str,
-    version: &str,
-    hash: &str,
-) -> Decision {
-    let failed = entries
-        .values()
-        .find(|e| e.phase == "Failed")
-        .and_then(|e| e.message.clone());
-    if applying.is_empty() {
-        if status::set(
-            &mut conditions,
-            COMPLETE,
-            &Wanted::new("True", "Complete", ""),
-            now,
-        ) {
-            notes.push(Note {
-                target: Target::Plan,
-                warning: false,
-                reason: "Complete",
-                message: format!("Jobs complete for version {version}. Hash: {hash}"),
-            });
-        }
-    } else if applying != applying_before {
-        status::set(
-            &mut conditions,
-            COMPLETE,
-            &Wanted::new("False", "SyncJob", ""),
-            now,
-        );
-        notes.push(Note {
-            target: Target::Plan,
-            warning: false,
-            reason: "SyncJob",
-            message: format!(
-                "Jobs synced for version {version} on Nodes {}. Hash: {hash}",
-                applying.join(",")
-            ),
+    fn replace(&mut self, node_name: &str, job_name: &str, why: &str) {
+        self.before.push(Change::DeleteJob {
+            name: job_name.to_owned(),
+            why: why.to_owned(),
         });
-    } else if let Some(message) = failed {
-        // A drain failure is no Job failure: say which it is.
-        let reason = if message.starts_with("drain of node ") {
-            "DrainFailed"
-        } else {
-            "JobFailed"
-        };
-        status::set(
-            &mut conditions,
-            COMPLETE,
-            &Wanted::new("False", reason, &message),
-            now,
-        );
-    } else if status::is(&conditions, COMPLETE, "True")
-        || status::get(&conditions, COMPLETE).and_then(|c| c.reason.as_deref()) == Some("JobFailed")
-    {
-        // Applying again (e.g. after a failure was retried): the Plan is not complete.
-        status::set(
-            &mut conditions,
-            COMPLETE,
-            &Wanted::new("False", "SyncJob", ""),
-            now,
+        let entry = self.entry(node_name, "Upgrading", job_name, why);
+        self.entries.insert(node_name.to_owned(), entry);
+    }
+
+    /// Why a Job failed: the Job failed (its reason and message), or its node could not be drained.
+    fn failure_of(&self, job: &Job, node_name: &str) -> Option<(&'static str, String)> {
+        match (finished_at(job), annotation(job, ANNOTATION_DRAIN_FAILED)) {
+            (Some((false, _)), _) => Some((
+                "JobFailed",
+                failure_message(job, &self.namespace, node_name),
+            )),
+            (_, Some(message)) => Some(("DrainFailed", message)),
+            _ => None,
+        }
+    }
+
+    /// A failed node keeps its slot, recording the pod template it failed with (once), so an
+    /// edit of the Plan that changes it retries the node.
+    fn fail(
+        &mut self,
+        node_name: &str,
+        job_name: &str,
+        reason: &'static str,
+        message: String,
+        template: Option<String>,
+    ) {
+        let previous = self
+            .old_entries
+            .get(node_name)
+            .filter(|p| p.phase == "Failed" && p.job.as_deref() == Some(job_name));
+        let since = previous
+            .and_then(|p| p.since.clone())
+            .unwrap_or_else(|| self.now.clone());
+        let template = previous.and_then(|p| p.template.clone()).or(template);
+        if previous.is_none() {
+            let key = format!("{reason}/{job_name}");
+            self.notes
+                .push(Note::new(Target::Plan, true, reason, message.clone()).once(key.clone()));
+            self.notes.push(
+                Note::new(
+                    Target::Node(node_name.to_owned()),
+                    true,
+                    reason,
+                    message.clone(),
+                )
+                .once(format!("{key}/node")),
+            );
+        }
+        self.record_failure(reason, message.clone());
+        self.entries.insert(
+            node_name.to_owned(),
+            NodeStatus {
+                name: node_name.to_owned(),
+                phase: "Failed".into(),
+                job: Some(job_name.to_owned()),
+                message: Some(message),
+                since: Some(since),
+                template,
+            },
         );
     }
-    status.conditions = Some(conditions);
-    status.applying = (!applying.is_empty()).then_some(applying);
-    status.nodes = (!entries.is_empty()).then(|| entries.into_values().collect());
-    Decision {
-        status,
-        before,
-        after,
-        notes,
-        requeue,
+
+    fn record_failure(&mut self, reason: &'static str, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some((reason, message));
+        }
+    }
+
+    /// A running Job's deadline and retries follow the Plan and the settings (they are not part
+    /// of the pod template, so an edit of them must not replace, and so re-run, the Job).
+    fn sync_job_fields(&mut self, job: &Job, desired: &Job) {
+        let (Some(spec), Some(wanted)) = (job.spec.as_ref(), desired.spec.as_ref()) else {
+            return;
+        };
+        let mut fields = JobFields::default();
+        if spec.active_deadline_seconds != wanted.active_deadline_seconds {
+            fields.active_deadline_seconds = Some(wanted.active_deadline_seconds);
+        }
+        if spec.backoff_limit != wanted.backoff_limit {
+            fields.backoff_limit = wanted.backoff_limit;
+        }
+        if fields != JobFields::default() {
+            self.before.push(Change::UpdateJob {
+                name: job.metadata.name.clone().unwrap_or_default(),
+                fields,
+            });
+        }
+    }
+
+    /// Where a gated Job stands: preparing (its pod not on the node yet, or `prepare` running),
+    /// draining (the controller cordons and drains; a drain is started or kept going), or
+    /// upgrading (the gate was opened). A failed drain suspends the Job, so its upgrade never
+    /// starts. A drain starts only once the pod waits in its gate on its node, and only while
+    /// the Plan is valid (`may_drain`).
+    fn gate_phase(
+        &mut self,
+        node_name: &str,
+        job: &Job,
+        may_drain: bool,
+    ) -> (&'static str, String) {
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        let uid = job.metadata.uid.clone().unwrap_or_default();
+        let Some(pod) = pods::active_pods(job, self.obs.pods).into_iter().next() else {
+            return ("Preparing", "waiting for the Job's pod".into());
+        };
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        if pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED))
+        {
+            return ("Upgrading", String::new());
+        }
+        if !pods::prepared(pod) {
+            return (
+                "Preparing",
+                "prepare is running; the node keeps its workloads until it ends".into(),
+            );
+        }
+        if !pods::ready_for_drain(pod) {
+            return ("Preparing", pods::not_ready_reason(pod));
+        }
+        match self.obs.drains.get(&uid) {
+            Some(DrainProgress::Failed(message)) => {
+                self.after.push(Change::FailDrain {
+                    job: job_name,
+                    message: message.clone(),
+                });
+                self.note(true, "DrainFailed", message.clone());
+                self.record_failure("DrainFailed", message.clone());
+                ("Failed", message.clone())
+            }
+            Some(DrainProgress::Done(opened)) if *opened == pod_name => {
+                ("Draining", "drained; starting the upgrade".into())
+            }
+            _ if !may_drain => (
+                "Draining",
+                "waiting for the Plan to be valid and resolved before draining the node".into(),
+            ),
+            progress => {
+                let message = match progress {
+                    Some(DrainProgress::Running(text)) => text.clone(),
+                    _ => "starting".into(),
+                };
+                self.after.push(Change::Drain {
+                    node: node_name.to_owned(),
+                    pod: pod_name,
+                    job: job_name,
+                    job_uid: uid.clone(),
+                });
+                ("Draining", message)
+            }
+        }
+    }
+
+    /// Running Jobs of nodes that no longer apply the Plan stop (as with the Go controller), and
+    /// their nodes are released.
+    fn release_leftovers(&mut self, selected: &[&Node]) {
+        let selected: BTreeSet<&str> = selected
+            .iter()
+            .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        let leftovers: Vec<(String, String)> = self
+            .current_jobs
+            .iter()
+            .chain(self.finishing.iter())
+            .filter(|(node, job)| !selected.contains(node.as_str()) && finished_at(job).is_none())
+            .map(|(node, job)| (node.clone(), job.metadata.name.clone().unwrap_or_default()))
+            .collect();
+        for (node, name) in leftovers {
+            self.before.push(Change::DeleteJob {
+                name,
+                why: format!("node {node} no longer needs the Plan"),
+            });
+        }
+        let releases: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(name, node)| {
+                (has_claim(node, &self.plan_name) || self.adopted_cordons.contains(*name))
+                    && !selected.contains(name.as_str())
+                    && !self.released.contains(*name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for node in releases {
+            self.released.insert(node.clone());
+            self.before.push(Change::Release { node });
+        }
+    }
+
+    /// Sets `applying`, the node entries and the Complete condition.
+    fn finish(mut self, selected: &[&Node], ready: bool) -> Decision {
+        let applying: Vec<String> = selected
+            .iter()
+            .map(|n| n.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if !ready {
+            self.conditions_set_owned(
+                COMPLETE,
+                "False",
+                "NotReady",
+                "plan is not valid and resolved",
+            );
+        } else if applying.is_empty() {
+            let wanted = Wanted::new("True", "Complete", "");
+            if status::set(&mut self.conditions, COMPLETE, &wanted, &self.now) {
+                self.note(
+                    false,
+                    "Complete",
+                    format!(
+                        "Jobs complete for version {}. Hash: {}",
+                        self.version, self.hash
+                    ),
+                );
+            }
+        } else if applying != self.applying_before
+            || self.status.applying.as_deref() != Some(applying.as_slice())
+        {
+            self.conditions_set_owned(COMPLETE, "False", "SyncJob", "");
+            let message = format!(
+                "Jobs synced for version {} on Nodes {}. Hash: {}",
+                self.version,
+                applying.join(","),
+                self.hash
+            );
+            self.note(false, "SyncJob", message);
+        } else if let Some((reason, message)) = self.failure.clone() {
+            self.conditions_set_owned(COMPLETE, "False", reason, &message);
+        } else if status::is(&self.conditions, COMPLETE, "True")
+            || status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
+                == Some("JobFailed")
+        {
+            // Applying again (e.g. after a failure was retried): the Plan is not complete.
+            self.conditions_set_owned(COMPLETE, "False", "SyncJob", "");
+        }
+        self.status.conditions = Some(std::mem::take(&mut self.conditions));
+        self.status.applying = (!applying.is_empty()).then_some(applying);
+        self.status.nodes = entries_list(std::mem::take(&mut self.entries));
+        self.decision()
+    }
+
+    fn decision(self) -> Decision {
+        Decision {
+            status: self.status,
+            before: self.before,
+            after: self.after,
+            notes: self.notes,
+            requeue: self.requeue,
+        }
+    }
+
+    fn old_phase(&self, node: &str) -> Option<&str> {
+        self.old_entries.get(node).map(|e| e.phase.as_str())
+    }
+
+    /// A node entry, keeping `since` when the phase does not change.
+    fn entry(&self, node: &str, phase: &str, job: &str, message: &str) -> NodeStatus {
+        let since = self
+            .old_entries
+            .get(node)
+            .filter(|e| e.phase == phase)
+            .and_then(|e| e.since.clone())
+            .unwrap_or_else(|| self.now.clone());
+        NodeStatus {
+            name: node.to_owned(),
+            phase: phase.to_owned(),
+            job: Some(job.to_owned()),
+            message: (!message.is_empty()).then(|| message.to_owned()),
+            since: Some(since),
+            template: None,
+        }
     }
 }
 
-/// A node entry, keeping `since` when the phase does not change.
-fn entry_for(
-    old: &BTreeMap<String, NodeStatus>,
-    node: &str,
-    phase: &str,
-    job: &str,
-    message: &str,
-    now: &str,
-) -> NodeStatus {
-    let since = old
-        .get(node)
-        .filter(|e| e.phase == phase)
-        .and_then(|e| e.since.clone())
-        .unwrap_or_else(|| now.to_owned());
-    NodeStatus {
-        name: node.to_owned(),
-        phase: phase.to_owned(),
-        job: Some(job.to_owned()),
-        message: (!message.is_empty()).then(|| message.to_owned()),
-        since: Some(since),
-        template: None,
-    }
+fn entries_list(entries: BTreeMap<String, NodeStatus>) -> Option<Vec<NodeStatus>> {
+    (!entries.is_empty()).then(|| entries.into_values().collect())
+}
+
+/// The Secrets of `spec.secrets` whose content is part of the hash, in spec order.
+fn hashed_secrets(plan: &Plan) -> impl Iterator<Item = &str> {
+    plan.spec
+        .secrets
+        .iter()
+        .flatten()
+        .filter(|s| !s.ignore_updates.unwrap_or(false))
+        .map(|s| s.name.as_str())
+}
+
+/// `status.applying` as node names: the Go controller writes the nodes' hostname labels there,
+/// this controller their names; both are read (an unknown entry is kept as it is).
+fn as_node_names(applying: &[String], nodes: &BTreeMap<String, &Node>) -> Vec<String> {
+    applying
+        .iter()
+        .map(|entry| {
+            if nodes.contains_key(entry) {
+                return entry.clone();
+            }
+            nodes
+                .iter()
+                .find(|(_, n)| node_label(n, LABEL_HOSTNAME) == Some(entry.as_str()))
+                .map_or_else(|| entry.clone(), |(name, _)| name.clone())
+        })
+        .collect()
+}
+
+fn node_label<'n>(node: &'n Node, key: &str) -> Option<&'n str> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+fn post_complete_delay(plan: &Plan) -> Option<i64> {
+    plan.spec
+        .post_complete_delay
+        .as_deref()
+        .and_then(|d| duration::parse(d).ok())
+        .filter(|d| *d > 0)
+}
+
+/// Whether a Job was created by the Go controller: it carries no template digest of ours, or
+/// this controller adopted it.
+fn is_go_era(job: &Job) -> bool {
+    annotation(job, ANNOTATION_TEMPLATE).is_none() || annotation(job, ANNOTATION_ADOPTED).is_some()
 }
 
 fn annotation(job: &Job, key: &str) -> Option<String> {
@@ -937,12 +1201,18 @@ fn annotation(job: &Job, key: &str) -> Option<String> {
         .cloned()
 }
 
-/// Whether a node carries this Plan's cordon claim.
-pub fn has_claim(node: &Node, plan: &str) -> bool {
+/// The Plans holding a cordon claim on a node.
+fn claims(node: &Node) -> impl Iterator<Item = &str> {
     node.metadata
         .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(&format!("{CORDON_CLAIM_PREFIX}{plan}")))
+        .iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
+}
+
+/// Whether a node carries this Plan's cordon claim.
+pub fn has_claim(node: &Node, plan: &str) -> bool {
+    claims(node).any(|p| p == plan)
 }
 
 /// When a Job finished, and whether it succeeded.
@@ -962,16 +1232,6 @@ pub fn finished_at(job: &Job) -> Option<(bool, Timestamp)> {
         }
     }
     None
-}
-
-/// The Job's TTL: its spec, else the annotation copy, else now (delete).
-fn job_ttl(job: &Job) -> i64 {
-    job.spec
-        .as_ref()
-        .and_then(|s| s.ttl_seconds_after_finished)
-        .map(i64::from)
-        .or_else(|| annotation(job, ANNOTATION_TTL).and_then(|t| t.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// "Job <ns>/<job> failed on Node <node>: <reason>: <message>", as in the Go controller.

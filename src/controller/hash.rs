@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use sha2::{Digest, Sha224, Sha256};
 
-use crate::api::ANNOTATION_DIGEST;
+use crate::api::{ANNOTATION_DIGEST, Plan};
+use crate::syntax::duration;
 
 /// The hash of a Plan. `plan` is the Plan as JSON with `status.latestVersion` already set to the
 /// freshly resolved version; `secrets` are the Secrets of `spec.secrets` with `ignoreUpdates`
@@ -35,6 +36,170 @@ pub fn plan_hash(plan: &serde_json::Value, secrets: &[&Secret]) -> String {
         hasher.update(secret_hash(secret));
     }
     hex(&hasher.finalize())
+}
+
+/// The Plan as the Go controller's typed structs marshal it to JSON, which is the document the
+/// paths of the digest annotation are looked up in. Go leaves out the zero values of its
+/// `omitempty` fields (a `false` of `cordon`, a `0` of `concurrency`, empty strings, lists and
+/// maps) but keeps pointers to them (`jobActiveDeadlineSecs: 0`, `nodeSelector: {}`, `drain: {}`),
+/// writes `postCompleteDelay` as Go prints durations (`5m` → `5m0s`), and has no field for what
+/// it does not know (`status.nodes`, and the type meta its typed caches drop).
+pub fn go_shape(plan: &Plan) -> serde_json::Value {
+    let mut value = serde_json::to_value(plan).unwrap_or_default();
+    let Some(root) = value.as_object_mut() else {
+        return value;
+    };
+    root.remove("apiVersion");
+    root.remove("kind");
+    if let Some(metadata) = root.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        drop_empty(metadata, &["labels", "annotations"]);
+    }
+    if let Some(spec) = root.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        shape_spec(spec);
+    }
+    if let Some(status) = root.get_mut("status").and_then(|s| s.as_object_mut()) {
+        status.remove("nodes");
+        drop_empty(
+            status,
+            &["conditions", "latestVersion", "latestHash", "applying"],
+        );
+    }
+    value
+}
+
+type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// The Plan spec's own fields, then the Kubernetes types embedded in it.
+fn shape_spec(spec: &mut Fields) {
+    drop_zero(spec, &["concurrency", "exclusive", "cordon"]);
+    drop_empty(
+        spec,
+        &[
+            "serviceAccountName",
+            "channel",
+            "version",
+            "secrets",
+            "tolerations",
+            "imagePullSecrets",
+            "priorityClassName",
+            "postCompleteLabels",
+        ],
+    );
+    if let Some(delay) = spec.get_mut("postCompleteDelay")
+        && let Some(nanos) = delay.as_str().and_then(|d| duration::parse(d).ok())
+    {
+        *delay = duration::format(nanos).into();
+    }
+    for secret in objects(spec, "secrets") {
+        drop_zero(secret, &["ignoreUpdates"]);
+    }
+    for toleration in objects(spec, "tolerations") {
+        k8s_omitempty(toleration);
+    }
+    for reference in objects(spec, "imagePullSecrets") {
+        k8s_omitempty(reference);
+    }
+    if let Some(selector) = object(spec, "nodeSelector") {
+        k8s_omitempty(selector);
+    }
+    if let Some(window) = object(spec, "window") {
+        drop_empty(window, &["days", "startTime", "endTime", "timeZone"]);
+    }
+    for name in ["prepare", "upgrade"] {
+        if let Some(container) = object(spec, name) {
+            drop_empty(
+                container,
+                &["command", "args", "envs", "envFrom", "volumes"],
+            );
+            for field in ["envs", "envFrom"] {
+                for item in objects(container, field) {
+                    k8s_omitempty(item);
+                }
+            }
+            if let Some(context) = object(container, "securityContext") {
+                k8s_omitempty(context);
+            }
+        }
+    }
+    if let Some(drain) = object(spec, "drain") {
+        drop_zero(
+            drain,
+            &["force", "disableEviction", "skipWaitForDeleteTimeout"],
+        );
+        if let Some(selector) = object(drain, "podSelector") {
+            k8s_omitempty(selector);
+        }
+    }
+}
+
+fn object<'a>(fields: &'a mut Fields, key: &str) -> Option<&'a mut Fields> {
+    fields.get_mut(key).and_then(|v| v.as_object_mut())
+}
+
+fn objects<'a>(fields: &'a mut Fields, key: &str) -> impl Iterator<Item = &'a mut Fields> {
+    fields
+        .get_mut(key)
+        .and_then(|v| v.as_array_mut())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_object_mut())
+}
+
+/// Removes the named fields when they hold `false` or `0` (Go `bool`/`int` with `omitempty`).
+fn drop_zero(fields: &mut Fields, keys: &[&str]) {
+    for key in keys {
+        let zero = match fields.get(*key) {
+            Some(serde_json::Value::Bool(b)) => !b,
+            Some(serde_json::Value::Number(n)) => n.as_f64() == Some(0.0),
+            _ => false,
+        };
+        if zero {
+            fields.remove(*key);
+        }
+    }
+}
+
+/// Removes the named fields when they hold an empty string, list or map (Go `omitempty`).
+fn drop_empty(fields: &mut Fields, keys: &[&str]) {
+    for key in keys {
+        if fields.get(*key).is_some_and(is_empty) {
+            fields.remove(*key);
+        }
+    }
+}
+
+fn is_empty(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        serde_json::Value::Null => true,
+        _ => false,
+    }
+}
+
+/// Kubernetes API types: their strings, lists and maps are `omitempty`, their structs are
+/// pointers (an empty one stays). Applied through nested objects and lists.
+fn k8s_omitempty(fields: &mut Fields) {
+    fields.retain(|_, v| {
+        !matches!(v, serde_json::Value::Null)
+            && !matches!(v, serde_json::Value::String(s) if s.is_empty())
+            && !matches!(v, serde_json::Value::Array(a) if a.is_empty())
+    });
+    if fields.get("matchLabels").is_some_and(is_empty) {
+        fields.remove("matchLabels");
+    }
+    for value in fields.values_mut() {
+        match value {
+            serde_json::Value::Object(inner) => k8s_omitempty(inner),
+            serde_json::Value::Array(items) => {
+                for item in items.iter_mut().filter_map(|i| i.as_object_mut()) {
+                    k8s_omitempty(item);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// kubectl's Secret hash (`k8s.io/kubectl/pkg/util/hash.SecretHash`): the first 10 hex digits of

@@ -33,6 +33,10 @@ pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
 pub const ANNOTATION_DRAINED: &str = "upgrade.cattle.io/drained";
 /// Job annotation recording why the node's drain failed (the Job is then suspended).
 pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
+/// Job annotation recording when this controller took over a Job the Go controller created.
+pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
+/// Names of the init container that holds the upgrade until the node is cordoned or drained.
+pub const GATE_NAMES: [&str; 2] = ["cordon", "drain"];
 /// The init container waiting for the controller's drain (`drain`) or cordon (`cordon`): named
 /// like the Go controller's kubectl containers, it runs after `prepare` and before `upgrade`.
 const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations

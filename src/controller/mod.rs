@@ -281,6 +281,9 @@ fn error_policy(plan: Arc<Plan>, error: &ReconcileError, ctx: Arc<Context>) -> A
         ReconcileError::Conflict => {
             tracing::debug!(plan = %plan.name_any(), "status conflict; retrying")
         }
+        ReconcileError::Blocked(e) => {
+            tracing::warn!(plan = %plan.name_any(), error = %e, ?backoff, "reconcile blocked; retrying")
+        }
         ReconcileError::Kube(e) => {
             tracing::warn!(plan = %plan.name_any(), error = %e, ?backoff, "reconcile failed; retrying")
         }

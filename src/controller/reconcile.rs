@@ -20,7 +20,9 @@ use crate::controller::decide::{
     self, CORDON_CLAIM_PREFIX, Change, Decision, Note, Observed, Resolution, Target,
 };
 use crate::controller::drain::{DrainOptions, DrainProgress, DrainRequest};
-use crate::controller::job::{JobSettings, LABEL_PLAN};
+use crate::controller::job::{
+    ANNOTATION_ADOPTED, ANNOTATION_TEMPLATE, ANNOTATION_TTL, JobSettings, LABEL_PLAN,
+};
 use crate::controller::resolve::ChannelClient;
 use crate::controller::status;
 use crate::metrics::Metrics;
@@ -74,7 +76,16 @@ pub struct Context {
     /// Every cache has been filled once. Until then a Plan could look as if none of its Jobs or
     /// nodes existed, and decisions on that would break the concurrency limit after a restart.
     caches_synced: std::sync::atomic::AtomicBool,
+    /// Keys of the one-shot events already recorded (see [`Note::once`]).
+    said: Mutex<std::collections::HashSet<String>>,
+    /// The Plan CRD in the cluster has no `status.nodes` (the Go controller's CRD): the field is
+    /// not written, and the node entries are kept nowhere.
+    pub nodes_pruned: std::sync::atomic::AtomicBool,
 }
+
+/// How many one-shot event keys are remembered before the memory is cleared (a cleared key can
+/// send its event once more).
+const SAID_LIMIT: usize = 10_000;
 
 /// A drain running (or finished) in the background.
 struct DrainTask {
@@ -91,6 +102,9 @@ pub enum ReconcileError {
     Conflict,
     #[error("{0}")]
     Kube(#[from] kube::Error),
+    /// Something outside the controller blocks the Plan; said in an event, retried with backoff.
+    #[error("{0}")]
+    Blocked(String),
 }
 
 impl Context {
@@ -123,7 +137,21 @@ impl Context {
             drains: Mutex::default(),
             wake,
             caches_synced: std::sync::atomic::AtomicBool::new(false),
+            said: Mutex::default(),
+            nodes_pruned: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether an event should be recorded: always, unless it is one-shot and was recorded before.
+    pub fn first_time(&self, note: &Note) -> bool {
+        let Some(key) = &note.once else {
+            return true;
+        };
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if said.len() >= SAID_LIMIT {
+            said.clear();
+        }
+        said.insert(key.clone())
     }
 
     /// Marks every cache filled and reconciles each Plan, including those whose reconcile was
@@ -162,6 +190,7 @@ impl Context {
             warning,
             reason,
             message: message.to_owned(),
+            once: None,
         };
         send(self, &plan, &note).await;
         if let Some(node) = self.nodes.get(&ObjectRef::new(&request.node)) {
@@ -316,11 +345,8 @@ async fn reconcile_inner(plan: &Plan, ctx: &Arc<Context>) -> Result<Action, Reco
         .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(LABEL_PLAN)) == Some(&name))
         .collect();
     let plan_uid = plan.metadata.uid.clone().unwrap_or_default();
-    let job_uids: Vec<String> = job_refs
-        .iter()
-        .filter_map(|j| j.metadata.uid.clone())
-        .collect();
-    ctx.forget_drains(&plan_uid, &job_uids);
+    // Drains of Jobs that finished, failed, were suspended or deleted stop.
+    ctx.forget_drains(&plan_uid, &decide::drainable_jobs(&job_refs));
     let drains = ctx.drains_of(&plan_uid);
     let decision = decide::decide(&Observed {
         plan,
@@ -343,7 +369,9 @@ async fn reconcile_inner(plan: &Plan, ctx: &Arc<Context>) -> Result<Action, Reco
         apply(ctx, plan, change).await?;
     }
     for note in &decision.notes {
-        publish(ctx, plan, note).await;
+        if ctx.first_time(note) {
+            publish(ctx, plan, note).await;
+        }
     }
     Ok(Action::requeue(decision.requeue))
 }
@@ -353,12 +381,8 @@ async fn reconcile_inner(plan: &Plan, ctx: &Arc<Context>) -> Result<Action, Reco
 async fn resolve(plan: &Plan, ctx: &Context) -> Resolution {
     let version = plan.spec.version.as_deref().filter(|v| !v.is_empty());
     let channel = plan.spec.channel.as_deref().filter(|c| !c.is_empty());
-    if version.is_none() && channel.is_none() {
-        return Resolution::Missing;
-    }
-    if !crate::validation::validate(plan).is_valid() {
-        return Resolution::Skipped;
-    }
+    // Resolution does not wait for the other rules (as in the Go controller): only starting
+    // nodes needs a valid Plan.
     if let Some(version) = version {
         return Resolution::Version(version.to_owned());
     }
@@ -433,10 +457,15 @@ async fn write_status(
     plan: &Plan,
     decision: &Decision,
 ) -> Result<(), ReconcileError> {
-    if plan.status.as_ref() == Some(&decision.status) {
+    let pruned = ctx.nodes_pruned.load(std::sync::atomic::Ordering::Relaxed);
+    let mut wanted = decision.status.clone();
+    if pruned {
+        wanted.nodes = None;
+    }
+    if plan.status.as_ref() == Some(&wanted) {
         return Ok(());
     }
-    let mut status = serde_json::to_value(&decision.status).unwrap_or_default();
+    let mut status = serde_json::to_value(&wanted).unwrap_or_default();
     if let Some(fields) = status.as_object_mut() {
         // A merge patch removes what is set to null.
         for key in [
@@ -462,9 +491,31 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(stored) => {
+            let kept = stored.status.as_ref().and_then(|s| s.nodes.as_ref());
+            if wanted.nodes.is_some() && kept.is_none() {
+                crd_lacks_nodes(ctx);
+            }
+            Ok(())
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => Err(ReconcileError::Conflict),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The API server pruned `status.nodes`: the Plan CRD in the cluster is not this controller's.
+/// Said once; the controller goes on without the per-node status.
+pub fn crd_lacks_nodes(ctx: &Context) {
+    if !ctx
+        .nodes_pruned
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::error!(
+            "the Plan CRD in the cluster has no status.nodes (it is the Go controller's, which \
+             rewrites it whenever it starts): per-node progress is not shown and a failed node is \
+             retried once its Job expires; apply this controller's CRD (kubectl apply -f \
+             deploy/crd.yaml, or kubectl apply -k deploy/) and keep the Go controller stopped"
+        );
     }
 }
 
@@ -487,15 +538,37 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
                     tracing::info!(plan = %plan.name_any(), job = %name, "created Job");
                     ctx.metrics.job_changed("created");
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return foreign_job(ctx, plan, &jobs, &name).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Change::UnpauseJob(name) => {
-            let patch = serde_json::json!({"spec": {"parallelism": 1}});
-            jobs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+        Change::AdoptJob { name, template } => {
+            tracing::info!(plan = %plan.name_any(), job = %name, "adopting a Job of the Go controller");
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                ANNOTATION_TEMPLATE: template,
+                ANNOTATION_ADOPTED: decide::stamp(jiff::Timestamp::now()),
+            }}});
+            patch_job(&jobs, name, &patch).await?;
         }
+        Change::UpdateJob { name, fields } => {
+            tracing::info!(plan = %plan.name_any(), job = %name, ?fields, "updating the Job's settings");
+            let mut patch = serde_json::json!({"spec": {}});
+            if let Some(deadline) = fields.active_deadline_seconds {
+                patch["spec"]["activeDeadlineSeconds"] = serde_json::json!(deadline);
+            }
+            if let Some(limit) = fields.backoff_limit {
+                patch["spec"]["backoffLimit"] = serde_json::json!(limit);
+            }
+            if let Some(ttl) = fields.ttl_seconds_after_finished {
+                patch["spec"]["ttlSecondsAfterFinished"] = serde_json::json!(ttl);
+                patch["metadata"] =
+                    serde_json::json!({"annotations": {ANNOTATION_TTL: ttl.to_string()}});
+            }
+            patch_job(&jobs, name, &patch).await?;
+        }
+        Change::AdoptCordon { node } => adopt_cordon(ctx, &plan.name_any(), node).await?,
         Change::LabelNode { node, labels } => {
             let nodes: Api<Node> = Api::all(ctx.client.clone());
             let patch = serde_json::json!({"metadata": {"labels": labels}});
@@ -537,6 +610,97 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
         }
     }
     Ok(())
+}
+
+async fn patch_job(
+    jobs: &Api<Job>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), ReconcileError> {
+    match jobs
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A Job of the wanted name already exists. Ours (a replaced one still going away, or one the
+/// cache has not shown yet) is waited for; one of another controller blocks the node, which is
+/// said in an event and the reconcile fails until it is gone.
+async fn foreign_job(
+    ctx: &Context,
+    plan: &Plan,
+    jobs: &Api<Job>,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let existing = jobs.get_opt(name).await?;
+    let owner = existing
+        .as_ref()
+        .and_then(|j| j.metadata.labels.as_ref())
+        .and_then(|l| l.get(LABEL_CONTROLLER))
+        .cloned();
+    if existing.is_none() || owner.as_deref() == Some(ctx.settings.job.controller_name.as_str()) {
+        return Ok(());
+    }
+    let message = format!(
+        "Job {}/{name} already exists and belongs to {}; delete it or give it another name so \
+         this Plan can run its node",
+        plan.namespace().unwrap_or_default(),
+        match &owner {
+            Some(owner) => format!("controller {owner:?}"),
+            None => "no upgrade controller".to_owned(),
+        }
+    );
+    let note = Note {
+        target: Target::Plan,
+        warning: true,
+        reason: "JobConflict",
+        message: message.clone(),
+        once: Some(format!("JobConflict/{name}")),
+    };
+    if ctx.first_time(&note) {
+        publish(ctx, plan, &note).await;
+    }
+    Err(ReconcileError::Blocked(message))
+}
+
+/// Records the cordon of a node as this Plan's claim without changing the node's
+/// schedulability: only when the node is cordoned and nobody claims it (see `decide`).
+async fn adopt_cordon(ctx: &Context, plan: &str, node: &str) -> Result<(), ReconcileError> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let Some(current) = nodes.get_opt(node).await? else {
+        return Ok(());
+    };
+    let unschedulable = current.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    let claimed = current
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .any(|(k, _)| k.starts_with(CORDON_CLAIM_PREFIX));
+    if !unschedulable || claimed {
+        return Ok(());
+    }
+    let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": current.resource_version(),
+        "annotations": {&key: decide::stamp(jiff::Timestamp::now())},
+    }});
+    match nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(%plan, %node, "adopted the cordon of a Go controller's Job");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(ReconcileError::Conflict),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Cordons a node for a Plan (recording the claim), or drops the Plan's claim and uncordons the
@@ -612,6 +776,7 @@ pub async fn cordon(
                     warning: false,
                     reason,
                     message,
+                    once: None,
                 };
                 publish_node(ctx, &current, &note).await;
                 return Ok(());

@@ -49,7 +49,7 @@ pub fn start_order_key(node: &Node, plan_uid: &str, hash: &str) -> String {
 pub fn select<'a>(
     plan: &Plan,
     selector: &Selector,
-    nodes: &'a [&'a Node],
+    nodes: &[&'a Node],
     applying: &[String],
     concurrency: usize,
     hash: &str,

@@ -15,6 +15,8 @@ struct World {
     drains_finish: bool,
     /// Whether prepare containers have finished.
     prepared: bool,
+    /// Nodes the scheduler cannot place upgrade pods on (a taint they do not tolerate).
+    unschedulable: Vec<String>,
     secrets: Vec<Value>,
     now: String,
     /// Overrides the resolution, which otherwise follows spec.version.
@@ -35,6 +37,7 @@ impl World {
             drains: BTreeMap::new(),
             drains_finish: true,
             prepared: true,
+            unschedulable: Vec::new(),
             secrets: Vec::new(),
             now: NOW.into(),
             resolution: None,
@@ -122,25 +125,26 @@ impl World {
                     value["metadata"]["uid"] = json!(format!("uid-{name}"));
                     value["status"] = json!({"active": 1});
                     let template = value["spec"]["template"].clone();
-                    let inits: Vec<Value> = template["spec"]["initContainers"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    let state = if self.prepared {
-                        json!({"terminated": {"exitCode": 0}})
+                    let node = template["metadata"]["labels"]["upgrade.cattle.io/node"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    let scheduled = !self.unschedulable.contains(&node);
+                    let mut spec = template["spec"].clone();
+                    if scheduled {
+                        spec["nodeName"] = json!(node);
+                    }
+                    let status = if scheduled {
+                        json!({"phase": "Pending", "initContainerStatuses": init_statuses(&template, self.prepared)})
                     } else {
-                        json!({"running": {}})
+                        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": "0/3 nodes are available: 1 node(s) had untolerated taint {CriticalAddonsOnly: true}"}]})
                     };
-                    let statuses: Vec<Value> = inits
-                        .iter()
-                        .filter(|c| c["name"] == "prepare")
-                        .map(|c| json!({"name": c["name"], "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": state}))
-                        .collect();
                     self.pods.push(json!({
                         "metadata": {"name": format!("{name}-pod"), "namespace": "system-upgrade", "labels": template["metadata"]["labels"],
                             "creationTimestamp": self.now, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": format!("uid-{name}"), "controller": true}]},
-                        "spec": template["spec"],
-                        "status": {"phase": "Pending", "initContainerStatuses": statuses},
+                        "spec": spec,
+                        "status": status,
                     }));
                     self.jobs.push(value);
                 }
@@ -177,13 +181,29 @@ impl World {
                         json!(message);
                     job["spec"]["suspend"] = json!(true);
                 }
-                Change::UnpauseJob(name) => {
-                    let job = self
-                        .jobs
-                        .iter_mut()
-                        .find(|j| j["metadata"]["name"] == name.as_str())
-                        .unwrap();
-                    job["spec"]["parallelism"] = json!(1);
+                Change::AdoptJob { name, template } => {
+                    let job = self.job_mut(name);
+                    job["metadata"]["annotations"]["upgrade.cattle.io/template-hash"] =
+                        json!(template);
+                    job["metadata"]["annotations"]["upgrade.cattle.io/adopted"] = json!("now");
+                }
+                Change::UpdateJob { name, fields } => {
+                    let job = self.job_mut(name);
+                    if let Some(deadline) = fields.active_deadline_seconds {
+                        job["spec"]["activeDeadlineSeconds"] = json!(deadline);
+                    }
+                    if let Some(limit) = fields.backoff_limit {
+                        job["spec"]["backoffLimit"] = json!(limit);
+                    }
+                    if let Some(ttl) = fields.ttl_seconds_after_finished {
+                        job["spec"]["ttlSecondsAfterFinished"] = json!(ttl);
+                        job["metadata"]["annotations"]["upgrade.cattle.io/ttl-seconds-after-finished"] =
+                            json!(ttl.to_string());
+                    }
+                }
+                Change::AdoptCordon { node } => {
+                    let node = self.node_mut(node);
+                    node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("now");
                 }
                 Change::LabelNode { node, labels } => {
                     let node = self.node_mut(node);
@@ -201,6 +221,21 @@ impl World {
                 }
             }
         }
+    }
+
+    fn job_mut(&mut self, name: &str) -> &mut Value {
+        self.jobs
+            .iter_mut()
+            .find(|j| j["metadata"]["name"] == name)
+            .unwrap()
+    }
+
+    /// The pod of the node's Job.
+    fn pod_mut(&mut self, node: &str) -> &mut Value {
+        self.pods
+            .iter_mut()
+            .find(|p| p["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
+            .unwrap()
     }
 
     fn step(&mut self) -> Decision {
@@ -238,6 +273,29 @@ impl World {
                 "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
         };
     }
+}
+
+/// The statuses of a pod's init containers: `prepare` running (or done), then the gate waiting
+/// for it (or running once it is done), as the kubelet reports them.
+fn init_statuses(template: &Value, prepared: bool) -> Vec<Value> {
+    let mut previous_done = true;
+    template["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let state = if !previous_done {
+                json!({"waiting": {"reason": "PodInitializing"}})
+            } else if c["name"] == "prepare" && prepared {
+                json!({"terminated": {"exitCode": 0}})
+            } else {
+                json!({"running": {}})
+            };
+            previous_done = state.get("terminated").is_some();
+            json!({"name": c["name"], "ready": false, "restartCount": 0, "image": "x", "imageID": "", "state": state})
+        })
+        .collect()
 }
 
 fn spec() -> Value {
@@ -372,6 +430,7 @@ fn prepare_runs_before_the_node_is_cordoned() {
     // Prepare ends: now the drain starts.
     world.pods[0]["status"]["initContainerStatuses"][0]["state"] =
         json!({"terminated": {"exitCode": 0}});
+    world.pods[0]["status"]["initContainerStatuses"][1]["state"] = json!({"running": {}});
     let drained = world.step();
     assert!(
         drained
@@ -879,46 +938,6 @@ fn channel_failures_are_visible_and_retried() {
 }
 
 #[test]
-fn paused_jobs_of_the_go_controller_are_adopted() {
-    let mut world = World::new(spec()).nodes(&["a"]);
-    let first = world.settle();
-    // Pretend the Go controller had created it: paused and without a template digest.
-    let job = &mut world.jobs[0];
-    job["spec"]["parallelism"] = json!(0);
-    job["metadata"]["annotations"]
-        .as_object_mut()
-        .unwrap()
-        .remove(ANNOTATION_TEMPLATE);
-    let adopted = world.step();
-    assert_eq!(
-        adopted.after,
-        [Change::UnpauseJob(job::job_name(
-            "p",
-            "a",
-            first.status.latest_hash.as_deref().unwrap()
-        ))]
-    );
-    assert!(
-        deleted(&adopted).is_empty(),
-        "a Job without a template digest is not replaced"
-    );
-}
-
-#[test]
-fn jobs_of_another_hash_are_superseded() {
-    let mut world = World::new(spec()).nodes(&["a"]);
-    world.step();
-    world.plan["spec"]["serviceAccountName"] = json!("other");
-    let changed = world.step();
-    assert_eq!(
-        deleted(&changed).len(),
-        1,
-        "the running Job of the old hash goes"
-    );
-    assert_eq!(created(&changed), ["a"]);
-}
-
-#[test]
 fn expansion_follows_kubernetes_rules() {
     assert_eq!(expand("$(LATEST_VERSION)", "v1", "h"), "v1");
     assert_eq!(expand("k3s-$(LATEST_HASH)-x", "v1", "h"), "k3s-h-x");
@@ -944,4 +963,545 @@ fn finished_jobs_expire_after_their_ttl() {
     );
     world.now = "2026-11-23T10:15:00Z".into();
     assert_eq!(deleted(&world.decide()).len(), 1);
+}
+
+fn changes(decision: &Decision) -> impl Iterator<Item = &Change> {
+    decision.before.iter().chain(&decision.after)
+}
+
+fn drains(decision: &Decision) -> usize {
+    changes(decision)
+        .filter(|c| matches!(c, Change::Drain { .. }))
+        .count()
+}
+
+fn entry(decision: &Decision, node: &str) -> NodeStatus {
+    decision
+        .status
+        .nodes
+        .iter()
+        .flatten()
+        .find(|e| e.name == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry for {node}: {:?}", decision.status.nodes))
+}
+
+/// A Job as the Go controller leaves it: no template digest of ours.
+fn make_go_era(world: &mut World, node: &str) {
+    let job = world
+        .jobs
+        .iter_mut()
+        .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
+        .unwrap();
+    job["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(ANNOTATION_TEMPLATE);
+}
+
+/// The upgrade container of the node's pod runs (the gate was passed).
+fn upgrade_runs(world: &mut World, node: &str) {
+    let pod = world.pod_mut(node);
+    pod["status"]["phase"] = json!("Running");
+    for status in pod["status"]["initContainerStatuses"]
+        .as_array_mut()
+        .unwrap()
+    {
+        status["state"] = json!({"terminated": {"exitCode": 0}});
+    }
+}
+
+#[test]
+fn no_cordon_or_drain_while_the_pod_is_not_on_its_node() {
+    let mut plan = spec();
+    plan["drain"] = json!({});
+    plan["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": "tainted"}});
+    let mut world = World::new(plan).nodes(&["tainted"]);
+    world.unschedulable.push("tainted".into());
+    for _ in 0..4 {
+        let pass = world.step();
+        assert_eq!(drains(&pass), 0, "no drain for a pod that is not scheduled");
+    }
+    let waiting = entry(&world.decide(), "tainted");
+    assert_eq!(waiting.phase, "Preparing");
+    let message = waiting.message.unwrap();
+    assert!(
+        message.contains("to be scheduled") && message.contains("untolerated taint"),
+        "{message}"
+    );
+    assert_ne!(world.node_mut("tainted")["spec"]["unschedulable"], true);
+    // The Job reaches its deadline: nothing to return, the node was never cordoned.
+    world.finish_job("tainted", false, NOW);
+    let failed = world.step();
+    assert!(!changes(&failed).any(|c| matches!(c, Change::Release { .. })));
+    assert_eq!(entry(&failed, "tainted").phase, "Failed");
+}
+
+#[test]
+fn a_scheduled_pod_is_drained_only_once_its_gate_runs() {
+    let mut plan = spec();
+    plan["drain"] = json!({});
+    let mut world = World::new(plan).nodes(&["a"]);
+    world.step();
+    // Bound, but the gate's image is still being pulled.
+    world.pods[0]["status"]["initContainerStatuses"][0]["state"] =
+        json!({"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}});
+    let pulling = world.step();
+    assert_eq!(drains(&pulling), 0);
+    assert!(
+        entry(&pulling, "a")
+            .message
+            .unwrap()
+            .contains("ErrImagePull: pull access denied")
+    );
+    world.pods[0]["status"]["initContainerStatuses"][0]["state"] = json!({"running": {}});
+    assert_eq!(drains(&world.step()), 1);
+}
+
+#[test]
+fn a_hash_change_lets_a_running_upgrade_finish_then_runs_the_node_again() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    let first = world.settle();
+    let old_hash = first.status.latest_hash.clone().unwrap();
+    upgrade_runs(&mut world, "a");
+    world.plan["spec"]["serviceAccountName"] = json!("other");
+    let changed = world.step();
+    let new_hash = changed.status.latest_hash.clone().unwrap();
+    assert_ne!(old_hash, new_hash);
+    assert!(
+        deleted(&changed).is_empty(),
+        "the running upgrade is not killed"
+    );
+    assert!(created(&changed).is_empty(), "one Job per node at a time");
+    let e = entry(&changed, "a");
+    assert_eq!(e.phase, "Upgrading");
+    assert!(e.message.unwrap().contains("finishing the upgrade"));
+    assert_eq!(
+        changed.status.applying.as_deref(),
+        Some(&["a".to_owned()][..])
+    );
+    // It succeeds: the node records the hash it ran, and runs again with the new one.
+    world.finish_job("a", true, NOW);
+    let finished = world.step();
+    let labelled = changes(&finished)
+        .find_map(|c| match c {
+            Change::LabelNode { labels, .. } => Some(labels["plan.upgrade.cattle.io/p"].clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(labelled, old_hash);
+    assert_eq!(created(&finished), ["a"]);
+}
+
+#[test]
+fn a_hash_change_replaces_a_job_whose_upgrade_has_not_begun() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.prepared = false;
+    world.plan["spec"]["prepare"] = json!({"image": "rancher/k3s-upgrade", "args": ["prepare"]});
+    world.step();
+    world.plan["spec"]["serviceAccountName"] = json!("other");
+    let changed = world.step();
+    assert_eq!(deleted(&changed).len(), 1, "prepare only waited: replaced");
+    assert_eq!(created(&changed), ["a"]);
+}
+
+#[test]
+fn a_version_bump_lets_a_running_upgrade_finish_unlabelled() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    upgrade_runs(&mut world, &node);
+    world.plan["spec"]["version"] = json!("v1.31.0+k3s1");
+    let bumped = world.step();
+    assert!(deleted(&bumped).is_empty());
+    assert!(
+        created(&bumped).is_empty(),
+        "the running node keeps the only slot"
+    );
+    world.finish_job(&node, true, NOW);
+    let finished = world.step();
+    assert_eq!(
+        deleted(&finished).len(),
+        1,
+        "dropped, as the Go controller does"
+    );
+    assert!(!changes(&finished).any(|c| matches!(c, Change::LabelNode { .. })));
+    assert_eq!(created(&finished), [node]);
+}
+
+#[test]
+fn only_unfinished_unsuspended_jobs_keep_their_drains() {
+    let job = |name: &str, extra: Value| -> Job {
+        let mut value = json!({"metadata": {"name": name, "uid": name}, "spec": {"template": {}}});
+        for (k, v) in extra.as_object().unwrap() {
+            value[k]
+                .as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+        }
+        serde_json::from_value(value).unwrap()
+    };
+    let running = job("running", json!({}));
+    let suspended = job("suspended", json!({"spec": {"suspend": true}}));
+    let deleting = job(
+        "deleting",
+        json!({"metadata": {"deletionTimestamp": "2026-11-23T10:00:00Z"}}),
+    );
+    let mut failed = job("failed", json!({}));
+    failed.status = serde_json::from_value(
+        json!({"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": NOW}]}),
+    )
+    .unwrap();
+    let mut complete = job("complete", json!({}));
+    complete.status = serde_json::from_value(
+        json!({"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": NOW}]}),
+    )
+    .unwrap();
+    assert_eq!(
+        drainable_jobs(&[&running, &suspended, &deleting, &failed, &complete]),
+        ["running"]
+    );
+}
+
+#[test]
+fn finished_jobs_complete_their_node_while_the_plan_is_invalid() {
+    let mut plan = spec();
+    plan["secrets"] = json!([{"name": "s", "path": "/x"}]);
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    world
+        .secrets
+        .push(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}}));
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    let hash = first.status.latest_hash.clone().unwrap();
+    world.secrets.clear();
+    let invalid = world.step();
+    assert_eq!(condition(&invalid, VALIDATED).0, "False");
+    assert_eq!(condition(&invalid, COMPLETE).1, "NotReady");
+    assert!(
+        deleted(&invalid).is_empty(),
+        "the running Job is followed, not dropped"
+    );
+    assert_eq!(invalid.status.applying, first.status.applying);
+    world.finish_job(&node, true, NOW);
+    let done = world.step();
+    assert!(
+        done.before
+            .contains(&Change::Release { node: node.clone() }),
+        "uncordoned"
+    );
+    let label = changes(&done)
+        .find_map(|c| match c {
+            Change::LabelNode { labels, .. } => Some(labels["plan.upgrade.cattle.io/p"].clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(label, hash, "labelled with the hash it ran");
+    assert!(
+        created(&done).is_empty(),
+        "no new node starts while invalid"
+    );
+    assert_eq!(condition(&done, COMPLETE).1, "NotReady");
+}
+
+#[test]
+fn failures_and_expiry_are_handled_while_the_plan_is_invalid() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    world.plan["spec"]["window"] =
+        json!({"days": ["mo"], "startTime": "25:00", "endTime": "03:00"});
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    assert_eq!(entry(&failed, "a").phase, "Failed");
+    world.now = "2026-11-23T10:15:01Z".into();
+    assert_eq!(deleted(&world.step()).len(), 1, "expired as usual");
+}
+
+#[test]
+fn job_settings_follow_the_plan_without_replacing_the_job() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    world.plan["spec"]["jobActiveDeadlineSecs"] = json!(1800);
+    let edited = world.step();
+    assert!(deleted(&edited).is_empty() && created(&edited).is_empty());
+    assert!(
+        edited.before.iter().any(|c| matches!(c, Change::UpdateJob { fields, .. }
+            if fields.active_deadline_seconds == Some(Some(1800)) && fields.backoff_limit.is_none())),
+        "{:?}",
+        edited.before
+    );
+    world.plan["spec"]["jobActiveDeadlineSecs"] = json!(0);
+    let unlimited = world.step();
+    assert!(
+        unlimited
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::UpdateJob { fields, .. }
+        if fields.active_deadline_seconds == Some(None)))
+    );
+    let settled = world.step();
+    assert!(
+        !settled
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::UpdateJob { .. })),
+        "once in line, nothing more"
+    );
+}
+
+#[test]
+fn a_longer_post_complete_delay_raises_the_ttl_of_a_job_waiting_for_it() {
+    let mut plan = spec();
+    plan["postCompleteDelay"] = json!("1m");
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    world.finish_job(&node, true, NOW);
+    world.step();
+    // The delay grows past the 900s TTL the Job was created with.
+    world.plan["spec"]["postCompleteDelay"] = json!("30m");
+    let raised = world.step();
+    assert!(
+        raised
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::UpdateJob { fields, .. }
+            if fields.ttl_seconds_after_finished == Some(1860))),
+        "{:?}",
+        raised.before
+    );
+    // Past the old TTL, the Job waiting for its delay is still there.
+    world.now = "2026-11-23T10:20:00Z".into();
+    let later = world.step();
+    assert!(deleted(&later).is_empty());
+    assert_eq!(entry(&later, &node).phase, "WaitingDelay");
+    world.now = "2026-11-23T10:30:00Z".into();
+    let labelled = world.step();
+    assert!(changes(&labelled).any(|c| matches!(c, Change::LabelNode { .. })));
+    assert_eq!(
+        created(&labelled).len(),
+        1,
+        "the other node, not this one again"
+    );
+}
+
+#[test]
+fn removing_the_node_selector_stops_jobs_and_releases_nodes() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    assert_eq!(world.node_mut("a")["spec"]["unschedulable"], true);
+    world.plan["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodeSelector");
+    let gone = world.step();
+    assert_eq!(deleted(&gone).len(), 1);
+    assert!(gone.before.contains(&Change::Release { node: "a".into() }));
+    assert!(gone.status.applying.is_none());
+    assert_eq!(condition(&gone, COMPLETE).0, "True");
+}
+
+#[test]
+fn a_go_era_job_that_succeeds_returns_the_cordon_its_kubectl_made() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    make_go_era(&mut world, &node);
+    upgrade_runs(&mut world, &node);
+    // The Go controller's kubectl cordoned the node; no claim of ours records it.
+    let n = world.node_mut(&node);
+    n["metadata"]["annotations"] = json!({});
+    n["spec"]["unschedulable"] = json!(true);
+    world.finish_job(&node, true, NOW);
+    let done = world.step();
+    let adopt = done
+        .before
+        .iter()
+        .position(|c| *c == Change::AdoptCordon { node: node.clone() })
+        .expect("the cordon is adopted");
+    let release = done
+        .before
+        .iter()
+        .position(|c| *c == Change::Release { node: node.clone() })
+        .expect("and returned");
+    assert!(adopt < release);
+}
+
+#[test]
+fn a_node_an_administrator_cordoned_stays_cordoned() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.node_mut("a")["spec"]["unschedulable"] = json!(true);
+    let first = world.step();
+    assert_eq!(created(&first), ["a"]);
+    // Our own Job: the drain would not claim a node cordoned by someone else.
+    world.finish_job("a", true, NOW);
+    let done = world.step();
+    assert!(
+        !changes(&done).any(|c| matches!(c, Change::AdoptCordon { .. } | Change::Release { .. }))
+    );
+}
+
+#[test]
+fn a_go_era_job_whose_upgrade_has_not_begun_is_replaced() {
+    let mut plan = spec();
+    plan["drain"] = json!({});
+    let mut world = World::new(plan).nodes(&["a"]);
+    world.prepared = false;
+    world.plan["spec"]["prepare"] = json!({"image": "rancher/k3s-upgrade"});
+    world.step();
+    make_go_era(&mut world, "a");
+    world.jobs[0]["spec"]["parallelism"] = json!(0);
+    // Its kubectl already cordoned the node.
+    world.node_mut("a")["spec"]["unschedulable"] = json!(true);
+    let replaced = world.step();
+    assert_eq!(deleted(&replaced).len(), 1);
+    assert!(
+        replaced
+            .before
+            .contains(&Change::AdoptCordon { node: "a".into() })
+    );
+    let e = entry(&replaced, "a");
+    assert!(e.message.unwrap().contains("Go controller"));
+    // Ours runs next and, once it succeeds, returns the node.
+    let recreated = world.settle();
+    assert_eq!(
+        recreated.status.applying.as_deref(),
+        Some(&["a".to_owned()][..])
+    );
+    world.finish_job("a", true, NOW);
+    assert!(
+        world
+            .step()
+            .before
+            .contains(&Change::Release { node: "a".into() })
+    );
+}
+
+#[test]
+fn a_go_era_job_whose_upgrade_began_is_adopted_and_an_edit_replaces_it() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    make_go_era(&mut world, "a");
+    upgrade_runs(&mut world, "a");
+    let adopted = world.step();
+    let name = world.jobs[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        adopted
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::AdoptJob { name: n, .. } if *n == name))
+    );
+    assert!(deleted(&adopted).is_empty());
+    assert!(world.step().before.is_empty(), "adopted once");
+    world.plan["spec"]["upgrade"]["args"] = json!(["--changed"]);
+    assert_eq!(deleted(&world.step()), [name]);
+}
+
+#[test]
+fn a_failed_go_era_job_is_retried_by_one_edit_also_after_it_expired() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    make_go_era(&mut world, "a");
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    assert_eq!(entry(&failed, "a").phase, "Failed");
+    assert!(
+        failed
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::AdoptJob { .. }))
+    );
+    world.now = "2026-11-23T10:15:01Z".into();
+    assert_eq!(deleted(&world.step()).len(), 1, "expired");
+    let still = world.step();
+    assert!(created(&still).is_empty(), "still failed");
+    world.plan["spec"]["upgrade"]["args"] = json!(["--fixed"]);
+    assert_eq!(created(&world.step()), ["a"]);
+}
+
+#[test]
+fn a_failed_go_era_job_is_replaced_by_an_edit_while_it_exists() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    make_go_era(&mut world, "a");
+    world.finish_job("a", false, NOW);
+    world.step();
+    world.plan["spec"]["upgrade"]["args"] = json!(["--fixed"]);
+    assert_eq!(deleted(&world.step()).len(), 1);
+}
+
+#[test]
+fn applying_written_by_the_go_controller_names_hostnames() {
+    let mut world = World::new(spec()).nodes(&["ip-10-0-0-1.ec2.internal", "b"]);
+    world.node_mut("ip-10-0-0-1.ec2.internal")["metadata"]["labels"]["kubernetes.io/hostname"] =
+        json!("ip-10-0-0-1");
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    let hostname = if node == "b" { "b" } else { "ip-10-0-0-1" };
+    // The Go controller wrote the hostname; its Job runs.
+    world.plan["status"]["applying"] = json!([hostname]);
+    make_go_era(&mut world, &node);
+    upgrade_runs(&mut world, &node);
+    let read = world.step();
+    assert!(deleted(&read).is_empty(), "{:?}", read.before);
+    assert!(created(&read).is_empty());
+    assert_eq!(read.status.applying.as_deref(), Some(&[node][..]));
+}
+
+#[test]
+fn a_plan_without_concurrency_starts_nothing_and_says_so() {
+    let mut plan = spec();
+    plan.as_object_mut().unwrap().remove("concurrency");
+    let decision = World::new(plan).nodes(&["a"]).decide();
+    let (status, _, message) = condition(&decision, VALIDATED);
+    assert_eq!(status, "False");
+    assert!(message.contains("spec.concurrency: not set"), "{message}");
+    assert!(created(&decision).is_empty());
+}
+
+#[test]
+fn resolution_and_hash_do_not_wait_for_validation() {
+    let mut plan = spec();
+    plan["upgrade"]["image"] = json!("");
+    plan["version"] = json!("v1.2.3+test");
+    let decision = World::new(plan).nodes(&["a"]).decide();
+    assert_eq!(condition(&decision, VALIDATED).0, "False");
+    assert_eq!(
+        condition(&decision, LATEST_RESOLVED),
+        ("True".into(), "Version".into(), "".into())
+    );
+    assert_eq!(
+        decision.status.latest_version.as_deref(),
+        Some("v1.2.3-test")
+    );
+    assert_eq!(
+        decision.status.latest_hash.as_ref().map(String::len),
+        Some(56)
+    );
+    assert!(created(&decision).is_empty());
+    assert_eq!(condition(&decision, COMPLETE).1, "NotReady");
+}
+
+#[test]
+fn one_shot_events_carry_keys() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    let first = world.step();
+    let upgrading = first
+        .notes
+        .iter()
+        .find(|n| n.reason == "Upgrading")
+        .unwrap();
+    assert!(upgrading.once.is_some());
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    assert!(
+        failed
+            .notes
+            .iter()
+            .filter(|n| n.reason == "JobFailed")
+            .all(|n| n.once.is_some())
+    );
 }

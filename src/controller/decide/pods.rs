@@ -1,0 +1,293 @@
+//! What a Job's pods say about where its upgrade stands: whether the pod is on its node, whether
+//! its `cordon`/`drain` gate runs, whether the upgrade may have begun.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, ContainerState, Pod};
+
+use crate::controller::job::{ANNOTATION_DRAINED, GATE_NAMES};
+
+/// The pods of a Job that are neither finished nor being deleted, newest first.
+pub fn active_pods<'a>(job: &Job, pods: &[&'a Pod]) -> Vec<&'a Pod> {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let mut active: Vec<&Pod> = pods
+        .iter()
+        .copied()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
+        .filter(|p| !matches!(phase(p), "Succeeded" | "Failed"))
+        .collect();
+    active.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    active
+}
+
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+/// The node the pod is bound to, if the scheduler has placed it.
+pub fn bound_node(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+/// The pod's `cordon` or `drain` init container.
+pub fn gate(pod: &Pod) -> Option<&Container> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| GATE_NAMES.contains(&c.name.as_str()))
+}
+
+/// Whether a gate is this controller's (a shell loop waiting for the controller), rather than
+/// the Go controller's `kubectl cordon`/`kubectl drain`.
+pub fn is_native_gate(container: &Container) -> bool {
+    container
+        .command
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(String::as_str)
+        == Some("sh")
+}
+
+fn init_state<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerState> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)?
+        .state
+        .as_ref()
+}
+
+/// Whether the pod's gate container is running: the pod is on its node, `prepare` has finished
+/// and the gate's image was pulled, so the upgrade waits only for the controller.
+pub fn gate_running(pod: &Pod) -> bool {
+    gate(pod)
+        .and_then(|g| init_state(pod, &g.name))
+        .is_some_and(|s| s.running.is_some())
+}
+
+/// Whether a drain may begin for this pod. A pod of this controller's Jobs qualifies once its
+/// gate runs. A pod of the Go controller's Jobs runs its own kubectl in its gate, so it
+/// qualifies only once it runs on its node (past that gate).
+pub fn ready_for_drain(pod: &Pod) -> bool {
+    match gate(pod) {
+        Some(g) if is_native_gate(g) => gate_running(pod),
+        _ => bound_node(pod).is_some() && phase(pod) == "Running",
+    }
+}
+
+/// Why a pod that may not be drained for yet is not ready: not scheduled (with the scheduler's
+/// reason), or not started on its node (with the container runtime's reason).
+pub fn not_ready_reason(pod: &Pod) -> String {
+    if bound_node(pod).is_none() {
+        let why = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            })
+            .and_then(|c| c.message.clone());
+        return match why {
+            Some(why) => format!(
+                "waiting for pod {} to be scheduled on the node; the node is not touched until \
+                 then: {why}",
+                name(pod)
+            ),
+            None => format!(
+                "waiting for pod {} to be scheduled on the node; the node is not touched until then",
+                name(pod)
+            ),
+        };
+    }
+    let waiting = gate(pod)
+        .and_then(|g| init_state(pod, &g.name))
+        .and_then(|s| s.waiting.as_ref())
+        .map(|w| {
+            let reason = w.reason.clone().unwrap_or_default();
+            match &w.message {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason,
+            }
+        })
+        .filter(|w| !w.is_empty());
+    match waiting {
+        Some(why) => format!("waiting for pod {} to start on the node: {why}", name(pod)),
+        None => format!("waiting for pod {} to start on the node", name(pod)),
+    }
+}
+
+fn name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// Whether the upgrade of a Job may have begun on its node, so stopping the Job could interrupt
+/// it. It has not while every active pod is unscheduled, or still runs an init container
+/// (`prepare`, or the gate before the controller opened it): the upgrade container starts only
+/// after all of them. A Job without active pods runs nothing.
+pub fn upgrade_may_have_started(job: &Job, pods: &[&Pod]) -> bool {
+    active_pods(job, pods).into_iter().any(|pod| {
+        if bound_node(pod).is_none() {
+            return false;
+        }
+        if phase(pod) == "Running" {
+            return true;
+        }
+        let opened = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
+        if opened {
+            return true;
+        }
+        let inits = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // All init containers done (or none): the upgrade container starts any moment.
+        inits.iter().all(|c| {
+            init_state(pod, &c.name)
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+        })
+    })
+}
+
+/// Whether a pod's `prepare` init container (if it has one) finished successfully.
+pub fn prepared(pod: &Pod) -> bool {
+    let has_prepare = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == "prepare"));
+    if !has_prepare {
+        return true;
+    }
+    init_state(pod, "prepare")
+        .and_then(|s| s.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        let mut base = json!({"metadata": {"name": "pod", "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "job-uid", "controller": true}]},
+            "spec": {"containers": [{"name": "upgrade"}]}, "status": {"phase": "Pending"}});
+        merge(&mut base, value);
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+        match (base, patch) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, p) => *b = p,
+        }
+    }
+
+    fn job() -> Job {
+        serde_json::from_value(json!({"metadata": {"name": "j", "uid": "job-uid"}})).unwrap()
+    }
+
+    const NATIVE: &str = r#"{"name": "drain", "command": ["sh", "-c", "wait"]}"#;
+    const KUBECTL: &str = r#"{"name": "drain", "args": ["drain", "a"]}"#;
+
+    fn gated(gate: &str, state: serde_json::Value, node: Option<&str>) -> Pod {
+        let gate: serde_json::Value = serde_json::from_str(gate).unwrap();
+        let mut spec = json!({"initContainers": [gate]});
+        if let Some(node) = node {
+            spec["nodeName"] = json!(node);
+        }
+        pod(
+            json!({"spec": spec, "status": {"initContainerStatuses": [{"name": "drain", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}}),
+        )
+    }
+
+    #[test]
+    fn a_pending_unscheduled_pod_is_not_ready_and_says_why() {
+        let p = pod(
+            json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+            "message": "0/6 nodes are available: 1 node(s) had untolerated taint {CriticalAddonsOnly: true}"}]},
+            "spec": {"initContainers": [serde_json::from_str::<serde_json::Value>(NATIVE).unwrap()]}}),
+        );
+        assert!(!ready_for_drain(&p));
+        let why = not_ready_reason(&p);
+        assert!(
+            why.contains("to be scheduled") && why.contains("untolerated taint"),
+            "{why}"
+        );
+        assert!(!upgrade_may_have_started(&job(), &[&p]));
+    }
+
+    #[test]
+    fn a_native_gate_is_ready_once_it_runs() {
+        let waiting = gated(
+            NATIVE,
+            json!({"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}),
+            Some("a"),
+        );
+        assert!(!ready_for_drain(&waiting));
+        assert!(not_ready_reason(&waiting).contains("ErrImagePull: pull access denied"));
+        let running = gated(NATIVE, json!({"running": {}}), Some("a"));
+        assert!(ready_for_drain(&running));
+        assert!(
+            !upgrade_may_have_started(&job(), &[&running]),
+            "held in the gate"
+        );
+    }
+
+    #[test]
+    fn a_kubectl_gate_is_ready_only_when_the_pod_runs() {
+        let in_gate = gated(KUBECTL, json!({"running": {}}), Some("a"));
+        assert!(!ready_for_drain(&in_gate));
+        assert!(!upgrade_may_have_started(&job(), &[&in_gate]));
+        let mut past = gated(KUBECTL, json!({"terminated": {"exitCode": 0}}), Some("a"));
+        past.status.as_mut().unwrap().phase = Some("Running".into());
+        assert!(ready_for_drain(&past));
+        assert!(upgrade_may_have_started(&job(), &[&past]));
+    }
+
+    #[test]
+    fn an_upgrade_may_have_started_once_every_init_container_is_done_or_the_gate_opened() {
+        let no_inits = pod(json!({"spec": {"nodeName": "a"}}));
+        assert!(upgrade_may_have_started(&job(), &[&no_inits]));
+        let done = gated(NATIVE, json!({"terminated": {"exitCode": 0}}), Some("a"));
+        assert!(upgrade_may_have_started(&job(), &[&done]));
+        let mut opened = gated(NATIVE, json!({"running": {}}), Some("a"));
+        opened.metadata.annotations =
+            Some([(ANNOTATION_DRAINED.to_owned(), "now".to_owned())].into());
+        assert!(upgrade_may_have_started(&job(), &[&opened]));
+        let mut finished = pod(json!({"spec": {"nodeName": "a"}}));
+        finished.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(
+            !upgrade_may_have_started(&job(), &[&finished]),
+            "a finished pod runs nothing"
+        );
+        assert!(!upgrade_may_have_started(&job(), &[]));
+    }
+}
