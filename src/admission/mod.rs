@@ -151,7 +151,16 @@ fn respond(
             == value.get("spec");
 
     if !spec_unchanged {
-        let report = validation::validate_value(&value);
+        let mut report = validation::validate_value(&value);
+        if request.operation == Operation::Update && concurrency_missing(&value) {
+            // Defaulted on create only: a Plan stored without it (under the Go controller, where
+            // it upgraded nothing) must not start upgrading because of an unrelated edit.
+            report.warnings.push(
+                "spec.concurrency is not set, so this Plan upgrades no node; set it (e.g. to 1) \
+                 to start"
+                    .to_owned(),
+            );
+        }
         if !report.is_valid() {
             return (
                 deny(allow, denial_message(&value, &report)),
@@ -164,7 +173,10 @@ fn respond(
             return (response, Decision::Allowed);
         }
     }
-    match (webhook, defaults(&value)) {
+    let defaulted = (request.operation == Operation::Create)
+        .then(|| defaults(&value))
+        .flatten();
+    match (webhook, defaulted) {
         (Webhook::Mutate, Some(patch)) => match allow.clone().with_patch(patch) {
             Ok(response) => (response, Decision::Patched),
             Err(e) => (
@@ -179,17 +191,22 @@ fn respond(
 /// The defaults a Plan needs, as a JSON patch; `None` when it already has them. Applying the
 /// patch and asking again yields `None`.
 pub fn defaults(plan: &serde_json::Value) -> Option<Patch> {
-    let spec = plan.get("spec")?.as_object()?;
     // The Go controller treats a missing concurrency as 0 and silently upgrades nothing.
-    let concurrency_missing = spec
-        .get("concurrency")
-        .is_none_or(serde_json::Value::is_null);
-    concurrency_missing.then(|| {
+    concurrency_missing(plan).then(|| {
         Patch(vec![PatchOperation::Add(AddOperation {
             path: PointerBuf::from_tokens(["spec", "concurrency"]),
             value: serde_json::Value::from(1),
         })])
     })
+}
+
+fn concurrency_missing(plan: &serde_json::Value) -> bool {
+    plan.get("spec")
+        .and_then(|s| s.as_object())
+        .is_some_and(|spec| {
+            spec.get("concurrency")
+                .is_none_or(serde_json::Value::is_null)
+        })
 }
 
 fn denial_message(plan: &serde_json::Value, report: &validation::Report) -> String {

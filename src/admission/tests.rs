@@ -120,6 +120,27 @@ fn null_concurrency_is_defaulted_too() {
 }
 
 #[test]
+fn updates_keep_a_missing_concurrency_and_warn() {
+    let mut old_spec = valid_spec();
+    old_spec.as_object_mut().unwrap().remove("concurrency");
+    let mut new_spec = old_spec.clone();
+    new_spec["version"] = json!("v1.31.0+k3s1");
+    let request = review("UPDATE", Some(plan(new_spec)), Some(plan(old_spec)));
+    let (response, decision) = answer(Webhook::Mutate, &request);
+    assert_eq!(decision, Decision::Allowed);
+    assert!(response.get("patch").is_none(), "no silent start on update");
+    let (response, decision) = answer(Webhook::Validate, &request);
+    assert_eq!(decision, Decision::Allowed);
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("spec.concurrency is not set"),
+        "{response}"
+    );
+}
+
+#[test]
 fn validating_webhook_never_patches() {
     let mut spec = valid_spec();
     spec.as_object_mut().unwrap().remove("concurrency");

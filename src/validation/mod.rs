@@ -391,7 +391,12 @@ fn check_version_and_channel(spec: &PlanSpec, report: &mut Report) {
         _ => {}
     }
     if let Some(version) = version {
-        check_version(version, report);
+        let image = spec.upgrade.as_ref().map(|u| u.image.as_str());
+        check_version(
+            version,
+            image.is_some_and(is_kubernetes_upgrade_image),
+            report,
+        );
     }
     if let Some(channel) = channel {
         let valid = url::Url::parse(channel).ok().filter(|u| {
@@ -409,8 +414,19 @@ fn check_version_and_channel(spec: &PlanSpec, report: &mut Report) {
     }
 }
 
-/// A version becomes an image tag (`+` → `-`); one that looks like a version number must be SemVer.
-fn check_version(version: &str, report: &mut Report) {
+/// Whether an image is K3s's or RKE2's upgrade image (any registry or tag), whose tags are
+/// Kubernetes versions.
+fn is_kubernetes_upgrade_image(image: &str) -> bool {
+    let repository = image.split(['@']).next().unwrap_or(image);
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let name = last.split(':').next().unwrap_or(last);
+    matches!(name, "k3s-upgrade" | "rke2-upgrade")
+}
+
+/// A version becomes an image tag (`+` → `-`). It must be SemVer where a SemVer is meant: it
+/// starts with `v` and a digit, or it tags a K3s or RKE2 upgrade image. Other images' tags such
+/// as `22.04` (ubuntu) or `12.8` (debian) are taken as they are.
+fn check_version(version: &str, kubernetes_image: bool, report: &mut Report) {
     let tag = version.replace('+', "-");
     if !image::is_tag(&tag) {
         report.problem(
@@ -423,9 +439,9 @@ fn check_version(version: &str, report: &mut Report) {
         return;
     }
     let number = version.strip_prefix('v').unwrap_or(version);
-    if number.starts_with(|c: char| c.is_ascii_digit())
-        && let Err(e) = semver::Version::parse(number)
-    {
+    let semver_meant = number.starts_with(|c: char| c.is_ascii_digit())
+        && (version.starts_with('v') || kubernetes_image);
+    if semver_meant && let Err(e) = semver::Version::parse(number) {
         report.problem(
             "spec.version",
             format!(

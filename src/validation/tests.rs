@@ -155,10 +155,8 @@ fn versions() {
     }
     for bad in [
         "v1.20",
-        "1_2",
         "v1.2.3.4",
         "v1.02.3",
-        "1",
         "v1",
         "v1.2.3-01",
         "v1.2.3+",
@@ -169,6 +167,40 @@ fn versions() {
         "ü",
     ] {
         assert_eq!(problems(with("version", bad.into())).len(), 1, "{bad}");
+    }
+}
+
+#[test]
+fn plain_numbers_are_semver_only_for_kubernetes_upgrade_images() {
+    let plan_of = |image: &str, version: &str| {
+        let mut spec = minimal();
+        spec["upgrade"]["image"] = image.into();
+        spec["version"] = version.into();
+        spec
+    };
+    for (image, version) in [
+        ("ubuntu", "22.04"),
+        ("debian", "12.8"),
+        ("registry.example.com:5000/os/updater", "2024.11"),
+        ("alpine", "3"),
+    ] {
+        assert_eq!(
+            problems(plan_of(image, version)),
+            Vec::<String>::new(),
+            "{image}:{version}"
+        );
+    }
+    for (image, version) in [
+        ("rancher/k3s-upgrade", "1.30"),
+        ("docker.io/rancher/rke2-upgrade", "1.30.4.1"),
+        ("registry.local/mirror/k3s-upgrade:ignored", "1"),
+        ("ubuntu", "v22.04"),
+    ] {
+        let found = problems(plan_of(image, version));
+        assert!(
+            found.len() == 1 && found[0].contains("is not SemVer"),
+            "{image} {version}: {found:?}"
+        );
     }
 }
 
