@@ -42,7 +42,7 @@ kubeconfig="$(bash tests/cluster/cluster.sh up --dir "$dir/cluster" --nodes "$no
 export KUBECONFIG="$kubeconfig"
 kubectl get nodes -L kubernetes.io/arch
 
-say "Installing the namespace, the CRD, RBAC (ServiceAccount system-upgrade) and the webhooks"
+say "Installing the namespace, the CRD, RBAC (ServiceAccounts system-upgrade-controller and system-upgrade) and the webhooks"
 kubectl apply -f deploy/namespace.yaml -f deploy/crd.yaml -f deploy/rbac.yaml
 kubectl wait --for condition=established crd/plans.upgrade.cattle.io --timeout=60s >/dev/null
 port="$(free_port)"
@@ -67,8 +67,8 @@ http.server.HTTPServer(("127.0.0.1", port), Channel).serve_forever()
 EOF
 echo $! >"$dir/channel.pid"
 
-say "Starting the controller as the ServiceAccount system-upgrade (its RBAC is all it has)"
-sed "s/^  user:/  user:\n    as: system:serviceaccount:system-upgrade:system-upgrade/" "$KUBECONFIG" >"$dir/service-account.kubeconfig"
+say "Starting the controller as the ServiceAccount system-upgrade-controller (its RBAC is all it has)"
+sed "s/^  user:/  user:\n    as: system:serviceaccount:system-upgrade:system-upgrade-controller/" "$KUBECONFIG" >"$dir/service-account.kubeconfig"
 "$bin" run --kubeconfig "$dir/service-account.kubeconfig" --listen "127.0.0.1:$port" --extra-cert-names 127.0.0.1 \
   --cert-check-interval 2s >"$dir/controller.log" 2>&1 &
 echo $! >"$dir/controller.pid"

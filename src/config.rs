@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,6 +16,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line and the environment. As in the Go controller, a setting whose environment
+    /// variable is set but empty takes its default (the Go manifests leave some empty).
+    pub fn from_env() -> Cli {
+        let command = Cli::command().mut_subcommand("run", |run| run.mut_args(ignore_if_empty));
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+fn ignore_if_empty(arg: Arg) -> Arg {
+    let empty = arg
+        .get_env()
+        .and_then(std::env::var_os)
+        .is_some_and(|value| value.is_empty());
+    if empty { arg.env(None) } else { arg }
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,9 +200,10 @@ pub struct RunConfig {
     #[arg(long, env = "SYSTEM_UPGRADE_JOB_KUBECTL_IMAGE_WINDOWS", hide = true)]
     pub job_kubectl_image_windows: Option<String>,
 
-    /// How often a Plan's channel is polled for a new version (at least 1m).
+    /// How often a Plan's channel is polled for a new version. As in the Go controller, only
+    /// an interval longer than 1m is used; a shorter one means the default, 15m.
     #[arg(long, env = "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL", default_value = "15m", value_parser = parse_polling_interval)]
-    pub plan_polling_interval: Duration,
+    pub plan_polling_interval: PollingInterval,
 
     /// Secret (in --namespace) holding the webhook CA shared by all replicas.
     #[arg(
@@ -209,13 +228,32 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The channel polling interval: a duration of at least one minute.
-fn parse_polling_interval(text: &str) -> Result<Duration, String> {
-    let interval = parse_interval(text)?;
-    if interval < Duration::from_secs(60) {
-        return Err("must be at least 1m, so channel servers are not hammered".to_owned());
-    }
-    Ok(interval)
+/// The channel polling interval as configured, and the one used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollingInterval {
+    /// What the setting said.
+    pub configured: Duration,
+    /// The setting when longer than a minute, else the default (15m), as the Go controller does.
+    pub effective: Duration,
+}
+
+/// The default channel polling interval.
+pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// A Go duration; intervals of a minute or less give the default, as in the Go controller.
+fn parse_polling_interval(text: &str) -> Result<PollingInterval, String> {
+    let nanos =
+        crate::syntax::duration::parse(text).map_err(|e| format!("{e}; use e.g. 15m or 1h"))?;
+    let configured = Duration::from_nanos(nanos.max(0).unsigned_abs());
+    let effective = if configured > Duration::from_secs(60) {
+        configured
+    } else {
+        DEFAULT_POLLING_INTERVAL
+    };
+    Ok(PollingInterval {
+        configured,
+        effective,
+    })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -279,7 +317,25 @@ mod tests {
         assert_eq!(run.cert_check_interval, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "0s"]).is_err());
         assert!(Cli::try_parse_from(["suc", "run", "--cert-check-interval", "soon"]).is_err());
-        assert!(Cli::try_parse_from(["suc", "run", "--plan-polling-interval", "30s"]).is_err());
+        let interval = |text: &str| {
+            let Command::Run(run) =
+                Cli::try_parse_from(["suc", "run", "--plan-polling-interval", text])
+                    .unwrap()
+                    .command
+            else {
+                panic!("not run")
+            };
+            run.plan_polling_interval.effective
+        };
+        assert_eq!(interval("1h"), Duration::from_secs(3600));
+        assert_eq!(interval("61s"), Duration::from_secs(61));
+        assert_eq!(
+            interval("1m"),
+            DEFAULT_POLLING_INTERVAL,
+            "as in Go: > 1m only"
+        );
+        assert_eq!(interval("30s"), DEFAULT_POLLING_INTERVAL);
+        assert!(Cli::try_parse_from(["suc", "run", "--plan-polling-interval", "soon"]).is_err());
         assert!(Cli::try_parse_from(["suc", "run", "--job-privileged", "false"]).is_ok());
         assert!(Cli::try_parse_from(["suc", "run", "--job-backoff-limit", "-1"]).is_err());
         assert!(

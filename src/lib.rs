@@ -85,6 +85,15 @@ async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
 /// Runs the HTTPS server and (unless --webhook-only) the controller until `stop` is cancelled.
 pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     tracing::debug!(?config, "effective configuration");
+    let polling = config.plan_polling_interval;
+    if polling.effective != polling.configured {
+        tracing::warn!(
+            configured = ?polling.configured,
+            used = ?polling.effective,
+            "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL is not longer than 1m; using the default, as \
+             the Go controller does"
+        );
+    }
     let metrics = metrics::Metrics::new();
     let resolver = Arc::new(CertResolver::default());
     let readiness = Readiness::new(resolver.clone());
@@ -125,6 +134,21 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
         }
         let options = controller_options(&config);
+        let reporter =
+            controller::reconcile::Reporter::new(&config.name, config.node_name.as_deref());
+        let starting = format!(
+            "system-upgrade-controller {} starting as {}/{}{}",
+            env!("CARGO_PKG_VERSION"),
+            config.namespace,
+            config.name,
+            if config.leader_elect {
+                "; it runs the controller while it holds the Lease"
+            } else {
+                ""
+            }
+        );
+        controller::reconcile::controller_event(&client, &reporter, false, "Starting", starting)
+            .await;
         if config.leader_elect {
             // Followers serve the webhook, so readiness does not wait for a controller.
             let election = election(&config, client_config)?;
@@ -221,7 +245,7 @@ fn controller_options(config: &RunConfig) -> controller::ControllerOptions {
                 pod_replacement_policy: config.job_pod_replacement_policy.clone(),
                 gate_image: config.job_gate_image.clone(),
             },
-            polling_interval: config.plan_polling_interval,
+            polling_interval: config.plan_polling_interval.effective,
         },
         threads: config.threads,
         node_name: config.node_name.clone(),

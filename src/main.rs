@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use system_upgrade_controller::config::{Cli, Command};
 use system_upgrade_controller::{api, check, run, shutdown_on_signals, telemetry};
 
@@ -12,7 +11,7 @@ fn main() -> ExitCode {
     {
         eprintln!("a rustls crypto provider was already installed");
     }
-    let cli = Cli::parse();
+    let cli = Cli::from_env();
     match cli.command {
         Command::Crd => match api::crd_yaml() {
             Ok(yaml) => {

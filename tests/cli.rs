@@ -171,3 +171,59 @@ fn environment_twins_configure_run_like_the_go_controllers_variables() {
         assert_eq!(log.contains("DEBUG"), on, "{value}: {log}");
     }
 }
+
+/// As with the Go controller, a `SYSTEM_UPGRADE_*` or `CATTLE_ELECTION_*` variable that is set
+/// but empty means "use the default", and a polling interval of 1m or less means 15m.
+#[test]
+fn empty_settings_take_their_defaults() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--webhook-only",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("RUST_LOG")
+        .env("SYSTEM_UPGRADE_CONTROLLER_DEBUG", "t")
+        .env("SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT", "")
+        .env("SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS", "")
+        .env("SYSTEM_UPGRADE_JOB_IMAGE_PULL_POLICY", "")
+        .env("SYSTEM_UPGRADE_JOB_PRIVILEGED", "")
+        .env("SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT", "")
+        .env("CATTLE_ELECTION_LEASE_DURATION", "")
+        .env("SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL", "1m")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for expected in [
+        "job_backoff_limit: 2,",
+        "job_active_deadline_seconds: 600,",
+        "job_image_pull_policy: \"IfNotPresent\"",
+        "job_privileged: true,",
+        "leader_elect: false,",
+        "leader_election_lease_duration: 45s,",
+        "plan_polling_interval: PollingInterval { configured: 60s, effective: 900s }",
+        "not longer than 1m; using the default",
+        "listening on",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+}

@@ -51,13 +51,23 @@ pub async fn run(
 ) -> Result<(), crate::Error> {
     let settings = config.settings;
     let namespace = settings.namespace.clone();
-    let cluster_id = Api::<Namespace>::all(client.clone())
+    let reporter = Reporter::new(&settings.job.controller_name, config.node_name.as_deref());
+    let cluster_id = match Api::<Namespace>::all(client.clone())
         .get("kube-system")
         .await
-        .map_err(|e| crate::Error::KubeConfig(format!("cannot read the kube-system Namespace (its UID identifies the cluster to channels): {e}")))?
-        .metadata
-        .uid
-        .unwrap_or_default();
+    {
+        Ok(namespace) => namespace.metadata.uid.unwrap_or_default(),
+        Err(e) => {
+            let message = format!(
+                "cannot read the kube-system Namespace (its UID identifies the cluster to channels): {e}"
+            );
+            reconcile::controller_event(&client, &reporter, true, "StartFailed", message.clone())
+                .await;
+            return Err(crate::Error::KubeConfig(message));
+        }
+    };
+
+    let crd_lacks_nodes = !check_crd(&client).await;
 
     // Plans of our namespace; deletions also go to the janitor, which returns cordoned nodes.
     let (plans, plan_writer) = reflector::store::<Plan>();
@@ -116,13 +126,6 @@ pub async fn run(
     .reflect(secret_writer)
     .touched_objects();
 
-    let reporter = Reporter {
-        controller: settings.job.controller_name.clone(),
-        instance: config
-            .node_name
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
-    };
     // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_stream = watcher(
@@ -151,6 +154,10 @@ pub async fn run(
         metrics,
         wake,
     ));
+
+    if crd_lacks_nodes {
+        reconcile::crd_lacks_nodes(&context);
+    }
 
     let plans_for_nodes = plans.clone();
     let plans_for_secrets = plans.clone();
@@ -211,6 +218,20 @@ pub async fn run(
         tracing::info!("caches synced; controller is ready");
         janitor_context.caches_filled();
         ready();
+        let started = format!(
+            "system-upgrade-controller {} running as {}/{}",
+            env!("CARGO_PKG_VERSION"),
+            janitor_context.settings.namespace,
+            janitor_context.settings.job.controller_name
+        );
+        reconcile::controller_event(
+            &janitor_context.client,
+            &janitor_context.reporter,
+            false,
+            "Started",
+            started,
+        )
+        .await;
         release_orphaned_claims(&janitor_context).await;
         loop {
             tokio::select! {
@@ -241,6 +262,38 @@ pub async fn run(
     drains_context.stop_drains();
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Whether the Plan CRD in the cluster has `status.nodes`, which the Go controller's CRD lacks
+/// (and a Go controller rewrites it whenever it starts). Without it the API server prunes the
+/// per-node status; the controller still works, and says what to do. `None`: could not be read.
+pub fn crd_has_node_status(crd: &serde_json::Value) -> Option<bool> {
+    let versions = crd.pointer("/spec/versions")?.as_array()?;
+    let served = versions
+        .iter()
+        .find(|v| v.get("storage") == Some(&serde_json::Value::Bool(true)))
+        .or(versions.first())?;
+    Some(
+        served
+            .pointer("/schema/openAPIV3Schema/properties/status/properties/nodes")
+            .is_some(),
+    )
+}
+
+/// Reads the Plan CRD at start: false when it lacks `status.nodes`.
+async fn check_crd(client: &Client) -> bool {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get("plans.upgrade.cattle.io").await {
+        Ok(crd) => {
+            let value = serde_json::to_value(&crd).unwrap_or_default();
+            crd_has_node_status(&value) != Some(false)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the Plan CRD to check it has status.nodes");
+            true
+        }
+    }
 }
 
 /// Waits until a cache is filled. A store wakes only its most recent waiter, and the Controller
@@ -353,5 +406,25 @@ async fn release_orphaned_claims(ctx: &Context) {
                 tracing::warn!(%plan, node = %node.name_any(), error = %e, "could not release a cordon claim");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_crd_has_node_status_and_the_go_controllers_does_not() {
+        let ours = serde_json::to_value(crate::api::crd()).unwrap();
+        assert_eq!(crd_has_node_status(&ours), Some(true));
+        let mut go = ours.clone();
+        for version in go["spec"]["versions"].as_array_mut().unwrap() {
+            version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("nodes");
+        }
+        assert_eq!(crd_has_node_status(&go), Some(false));
+        assert_eq!(crd_has_node_status(&serde_json::json!({})), None);
     }
 }

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{LABEL_CONTROLLER, Plan};
+use crate::api::{LABEL_CONTROLLER, Plan, PlanStatus};
 use crate::controller::decide::{
     self, CORDON_CLAIM_PREFIX, Change, Decision, Note, Observed, Resolution, Target,
 };
@@ -457,15 +457,24 @@ async fn write_status(
     plan: &Plan,
     decision: &Decision,
 ) -> Result<(), ReconcileError> {
+    let wanted = &decision.status;
+    // While the CRD prunes status.nodes, the stored status never has them: compare without, so
+    // an unchanged status is not written again and again.
     let pruned = ctx.nodes_pruned.load(std::sync::atomic::Ordering::Relaxed);
-    let mut wanted = decision.status.clone();
-    if pruned {
-        wanted.nodes = None;
-    }
-    if plan.status.as_ref() == Some(&wanted) {
+    let unchanged = match plan.status.as_ref() {
+        Some(stored) if pruned => {
+            *stored
+                == PlanStatus {
+                    nodes: stored.nodes.clone(),
+                    ..wanted.clone()
+                }
+        }
+        stored => stored == Some(wanted),
+    };
+    if unchanged {
         return Ok(());
     }
-    let mut status = serde_json::to_value(&wanted).unwrap_or_default();
+    let mut status = serde_json::to_value(wanted).unwrap_or_default();
     if let Some(fields) = status.as_object_mut() {
         // A merge patch removes what is set to null.
         for key in [
@@ -492,9 +501,16 @@ async fn write_status(
         .await
     {
         Ok(stored) => {
-            let kept = stored.status.as_ref().and_then(|s| s.nodes.as_ref());
-            if wanted.nodes.is_some() && kept.is_none() {
-                crd_lacks_nodes(ctx);
+            if wanted.nodes.is_some() {
+                let kept = stored.status.as_ref().is_some_and(|s| s.nodes.is_some());
+                if !kept {
+                    crd_lacks_nodes(ctx);
+                } else if ctx
+                    .nodes_pruned
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::info!("the Plan CRD keeps status.nodes again");
+                }
             }
             Ok(())
         }
@@ -818,6 +834,39 @@ async fn publish_node(ctx: &Context, node: &Node, note: &Note) {
 /// events of one reason into a series that keeps the first message, which would hide, say, the
 /// version a Plan resolved to after a bump.
 async fn send(ctx: &Context, reference: &ObjectReference, note: &Note) {
+    record(&ctx.client, &ctx.reporter, reference, note).await;
+}
+
+/// Records an event about the node the controller runs on (`Starting`, `Started`,
+/// `StartFailed`, as the Go controller does); nothing without a node name.
+pub async fn controller_event(
+    client: &Client,
+    reporter: &Reporter,
+    warning: bool,
+    reason: &'static str,
+    message: String,
+) {
+    let Some(node) = reporter.instance.clone() else {
+        return;
+    };
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node),
+        ..ObjectReference::default()
+    };
+    let note = Note {
+        target: Target::Plan,
+        warning,
+        reason,
+        message,
+        once: None,
+    };
+    record(client, reporter, &reference, &note).await;
+}
+
+/// Records an event about `reference`.
+async fn record(client: &Client, reporter: &Reporter, reference: &ObjectReference, note: &Note) {
     let now = jiff::Timestamp::now();
     let namespace = reference
         .namespace
@@ -843,16 +892,16 @@ async fn send(ctx: &Context, reference: &ObjectReference, note: &Note) {
         action: Some(note.reason.to_owned()),
         note: Some(truncate(&note.message, 1000)),
         regarding: Some(reference.clone()),
-        reporting_controller: Some(format!("upgrade.cattle.io/{}", ctx.reporter.controller)),
+        reporting_controller: Some(format!("upgrade.cattle.io/{}", reporter.controller)),
         reporting_instance: Some(
-            ctx.reporter
+            reporter
                 .instance
                 .clone()
-                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+                .unwrap_or_else(|| reporter.controller.clone()),
         ),
         ..Event::default()
     };
-    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
+    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
     if let Err(e) = events.create(&PostParams::default(), &event).await {
         tracing::warn!(error = %e, reason = note.reason, "could not record an event");
     }
@@ -862,7 +911,19 @@ async fn send(ctx: &Context, reference: &ObjectReference, note: &Note) {
 #[derive(Debug, Clone)]
 pub struct Reporter {
     pub controller: String,
+    /// The node the controller runs on (or its host name).
     pub instance: Option<String>,
+}
+
+impl Reporter {
+    pub fn new(controller: &str, node_name: Option<&str>) -> Self {
+        Reporter {
+            controller: controller.to_owned(),
+            instance: node_name
+                .map(str::to_owned)
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        }
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -579,3 +579,117 @@ pub fn go_example_plans_with_drain_run_end_to_end(ctx: &Ctx) {
     ctx.kubectl(&["-n", NAMESPACE, "delete", "secret", "ex-os"])
         .expect_ok();
 }
+
+/// A node whose taint the upgrade pod does not tolerate: the pod stays unscheduled, so the node
+/// is never cordoned and its workload never evicted; the node entry says why, and after the
+/// Job's deadline nothing is left cordoned.
+pub fn an_untolerated_taint_never_cordons_or_drains(ctx: &Ctx) {
+    let server = ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "taint", 1);
+    let a = s.nodes[0].clone();
+    let toleration = json!([{"key": "CriticalAddonsOnly", "operator": "Exists"}]);
+    apply(
+        ctx,
+        deployment("taint-web", "taint", 1, json!({"tolerations": toleration})),
+    );
+    wait("the workload on the node", MINUTE, || {
+        (running(ctx, "taint-web") == 1).then_some(())
+    });
+    let workload = pods_on(ctx, &a).remove(0).metadata.uid.unwrap();
+    ctx.kubectl(&["taint", "node", &a, "CriticalAddonsOnly=true:NoExecute"])
+        .expect_ok();
+    let evictions_before = server.sample("suc_evictions_total{result=\"evicted\"}");
+    let spec = json!({
+        "concurrency": 1, "version": "v1.30.4+k3s1", "jobActiveDeadlineSecs": 15,
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": a}},
+        "cordon": true, "drain": {"force": true},
+        "upgrade": {"image": "rancher/k3s-upgrade"},
+    });
+    s.apply_plan("taint", spec, json!({}));
+    let mut said = String::new();
+    let message = wait("the Job to reach its deadline", 2 * MINUTE, || {
+        assert!(!s.unschedulable(&a), "the node was cordoned");
+        let pods = pods_on(ctx, &a);
+        assert!(
+            pods.iter()
+                .any(|p| p.metadata.uid.as_deref() == Some(workload.as_str())),
+            "the workload was evicted"
+        );
+        let (phase, message) = node_entry(&s, "taint");
+        if phase == "Preparing" && message.contains("to be scheduled") {
+            said = message;
+        }
+        s.condition("taint", "Complete")
+            .filter(|(_, reason, _)| reason == "JobFailed")
+            .map(|(_, _, m)| m)
+    });
+    assert!(
+        said.contains("untolerated taint"),
+        "the node entry said why it waited: {said:?}"
+    );
+    assert!(message.contains("DeadlineExceeded"), "{message}");
+    assert!(!s.unschedulable(&a), "nothing is left cordoned");
+    assert_eq!(
+        server.sample("suc_evictions_total{result=\"evicted\"}"),
+        evictions_before
+    );
+    let node = s.node(&a).unwrap();
+    assert!(
+        !node
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .any(|k| k.starts_with("cordoned.upgrade.cattle.io/")),
+        "no cordon claim"
+    );
+    s.delete_plan("taint");
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/taint-web"])
+        .expect_ok();
+}
+
+/// A drain held by a PodDisruptionBudget stops trying once its Job has failed (here: its
+/// deadline passed); the node stays cordoned, as after any failure.
+pub fn a_drain_stops_when_its_job_fails(ctx: &Ctx) {
+    let server = ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "stop", 1);
+    let a = s.nodes[0].clone();
+    apply(ctx, deployment("stop-db", "stop", 1, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "stop-db", "namespace": APPS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "stop-db"}}}}),
+    );
+    wait("the guarded pod", MINUTE, || {
+        (running(ctx, "stop-db") == 1).then_some(())
+    });
+    let spec = json!({
+        "concurrency": 1, "version": "v1.30.4+k3s1", "jobActiveDeadlineSecs": 15,
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": a}},
+        "drain": {}, "upgrade": {"image": "rancher/k3s-upgrade"},
+    });
+    s.apply_plan("stop", spec, json!({}));
+    let blocked = "suc_evictions_total{result=\"blocked\"}";
+    let before = server.sample(blocked);
+    wait("evictions refused by the budget", MINUTE, || {
+        (server.sample(blocked) > before).then_some(())
+    });
+    let message = s.wait_condition("stop", "Complete", "False", "JobFailed", MINUTE);
+    assert!(message.contains("DeadlineExceeded"), "{message}");
+    // The drain retries at least every 5 s while it runs; once stopped, no more refusals.
+    std::thread::sleep(Duration::from_secs(3));
+    let after_failure = server.sample(blocked);
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        server.sample(blocked),
+        after_failure,
+        "the drain went on after its Job failed"
+    );
+    assert_eq!(running(ctx, "stop-db"), 1);
+    assert!(s.unschedulable(&a), "a failed node stays cordoned");
+    s.delete_plan("stop");
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/stop-db", "pdb/stop-db"])
+        .expect_ok();
+}

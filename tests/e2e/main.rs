@@ -16,6 +16,7 @@ mod resolution;
 mod rollout;
 mod scenario;
 mod support;
+mod takeover;
 mod testbed;
 mod webhook;
 
@@ -172,6 +173,34 @@ const TESTS: &[Test] = &[
     (
         "go_example_plans_with_drain_run_end_to_end",
         drain::go_example_plans_with_drain_run_end_to_end,
+    ),
+    (
+        "an_untolerated_taint_never_cordons_or_drains",
+        drain::an_untolerated_taint_never_cordons_or_drains,
+    ),
+    (
+        "a_drain_stops_when_its_job_fails",
+        drain::a_drain_stops_when_its_job_fails,
+    ),
+    (
+        "finished_jobs_complete_while_the_plans_secret_is_missing",
+        takeover::finished_jobs_complete_while_the_plans_secret_is_missing,
+    ),
+    (
+        "job_settings_follow_the_plan_in_place",
+        takeover::job_settings_follow_the_plan_in_place,
+    ),
+    (
+        "a_job_name_held_by_another_controller_is_reported",
+        takeover::a_job_name_held_by_another_controller_is_reported,
+    ),
+    (
+        "a_crd_without_node_status_is_reported_and_events_stay_one_shot",
+        takeover::a_crd_without_node_status_is_reported_and_events_stay_one_shot,
+    ),
+    (
+        "a_go_controller_install_is_taken_over",
+        takeover::a_go_controller_install_is_taken_over,
     ),
 ];
 

@@ -168,6 +168,14 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
     secret["secrets"] = json!([{"name": "byp-secret", "path": "/s"}]);
     let mut unresolved = base.clone();
     unresolved.as_object_mut().unwrap().remove("version");
+    let mut no_image = base.clone();
+    no_image["upgrade"]["image"] = json!("");
+    no_image["version"] = json!("v1.2.3+test");
+    let mut no_concurrency = base.clone();
+    no_concurrency
+        .as_object_mut()
+        .unwrap()
+        .remove("concurrency");
     let cases = [
         (
             "byp-drain",
@@ -181,6 +189,12 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
             "byp-unresolved",
             unresolved,
             "neither version nor channel is set",
+        ),
+        ("byp-image", no_image, "spec.upgrade.image"),
+        (
+            "byp-noconc",
+            no_concurrency,
+            "spec.concurrency: not set, so this Plan upgrades no node",
         ),
     ];
     for (name, spec, _) in &cases {
@@ -211,6 +225,19 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         status.get("latestVersion").is_none() && status.get("latestHash").is_none(),
         "{status}"
     );
+    // Resolution and hash do not wait for the other rules (the Go controller's own e2e suite
+    // expects this of a Plan without an upgrade image).
+    assert_eq!(
+        s.condition("byp-image", "LatestResolved").unwrap(),
+        ("True".into(), "Version".into(), "".into())
+    );
+    let status = s.plan_json("byp-image")["status"].clone();
+    assert_eq!(status["latestVersion"], "v1.2.3-test");
+    assert_eq!(
+        status["latestHash"].as_str().map(str::len),
+        Some(56),
+        "{status}"
+    );
     // Creating the Secret lets its Plan go on without touching the Plan (§11.12).
     ctx.put_secret("byp-secret", "k=v");
     s.wait_condition("byp-secret", "Complete", "True", "Complete", MINUTE);
@@ -222,11 +249,34 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         .remove("deleteLocalData");
     s.apply_plan("byp-drain", fixed, json!({}));
     s.wait_condition("byp-drain", "Validated", "True", "PlanIsValid", MINUTE);
-    for (name, _, _) in &cases {
+    for (name, _, _) in cases.iter().filter(|(name, _, _)| *name != "byp-noconc") {
         s.delete_plan(name);
     }
     ctx.kubectl(&["-n", NAMESPACE, "delete", "secret", "byp-secret"])
         .expect_ok();
     ctx.register_webhooks(&format!("https://127.0.0.1:{}", server.port));
     ctx.wait_for_ca_bundles();
+    // A Plan stored without concurrency (as the Go controller ran it, upgrading nothing): an edit
+    // through the webhook keeps it so, with a warning, instead of starting it silently.
+    let edit = ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "plan",
+        "byp-noconc",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"version":"v1.30.5+k3s1"}}"#,
+    ]);
+    assert!(
+        edit.ok && edit.stderr.contains("spec.concurrency is not set"),
+        "{}{}",
+        edit.stdout,
+        edit.stderr
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let plan = s.plan_json("byp-noconc");
+    assert!(plan["spec"].get("concurrency").is_none(), "{plan}");
+    assert!(s.jobs("byp-noconc").is_empty());
+    s.delete_plan("byp-noconc");
 }

@@ -198,6 +198,51 @@ impl<'a> Scenario<'a> {
             .collect()
     }
 
+    /// Events about the Plan as it exists now (not an earlier Plan of the same name), as
+    /// "Reason: message".
+    pub fn plan_events(&self, name: &str) -> Vec<String> {
+        let uid = self
+            .plan(name)
+            .and_then(|p| p.metadata.uid)
+            .expect("the Plan exists");
+        self.events_of(NAMESPACE, &uid)
+    }
+
+    /// Events about the node as it exists now (not an earlier node of the same name).
+    pub fn node_events(&self, name: &str) -> Vec<String> {
+        let uid = self
+            .node(name)
+            .and_then(|n| n.metadata.uid)
+            .expect("the node exists");
+        self.events_of("default", &uid)
+    }
+
+    fn events_of(&self, namespace: &str, uid: &str) -> Vec<String> {
+        let out = self.ctx.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.uid={uid}"),
+            "-o",
+            "json",
+        ]);
+        let list: Value = serde_json::from_str(&out.expect_ok().stdout).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e["reason"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
     pub fn delete_plan(&self, name: &str) {
         self.ctx
             .kubectl(&[

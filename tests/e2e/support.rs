@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const NAMESPACE: &str = "system-upgrade";
-pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade";
+/// The controller's ServiceAccount, which the suite's servers act as.
+pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade-controller";
+/// The ServiceAccount Plans give their upgrade Jobs.
+pub const JOB_SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade";
 const BIN: &str = env!("CARGO_BIN_EXE_system-upgrade-controller");
 
 pub fn repo(path: &str) -> PathBuf {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    Ctx, NAMESPACE, SERVICE_ACCOUNT, Server, client_trusting, plan_files, repo, wait,
+    Ctx, JOB_SERVICE_ACCOUNT, NAMESPACE, SERVICE_ACCOUNT, Server, client_trusting, plan_files,
+    repo, wait,
 };
 
 const WEBHOOK_DENIED: &str =
@@ -151,11 +152,11 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
     ctx.ensure_server(); // the namespace, so the test can also run alone
     ctx.kubectl(&["apply", "-f", path(&repo("deploy/rbac.yaml"))])
         .expect_ok();
-    let can = |args: &[&str]| -> bool {
+    let can_as = |account: &str, args: &[&str]| -> bool {
         let mut full = vec!["auth", "can-i"];
         full.extend_from_slice(args);
         full.push("--as");
-        full.push(SERVICE_ACCOUNT);
+        full.push(account);
         let out = ctx.kubectl(&full);
         assert!(
             out.stdout.trim() == "yes" || out.stdout.trim() == "no",
@@ -165,6 +166,7 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         );
         out.stdout.trim() == "yes"
     };
+    let can = |args: &[&str]| can_as(SERVICE_ACCOUNT, args);
     // What the server and the controller do (each is exercised by the suite, running as the
     // ServiceAccount), and then what they must not be able to do.
     let needed: &[&[&str]] = &[
@@ -232,6 +234,10 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
             "-n",
             NAMESPACE,
         ],
+        &[
+            "get",
+            "customresourcedefinitions.apiextensions.k8s.io/plans.upgrade.cattle.io",
+        ],
     ];
     for args in needed {
         assert!(can(args), "the ServiceAccount must be allowed: {args:?}");
@@ -283,6 +289,59 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         assert!(
             !can(args),
             "the ServiceAccount must not be allowed: {args:?}"
+        );
+    }
+
+    // The upgrade Jobs' account reads what upgrade images read (the K3s agent Plan's prepare
+    // step waits for the server Plan) and can change nothing: no token in an upgrade pod can
+    // create Jobs, cordon or evict, read Secrets or touch the webhooks.
+    for args in [
+        &["get", "plans.upgrade.cattle.io", "-n", NAMESPACE][..],
+        &["list", "plans.upgrade.cattle.io", "-n", NAMESPACE],
+        &["watch", "plans.upgrade.cattle.io", "-n", NAMESPACE],
+        &["get", "nodes"],
+        &["list", "nodes"],
+        &["watch", "nodes"],
+    ] {
+        assert!(
+            can_as(JOB_SERVICE_ACCOUNT, args),
+            "the Jobs' ServiceAccount must be allowed: {args:?}"
+        );
+    }
+    for args in [
+        &["create", "jobs.batch", "-n", NAMESPACE][..],
+        &["patch", "nodes"],
+        &["update", "nodes"],
+        &["create", "pods", "--subresource=eviction", "-n", "default"],
+        &["delete", "pods", "-n", "default"],
+        &["list", "pods", "--all-namespaces"],
+        &["get", "secrets", "-n", NAMESPACE],
+        &["create", "secrets", "-n", NAMESPACE],
+        &["patch", "plans.upgrade.cattle.io", "-n", NAMESPACE],
+        &[
+            "patch",
+            "plans.upgrade.cattle.io",
+            "--subresource=status",
+            "-n",
+            NAMESPACE,
+        ],
+        &["list", "plans.upgrade.cattle.io", "-n", "default"],
+        &[
+            "patch",
+            "mutatingwebhookconfigurations/system-upgrade-controller",
+        ],
+        &[
+            "patch",
+            "leases.coordination.k8s.io/system-upgrade-controller",
+            "-n",
+            NAMESPACE,
+        ],
+        &["create", "events.events.k8s.io", "-n", NAMESPACE],
+        &["*", "*"],
+    ] {
+        assert!(
+            !can_as(JOB_SERVICE_ACCOUNT, args),
+            "the Jobs' ServiceAccount must not be allowed: {args:?}"
         );
     }
 }
