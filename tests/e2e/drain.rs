@@ -50,6 +50,19 @@ fn deployment(
     })
 }
 
+/// One pod on the scenario's node, of a Deployment whose PodDisruptionBudget allows no eviction.
+fn guarded_pod(ctx: &Ctx, app: &str, scenario: &str) {
+    apply(ctx, deployment(app, scenario, 1, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": app, "namespace": APPS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": app}}}}),
+    );
+    wait("the guarded pod", MINUTE, || {
+        (running(ctx, app) == 1).then_some(())
+    });
+}
+
 fn pods_on(ctx: &Ctx, node: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), APPS);
     let list = ctx
@@ -319,15 +332,7 @@ pub fn budgets_block_until_the_timeout(ctx: &Ctx) {
     ensure_namespace(ctx);
     let s = Scenario::new(ctx, "pdb", 1);
     let a = s.nodes[0].clone();
-    apply(ctx, deployment("pdb-db", "pdb", 1, json!({})));
-    apply(
-        ctx,
-        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "pdb-db", "namespace": APPS},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "pdb-db"}}}}),
-    );
-    wait("the guarded pod", MINUTE, || {
-        (running(ctx, "pdb-db") == 1).then_some(())
-    });
+    guarded_pod(ctx, "pdb-db", "pdb");
     let pod = pods_on(ctx, &a).remove(0).metadata.name.unwrap();
 
     drain_plan(&s, "pdb", &a, json!({"timeout": "12s"}), json!({}));
@@ -656,15 +661,7 @@ pub fn a_drain_stops_when_its_job_fails(ctx: &Ctx) {
     ensure_namespace(ctx);
     let s = Scenario::new(ctx, "stop", 1);
     let a = s.nodes[0].clone();
-    apply(ctx, deployment("stop-db", "stop", 1, json!({})));
-    apply(
-        ctx,
-        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "stop-db", "namespace": APPS},
-        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "stop-db"}}}}),
-    );
-    wait("the guarded pod", MINUTE, || {
-        (running(ctx, "stop-db") == 1).then_some(())
-    });
+    guarded_pod(ctx, "stop-db", "stop");
     let spec = json!({
         "concurrency": 1, "version": "v1.30.4+k3s1", "jobActiveDeadlineSecs": 15,
         "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": a}},

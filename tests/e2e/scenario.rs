@@ -173,29 +173,10 @@ impl<'a> Scenario<'a> {
 
     /// Events about an object (`Kind/name`), as "Reason: message".
     pub fn events(&self, namespace: &str, kind: &str, name: &str) -> Vec<String> {
-        let out = self.ctx.kubectl(&[
-            "get",
-            "events",
-            "-n",
+        self.events_where(
             namespace,
-            "--field-selector",
             &format!("involvedObject.kind={kind},involvedObject.name={name}"),
-            "-o",
-            "json",
-        ]);
-        let list: Value = serde_json::from_str(&out.expect_ok().stdout).unwrap();
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e["reason"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                )
-            })
-            .collect()
+        )
     }
 
     /// Events about the Plan as it exists now (not an earlier Plan of the same name), as
@@ -218,13 +199,18 @@ impl<'a> Scenario<'a> {
     }
 
     fn events_of(&self, namespace: &str, uid: &str) -> Vec<String> {
+        self.events_where(namespace, &format!("involvedObject.uid={uid}"))
+    }
+
+    /// Events matching a field selector, as "Reason: message".
+    fn events_where(&self, namespace: &str, fields: &str) -> Vec<String> {
         let out = self.ctx.kubectl(&[
             "get",
             "events",
             "-n",
             namespace,
             "--field-selector",
-            &format!("involvedObject.uid={uid}"),
+            fields,
             "-o",
             "json",
         ]);

@@ -11,10 +11,11 @@ use kube::api::{ListParams, PostParams};
 
 use crate::support::{Ctx, repo, wait};
 
+/// The cluster's own nodes (not those a scenario adds and may leave behind after a failure).
 pub fn nodes_look_like_a_k3s_cluster_and_are_ready(ctx: &Ctx) {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let list = ctx
-        .block_on(nodes.list(&ListParams::default().labels("type=kwok")))
+        .block_on(nodes.list(&ListParams::default().labels("type=kwok,!suc-test/scenario")))
         .unwrap();
     assert!(list.items.len() >= 3, "{} nodes", list.items.len());
     let mut control_planes = 0;
