@@ -599,7 +599,7 @@ impl<'a> Pass<'a> {
                     "Job completed on Node {node_name}, waiting {} PostCompleteDelay",
                     duration::format(delay.unwrap_or(0))
                 );
-                let key = format!("JobCompleteWaiting/{job_name}");
+                let key = format!("JobCompleteWaiting/{}", uid_of(job));
                 self.notes.push(
                     Note::new(Target::Plan, false, "JobCompleteWaiting", text.clone())
                         .once(key.clone()),
@@ -801,7 +801,7 @@ impl<'a> Pass<'a> {
                         self.plan_name, self.version
                     ),
                 )
-                .once(format!("Upgrading/{desired_name}")),
+                .once(format!("Upgrading/{desired_name}/{template}")),
             );
         }
         let phase = if gated { "Preparing" } else { "Upgrading" };
@@ -838,7 +838,7 @@ impl<'a> Pass<'a> {
         let changed = matches!((&template, &desired_template), (Some(t), Some(d)) if t != d);
         if let Some((reason, message)) = self.failure_of(job, node_name) {
             if !changed {
-                self.fail(node_name, &job_name, reason, message, template);
+                self.fail(node_name, job, reason, message, template);
                 return;
             }
         } else if let (Some(desired), false) = (desired, changed)
@@ -885,11 +885,12 @@ impl<'a> Pass<'a> {
     fn fail(
         &mut self,
         node_name: &str,
-        job_name: &str,
+        job: &Job,
         reason: &'static str,
         message: String,
         template: Option<String>,
     ) {
+        let job_name = job.metadata.name.as_deref().unwrap_or_default();
         let previous = self
             .old_entries
             .get(node_name)
@@ -899,7 +900,8 @@ impl<'a> Pass<'a> {
             .unwrap_or_else(|| self.now.clone());
         let template = previous.and_then(|p| p.template.clone()).or(template);
         if previous.is_none() {
-            let key = format!("{reason}/{job_name}");
+            // Per Job object: a Job replaced under the same name that fails again is told again.
+            let key = format!("{reason}/{}", uid_of(job));
             self.notes
                 .push(Note::new(Target::Plan, true, reason, message.clone()).once(key.clone()));
             self.notes.push(
@@ -1191,6 +1193,10 @@ fn post_complete_delay(plan: &Plan) -> Option<i64> {
 /// this controller adopted it.
 fn is_go_era(job: &Job) -> bool {
     annotation(job, ANNOTATION_TEMPLATE).is_none() || annotation(job, ANNOTATION_ADOPTED).is_some()
+}
+
+fn uid_of(job: &Job) -> &str {
+    job.metadata.uid.as_deref().unwrap_or_default()
 }
 
 fn annotation(job: &Job, key: &str) -> Option<String> {

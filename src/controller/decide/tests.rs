@@ -17,6 +17,8 @@ struct World {
     prepared: bool,
     /// Nodes the scheduler cannot place upgrade pods on (a taint they do not tolerate).
     unschedulable: Vec<String>,
+    /// Jobs created so far (their UIDs are numbered).
+    created: usize,
     secrets: Vec<Value>,
     now: String,
     /// Overrides the resolution, which otherwise follows spec.version.
@@ -38,6 +40,7 @@ impl World {
             drains_finish: true,
             prepared: true,
             unschedulable: Vec::new(),
+            created: 0,
             secrets: Vec::new(),
             now: NOW.into(),
             resolution: None,
@@ -113,7 +116,12 @@ impl World {
         for change in decision.before.iter().chain(&decision.after) {
             match change {
                 Change::DeleteJob { name, .. } => {
-                    let uid = format!("uid-{name}");
+                    let uid = self
+                        .jobs
+                        .iter()
+                        .find(|j| j["metadata"]["name"] == name.as_str())
+                        .map(|j| j["metadata"]["uid"].as_str().unwrap().to_owned())
+                        .unwrap_or_default();
                     self.jobs.retain(|j| j["metadata"]["name"] != name.as_str());
                     self.pods
                         .retain(|p| p["metadata"]["ownerReferences"][0]["uid"] != uid.as_str());
@@ -122,7 +130,10 @@ impl World {
                 Change::CreateJob(job) => {
                     let mut value = serde_json::to_value(job).unwrap();
                     let name = value["metadata"]["name"].as_str().unwrap().to_owned();
-                    value["metadata"]["uid"] = json!(format!("uid-{name}"));
+                    // Each Job object has its own UID, also one replacing another of its name.
+                    self.created += 1;
+                    let uid = format!("uid-{name}-{}", self.created);
+                    value["metadata"]["uid"] = json!(uid);
                     value["status"] = json!({"active": 1});
                     let template = value["spec"]["template"].clone();
                     let node = template["metadata"]["labels"]["upgrade.cattle.io/node"]
@@ -142,7 +153,7 @@ impl World {
                     };
                     self.pods.push(json!({
                         "metadata": {"name": format!("{name}-pod"), "namespace": "system-upgrade", "labels": template["metadata"]["labels"],
-                            "creationTimestamp": self.now, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": format!("uid-{name}"), "controller": true}]},
+                            "creationTimestamp": self.now, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": true}]},
                         "spec": spec,
                         "status": status,
                     }));
@@ -1503,5 +1514,32 @@ fn one_shot_events_carry_keys() {
             .iter()
             .filter(|n| n.reason == "JobFailed")
             .all(|n| n.once.is_some())
+    );
+}
+
+#[test]
+fn a_replaced_job_that_fails_again_is_told_again() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    world.finish_job("a", false, NOW);
+    let first = world.step();
+    let failed = |d: &Decision| {
+        d.notes
+            .iter()
+            .filter(|n| n.reason == "JobFailed" && n.target == Target::Plan)
+            .map(|n| n.once.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first_keys = failed(&first);
+    assert_eq!(first_keys.len(), 1);
+    // An edit replaces the Job under the same name; it fails too.
+    world.plan["spec"]["upgrade"]["args"] = json!(["--still-broken"]);
+    world.settle();
+    world.finish_job("a", false, NOW);
+    let second_keys = failed(&world.step());
+    assert_eq!(second_keys.len(), 1);
+    assert_ne!(
+        first_keys, second_keys,
+        "a new Job's failure has a key of its own"
     );
 }
