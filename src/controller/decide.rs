@@ -1002,7 +1002,8 @@ impl<'a> Pass<'a> {
             Some(DrainProgress::Done(opened)) if *opened == pod_name => {
                 ("Draining", "drained; starting the upgrade".into())
             }
-            _ if !may_drain => (
+            // A drain begun while the Plan was valid goes on; a new one waits for it to be.
+            None | Some(DrainProgress::Done(_)) if !may_drain => (
                 "Draining",
                 "waiting for the Plan to be valid and resolved before draining the node".into(),
             ),

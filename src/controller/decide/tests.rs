@@ -1543,3 +1543,36 @@ fn a_replaced_job_that_fails_again_is_told_again() {
         "a new Job's failure has a key of its own"
     );
 }
+
+#[test]
+fn an_invalid_plan_starts_no_drain_but_lets_one_under_way_go_on() {
+    let mut plan = spec();
+    plan["drain"] = json!({});
+    plan["secrets"] = json!([{"name": "s", "path": "/x"}]);
+    let secret = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}});
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    world.secrets.push(secret);
+    world.drains_finish = false;
+    world.step();
+    assert_eq!(drains(&world.step()), 1, "the drain starts");
+    world.secrets.clear();
+    let invalid = world.step();
+    assert_eq!(drains(&invalid), 1, "the drain under way goes on");
+    assert_eq!(
+        entry(&invalid, &invalid.status.applying.clone().unwrap()[0])
+            .message
+            .as_deref(),
+        Some("waiting for pod web/x to terminate")
+    );
+    // Without a drain under way (e.g. after a restart), none starts while the Plan is invalid.
+    world.drains.clear();
+    let waiting = world.step();
+    assert_eq!(drains(&waiting), 0);
+    let node = waiting.status.applying.clone().unwrap()[0].clone();
+    assert!(
+        entry(&waiting, &node)
+            .message
+            .unwrap()
+            .contains("before draining")
+    );
+}
