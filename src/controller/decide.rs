@@ -345,15 +345,13 @@ impl<'a> Pass<'a> {
             }
         }
         if self.problems.is_empty() {
-            let wanted = Wanted::new("True", "PlanIsValid", "");
-            if status::set(&mut self.conditions, VALIDATED, &wanted, &self.now) {
+            if self.set_condition(VALIDATED, "True", "PlanIsValid", "") {
                 self.note(false, "Validated", "Plan is valid".to_owned());
             }
         } else {
             let message = self.problems.join("; ");
             let before = status::get(&self.conditions, VALIDATED).and_then(|c| c.message.clone());
-            let wanted = Wanted::new("False", "Error", &message);
-            status::set(&mut self.conditions, VALIDATED, &wanted, &self.now);
+            self.set_condition(VALIDATED, "False", "Error", &message);
             if before.as_deref() != Some(message.as_str()) {
                 self.note(
                     true,
@@ -375,22 +373,19 @@ impl<'a> Pass<'a> {
                 self.requeue = self.requeue.min(retry);
                 let failed = format!("Failed to resolve latest version from Spec.Channel: {error}");
                 self.note(true, "ResolveFailed", failed.clone());
-                let wanted = if previous.is_empty() {
-                    Wanted::new("False", "ChannelError", &failed)
+                if previous.is_empty() {
+                    self.set_condition(LATEST_RESOLVED, "False", "ChannelError", &failed);
                 } else {
                     // The rollout continues with the version resolved before; say the poll failed.
                     let message =
                         format!("channel poll failed, still applying {previous}: {error}");
-                    self.conditions_set_owned(LATEST_RESOLVED, "True", "Channel", &message);
-                    return;
-                };
-                status::set(&mut self.conditions, LATEST_RESOLVED, &wanted, &self.now);
+                    self.set_condition(LATEST_RESOLVED, "True", "Channel", &message);
+                }
             }
             Resolution::ChannelNotDue(after) => self.requeue = self.requeue.min(after),
             Resolution::Missing => {
                 let message = "cannot resolve plan: missing channel and version";
-                let wanted = Wanted::new("False", "Error", message);
-                if status::set(&mut self.conditions, LATEST_RESOLVED, &wanted, &self.now) {
+                if self.set_condition(LATEST_RESOLVED, "False", "Error", message) {
                     self.note(true, "ResolveFailed", message.to_owned());
                 }
             }
@@ -400,9 +395,10 @@ impl<'a> Pass<'a> {
             status::is(&self.conditions, LATEST_RESOLVED, "True") && !self.version.is_empty();
     }
 
-    fn conditions_set_owned(&mut self, type_: &str, status_: &str, reason: &str, message: &str) {
+    /// Sets a condition; returns whether its status changed.
+    fn set_condition(&mut self, type_: &str, status_: &str, reason: &str, message: &str) -> bool {
         let wanted = Wanted::new(status_, reason, message);
-        status::set(&mut self.conditions, type_, &wanted, &self.now);
+        status::set(&mut self.conditions, type_, &wanted, &self.now)
     }
 
     fn resolved_to(&mut self, version: String, reason: &'static str) {
@@ -414,9 +410,9 @@ impl<'a> Pass<'a> {
                 "Resolved",
                 format!("Resolved latest version from Spec.{reason}: {version}"),
             );
-            self.conditions_set_owned(COMPLETE, "False", "Resolved", "");
+            self.set_condition(COMPLETE, "False", "Resolved", "");
         }
-        self.conditions_set_owned(LATEST_RESOLVED, "True", reason, "");
+        self.set_condition(LATEST_RESOLVED, "True", reason, "");
         self.status.latest_version = Some(version);
     }
 
@@ -724,7 +720,7 @@ impl<'a> Pass<'a> {
                 ),
             );
         }
-        self.conditions_set_owned(COMPLETE, "False", "Waiting", message);
+        self.set_condition(COMPLETE, "False", "Waiting", message);
         self.requeue = self.requeue.min(WINDOW_RETRY);
         self.status.conditions = Some(std::mem::take(&mut self.conditions));
         self.status.nodes = entries_list(std::mem::take(&mut self.entries));
@@ -1066,15 +1062,14 @@ impl<'a> Pass<'a> {
             .map(|n| n.metadata.name.clone().unwrap_or_default())
             .collect();
         if !ready {
-            self.conditions_set_owned(
+            self.set_condition(
                 COMPLETE,
                 "False",
                 "NotReady",
                 "plan is not valid and resolved",
             );
         } else if applying.is_empty() {
-            let wanted = Wanted::new("True", "Complete", "");
-            if status::set(&mut self.conditions, COMPLETE, &wanted, &self.now) {
+            if self.set_condition(COMPLETE, "True", "Complete", "") {
                 self.note(
                     false,
                     "Complete",
@@ -1087,7 +1082,7 @@ impl<'a> Pass<'a> {
         } else if applying != self.applying_before
             || self.status.applying.as_deref() != Some(applying.as_slice())
         {
-            self.conditions_set_owned(COMPLETE, "False", "SyncJob", "");
+            self.set_condition(COMPLETE, "False", "SyncJob", "");
             let message = format!(
                 "Jobs synced for version {} on Nodes {}. Hash: {}",
                 self.version,
@@ -1096,13 +1091,13 @@ impl<'a> Pass<'a> {
             );
             self.note(false, "SyncJob", message);
         } else if let Some((reason, message)) = self.failure.clone() {
-            self.conditions_set_owned(COMPLETE, "False", reason, &message);
+            self.set_condition(COMPLETE, "False", reason, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")
             || status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
                 == Some("JobFailed")
         {
             // Applying again (e.g. after a failure was retried): the Plan is not complete.
-            self.conditions_set_owned(COMPLETE, "False", "SyncJob", "");
+            self.set_condition(COMPLETE, "False", "SyncJob", "");
         }
         self.status.conditions = Some(std::mem::take(&mut self.conditions));
         self.status.applying = (!applying.is_empty()).then_some(applying);

@@ -944,6 +944,11 @@ fn channel_failures_are_visible_and_retried() {
         "{message}"
     );
     assert_eq!(later.status.applying, resolved.status.applying);
+    assert_ne!(
+        condition(&later, COMPLETE).1,
+        "NotReady",
+        "a failed poll does not stop a rollout of the version resolved before"
+    );
     world.resolution = Some(Resolution::ChannelNotDue(Duration::from_secs(300)));
     assert_eq!(world.step().requeue, Duration::from_secs(300));
 }
