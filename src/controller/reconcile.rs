@@ -612,14 +612,7 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
                 "metadata": {"annotations": {crate::controller::job::ANNOTATION_DRAIN_FAILED: message}},
                 "spec": {"suspend": true},
             });
-            match jobs
-                .patch(job, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            patch_job(&jobs, job, &patch).await?;
         }
         Change::Release { node } => {
             cordon(ctx, &plan.name_any(), node, false).await?;
@@ -628,6 +621,7 @@ async fn apply(ctx: &Arc<Context>, plan: &Plan, change: &Change) -> Result<(), R
     Ok(())
 }
 
+/// A merge patch of a Job; a Job already gone needs none.
 async fn patch_job(
     jobs: &Api<Job>,
     name: &str,

@@ -61,7 +61,7 @@ impl ChannelServer {
     }
 }
 
-/// §11.3-6: a channel's 302 names the version; failures are visible and retried; a version wins.
+/// A channel's 302 names the version; failures are visible and retried; a version wins.
 pub fn channels_resolve_versions(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "chan", 1);
@@ -77,7 +77,7 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
         .expect_ok()
         .stdout;
 
-    // §11.4 first: a failing channel, retried, with an event and a condition message.
+    // First a failing channel, retried, with an event and a condition message.
     server.answer(503, None);
     let spec = |channel: &str| json!({"concurrency": 1, "channel": channel, "upgrade": {"image": "rancher/k3s-upgrade"}});
     s.apply_plan("chan", spec(&format!("{}/stable", server.url)), json!({}));
@@ -90,7 +90,7 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
     assert!(s.events(NAMESPACE, "Plan", "chan").iter().any(|e| e.starts_with("ResolveFailed: Failed to resolve latest version from Spec.Channel: unexpected response")));
     assert!(s.jobs("chan").is_empty());
 
-    // §11.3: the channel recovers with a 302.
+    // The channel recovers with a 302.
     server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.2.3+test"));
     wait("the resolved version", MINUTE, || {
         (s.plan_json("chan")["status"]["latestVersion"] == "v1.2.3-test").then_some(())
@@ -108,7 +108,7 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
         .clone();
     assert_eq!(image.as_deref(), Some("rancher/k3s-upgrade:v1.2.3-test"));
 
-    // §11.5: a 200 names the version by the URL's last element.
+    // A 200 names the version by the URL's last element.
     server.answer(200, None);
     s.apply_plan(
         "chan-200",
@@ -123,7 +123,7 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
         .then_some(())
     });
 
-    // §11.6: a version wins; the channel is never asked.
+    // A version wins; the channel is never asked.
     let before = server.count();
     let mut both = spec(&format!("{}/never", server.url));
     both["version"] = json!("v1.0.0");
@@ -146,7 +146,7 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
     }
 }
 
-/// §11.2, 8, 9, 11, 12: Plans that reached the cluster while the webhook was down are refused
+/// Plans that reached the cluster while the webhook was down are refused
 /// by the controller with the webhook's messages, and proceed once fixed.
 pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
     let server = ctx.ensure_server();
@@ -211,7 +211,7 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         );
         assert!(s.jobs(name).is_empty());
     }
-    // §11.2: the unresolvable Plan says so in LatestResolved too, and has no version or hash.
+    // The unresolvable Plan says so in LatestResolved too, and has no version or hash.
     assert_eq!(
         s.condition("byp-unresolved", "LatestResolved").unwrap(),
         (
@@ -238,10 +238,10 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         Some(56),
         "{status}"
     );
-    // Creating the Secret lets its Plan go on without touching the Plan (§11.12).
+    // Creating the Secret lets its Plan go on without touching the Plan.
     ctx.put_secret("byp-secret", "k=v");
     s.wait_condition("byp-secret", "Complete", "True", "Complete", MINUTE);
-    // Fixing a spec lets it go on (§11.8).
+    // Fixing a spec lets it go on.
     let mut fixed = cases[0].1.clone();
     fixed["drain"]
         .as_object_mut()

@@ -1,5 +1,4 @@
 //! The controller rolling Plans across simulated nodes, against the real control plane.
-//! Scenario numbers refer to suc-behaviour.md §11.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ fn base_spec() -> serde_json::Value {
     json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}})
 }
 
-/// §11.1, 16, 17, 24 (in part), 39, 40: a rollout within concurrency, labels, cordons, events.
+/// A rollout within concurrency, labels, cordons, events.
 pub fn rollout_within_concurrency_labels_and_uncordons(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "conc", 5);
@@ -91,7 +90,7 @@ pub fn rollout_within_concurrency_labels_and_uncordons(ctx: &Ctx) {
     assert_eq!(watch.jobs_per_node().values().sum::<usize>(), 5);
 }
 
-/// §11.23-25, 28-31: the Job the real API server stores.
+/// The Job the real API server stores.
 pub fn jobs_have_the_go_controllers_shape(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "shape", 1);
@@ -242,7 +241,8 @@ pub fn jobs_have_the_go_controllers_shape(ctx: &Ctx) {
         .expect_ok();
 }
 
-/// §11.18-20, 14, and the takeover of nodes labelled by the Go controller.
+/// Opted-out nodes, nodes without a hostname label, nodes already done (as the Go controller
+/// labelled them) and Plans without nodeSelector get no Jobs.
 pub fn ineligible_and_already_done_nodes_get_no_jobs(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "elig", 4);
@@ -280,7 +280,7 @@ pub fn ineligible_and_already_done_nodes_get_no_jobs(ctx: &Ctx) {
         Some("disabled")
     );
 
-    // §11.14: a Plan without nodeSelector selects nothing (the webhook warns).
+    // A Plan without nodeSelector selects nothing (the webhook warns).
     let spec = json!({"concurrency": 1, "version": "v1.2.3", "nodeSelector": null, "upgrade": {"image": "x"}});
     let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": "elig-none", "namespace": NAMESPACE}, "spec": spec});
     let mut plan = plan;
@@ -292,7 +292,7 @@ pub fn ineligible_and_already_done_nodes_get_no_jobs(ctx: &Ctx) {
     s.delete_plan("elig-none");
 }
 
-/// §11.21, 22: a node joining a completed Plan, and lowering concurrency mid-rollout.
+/// A node joining a completed Plan, and lowering concurrency mid-rollout.
 pub fn joining_nodes_and_lowered_concurrency(ctx: &Ctx) {
     ctx.ensure_server();
     let mut s = Scenario::new(ctx, "join", 2);
@@ -342,7 +342,7 @@ pub fn joining_nodes_and_lowered_concurrency(ctx: &Ctx) {
     assert!(watch.jobs_per_node().values().all(|n| *n == 1));
 }
 
-/// §11.34-36: secret changes re-run unless ignored; spec edits do not.
+/// Secret changes re-run unless ignored; spec edits do not.
 pub fn secrets_rerun_and_spec_edits_do_not(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "sec", 2);
@@ -412,7 +412,7 @@ pub fn secrets_rerun_and_spec_edits_do_not(ctx: &Ctx) {
     }
 }
 
-/// §11.42, 38: a failure halts the rollout with a clear condition; an edit fixes it.
+/// A failure halts the rollout with a clear condition; an edit fixes it.
 pub fn failures_halt_and_an_edit_fixes_them(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "fail", 2);
@@ -460,7 +460,7 @@ pub fn failures_halt_and_an_edit_fixes_them(ctx: &Ctx) {
     }
 }
 
-/// §11.41: postCompleteDelay holds the slot after a completion.
+/// postCompleteDelay holds the slot after a completion.
 pub fn post_complete_delay_holds_the_next_node(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "delay", 2);
@@ -518,7 +518,7 @@ pub fn post_complete_delay_holds_the_next_node(ctx: &Ctx) {
     assert_eq!(ttl, Some(900), "max(900, 8s + 60s)");
 }
 
-/// §11.45, 46, 49: version bumps replace Jobs; nodes leaving lose their Jobs.
+/// Version bumps replace Jobs; nodes leaving lose their Jobs.
 pub fn bumps_and_departures_replace_or_remove_jobs(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "bump", 3);
@@ -545,7 +545,7 @@ pub fn bumps_and_departures_replace_or_remove_jobs(ctx: &Ctx) {
             .any(|e| e == "Resolved: Resolved latest version from Spec.Version: v1.31.0-k3s1")
             .then_some(())
     });
-    // §11.46: a node leaves the selector; its running Job goes.
+    // A node leaves the selector; its running Job goes.
     ctx.kubectl(&["label", "node", &s.nodes[0], &format!("{SCENARIO_LABEL}-")])
         .expect_ok();
     wait("the departed node's Job to go", MINUTE, || {
@@ -554,7 +554,7 @@ pub fn bumps_and_departures_replace_or_remove_jobs(ctx: &Ctx) {
             .any(|j| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"] == s.nodes[0]))
         .then_some(())
     });
-    // §11.49: a node is deleted; it leaves applying and its Job goes.
+    // A node is deleted; it leaves applying and its Job goes.
     ctx.kubectl(&["delete", "node", &s.nodes[1]]).expect_ok();
     wait(
         "the deleted node to leave applying and lose its Job",
@@ -579,7 +579,7 @@ pub fn bumps_and_departures_replace_or_remove_jobs(ctx: &Ctx) {
     .expect_ok();
 }
 
-/// §11.47, 48: foreign Jobs are never touched; deleting a Plan removes its Jobs, returns the
+/// Foreign Jobs are never touched; deleting a Plan removes its Jobs, returns the
 /// nodes it cordoned and keeps node labels.
 pub fn foreign_jobs_stay_and_deleted_plans_clean_up(ctx: &Ctx) {
     ctx.ensure_server();
@@ -637,7 +637,7 @@ pub fn foreign_jobs_stay_and_deleted_plans_clean_up(ctx: &Ctx) {
         .expect_ok();
 }
 
-/// §11.50: exclusive Plans never run on one node at once.
+/// Exclusive Plans never run on one node at once.
 pub fn exclusive_plans_take_turns(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "excl", 1);
@@ -704,7 +704,7 @@ pub fn exclusive_plans_take_turns(ctx: &Ctx) {
     s.delete_plan("excl-b");
 }
 
-/// §11.52-54: windows gate the start; a started rollout continues past the window's end.
+/// Windows gate the start; a started rollout continues past the window's end.
 pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "win", 3);
@@ -723,7 +723,7 @@ pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(s.jobs("win").is_empty());
-    // All week (§11.53): Jobs at once.
+    // All week: Jobs at once.
     spec["window"] = json!({"days": ["su", "mo", "tu", "we", "th", "fr", "sa"], "startTime": "00:00:00", "endTime": "23:59:59", "timeZone": "UTC"});
     s.apply_plan("win", spec.clone(), json!({}));
     wait("a Job", MINUTE, || {
@@ -731,7 +731,7 @@ pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     });
     s.delete_plan("win");
 
-    // §11.54: a window closing in a few seconds, and slow Jobs one at a time: all nodes finish.
+    // A window closing in a few seconds, and slow Jobs one at a time: all nodes finish.
     let start = now.checked_sub(jiff::SignedDuration::from_mins(1)).unwrap();
     let end = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(12))
@@ -756,7 +756,7 @@ pub fn windows_gate_the_start_of_a_rollout(ctx: &Ctx) {
     assert_eq!(s.jobs("win-close").len(), 3);
 }
 
-/// §11.56: Plans outside the controller's namespace are never processed.
+/// Plans outside the controller's namespace are never processed.
 pub fn plans_in_other_namespaces_are_ignored(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "ns", 1);
