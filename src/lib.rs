@@ -147,8 +147,18 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                 ""
             }
         );
-        controller::reconcile::controller_event(&client, &reporter, false, "Starting", starting)
+        // In the background: an API server slow to answer must not delay serving the webhook.
+        let events_client = client.clone();
+        tokio::spawn(async move {
+            controller::reconcile::controller_event(
+                &events_client,
+                &reporter,
+                false,
+                "Starting",
+                starting,
+            )
             .await;
+        });
         if config.leader_elect {
             // Followers serve the webhook, so readiness does not wait for a controller.
             let election = election(&config, client_config)?;

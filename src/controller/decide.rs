@@ -1079,9 +1079,8 @@ impl<'a> Pass<'a> {
                     ),
                 );
             }
-        } else if applying != self.applying_before
-            || self.status.applying.as_deref() != Some(applying.as_slice())
-        {
+        } else if self.status.applying.as_deref() != Some(applying.as_slice()) {
+            // Also when only the stored form changes (hostnames the Go controller wrote).
             self.set_condition(COMPLETE, "False", "SyncJob", "");
             let message = format!(
                 "Jobs synced for version {} on Nodes {}. Hash: {}",
