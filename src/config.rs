@@ -7,10 +7,18 @@ use std::time::Duration;
 
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+/// The version `--version` prints: the crate's version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SUC_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "system-upgrade-controller",
-    version,
+    version = VERSION,
     about = "Upgrades Kubernetes nodes as declared in upgrade.cattle.io/v1 Plans, with an admission webhook"
 )]
 pub struct Cli {

@@ -138,7 +138,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             controller::reconcile::Reporter::new(&config.name, config.node_name.as_deref());
         let starting = format!(
             "system-upgrade-controller {} starting as {}/{}{}",
-            env!("CARGO_PKG_VERSION"),
+            crate::config::VERSION,
             config.namespace,
             config.name,
             if config.leader_elect {

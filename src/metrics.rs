@@ -35,6 +35,7 @@ pub struct ActionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+    commit: &'static str,
 }
 
 /// Every metric of the process, registered once at start-up and shared.
@@ -72,11 +73,12 @@ impl Metrics {
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: env!("SUC_GIT_COMMIT"),
             })
             .set(1);
         registry.register(
             "build_info",
-            "Version of the running controller (always 1)",
+            "Version and git commit of the running controller (always 1)",
             build_info,
         );
         let reconciles = Family::<ResultLabels, Counter>::default();
@@ -199,8 +201,9 @@ mod tests {
         );
         assert!(
             text.contains(&format!(
-                "suc_build_info{{version=\"{}\"}} 1",
-                env!("CARGO_PKG_VERSION")
+                "suc_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                env!("SUC_GIT_COMMIT")
             )),
             "{text}"
         );

@@ -227,3 +227,28 @@ fn empty_settings_take_their_defaults() {
         assert!(log.contains(expected), "{expected:?} not in:\n{log}");
     }
 }
+
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let prefix = format!(
+        "system-upgrade-controller {} (commit ",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(printed.starts_with(&prefix), "{printed}");
+    // Built from a git checkout (as the tests always are), the commit is HEAD's.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    if head.status.success() {
+        let head = String::from_utf8(head.stdout).unwrap();
+        assert!(
+            printed[prefix.len()..].starts_with(head.trim()),
+            "{printed} does not name HEAD {head}"
+        );
+    }
+}

@@ -220,7 +220,7 @@ pub async fn run(
         ready();
         let started = format!(
             "system-upgrade-controller {} running as {}/{}",
-            env!("CARGO_PKG_VERSION"),
+            crate::config::VERSION,
             janitor_context.settings.namespace,
             janitor_context.settings.job.controller_name
         );
