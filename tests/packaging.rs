@@ -26,6 +26,25 @@ fn deploy_has_the_webhook_configuration() {
 }
 
 #[test]
+fn chart_and_kustomization_ship_this_version_and_crd() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart = read("charts/system-upgrade-controller/Chart.yaml");
+    let chart = &system_upgrade_controller::yaml::documents(&chart).unwrap()[0];
+    assert_eq!(chart["appVersion"], version, "Chart.yaml appVersion");
+    assert_eq!(chart["version"], version, "Chart.yaml version");
+    let kustomization = read("deploy/kustomization.yaml");
+    let kustomization = &system_upgrade_controller::yaml::documents(&kustomization).unwrap()[0];
+    assert_eq!(
+        kustomization["images"][0]["newTag"], version,
+        "deploy/kustomization.yaml"
+    );
+    assert!(
+        read("charts/system-upgrade-controller/files/crd.yaml") == read("deploy/crd.yaml"),
+        "the chart's CRD differs from deploy/crd.yaml; copy it: cp deploy/crd.yaml charts/system-upgrade-controller/files/"
+    );
+}
+
+#[test]
 fn crd_is_structural_with_the_go_controllers_shape() {
     let crd = system_upgrade_controller::api::crd();
     assert_eq!(

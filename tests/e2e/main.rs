@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
 mod drain;
+mod install;
 mod resilience;
 mod resolution;
 mod rollout;
@@ -78,6 +79,22 @@ const TESTS: &[Test] = &[
         webhook::metrics_count_the_reviews_the_api_server_sent,
     ),
     ("ca_bundle_is_reasserted", webhook::ca_bundle_is_reasserted),
+    (
+        "chart_renders_the_same_objects_as_deploy",
+        install::chart_renders_the_same_objects_as_deploy,
+    ),
+    (
+        "chart_values_are_applied_and_checked",
+        install::chart_values_are_applied_and_checked,
+    ),
+    (
+        "release_manifests_install_the_tagged_image",
+        install::release_manifests_install_the_tagged_image,
+    ),
+    (
+        "examples_are_checked_and_accepted_by_the_api_server",
+        install::examples_are_checked_and_accepted_by_the_api_server,
+    ),
     (
         "replicas_share_one_ca_that_survives_restarts",
         webhook::replicas_share_one_ca_that_survives_restarts,

@@ -1,0 +1,290 @@
+//! What a user installs: the Helm chart against `deploy/`, and the example Plans, all read by the
+//! real API server (server-side dry run, so nothing is changed).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{Ctx, NAMESPACE, repo};
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// helm, built from the Go module proxy the first time (tests/testbin/build-helm.sh).
+fn helm() -> String {
+    let out = Command::new("bash")
+        .arg(repo("tests/testbin/build-helm.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building helm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `helm template` of the chart with extra arguments: (succeeded, stdout, stderr).
+fn render(extra: &[&str]) -> (bool, String, String) {
+    let chart = repo("charts/system-upgrade-controller");
+    let out = Command::new(helm())
+        .args(["template", "system-upgrade-controller", path(&chart)])
+        .args(["--namespace", NAMESPACE])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Objects by "Kind namespace/name".
+fn objects(yaml: &str) -> BTreeMap<String, Value> {
+    system_upgrade_controller::yaml::documents(yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|o| !o.is_null())
+        .map(|o| {
+            let key = format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap()
+            );
+            (key, o)
+        })
+        .collect()
+}
+
+fn cargo_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+pub fn chart_renders_the_same_objects_as_deploy(ctx: &Ctx) {
+    let (ok, chart, stderr) = render(&[]);
+    assert!(ok, "helm template failed: {stderr}");
+    let mut chart = objects(&chart);
+    let kustomized = ctx
+        .kubectl(&["kustomize", path(&repo("deploy"))])
+        .expect_ok();
+    let mut deploy = objects(&kustomized.stdout);
+
+    // The two deliberate differences: Helm creates the namespace (--create-namespace), and the
+    // chart keeps the CRD, with every Plan, when its release is uninstalled.
+    let namespace = deploy.remove(&format!("Namespace /{NAMESPACE}"));
+    assert!(namespace.is_some(), "deploy/ has no Namespace");
+    let crd = chart
+        .get_mut("CustomResourceDefinition /plans.upgrade.cattle.io")
+        .expect("the chart renders the CRD");
+    let annotations = crd["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    assert_eq!(
+        annotations,
+        Some(serde_json::json!({"helm.sh/resource-policy": "keep"}))
+    );
+
+    let chart_keys: Vec<&String> = chart.keys().collect();
+    let deploy_keys: Vec<&String> = deploy.keys().collect();
+    assert_eq!(
+        chart_keys, deploy_keys,
+        "the chart and deploy/ hold different objects"
+    );
+    for (key, object) in &deploy {
+        assert!(
+            &chart[key] == object,
+            "{key} differs:\nchart:   {}\ndeploy/: {}",
+            serde_json::to_string(&chart[key]).unwrap(),
+            serde_json::to_string(object).unwrap()
+        );
+    }
+    // Both install the image of this version.
+    let image = &deploy["Deployment system-upgrade/system-upgrade-controller"]["spec"]["template"]
+        ["spec"]["containers"][0]["image"];
+    assert_eq!(
+        image,
+        &Value::String(format!("system-upgrade-controller:{}", cargo_version()))
+    );
+}
+
+pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
+    ctx.ensure_server(); // the namespace, the CRD and the webhooks exist
+    let (ok, defaults, stderr) = render(&[]);
+    assert!(ok, "{stderr}");
+    let out = ctx
+        .kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&defaults))
+        .expect_ok();
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/plans.upgrade.cattle.io",
+        "deployment.apps/system-upgrade-controller",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/system-upgrade-controller",
+        "clusterrolebinding.rbac.authorization.k8s.io/system-upgrade",
+    ] {
+        assert!(
+            out.stdout.contains(object),
+            "{object} missing:\n{}",
+            out.stdout
+        );
+    }
+
+    // Values a single-server homelab sets: one replica without leader election, its own
+    // registry, node placement, settings and a ServiceMonitor.
+    let (ok, custom, stderr) = render(&[
+        "--set",
+        "replicas=1,leaderElection=false,image.repository=registry.local/suc,image.tag=v9",
+        "--set",
+        "nodeSelector.kubernetes\\.io/arch=arm64,env.SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT=3",
+        "--set",
+        "monitoring.serviceMonitor.enabled=true,webhook.timeoutSeconds=10,crds.keep=false",
+    ]);
+    assert!(ok, "{stderr}");
+    let objects = objects(&custom);
+    let deployment = &objects["Deployment system-upgrade/system-upgrade-controller"]["spec"];
+    assert_eq!(deployment["replicas"], 1);
+    let pod = &deployment["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "registry.local/suc:v9");
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "arm64");
+    let leader_elect = pod["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT")
+        .unwrap();
+    assert_eq!(leader_elect["value"], "false");
+    assert_eq!(
+        objects["ConfigMap system-upgrade/default-controller-env"]["data"]["SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT"],
+        "3"
+    );
+    assert_eq!(
+        objects["ValidatingWebhookConfiguration /system-upgrade-controller"]["webhooks"][0]["timeoutSeconds"],
+        10
+    );
+    assert!(
+        objects["CustomResourceDefinition /plans.upgrade.cattle.io"]["metadata"]
+            .get("annotations")
+            .is_none()
+    );
+    let monitor = &objects["ServiceMonitor system-upgrade/system-upgrade-controller"];
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"],
+        "system-upgrade-controller.system-upgrade.svc"
+    );
+    // The API server takes all of it but the ServiceMonitor, whose CRD this cluster lacks.
+    let without_monitor: Vec<String> = objects
+        .iter()
+        .filter(|(key, _)| !key.starts_with("ServiceMonitor "))
+        .map(|(_, o)| serde_json::to_string(o).unwrap())
+        .collect();
+    let list = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}",
+        without_monitor.join(",")
+    );
+    ctx.kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&list))
+        .expect_ok();
+
+    // Two replicas that would each run a controller are refused, with the fix.
+    let (ok, _, stderr) = render(&["--set", "leaderElection=false"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("set replicas: 1 or leaderElection: true"),
+        "{stderr}"
+    );
+}
+
+pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
+    ctx.ensure_server(); // the webhooks answer the dry runs
+    let mut files: Vec<_> = std::fs::read_dir(repo("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let mut plans = 0;
+    for file in &files {
+        let check = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+            .args(["check", "-f", path(file)])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success(), "{}: {report}", file.display());
+        plans += report.matches(": valid").count();
+        let out = ctx
+            .kubectl(&["apply", "--dry-run=server", "-f", path(file)])
+            .expect_ok();
+        assert!(
+            out.stdout.contains("plan.upgrade.cattle.io/"),
+            "{}: {}",
+            file.display(),
+            out.stdout
+        );
+        // Our webhook saw them: it warns about force-deleting unmanaged pods in a drain.
+        if std::fs::read_to_string(file)
+            .unwrap()
+            .contains("force: true")
+        {
+            assert!(
+                out.stderr.contains("spec.drain.force"),
+                "{}: no warning from the webhook: {}",
+                file.display(),
+                out.stderr
+            );
+        }
+    }
+    assert!(plans >= 7, "only {plans} Plans in examples/");
+    let stored = ctx
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "plan",
+            "apt-upgrade",
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ])
+        .expect_ok();
+    assert_eq!(stored.stdout.trim(), "", "a dry run stored a Plan");
+}
+
+pub fn release_manifests_install_the_tagged_image(ctx: &Ctx) {
+    ctx.ensure_server();
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = Command::new("bash")
+        .arg(repo("image/manifests.sh"))
+        .args(["registry.example/suc", "9.8.7", path(out_dir.path())])
+        .output()
+        .unwrap();
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let manifest = out_dir.path().join("system-upgrade-controller.yaml");
+    let objects = objects(&std::fs::read_to_string(&manifest).unwrap());
+    let deployment = &objects["Deployment system-upgrade/system-upgrade-controller"];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/suc:9.8.7"
+    );
+    // Everything deploy/ holds, no more.
+    let kustomized = ctx
+        .kubectl(&["kustomize", path(&repo("deploy"))])
+        .expect_ok();
+    let deploy = self::objects(&kustomized.stdout);
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        deploy.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read(out_dir.path().join("crd.yaml")).unwrap(),
+        std::fs::read(repo("deploy/crd.yaml")).unwrap()
+    );
+    ctx.kubectl(&["apply", "--dry-run=server", "-f", path(&manifest)])
+        .expect_ok();
+}
