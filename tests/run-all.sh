@@ -3,19 +3,35 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Tools the suites use besides Rust and Go: openssl and curl (test PKI, health checks),
-# python3 (free ports) and kubectl (what a user runs).
+# Tools the suites use besides Rust and Go, with the Debian package of each: openssl and curl
+# (test PKI, health checks), python3 (free ports, the image scripts), kubectl (what a user runs),
+# and for the image: readelf, skopeo and containerd with runc (read, import and run the archives
+# as users' tools do) and qemu user emulation (runs the arm64 and armv7 binaries).
+declare -A package_of=([openssl]=openssl [curl]=curl [python3]=python3 [kubectl]=kubernetes-client
+  [readelf]=binutils [skopeo]=skopeo [qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
+  [containerd]=containerd [ctr]=containerd [runc]=runc)
 missing=()
-for tool in openssl curl python3 kubectl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in "${!package_of[@]}"; do command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}"); done
+[[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+[[ -s /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing: ${missing[*]}" >&2
-  packages=("${missing[@]/kubectl/kubernetes-client}")
   sudo_cmd=(); [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq && "${sudo_cmd[@]}" apt-get install -y -qq "${packages[@]}"
+  # A mirror in the middle of a sync fails an index now and then; the install says if it matters.
+  "${sudo_cmd[@]}" apt-get update -qq || true
+  "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 
 # Unit tests, the router in-process, TLS on loopback, the CLI and the packaging checks.
 cargo test --locked
+
+# The image: release binaries cross-compiled for linux/amd64, linux/arm64 and linux/arm/v7,
+# assembled into OCI archives without a daemon (dist/), then opened and checked: manifests,
+# layers, no shell, each binary run from its own layer (under qemu for arm), skopeo reading them.
+bash image/build.sh
+python3 image/check.py dist
 
 # End to end against a real control plane: builds it from the Go module proxy when the cache is
 # cold, starts a fresh one (or reuses SUC_E2E_KUBECONFIG's), runs the suite and stops it.
