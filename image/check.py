@@ -177,6 +177,9 @@ def skopeo(*args):
 def check_containerd(multi_path, single_paths, reference, work):
     """Imports the archives into a private containerd (Debian's; what `k3s ctr images import`
     does) and runs the image of this machine's platform as a container with ctr and runc."""
+    if os.geteuid() != 0:
+        fail("containerd and runc need root: run image/check.py with sudo")
+        return
     state = os.path.join(work, "containerd")
     os.makedirs(state)
     address = os.path.join(state, "containerd.sock")
