@@ -11,7 +11,8 @@ under Debian's qemu user emulation, which finds the loader and C library only in
 `--version` names the image's version and commit, `check -f` accepts the example Plans and
 rejects a bad one. Then skopeo (Debian's) reads every archive: the OCI layouts, and the
 single-platform ones as docker archives too. Last, a private containerd (Debian's) imports them
-as `k3s ctr images import` does, and runs this machine's image as a container with runc.
+as `k3s ctr images import` does and runs this machine's image as a container with runc, and
+podman (Debian's, a private store) loads each archive as `podman load` users do.
 """
 
 import argparse
@@ -231,6 +232,22 @@ def check_containerd(multi_path, single_paths, reference, work):
         log.close()
 
 
+def check_podman(paths, reference, work):
+    """`podman load` (Debian's podman, a private store) takes every archive under its name."""
+    store = os.path.join(work, "podman")
+    base = ["podman", "--root", os.path.join(store, "root"), "--runroot", os.path.join(store, "run"),
+            "--storage-driver", "vfs"]
+    for path in paths:
+        loaded = subprocess.run([*base, "load", "-i", path], capture_output=True, text=True, timeout=300)
+        listed = subprocess.run([*base, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+                                capture_output=True, text=True, timeout=60)
+        if loaded.returncode != 0 or reference not in listed.stdout.split():
+            fail(f"{path}: podman load: {loaded.stdout}{loaded.stderr} lists {listed.stdout.split()}")
+        else:
+            ok(f"{os.path.basename(path)}: podman loads it as {reference}")
+        subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True, timeout=60)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dist", nargs="?", default=os.path.join(REPO, "dist"))
@@ -299,6 +316,7 @@ def main():
         ok(f"{os.path.basename(multi_path)}: skopeo reads, copies (--all) and picks each of {len(platforms)} platforms")
         full_reference = top["annotations"]["io.containerd.image.name"]
         check_containerd(multi_path, single_paths, full_reference, work)
+        check_podman([multi_path, *single_paths], full_reference, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failures:

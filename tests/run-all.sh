@@ -5,11 +5,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Tools the suites use besides Rust and Go, with the Debian package of each: openssl and curl
 # (test PKI, health checks), python3 (free ports, the image scripts), kubectl (what a user runs),
-# and for the image: readelf, skopeo and containerd with runc (read, import and run the archives
-# as users' tools do) and qemu user emulation (runs the arm64 and armv7 binaries).
+# and for the image: readelf, skopeo, containerd with runc, and podman (read, import, run and load
+# the archives as users' tools do) and qemu user emulation (runs the arm64 and armv7 binaries).
 declare -A package_of=([openssl]=openssl [curl]=curl [python3]=python3 [kubectl]=kubernetes-client
   [readelf]=binutils [skopeo]=skopeo [qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
-  [containerd]=containerd [ctr]=containerd [runc]=runc)
+  [containerd]=containerd [ctr]=containerd [runc]=runc [podman]=podman)
 missing=()
 for tool in "${!package_of[@]}"; do command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}"); done
 [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
