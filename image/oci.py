@@ -53,11 +53,7 @@ def layer_tar(root, created):
     """An uncompressed tar of root: sorted, root-owned, every mtime `created`, no symlinks."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        paths = []
-        for directory, dirs, files in os.walk(root):
-            dirs.sort()
-            for entry in sorted(dirs + files):
-                paths.append(os.path.join(directory, entry))
+        paths = [os.path.join(d, entry) for d, dirs, files in os.walk(root) for entry in dirs + files]
         for path in sorted(paths, key=lambda p: os.path.relpath(p, root)):
             if os.path.islink(path):
                 sys.exit(f"{path}: the layer takes files and directories only, not symlinks")
@@ -93,7 +89,7 @@ def platform_of(spec):
 
 
 def image(blobs, platform, root, args):
-    """Adds one platform's layer, config and manifest; returns the manifest's descriptor."""
+    """Adds one platform's layer, config and manifest; returns their three descriptors."""
     tar = layer_tar(root, args.created)
     layer = blobs.add(OCI_LAYER, gzipped(tar))
     created = time_of(args.created)

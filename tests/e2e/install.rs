@@ -6,24 +6,34 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Ctx, NAMESPACE, repo};
+use crate::support::{Ctx, NAMESPACE, path, repo};
 
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// helm, built from the Go module proxy the first time (tests/testbin/build-helm.sh).
-fn helm() -> String {
+/// Runs one of the repository's scripts; its standard output, once it has succeeded.
+fn script(name: &str, args: &[&str]) -> String {
     let out = Command::new("bash")
-        .arg(repo("tests/testbin/build-helm.sh"))
+        .arg(repo(name))
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "building helm failed:\n{}",
+        "{name} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// helm, built from the Go module proxy the first time.
+fn helm() -> String {
+    script("tests/testbin/build-helm.sh", &[]).trim().to_owned()
+}
+
+/// The objects `kubectl apply -k deploy/` applies.
+fn deploy_objects(ctx: &Ctx) -> BTreeMap<String, Value> {
+    let kustomized = ctx
+        .kubectl(&["kustomize", path(&repo("deploy"))])
+        .expect_ok();
+    objects(&kustomized.stdout)
 }
 
 /// `helm template` of the chart with extra arguments: (succeeded, stdout, stderr).
@@ -68,10 +78,7 @@ pub fn chart_renders_the_same_objects_as_deploy(ctx: &Ctx) {
     let (ok, chart, stderr) = render(&[]);
     assert!(ok, "helm template failed: {stderr}");
     let mut chart = objects(&chart);
-    let kustomized = ctx
-        .kubectl(&["kustomize", path(&repo("deploy"))])
-        .expect_ok();
-    let mut deploy = objects(&kustomized.stdout);
+    let mut deploy = deploy_objects(ctx);
 
     // The two deliberate differences: Helm creates the namespace (--create-namespace), and the
     // chart keeps the CRD, with every Plan, when its release is uninstalled.
@@ -255,15 +262,9 @@ pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
 pub fn release_manifests_install_the_tagged_image(ctx: &Ctx) {
     ctx.ensure_server();
     let out_dir = tempfile::tempdir().unwrap();
-    let script = Command::new("bash")
-        .arg(repo("image/manifests.sh"))
-        .args(["registry.example/suc", "9.8.7", path(out_dir.path())])
-        .output()
-        .unwrap();
-    assert!(
-        script.status.success(),
-        "{}",
-        String::from_utf8_lossy(&script.stderr)
+    script(
+        "image/manifests.sh",
+        &["registry.example/suc", "9.8.7", path(out_dir.path())],
     );
     let manifest = out_dir.path().join("system-upgrade-controller.yaml");
     let objects = objects(&std::fs::read_to_string(&manifest).unwrap());
@@ -273,10 +274,7 @@ pub fn release_manifests_install_the_tagged_image(ctx: &Ctx) {
         "registry.example/suc:9.8.7"
     );
     // Everything deploy/ holds, no more.
-    let kustomized = ctx
-        .kubectl(&["kustomize", path(&repo("deploy"))])
-        .expect_ok();
-    let deploy = self::objects(&kustomized.stdout);
+    let deploy = deploy_objects(ctx);
     assert_eq!(
         objects.keys().collect::<Vec<_>>(),
         deploy.keys().collect::<Vec<_>>()

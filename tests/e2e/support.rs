@@ -13,6 +13,11 @@ pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-u
 pub const JOB_SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade";
 const BIN: &str = env!("CARGO_BIN_EXE_system-upgrade-controller");
 
+/// A path as kubectl's argument (the repository's paths are UTF-8).
+pub fn path(file: &Path) -> &str {
+    file.to_str().unwrap()
+}
+
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }

@@ -3,16 +3,12 @@
 use std::time::Duration;
 
 use crate::support::{
-    Ctx, JOB_SERVICE_ACCOUNT, NAMESPACE, SERVICE_ACCOUNT, Server, client_trusting, plan_files,
-    repo, wait,
+    Ctx, JOB_SERVICE_ACCOUNT, NAMESPACE, SERVICE_ACCOUNT, Server, client_trusting, path,
+    plan_files, repo, wait,
 };
 
 const WEBHOOK_DENIED: &str =
     "admission webhook \"mutate.plans.upgrade.cattle.io\" denied the request";
-
-fn path(file: &std::path::Path) -> &str {
-    file.to_str().unwrap()
-}
 
 fn delete_all_plans(ctx: &Ctx) {
     ctx.kubectl(&["-n", NAMESPACE, "delete", "plans", "--all", "--wait=true"])
