@@ -39,9 +39,12 @@ pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
 pub const GATE_NAMES: [&str; 2] = ["cordon", "drain"];
 /// The init container waiting for the controller's drain (`drain`) or cordon (`cordon`): named
 /// like the Go controller's kubectl containers, it runs after `prepare` and before `upgrade`.
+/// It polls twice a second: the kubelet rewrites the file within about 0.3 s of the annotation,
+/// so the poll is most of the wait. A `sleep` without fractions (POSIX asks only for whole
+/// seconds) falls back to one second.
 const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations
 echo \"waiting for the controller to prepare node ${SYSTEM_UPGRADE_NODE_NAME} for the upgrade\"
-until grep -q '^upgrade.cattle.io/drained=' \"$f\" 2>/dev/null; do sleep 2; done
+until grep -q '^upgrade.cattle.io/drained=' \"$f\" 2>/dev/null; do sleep 0.5 2>/dev/null || sleep 1; done
 echo 'node ready; the upgrade starts'";
 const LABEL_OS: &str = "kubernetes.io/os";
 const SECRETS_DIR: &str = "/run/system-upgrade/secrets";

@@ -20,71 +20,31 @@ command="${1:-}"
 [[ -n "$command" ]] && shift
 dir="${SUC_CLUSTER_DIR:-${TMPDIR:-/tmp}/suc-cluster}"
 nodes=6
-control_planes=1
+control_planes=
+real_node=0
 down_for=5
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --nodes) nodes="$2"; shift 2 ;;
     --control-planes) control_planes="$2"; shift 2 ;;
+    --real-node) real_node=1; shift ;;
     --down-for) down_for="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+# With a real node, it is the K3s server (where the controller's Deployment runs) and every
+# simulated node is an agent, unless asked otherwise.
+[[ -n "$control_planes" ]] || control_planes=$((real_node ? 0 : 1))
 
-log() { echo "cluster: $*" >&2; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-fail() {
-  local component="$1"; shift
-  log "FAILED: $*"
-  if [[ -f "$dir/logs/$component.log" ]]; then
-    log "last lines of $dir/logs/$component.log:"
-    tail -n 40 "$dir/logs/$component.log" >&2
-  fi
-  down
-  exit 1
-}
-
-# Waits up to $2 seconds for command "${@:3}" to succeed; the component named $1 is blamed if not.
-wait_for() {
-  local component="$1" seconds="$2"; shift 2
-  local deadline=$((SECONDS + seconds))
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "$(cat "$dir/pids/$component")" 2>/dev/null; then
-      fail "$component" "$component exited during start-up"
-    fi
-    if ((SECONDS > deadline)); then
-      fail "$component" "$component was not ready after ${seconds}s"
-    fi
-    sleep 0.5
-  done
-}
-
-start() {
-  local name="$1"; shift
-  "$@" >"$dir/logs/$name.log" 2>&1 &
-  echo $! >"$dir/pids/$name"
-}
+# shellcheck source=tests/cluster/lib.sh
+source "$here/lib.sh"
 
 down() {
   [[ -d "$dir/pids" ]] || return 0
+  [[ -f "$dir/real-node.env" ]] && bash "$here/real-node.sh" down --dir "$dir"
   # Reverse start order: nodes' kubelet first, etcd last.
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    local pid_file="$dir/pids/$name"
-    [[ -f "$pid_file" ]] || continue
-    local pid
-    pid="$(cat "$pid_file")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pid_file"
-  done
+  stop_all kwok kube-scheduler kube-controller-manager kube-apiserver etcd
 }
 
 pki() {
@@ -94,7 +54,8 @@ pki() {
     cd "$p"
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=suc-test-ca -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+    # The names pods use too: the `kubernetes` Service's address and the real node's.
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$real_node_ip" >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 -out apiserver.crt -extfile apiserver.ext 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -102,6 +63,8 @@ pki() {
     echo "$token,admin,admin-uid,\"system:masters\"" >tokens.csv
     echo "$token" >admin.token
   )
+  # kube-apiserver's identity towards kubelets (logs, exec).
+  client_cert kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 }
 
 kubeconfig() {
@@ -167,13 +130,17 @@ EOF
 start_apiserver() {
   # shellcheck disable=SC1091
   source "$dir/apiserver.env"
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  # Pods on a real node reach the API server through the `kubernetes` Service, so then it listens
+  # on every address and advertises the node bridge's; otherwise it stays on loopback.
+  local network=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  [[ $real_node == 1 ]] && network=(--bind-address=0.0.0.0 --advertise-address="$real_node_ip" --endpoint-reconciler-type=lease)
+  log "starting kube-apiserver on port $api_port (${network[0]})"
   start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --etcd-servers="http://127.0.0.1:$etcd_port" --secure-port="$api_port" "${network[@]}" \
     --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
     --client-ca-file="$dir/pki/ca.crt" --token-auth-file="$dir/pki/tokens.csv" \
+    --kubelet-client-certificate="$dir/pki/kubelet-client.crt" --kubelet-client-key="$dir/pki/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --authorization-mode=Node,RBAC \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
@@ -225,14 +192,14 @@ up() {
     --auto-compaction-retention=1 --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) --log-level=warn
   wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/readyz"
 
-  printf 'bin=%q\netcd_port=%q\napi_port=%q\n' "$bin" "$etcd_port" "$api_port" >"$dir/apiserver.env"
+  printf 'bin=%q\netcd_port=%q\napi_port=%q\nreal_node=%q\n' "$bin" "$etcd_port" "$api_port" "$real_node" >"$dir/apiserver.env"
   start_apiserver
   kubeconfig "$api_port"
   wait_apiserver
 
   log "starting kube-controller-manager and kube-scheduler"
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kc" --leader-elect=false \
-    --controllers=job-controller,disruption-controller,garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,ttl-after-finished-controller,replicaset-controller,deployment-controller,daemonset-controller,endpointslice-controller,statefulset-controller \
+    --controllers=job-controller,disruption-controller,garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,ttl-after-finished-controller,replicaset-controller,deployment-controller,daemonset-controller,endpointslice-controller,statefulset-controller,root-ca-certificate-publisher-controller \
     --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
     --use-service-account-credentials=false --node-monitor-grace-period=40s --secure-port=0
   start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$kc" --leader-elect=false \
@@ -262,6 +229,9 @@ up() {
   wait_for kwok 120 kubectl --kubeconfig="$kc" wait --for=condition=Ready nodes --all --timeout=5s
   wait_for kube-controller-manager 120 bash -c \
     "test -z \"\$(kubectl --kubeconfig='$kc' get nodes -o jsonpath='{range .items[*]}{.spec.taints}{end}')\""
+  if [[ $real_node == 1 ]]; then
+    bash "$here/real-node.sh" up --dir "$dir" || { down; exit 1; }
+  fi
   log "ready: export KUBECONFIG=$kc"
   echo "$kc"
 }

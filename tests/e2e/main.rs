@@ -4,6 +4,7 @@
 //!   cargo test --features e2e --test e2e               # starts and stops a fresh control plane
 //!   SUC_E2E_KUBECONFIG=... cargo test --features e2e --test e2e   # reuses a running one
 //!   cargo test --features e2e --test e2e -- webhook    # only tests whose name contains "webhook"
+//!   cargo test --features e2e --test e2e -- --real-node # the suite of a real kubelet node (root)
 //!
 //! Tests run one after another, in order, sharing the cluster and the server under test. A failed
 //! test does not stop the others; the run fails if any did.
@@ -12,6 +13,7 @@
 
 mod drain;
 mod install;
+mod real_node;
 mod resilience;
 mod resolution;
 mod rollout;
@@ -221,6 +223,23 @@ const TESTS: &[Test] = &[
     ),
 ];
 
+/// With `--real-node`: a control plane with one real kubelet node (tests/cluster/real-node.sh),
+/// where the controller runs in-cluster from its image and upgrade pods really run.
+const REAL_NODE_TESTS: &[Test] = &[
+    (
+        "the_controller_runs_in_cluster_from_its_image",
+        real_node::the_controller_runs_in_cluster_from_its_image,
+    ),
+    (
+        "a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node",
+        real_node::a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node,
+    ),
+    (
+        "the_leader_pod_killed_mid_rollout_hands_over",
+        real_node::the_leader_pod_killed_mid_rollout_hands_over,
+    ),
+];
+
 fn main() {
     if rustls::crypto::ring::default_provider()
         .install_default()
@@ -232,7 +251,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let selected: Vec<&Test> = TESTS
+    let real_node = std::env::args().any(|a| a == "--real-node");
+    let tests = if real_node { REAL_NODE_TESTS } else { TESTS };
+    let selected: Vec<&Test> = tests
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .collect();
@@ -244,7 +265,7 @@ fn main() {
     }
     let selected_count = selected.len();
     let started = Instant::now();
-    let ctx = Ctx::new(Cluster::start());
+    let ctx = Ctx::new(Cluster::start(real_node));
     println!("\nrunning {} end-to-end tests", selected.len());
     let mut failed = Vec::new();
     for (name, test) in selected {

@@ -39,6 +39,9 @@ impl<'a> Scenario<'a> {
     }
 
     pub fn add_nodes(&mut self, count: usize) -> Vec<String> {
+        if count == 0 {
+            return Vec::new();
+        }
         let first = self.nodes.len() + 1;
         let names: Vec<String> = (first..first + count)
             .map(|i| format!("{}-{i}", self.name))

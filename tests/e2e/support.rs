@@ -32,8 +32,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// Reuses the cluster of `SUC_E2E_KUBECONFIG` when set (kept running), otherwise starts a
-    /// fresh one with `SUC_E2E_NODES` nodes (default 6) that [`Cluster::stop`] removes.
-    pub fn start() -> Cluster {
+    /// fresh one with `SUC_E2E_NODES` simulated nodes (default 6; 3 next to a real node) that
+    /// [`Cluster::stop`] removes.
+    pub fn start(real_node: bool) -> Cluster {
         if let Ok(kubeconfig) = std::env::var("SUC_E2E_KUBECONFIG") {
             let kubeconfig = PathBuf::from(kubeconfig);
             let dir = kubeconfig.parent().unwrap().join("e2e");
@@ -46,7 +47,8 @@ impl Cluster {
             };
         }
         let dir = std::env::temp_dir().join(format!("suc-e2e-{}", std::process::id()));
-        let nodes = std::env::var("SUC_E2E_NODES").unwrap_or_else(|_| "6".to_owned());
+        let nodes = std::env::var("SUC_E2E_NODES")
+            .unwrap_or_else(|_| if real_node { "3" } else { "6" }.to_owned());
         eprintln!(
             "e2e: starting a fresh control plane with {nodes} nodes in {}",
             dir.display()
@@ -56,6 +58,7 @@ impl Cluster {
             .args(["up", "--dir"])
             .arg(dir.join("cluster"))
             .args(["--nodes", &nodes])
+            .args(real_node.then_some("--real-node"))
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
@@ -547,6 +550,11 @@ pub fn wait_with_log<T>(
 
 /// An HTTPS client that trusts only `ca_pem`.
 pub fn client_trusting(ca_pem: &str) -> reqwest::blocking::Client {
+    client_builder_trusting(ca_pem).build().unwrap()
+}
+
+/// A client builder that trusts only `ca_pem`, for settings of its own.
+pub fn client_builder_trusting(ca_pem: &str) -> reqwest::blocking::ClientBuilder {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -558,10 +566,7 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::blocking::Client {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::blocking::Client::builder()
-        .use_preconfigured_tls(config)
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().use_preconfigured_tls(config)
 }
 
 /// A Plan fixture from tests/plans with its `# expect:` and `# warn:` lines.
