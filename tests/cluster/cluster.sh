@@ -42,7 +42,9 @@ source "$here/lib.sh"
 
 down() {
   [[ -d "$dir/pids" ]] || return 0
-  [[ -f "$dir/real-node.env" ]] && bash "$here/real-node.sh" down --dir "$dir"
+  if [[ -f "$dir/real-node.env" ]]; then
+    bash "$here/real-node.sh" down --dir "$dir" || log "removing the real node failed; stopping the rest"
+  fi
   # Reverse start order: nodes' kubelet first, etcd last.
   stop_all kwok kube-scheduler kube-controller-manager kube-apiserver etcd
 }

@@ -246,20 +246,26 @@ down() {
   pkill -9 -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
   [[ -f "$node/kube-proxy/config.yaml" ]] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # The bridge plugin's masquerade rules name the network in their comment.
-  local rule
-  iptables -t nat -S POSTROUTING 2>/dev/null | grep -F "name: \\\"$network\\\"" | while read -r rule; do
-    local chain
+  local rule chain
+  while read -r rule; do
     chain="$(sed -n 's/.* -j \(CNI-[0-9a-f]*\).*/\1/p' <<<"$rule")"
     eval "iptables -t nat ${rule/-A /-D }" 2>/dev/null || true
-    [[ -n "$chain" ]] && { iptables -t nat -F "$chain"; iptables -t nat -X "$chain"; } 2>/dev/null || true
+    [[ -z "$chain" ]] || { iptables -t nat -F "$chain" && iptables -t nat -X "$chain"; } 2>/dev/null || true
+  done < <(iptables -t nat -S POSTROUTING 2>/dev/null | grep -F "name: \\\"$network\\\"" || true)
+  # kube-proxy's `--cleanup` leaves the localnet guard it shares with the kubelet.
+  local tool
+  for tool in iptables ip6tables; do
+    "$tool" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+    "$tool" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+    { "$tool" -F KUBE-FIREWALL && "$tool" -X KUBE-FIREWALL; } 2>/dev/null || true
   done
   # Network namespaces made since `up`, and every mount under the node's directory (deepest first).
   if [[ -f "$dir/real-node.netns-before" ]]; then
     comm -13 "$dir/real-node.netns-before" <(ip netns list 2>/dev/null | awk '{print $1}' | sort) |
-      while read -r ns; do ip netns delete "$ns" 2>/dev/null || umount "/run/netns/$ns" 2>/dev/null || true; done
+      while read -r ns; do ip netns delete "$ns" 2>/dev/null || umount "/run/netns/$ns" 2>/dev/null || true; done || true
   fi
   awk -v prefix="$node/" 'index($5, prefix) == 1 {print $5}' /proc/self/mountinfo | sort -r |
-    while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
+    while read -r mount; do umount -l "$mount" 2>/dev/null || true; done || true
   ip link delete "$bridge" 2>/dev/null || true
   rm -rf "$node" "$dir/real-node.env" "$dir/real-node.netns-before"
 }
