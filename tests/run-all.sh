@@ -36,3 +36,8 @@ python3 image/check.py dist
 # End to end against a real control plane: builds it from the Go module proxy when the cache is
 # cold, starts a fresh one (or reuses SUC_E2E_KUBECONFIG's), runs the suite and stops it.
 cargo test --locked --features e2e --test e2e
+
+# The same control plane with one real kubelet node (containerd, runc, CNI bridge, kube-proxy; root
+# only): the controller installed from the image just built, and upgrade pods that really run.
+SUC_REAL_NODE_IMAGE="$PWD/dist/system-upgrade-controller-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)-linux-amd64.tar" \
+  cargo test --locked --features e2e --test e2e -- --real-node

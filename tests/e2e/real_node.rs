@@ -191,6 +191,17 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     let plan = "real-drain";
     // No simulated nodes of its own: the scenario only removes the Plan before and after.
     let s = Scenario::new(ctx, plan, 0);
+    // An earlier run's Jobs and pods go with its Plan; none may be mistaken for this run's.
+    let job_pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let plan_pods = ListParams::default().labels(&format!("upgrade.cattle.io/plan={plan}"));
+    wait(
+        "an earlier run's Jobs and pods to go",
+        Duration::from_secs(60),
+        || {
+            let pods = ctx.block_on(job_pods_api.list(&plan_pods)).unwrap();
+            (s.jobs(plan).is_empty() && pods.items.is_empty()).then_some(())
+        },
+    );
     // A node keeps the label of an earlier run, which would mark it done.
     ctx.kubectl(&[
         "label",
@@ -374,18 +385,17 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     );
     assert!(!cordoned(), "the node was left cordoned");
 
-    // The Job's log, in order: prepare, the gate waiting and opening, the upgrade.
-    let job = s.jobs(plan).remove(0).metadata.name.unwrap();
-    let logs = ctx
-        .kubectl(&[
-            "-n",
-            NAMESPACE,
-            "logs",
-            &format!("job/{job}"),
-            "--all-containers",
-        ])
-        .expect_ok()
-        .stdout;
+    // The Job's log, container by container in the order they ran: prepare, the gate waiting
+    // and opening, the upgrade. (`kubectl logs --all-containers` does not keep that order.)
+    let pod = upgrade_pod(plan).unwrap().metadata.name.unwrap();
+    let logs: String = ["prepare", "drain", "upgrade"]
+        .iter()
+        .map(|container| {
+            ctx.kubectl(&["-n", NAMESPACE, "logs", &pod, "-c", container])
+                .expect_ok()
+                .stdout
+        })
+        .collect();
     let steps = [
         "prepare starts on real-server",
         "prepare done",
