@@ -28,6 +28,11 @@ const CONTROLLER_PODS: &str = "app.kubernetes.io/name=system-upgrade-controller"
 /// Installs deploy/ (with the no-registry overlay) and waits until both replicas are Ready and one
 /// holds the Lease. Idempotent, so every test can run alone.
 fn install(ctx: &Ctx) {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    assert!(
+        ctx.block_on(nodes.get_opt(REAL_NODE)).unwrap().is_some(),
+        "this cluster has no node {REAL_NODE}: start one with `tests/cluster/cluster.sh up --real-node`"
+    );
     let overlay = repo("tests/cluster/real-node-deploy");
     ctx.kubectl(&["apply", "-k", path(&overlay)]).expect_ok();
     ctx.kubectl(&[
