@@ -14,7 +14,8 @@
 # kwok leaves it alone (it manages nodes labelled type=kwok). Everything the node creates lives
 # under DIR/node, in the bridge `suc-cni0`, in network namespaces and iptables rules that `down`
 # removes again: it deletes the node's pods, stops the processes, kills leftover containers,
-# unmounts what is mounted under DIR/node, and removes kube-proxy's and the bridge's rules.
+# unmounts what is mounted under DIR/node, removes kube-proxy's and the bridge's rules, and puts
+# IPv4 forwarding back as it found it.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -184,6 +185,8 @@ up() {
   mkdir -p "$dir/logs" "$dir/pids"
   # `down` reads this to know there is something to remove, even after a failed start.
   ip netns list 2>/dev/null | awk '{print $1}' | sort >"$dir/real-node.netns-before"
+  # The bridge plugin turns on IPv4 forwarding (its gateway routes for pods); `down` puts it back.
+  cat /proc/sys/net/ipv4/ip_forward >"$dir/real-node.ip-forward-before"
   printf 'name=%q\n' "$name" >"$dir/real-node.env"
   write_configs
   # The bridge exists before any pod, so the node address is there for kubelet and kube-proxy.
@@ -267,11 +270,14 @@ down() {
   awk -v prefix="$node/" 'index($5, prefix) == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r mount; do umount -l "$mount" 2>/dev/null || true; done || true
   ip link delete "$bridge" 2>/dev/null || true
-  rm -rf "$node" "$dir/real-node.env" "$dir/real-node.netns-before"
+  if [[ -s "$dir/real-node.ip-forward-before" ]]; then
+    cat "$dir/real-node.ip-forward-before" >/proc/sys/net/ipv4/ip_forward 2>/dev/null || true
+  fi
+  rm -rf "$node" "$dir/real-node.env" "$dir/real-node.netns-before" "$dir/real-node.ip-forward-before"
 }
 
 case "$command" in
   up) up ;;
   down) down; log "removed the real node from $dir" ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac
