@@ -41,10 +41,11 @@ pub const GATE_NAMES: [&str; 2] = ["cordon", "drain"];
 /// like the Go controller's kubectl containers, it runs after `prepare` and before `upgrade`.
 /// It polls twice a second: the kubelet rewrites the file within about 0.3 s of the annotation,
 /// so the poll is most of the wait. A `sleep` without fractions (POSIX asks only for whole
-/// seconds) falls back to one second.
+/// seconds) falls back to one second. The key is matched exactly (dots escaped): Plan
+/// annotations are copied to the pod, and one like `upgrade-cattle-io/drained` must not open it.
 const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations
 echo \"waiting for the controller to prepare node ${SYSTEM_UPGRADE_NODE_NAME} for the upgrade\"
-until grep -q '^upgrade.cattle.io/drained=' \"$f\" 2>/dev/null; do sleep 0.5 2>/dev/null || sleep 1; done
+until grep -q '^upgrade\\.cattle\\.io/drained=' \"$f\" 2>/dev/null; do sleep 0.5 2>/dev/null || sleep 1; done
 echo 'node ready; the upgrade starts'";
 const LABEL_OS: &str = "kubernetes.io/os";
 const SECRETS_DIR: &str = "/run/system-upgrade/secrets";

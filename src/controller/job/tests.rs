@@ -520,7 +520,7 @@ fn cordon_and_drain_add_a_gate_after_prepare() {
         gate["command"][2]
             .as_str()
             .unwrap()
-            .contains("upgrade.cattle.io/drained=")
+            .contains(r"upgrade\.cattle\.io/drained=")
     );
     assert_eq!(
         gate["volumeMounts"],
@@ -539,4 +539,77 @@ fn cordon_and_drain_add_a_gate_after_prepare() {
         job["spec"]["template"]["spec"]["initContainers"][1]["image"],
         "busybox:1.37"
     );
+}
+
+/// Runs the gate's own script with `sh` against an annotations file holding `lines` (the
+/// downward API's `key="value"` format) and says whether it let the upgrade start within 1.5 s (its first check is at once).
+fn gate_opens_with(lines: &str) -> bool {
+    let dir = std::env::temp_dir().join(format!(
+        "suc-gate-{}-{}",
+        std::process::id(),
+        hex(lines.as_bytes())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("annotations");
+    std::fs::write(&file, lines).unwrap();
+    let script = GATE_SCRIPT.replace(
+        "/run/system-upgrade/pod/annotations",
+        file.to_str().unwrap(),
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("SYSTEM_UPGRADE_NODE_NAME", "n")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let opened = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    opened
+}
+
+#[test]
+fn the_gate_opens_on_the_exact_annotation_only() {
+    // The drained annotation opens it; look-alikes a Plan's annotations could carry onto the
+    // pod keep it closed. (Each case waits in a thread of its own.)
+    let cases: [(&'static str, bool); 6] = [
+        (
+            "note=\"yes\"\nupgrade.cattle.io/drained=\"2026-11-28T00:00:00Z\"\n",
+            true,
+        ),
+        ("upgrade-cattle-io/drained=\"x\"\n", false),
+        ("upgradeXcattleXio/drained=\"x\"\n", false),
+        ("upgrade.cattle.io/drained-at=\"x\"\n", false),
+        ("x.upgrade.cattle.io/drained=\"x\"\n", false),
+        ("", false),
+    ];
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|(lines, opens)| {
+            (
+                lines,
+                opens,
+                std::thread::spawn(move || gate_opens_with(lines)),
+            )
+        })
+        .collect();
+    // Every run ends (and kills its shell) before anything is asserted.
+    let results: Vec<_> = runs
+        .into_iter()
+        .map(|(lines, opens, run)| (lines, opens, run.join().unwrap()))
+        .collect();
+    for (lines, opens, opened) in results {
+        assert_eq!(opened, opens, "annotations {lines:?}");
+    }
 }
