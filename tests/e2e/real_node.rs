@@ -16,6 +16,7 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use serde_json::json;
+use system_upgrade_controller::controller::job::ANNOTATION_DRAINED;
 
 use crate::scenario::{JobWatch, Scenario, assert_rollout_kept_its_promises};
 use crate::support::{Ctx, NAMESPACE, client_builder_trusting, path, repo, wait};
@@ -180,13 +181,6 @@ pub fn the_controller_runs_in_cluster_from_its_image(ctx: &Ctx) {
     assert!(metrics.contains("suc_leader"), "{metrics}");
 }
 
-/// What the watch saw of the upgrade pod: when (seconds since boot) the controller's
-/// `upgrade.cattle.io/drained` annotation first appeared.
-#[derive(Default)]
-struct GateSeen {
-    opened_at: Option<f64>,
-}
-
 /// A Plan with `prepare`, `drain` and an upgrade container on the real node: prepare runs while
 /// the node keeps its workloads, then the node is cordoned and a Deployment's pod is evicted and
 /// rescheduled on a simulated node, the gate opens, the upgrade writes a file on this machine
@@ -231,16 +225,20 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                             {"key": "kubernetes.io/hostname", "operator": "In", "values": [REAL_NODE]}]}}]}},
                     "containers": [{"name": "c", "image": "suc-busybox:v1.0.0",
                         "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}}}});
+    let delete_workload = |wait: &str| {
+        ctx.kubectl(&[
+            "-n",
+            "default",
+            "delete",
+            "deployment",
+            "real-workload",
+            "--ignore-not-found",
+            wait,
+        ])
+        .expect_ok();
+    };
     // Fresh each run: an earlier run's drain left its pod on a simulated node.
-    ctx.kubectl(&[
-        "-n",
-        "default",
-        "delete",
-        "deployment",
-        "real-workload",
-        "--ignore-not-found",
-    ])
-    .expect_ok();
+    delete_workload("--wait=true");
     ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&workload.to_string()))
         .expect_ok();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), "default");
@@ -264,10 +262,10 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     );
     let workload_uid = on_real.metadata.uid.clone().unwrap();
 
-    // Watch the upgrade pod for the moment the gate's annotation lands.
-    let seen = Arc::new(Mutex::new(GateSeen::default()));
-    let job_pods: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-    let shared = seen.clone();
+    // Watch the upgrade pod for the moment (seconds since boot) the gate's annotation lands.
+    let opened_at: Arc<Mutex<Option<f64>>> = Arc::default();
+    let job_pods = job_pods_api.clone();
+    let shared = opened_at.clone();
     let config = watcher::Config::default().labels(&format!("upgrade.cattle.io/plan={plan}"));
     let gate_watch = ctx.runtime.spawn(async move {
         let mut stream = watcher::watcher(job_pods, config).boxed();
@@ -277,10 +275,10 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                     .metadata
                     .annotations
                     .as_ref()
-                    .is_some_and(|a| a.contains_key("upgrade.cattle.io/drained"));
-                let mut seen = shared.lock().unwrap();
-                if opened && seen.opened_at.is_none() {
-                    seen.opened_at = Some(uptime());
+                    .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
+                let mut first = shared.lock().unwrap();
+                if opened && first.is_none() {
+                    *first = Some(uptime());
                 }
             }
         }
@@ -298,30 +296,20 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                 echo 'marker written'")]}});
     s.apply_plan(plan, spec, json!({}));
 
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let cordoned = || {
-        ctx.block_on(nodes.get(REAL_NODE))
-            .unwrap()
-            .spec
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false)
-    };
+    let cordoned = || s.unschedulable(REAL_NODE);
     // Prepare runs while the node is schedulable and the workload stays where it was.
-    let upgrade_pod = |name: &str| {
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-        ctx.block_on(
-            api.list(&ListParams::default().labels(&format!("upgrade.cattle.io/plan={name}"))),
-        )
-        .unwrap()
-        .items
-        .into_iter()
-        .next()
+    let upgrade_pod = || {
+        ctx.block_on(job_pods_api.list(&plan_pods))
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
     };
     wait(
         "prepare running on the real node",
         Duration::from_secs(90),
         || {
-            let pod = upgrade_pod(plan)?;
+            let pod = upgrade_pod()?;
             let statuses = pod.status?.init_container_statuses?;
             statuses
                 .iter()
@@ -392,7 +380,7 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
 
     // The Job's log, container by container in the order they ran: prepare, the gate waiting
     // and opening, the upgrade. (`kubectl logs --all-containers` does not keep that order.)
-    let pod = upgrade_pod(plan).unwrap().metadata.name.unwrap();
+    let pod = upgrade_pod().unwrap().metadata.name.unwrap();
     let logs: String = ["prepare", "drain", "upgrade"]
         .iter()
         .map(|container| {
@@ -425,10 +413,9 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
         .unwrap()
         .parse()
         .unwrap();
-    let opened = seen
+    let opened = opened_at
         .lock()
         .unwrap()
-        .opened_at
         .expect("the watch saw the gate open");
     gate_watch.abort();
     let latency = started - opened;
@@ -437,15 +424,7 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     );
     assert!(latency > 0.0, "the upgrade started before the gate opened");
 
-    ctx.kubectl(&[
-        "-n",
-        "default",
-        "delete",
-        "deployment",
-        "real-workload",
-        "--wait=false",
-    ])
-    .expect_ok();
+    delete_workload("--wait=false");
     s.delete_plan(plan);
 }
 
@@ -461,14 +440,8 @@ pub fn the_leader_pod_killed_mid_rollout_hands_over(ctx: &Ctx) {
             "upgrade": {"image": "suc-busybox"}}),
         json!({"annotations": {"suc-test/duration": "3s"}}),
     );
-    let labelled = |s: &Scenario| {
-        s.nodes
-            .iter()
-            .filter(|n| s.node_label(n, "plan.upgrade.cattle.io/real-ha").is_some())
-            .count()
-    };
     wait("two nodes done", Duration::from_secs(120), || {
-        (labelled(&s) >= 2).then_some(())
+        (s.labelled("real-ha") >= 2).then_some(())
     });
     let old = leader(ctx).unwrap();
     ctx.kubectl(&[

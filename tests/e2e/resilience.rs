@@ -20,23 +20,17 @@ pub fn twenty_nodes_concurrency_three_survive_a_sigkill(ctx: &Ctx) {
         spec,
         json!({"annotations": {"suc-test/duration": "3s"}}),
     );
-    let labelled = |s: &Scenario| {
-        s.nodes
-            .iter()
-            .filter(|n| s.node_label(n, "plan.upgrade.cattle.io/big").is_some())
-            .count()
-    };
     wait(
         "a third of the nodes done",
         Duration::from_secs(120),
-        || (labelled(&s) >= 7).then_some(()),
+        || (s.labelled("big") >= 7).then_some(()),
     );
     ctx.with_server(Server::kill_hard);
     ctx.stop_server();
-    let done_at_kill = labelled(&s);
+    let done_at_kill = s.labelled("big");
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        labelled(&s) - done_at_kill <= 3,
+        s.labelled("big") - done_at_kill <= 3,
         "nodes kept being labelled without a controller"
     );
     let restarted = Server::start(ctx, "after-kill", &[]);
@@ -141,14 +135,8 @@ pub fn replicas_elect_one_leader_and_hand_over(ctx: &Ctx) {
         json!({"annotations": {"suc-test/duration": "3s"}}),
     );
     assert_eq!(reviews(&replicas[follower]), before + 1.0);
-    let labelled = |s: &Scenario| {
-        s.nodes
-            .iter()
-            .filter(|n| s.node_label(n, "plan.upgrade.cattle.io/ha").is_some())
-            .count()
-    };
     wait("two nodes done", Duration::from_secs(120), || {
-        (labelled(&s) >= 2).then_some(())
+        (s.labelled("ha") >= 2).then_some(())
     });
     let follower_log = std::fs::read_to_string(&replicas[follower].log).unwrap();
     assert!(

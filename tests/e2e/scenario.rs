@@ -168,6 +168,15 @@ impl<'a> Scenario<'a> {
         self.node(node)?.metadata.labels?.get(key).cloned()
     }
 
+    /// How many of the scenario's nodes carry the label of `plan` (are done).
+    pub fn labelled(&self, plan: &str) -> usize {
+        let key = format!("plan.upgrade.cattle.io/{plan}");
+        self.nodes
+            .iter()
+            .filter(|n| self.node_label(n, &key).is_some())
+            .count()
+    }
+
     pub fn unschedulable(&self, node: &str) -> bool {
         self.node(node)
             .and_then(|n| n.spec?.unschedulable)
