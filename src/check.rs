@@ -22,10 +22,9 @@ pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
         let file = file.as_ref();
         let name = file.display().to_string();
         let text = if name == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map(|_| text)
+            read_bounded(std::io::stdin())
         } else {
-            std::fs::read_to_string(file)
+            std::fs::File::open(file).and_then(read_bounded)
         };
         let text = match text {
             Ok(text) => text,
@@ -47,6 +46,23 @@ pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
     };
     output.push_str(&format!("{plans} Plan(s) checked: {verdict}\n"));
     Outcome { output, valid }
+}
+
+/// Largest file read: a Plan is at most 1.5 MiB once stored, and reading YAML takes several
+/// times its size in memory.
+pub const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads a whole file of at most [`MAX_FILE`] bytes, without reading more of a larger one.
+fn read_bounded(input: impl Read) -> std::io::Result<String> {
+    let mut text = String::new();
+    input.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "it is larger than {} MiB; split it into smaller files",
+            MAX_FILE / 1024 / 1024
+        )));
+    }
+    Ok(text)
 }
 
 /// Checks one file's text: (printed lines, valid) and the number of Plans in it.

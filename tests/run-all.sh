@@ -33,6 +33,13 @@ cargo test --locked
 bash image/build.sh
 python3 image/check.py dist
 
+# Hostile clients on loopback against the linux/amd64 release binary the image ships: oversized
+# and pathological reviews with peak memory read from /proc, floods of idle and slow connections,
+# and `check` on a YAML bomb and a 200 MB file.
+image_target="${CARGO_TARGET_DIR:-${SUC_TESTBIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/suc-rs}/image-target}"
+SUC_BINARY="$image_target/x86_64-unknown-linux-musl/release/system-upgrade-controller" \
+  cargo test --locked --features adversarial --test adversarial
+
 # End to end against a real control plane: builds it from the Go module proxy when the cache is
 # cold, starts a fresh one (or reuses SUC_E2E_KUBECONFIG's), runs the suite and stops it.
 cargo test --locked --features e2e --test e2e

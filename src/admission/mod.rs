@@ -7,12 +7,27 @@
 //! made by other mutating webhooks. Warnings are only sent by the validating webhook, so kubectl
 //! prints each once.
 
-use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::api::GROUP;
 use crate::validation;
+
+/// Most JSON values (scalars, arrays and objects, map keys included) an admitted object may hold.
+/// Reading a value into Rust structures can take 50 times its JSON size, so the values are
+/// counted before anything is built; a real Plan holds a few hundred.
+pub const MAX_VALUES: usize = 20_000;
+
+/// Longest string an admitted object may hold: the API server allows 256 KiB for all of an
+/// object's annotations together, the largest text a Plan legitimately carries.
+pub const MAX_STRING: usize = 256 * 1024;
+
+/// Longest request uid echoed back; the API server's are 36 characters.
+const MAX_UID: usize = 256;
 
 /// Which webhook a review was sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,25 +66,121 @@ impl Decision {
     }
 }
 
+/// The parts of an `admission.k8s.io/v1` AdmissionReview the webhooks read. The objects stay
+/// JSON text borrowed from the body: nothing is copied or built before they are measured.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    uid: String,
+    kind: Kind,
+    operation: String,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Kind {
+    #[serde(default)]
+    group: String,
+    kind: String,
+}
+
 /// The answer to one review.
 #[derive(Debug)]
 pub struct Answer {
-    pub review: AdmissionReview<DynamicObject>,
+    pub response: Response,
     pub operation: &'static str,
     pub decision: Decision,
 }
 
+/// The `response` of an AdmissionReview, as the API server reads it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// The JSON patch, base64-encoded as the API specifies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// Why a review was denied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub status: &'static str,
+    pub message: String,
+    pub reason: &'static str,
+    pub code: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Out<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: &'a Response,
+}
+
 impl Answer {
-    /// The review as the API server expects it on the wire. kube serializes the patch bytes as a
-    /// JSON array of numbers; the AdmissionReview API specifies a base64 string, so it is sent so.
-    pub fn to_json(&self) -> serde_json::Value {
-        use base64::Engine as _;
-        let mut json = serde_json::to_value(&self.review).unwrap_or_default();
-        if let Some(patch) = self.review.response.as_ref().and_then(|r| r.patch.as_ref()) {
-            json["response"]["patch"] =
-                serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(patch));
+    fn out(&self) -> Out<'_> {
+        Out {
+            api_version: "admission.k8s.io/v1",
+            kind: "AdmissionReview",
+            response: &self.response,
         }
-        json
+    }
+
+    /// The review as the API server expects it on the wire.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.out()).unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.out()).unwrap_or_default()
+    }
+}
+
+impl Response {
+    fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_owned(),
+            allowed: true,
+            status: None,
+            patch_type: None,
+            patch: None,
+            warnings: None,
+        }
+    }
+
+    fn deny(mut self, message: String) -> Self {
+        self.allowed = false;
+        self.warnings = None;
+        self.status = Some(Status {
+            status: "Failure",
+            message,
+            reason: "Invalid",
+            code: 422,
+        });
+        self
     }
 }
 
@@ -80,155 +191,251 @@ pub struct BadRequest(pub String);
 
 /// Handles one AdmissionReview body for the given webhook.
 pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
-    let review: AdmissionReview<DynamicObject> = serde_path_to_error::deserialize(
+    let review: Review = serde_path_to_error::deserialize(
         &mut serde_json::Deserializer::from_slice(body),
     )
     .map_err(|e| {
         let path = e.path().to_string();
-        match path.as_str() {
-            "." | "?" => BadRequest(format!("the body is not an AdmissionReview: {}", e.inner())),
-            _ => BadRequest(format!(
-                "the body is not an AdmissionReview: {path}: {}",
-                e.inner()
-            )),
-        }
+        let place = match path.as_str() {
+            "." | "?" => String::new(),
+            _ => format!("{path}: "),
+        };
+        BadRequest(validation::bounded(&format!(
+            "the body is not an AdmissionReview: {place}{}",
+            e.inner()
+        )))
     })?;
-    let (api_version, kind) = (review.types.api_version.clone(), review.types.kind.clone());
-    if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
+    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
+        return Err(BadRequest(validation::bounded(&format!(
+            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {:?} and {:?}",
+            review.api_version, review.kind
+        ))));
+    }
+    let request = review
+        .request
+        .ok_or_else(|| BadRequest("the AdmissionReview has no request".to_owned()))?;
+    if request.uid.len() > MAX_UID {
         return Err(BadRequest(format!(
-            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {api_version:?} and {kind:?}"
+            "request.uid is {} bytes long; at most {MAX_UID} are accepted",
+            request.uid.len()
         )));
     }
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| BadRequest("the AdmissionReview has no request".to_owned()))?;
-    let operation = match request.operation {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
+    let operation = match request.operation.as_str() {
+        "CREATE" => "CREATE",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        other => {
+            return Err(BadRequest(validation::bounded(&format!(
+                "request.operation: {other:?} is not CREATE, UPDATE, DELETE or CONNECT"
+            ))));
+        }
     };
-    let (response, decision) = respond(webhook, &request);
+    let (response, decision) = respond(webhook, &request, operation);
     Ok(Answer {
-        review: response.into_review(),
+        response,
         operation,
         decision,
     })
 }
 
-fn respond(
-    webhook: Webhook,
-    request: &AdmissionRequest<DynamicObject>,
-) -> (AdmissionResponse, Decision) {
-    let allow = AdmissionResponse::from(request);
+fn respond(webhook: Webhook, request: &Request, operation: &str) -> (Response, Decision) {
+    let allow = Response::allow(&request.uid);
     let is_plan = request.kind.group == GROUP && request.kind.kind == "Plan";
-    let writes = matches!(request.operation, Operation::Create | Operation::Update);
-    if !is_plan || !writes {
+    let update = operation == "UPDATE";
+    if !is_plan || !(update || operation == "CREATE") {
         return (allow, Decision::Allowed);
     }
-    let Some(object) = &request.object else {
-        return (
-            deny(allow, "the request carries no object to admit".to_owned()),
-            Decision::Denied,
-        );
+    let denied = |message: String| (allow.clone().deny(message), Decision::Denied);
+    let Some(object) = request.object else {
+        return denied("the request carries no object to admit".to_owned());
     };
-    let value = match serde_json::to_value(object) {
-        Ok(value) => value,
-        Err(e) => {
-            return (
-                deny(allow, format!("the object cannot be read: {e}")),
-                Decision::Denied,
-            );
-        }
-    };
+    if let Err(e) = measure(object) {
+        return denied(format!("the Plan cannot be reviewed: {e}"));
+    }
     // An update that leaves the spec alone (labels, annotations, finalizers, deletion) is always
     // allowed, so a Plan stored while the webhook was down can still be edited and deleted.
-    let spec_unchanged = request.operation == Operation::Update
-        && request
-            .old_object
-            .as_ref()
-            .and_then(|old| old.data.get("spec"))
-            == value.get("spec");
-
-    if !spec_unchanged {
-        let mut report = validation::validate_value(&value);
-        if request.operation == Operation::Update && concurrency_missing(&value) {
-            // Defaulted on create only: a Plan stored without it (under the Go controller, where
-            // it upgraded nothing) must not start upgrading because of an unrelated edit.
-            report.warnings.push(
-                "spec.concurrency is not set, so this Plan upgrades no node; set it (e.g. to 1) \
-                 to start"
-                    .to_owned(),
-            );
-        }
-        if !report.is_valid() {
-            return (
-                deny(allow, denial_message(&value, &report)),
-                Decision::Denied,
-            );
-        }
-        if webhook == Webhook::Validate && !report.warnings.is_empty() {
-            let mut response = allow;
-            response.warnings = Some(report.warnings);
-            return (response, Decision::Allowed);
-        }
+    if update && request.old_object.is_some_and(|old| same_spec(old, object)) {
+        return (allow, Decision::Allowed);
     }
-    let defaulted = (request.operation == Operation::Create)
-        .then(|| defaults(&value))
-        .flatten();
-    match (webhook, defaulted) {
-        (Webhook::Mutate, Some(patch)) => match allow.clone().with_patch(patch) {
-            Ok(response) => (response, Decision::Patched),
-            Err(e) => (
-                deny(allow, format!("the defaults cannot be applied: {e}")),
-                Decision::Denied,
-            ),
-        },
+    let (plan, mut report) = validation::validate_json(object.get());
+    let concurrency_missing = plan.as_ref().is_some_and(|p| p.spec.concurrency.is_none());
+    if update && concurrency_missing {
+        // Defaulted on create only: a Plan stored without it (under the Go controller, where it
+        // upgraded nothing) must not start upgrading because of an unrelated edit.
+        report.warnings.push(
+            "spec.concurrency is not set, so this Plan upgrades no node; set it (e.g. to 1) to \
+             start"
+                .to_owned(),
+        );
+    }
+    if !report.is_valid() {
+        let name = plan
+            .as_ref()
+            .and_then(|p| p.metadata.name.as_deref())
+            .unwrap_or_default();
+        return denied(denial_message(name, &report));
+    }
+    match webhook {
+        Webhook::Validate if !report.warnings.is_empty() => {
+            let mut response = allow;
+            report.warnings.truncate(validation::LISTED_PROBLEMS);
+            response.warnings = Some(report.warnings);
+            (response, Decision::Allowed)
+        }
+        Webhook::Mutate if !update && concurrency_missing => {
+            use base64::Engine as _;
+            let mut response = allow;
+            response.patch_type = Some("JSONPatch");
+            response.patch =
+                Some(base64::engine::general_purpose::STANDARD.encode(DEFAULT_CONCURRENCY));
+            (response, Decision::Patched)
+        }
         _ => (allow, Decision::Allowed),
     }
 }
 
-/// The defaults a Plan needs, as a JSON patch; `None` when it already has them. Applying the
-/// patch and asking again yields `None`.
-pub fn defaults(plan: &serde_json::Value) -> Option<Patch> {
-    // The Go controller treats a missing concurrency as 0 and silently upgrades nothing.
-    concurrency_missing(plan).then(|| {
-        Patch(vec![PatchOperation::Add(AddOperation {
-            path: PointerBuf::from_tokens(["spec", "concurrency"]),
-            value: serde_json::Value::from(1),
-        })])
-    })
-}
+/// The defaults a Plan gets on create: the Go controller treats a missing concurrency as 0 and
+/// silently upgrades nothing. (`add` also replaces an explicit `null`.)
+const DEFAULT_CONCURRENCY: &str = r#"[{"op":"add","path":"/spec/concurrency","value":1}]"#;
 
-fn concurrency_missing(plan: &serde_json::Value) -> bool {
-    plan.get("spec")
-        .and_then(|s| s.as_object())
-        .is_some_and(|spec| {
-            spec.get("concurrency")
-                .is_none_or(serde_json::Value::is_null)
-        })
-}
-
-fn denial_message(plan: &serde_json::Value, report: &validation::Report) -> String {
-    let name = plan
-        .pointer("/metadata/name")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("");
-    let problems: Vec<&str> = report.problems.iter().map(|p| p.message.as_str()).collect();
-    match problems.as_slice() {
-        [one] => format!("Plan {name:?} is invalid: {one}"),
-        many => format!(
-            "Plan {name:?} is invalid ({} problems):\n- {}",
-            many.len(),
-            many.join("\n- ")
-        ),
+/// Whether two objects have the same `spec` (both may have none). Equal text settles it; text
+/// that differs (the API server writes both the same way, so rarely) is compared as JSON.
+fn same_spec(old: &RawValue, new: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct SpecOf<'a> {
+        #[serde(borrow, default)]
+        spec: Option<&'a RawValue>,
+    }
+    fn spec(raw: &RawValue) -> Option<Option<&RawValue>> {
+        serde_json::from_str::<SpecOf>(raw.get())
+            .ok()
+            .map(|o| o.spec)
+    }
+    match (spec(old), spec(new)) {
+        (Some(None), Some(None)) => true,
+        (Some(Some(a)), Some(Some(b))) if a.get() == b.get() => true,
+        (Some(Some(a)), Some(Some(b))) => {
+            measure(old).is_ok()
+                && serde_json::from_str::<serde_json::Value>(a.get()).ok()
+                    == serde_json::from_str::<serde_json::Value>(b.get()).ok()
+        }
+        _ => false,
     }
 }
 
-fn deny(response: AdmissionResponse, message: String) -> AdmissionResponse {
-    let mut response = response.deny(message.clone());
-    response.result = Status::failure(&message, "Invalid").with_code(422);
-    response
+/// Counts the JSON values of `raw` without building anything, failing past [`MAX_VALUES`] or at
+/// a string longer than [`MAX_STRING`].
+/// Nesting deeper than serde_json's limit (128) fails too.
+fn measure(raw: &RawValue) -> Result<usize, String> {
+    let count = Cell::new(0);
+    let mut json = serde_json::Deserializer::from_str(raw.get());
+    Counted(&count)
+        .deserialize(&mut json)
+        .map_err(|e| e.to_string())?;
+    Ok(count.get())
+}
+
+/// Visits every value of a JSON document, counting it.
+#[derive(Clone, Copy)]
+struct Counted<'c>(&'c Cell<usize>);
+
+impl Counted<'_> {
+    fn tick<E: de::Error>(self) -> Result<(), E> {
+        let n = self.0.get() + 1;
+        self.0.set(n);
+        if n > MAX_VALUES {
+            return Err(E::custom(format!(
+                "it holds more than {MAX_VALUES} JSON values; a Plan needs a few hundred"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Counted<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Counted<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.tick()
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.tick()
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.tick()
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.tick()
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        if text.len() > MAX_STRING {
+            return Err(E::custom(format!(
+                "it holds a string of {} bytes; at most {MAX_STRING} are accepted",
+                text.len()
+            )));
+        }
+        self.tick()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            self.tick()?;
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// The denial: one line for one problem, a list for several, at most
+/// [`validation::LISTED_PROBLEMS`] of them.
+fn denial_message(name: &str, report: &validation::Report) -> String {
+    let name = validation::bounded(&format!("{name:?}"));
+    let problems: Vec<&str> = report
+        .problems
+        .iter()
+        .take(validation::LISTED_PROBLEMS)
+        .map(|p| p.message.as_str())
+        .collect();
+    let mut message = match problems.as_slice() {
+        [one] => format!("Plan {name} is invalid: {one}"),
+        many => format!(
+            "Plan {name} is invalid ({} problems):\n- {}",
+            report.problems.len(),
+            many.join("\n- ")
+        ),
+    };
+    if let Some(more) = report.unlisted() {
+        message.push_str(&format!("\n- and {more} more"));
+    }
+    message
 }
 
 #[cfg(test)]

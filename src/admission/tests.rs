@@ -332,3 +332,143 @@ fn malformed_bodies_are_bad_requests_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn objects_with_too_many_values_are_denied_before_they_are_read() {
+    let mut spec = valid_spec();
+    spec["tolerations"] = Value::Array(vec![json!({}); MAX_VALUES]);
+    for webhook in [Webhook::Mutate, Webhook::Validate] {
+        let (response, decision) =
+            answer(webhook, &review("CREATE", Some(plan(spec.clone())), None));
+        assert_eq!(decision, Decision::Denied);
+        let message = response["status"]["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "the Plan cannot be reviewed: it holds more than {MAX_VALUES} JSON values; a Plan needs a few hundred at line 1 column {}",
+                message.rsplit(' ').next().unwrap()
+            )
+        );
+    }
+    // Under the bound the object is read and validated as usual.
+    spec["tolerations"] = Value::Array(vec![json!({"operator": "Exists"}); MAX_VALUES / 4]);
+    let (response, _) = answer(Webhook::Validate, &review("CREATE", Some(plan(spec)), None));
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[test]
+fn deep_nesting_is_refused_without_recursing_further() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let body = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","kind":{{"group":"upgrade.cattle.io","version":"v1","kind":"Plan"}},"operation":"CREATE","object":{deep}}}}}"#
+    );
+    let (response, decision) = answer(Webhook::Validate, body.as_bytes());
+    assert_eq!(decision, Decision::Denied);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the Plan cannot be reviewed: recursion limit exceeded"),
+        "{message}"
+    );
+    // Within the parser's limit the object is counted and then denied for its shape.
+    let object = format!(r#"{{"spec":{}{}}}"#, "[".repeat(120), "]".repeat(120));
+    let body = review_of("upgrade.cattle.io", "Plan", "CREATE", None, None, false);
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace(r#""object":null"#, &format!(r#""object":{object}"#));
+    let (response, decision) = answer(Webhook::Validate, body.as_bytes());
+    assert_eq!(decision, Decision::Denied);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec"),
+        "{response}"
+    );
+}
+
+#[test]
+fn denials_list_fifty_problems_and_cut_long_values() {
+    let mut spec = valid_spec();
+    spec["version"] = json!(format!("v1.2.3-{}", "x".repeat(100_000)));
+    spec["secrets"] = Value::Array(
+        (0..500)
+            .map(|i| json!({"name": format!("Bad_{i}"), "path": "/x"}))
+            .collect(),
+    );
+    let (response, _) = answer(Webhook::Mutate, &review("CREATE", Some(plan(spec)), None));
+    let message = response["status"]["message"].as_str().unwrap();
+    let listed = message.lines().filter(|l| l.starts_with("- spec.")).count();
+    assert_eq!(listed, crate::validation::LISTED_PROBLEMS, "{message}");
+    let total: usize = message
+        .split_once(" problems)")
+        .and_then(|(head, _)| head.rsplit('(').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total > 500, "{message}");
+    assert!(
+        message.ends_with(&format!(
+            "\n- and {} more",
+            total - crate::validation::LISTED_PROBLEMS
+        )),
+        "{message}"
+    );
+    assert!(message.len() < 60 * 1024, "{}", message.len());
+}
+
+#[test]
+fn an_equal_spec_written_differently_is_unchanged() {
+    let mut invalid = valid_spec();
+    invalid["concurrency"] = json!(0);
+    let new = serde_json::to_string(&plan(invalid.clone())).unwrap();
+    let old = serde_json::to_string_pretty(&plan(invalid)).unwrap();
+    let body = review("UPDATE", None, None);
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace(r#""object":null"#, &format!(r#""object":{new}"#))
+        .replace(r#""oldObject":null"#, &format!(r#""oldObject":{old}"#));
+    let (response, decision) = answer(Webhook::Validate, body.as_bytes());
+    assert_eq!(
+        (response["allowed"].clone(), decision),
+        (json!(true), Decision::Allowed)
+    );
+}
+
+#[test]
+fn oversized_uids_and_unknown_operations_are_bad_requests() {
+    let body = String::from_utf8(review("CREATE", Some(plan(valid_spec())), None)).unwrap();
+    let long = body.replace(UID, &"u".repeat(10_000));
+    let error = handle(Webhook::Validate, long.as_bytes()).unwrap_err();
+    assert!(
+        error.0.contains("request.uid is 10000 bytes long"),
+        "{error}"
+    );
+    let odd = body.replace("\"CREATE\"", "\"PATCH\"");
+    let error = handle(Webhook::Validate, odd.as_bytes()).unwrap_err();
+    assert!(error.0.contains("\"PATCH\" is not CREATE"), "{error}");
+    let huge_kind = body.replace("\"Plan\"", &format!("{:?}", "P".repeat(1_000_000)));
+    let (response, decision) = answer(Webhook::Validate, huge_kind.as_bytes());
+    assert_eq!(
+        (response["allowed"].clone(), decision),
+        (json!(true), Decision::Allowed)
+    );
+    let garbage = format!(r#"{{"apiVersion":{:?}}}"#, "v".repeat(1_000_000));
+    let error = handle(Webhook::Validate, garbage.as_bytes()).unwrap_err();
+    assert!(error.0.len() < 1200, "{}", error.0.len());
+}
+
+#[test]
+fn overlong_strings_are_denied_before_they_are_read() {
+    let mut spec = valid_spec();
+    spec["version"] = json!(format!("v1.2.3-{}", "x".repeat(MAX_STRING)));
+    let (response, decision) = answer(Webhook::Validate, &review("CREATE", Some(plan(spec)), None));
+    assert_eq!(decision, Decision::Denied);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "the Plan cannot be reviewed: it holds a string of {} bytes; at most {MAX_STRING} are accepted",
+            MAX_STRING + 7
+        )),
+        "{message}"
+    );
+}

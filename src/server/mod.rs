@@ -1,5 +1,6 @@
 //! The one HTTPS server: admission webhooks, health, readiness and metrics on one axum Router.
 
+pub mod conn;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -7,24 +8,47 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, Webhook};
 use crate::metrics::{AdmissionLabels, Metrics, WebhookLabels};
 use tls::CertResolver;
 
-/// Largest request body accepted: an AdmissionReview carries the object and, on updates, the old
-/// object, each at most the API server's 3 MiB object limit.
-pub const BODY_LIMIT: usize = 7 * 1024 * 1024;
+/// Largest request body accepted. The API server refuses requests over 3 MiB and etcd stores at
+/// most 1.5 MiB per object, so an AdmissionReview with the object and the old object fits.
+pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
+
+/// How much of a too-large body is read (and dropped) before the 413 is sent.
+pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Most bytes of admission bodies held at once, across all connections. A body takes its share
+/// as it arrives; past the budget a review is answered 429 (the API server retries it).
+pub const BODY_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Most reviews parsed and validated at once, on blocking threads: the work is CPU-bound and
+/// must not hold up the async workers that also renew the leader Lease.
+pub const MAX_REVIEWS: usize = 2;
+
+/// How long a review waits for body budget before it is answered 429.
+pub const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// Time for the TLS handshake, and then for the first request's headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 pings on connections silent for this long, closed when the ping is not answered.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every request is answered within this time, below the webhooks' `timeoutSeconds: 5`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
@@ -81,19 +105,28 @@ impl Readiness {
 struct AppState {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    body_budget: Arc<Semaphore>,
+    reviewers: Arc<Semaphore>,
 }
 
 /// The server's routes and limits; tests drive this same Router in-process.
 pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+    let state = AppState {
+        metrics,
+        readiness,
+        body_budget: Arc::new(Semaphore::new(BODY_BUDGET)),
+        reviewers: Arc::new(Semaphore::new(MAX_REVIEWS)),
+    };
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, readiness })
+        .with_state(state)
+        // The admission routes read their bodies themselves, within BODY_LIMIT; the other
+        // routes never read one.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -101,20 +134,44 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
         .layer(CatchPanicLayer::new())
 }
 
-async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
-    review(&state, Webhook::Mutate, &body)
+async fn mutate(State(state): State<AppState>, request: Request) -> Response {
+    review(state, Webhook::Mutate, request).await
 }
 
-async fn validate(State(state): State<AppState>, body: Bytes) -> Response {
-    review(&state, Webhook::Validate, &body)
+async fn validate(State(state): State<AppState>, request: Request) -> Response {
+    review(state, Webhook::Validate, request).await
 }
 
-fn review(state: &AppState, webhook: Webhook, body: &[u8]) -> Response {
+/// Why a review was not handled.
+enum Refusal {
+    TooLarge,
+    Busy,
+    Unreadable(String),
+}
+
+async fn review(state: AppState, webhook: Webhook, request: Request) -> Response {
     let started = Instant::now();
-    let outcome = admission::handle(webhook, body);
+    let outcome = match read_body(request, &state.body_budget).await {
+        Err(refusal) => Err(refusal),
+        Ok((body, held)) => {
+            // Waits for a reviewer without bound of its own: reviews are short, the body is
+            // already counted in the budget, and the request timeout still applies.
+            let reviewer = state.reviewers.clone().acquire_owned().await;
+            let work =
+                tokio::task::spawn_blocking(move || (admission::handle(webhook, &body), held));
+            let done = work.await;
+            drop(reviewer);
+            match done {
+                Ok((outcome, _held)) => Ok(outcome),
+                Err(e) => Err(Refusal::Unreadable(format!("the review failed: {e}"))),
+            }
+        }
+    };
     let (operation, result) = match &outcome {
-        Ok(answer) => (answer.operation, answer.decision.as_str()),
-        Err(_) => ("unknown", "bad_request"),
+        Ok(Ok(answer)) => (answer.operation, answer.decision.as_str()),
+        Ok(Err(_)) | Err(Refusal::Unreadable(_)) => ("unknown", "bad_request"),
+        Err(Refusal::TooLarge) => ("unknown", "too_large"),
+        Err(Refusal::Busy) => ("unknown", "busy"),
     };
     let labels = AdmissionLabels {
         webhook: webhook.as_str(),
@@ -134,18 +191,127 @@ fn review(state: &AppState, webhook: Webhook, body: &[u8]) -> Response {
         })
         .observe(started.elapsed().as_secs_f64());
     match outcome {
-        Ok(answer) => {
+        Ok(Ok(answer)) => {
             tracing::debug!(
                 webhook = webhook.as_str(),
                 operation,
                 result,
                 "answered admission review"
             );
-            Json(answer.to_json()).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                answer.to_vec(),
+            )
+                .into_response()
         }
-        Err(bad) => {
-            tracing::info!(webhook = webhook.as_str(), reason = %bad, "refused a malformed admission review");
-            (StatusCode::BAD_REQUEST, format!("bad request: {bad}\n")).into_response()
+        Ok(Err(bad)) => bad_request(webhook, &bad.to_string()),
+        Err(Refusal::Unreadable(reason)) => bad_request(webhook, &reason),
+        Err(Refusal::TooLarge) => too_large(),
+        Err(Refusal::Busy) => {
+            tracing::warn!(
+                webhook = webhook.as_str(),
+                "answered 429: too many admission review bytes held at once"
+            );
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "too many admission reviews at once; retry\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+fn bad_request(webhook: Webhook, reason: &str) -> Response {
+    tracing::info!(
+        webhook = webhook.as_str(),
+        reason,
+        "refused a malformed admission review"
+    );
+    (StatusCode::BAD_REQUEST, format!("bad request: {reason}\n")).into_response()
+}
+
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {BODY_LIMIT} bytes\n"),
+    )
+        .into_response()
+}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes into a buffer whose every byte of capacity is
+/// first taken from the shared budget; the returned permit gives them back when dropped. A body
+/// refused as too large or busy is drained first, so the answer reaches HTTP/2 clients intact.
+async fn read_body(
+    request: Request,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut body = request.into_body();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut bytes = Vec::new();
+    let mut grow = async |bytes: &mut Vec<u8>, to: usize| -> Result<(), Refusal> {
+        let more = to.saturating_sub(bytes.capacity());
+        let share = u32::try_from(more).map_err(|_| Refusal::TooLarge)?;
+        let permit = tokio::time::timeout(BUSY_WAIT, budget.clone().acquire_many_owned(share))
+            .await
+            .map_err(|_| Refusal::Busy)?
+            .map_err(|_| Refusal::Busy)?;
+        match &mut held {
+            Some(all) => all.merge(permit),
+            None => held = Some(permit),
+        }
+        bytes.reserve_exact(to - bytes.len());
+        Ok(())
+    };
+    let mut seen = 0;
+    let refused = loop {
+        if let Some(declared) = declared.filter(|_| seen == 0) {
+            if declared > BODY_LIMIT {
+                break Refusal::TooLarge;
+            }
+            if let Err(refusal) = grow(&mut bytes, declared).await {
+                break refusal;
+            }
+        }
+        let Some(frame) = body.frame().await else {
+            return Ok((Bytes::from(bytes), held));
+        };
+        let frame =
+            frame.map_err(|e| Refusal::Unreadable(format!("the body could not be read: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen += chunk.len();
+        let need = bytes.len() + chunk.len();
+        if need > BODY_LIMIT {
+            break Refusal::TooLarge;
+        }
+        let doubled = need.max(bytes.capacity() * 2).min(BODY_LIMIT);
+        if need > bytes.capacity()
+            && let Err(refusal) = grow(&mut bytes, doubled).await
+        {
+            break refusal;
+        }
+        bytes.extend_from_slice(&chunk);
+    };
+    drop(bytes);
+    drain(body, seen).await;
+    Err(refused)
+}
+
+/// Reads and drops the rest of a body that is too large, up to [`DRAIN_LIMIT`] bytes in all, so
+/// the 413 ends the request cleanly: over HTTP/2 a response sent while the client is still
+/// uploading ends the stream with a reset that clients report as a stream error.
+async fn drain(mut body: Body, mut seen: usize) {
+    while seen <= DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
         }
     }
 }
@@ -186,6 +352,9 @@ pub fn bind(
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(resolver));
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .handshake_timeout(HANDSHAKE_TIMEOUT)
+        .acceptor(conn::Capped::new(conn::MAX_CONNECTIONS, conn::IDLE_TIMEOUT));
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {
@@ -193,8 +362,24 @@ pub fn bind(
         readiness.shut_down();
         shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let server = axum_server::from_tcp_rustls(listener, config)?
+    let mut server = axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
         .handle(handle)
-        .serve(app.into_make_service());
+        .first_request_timeout(HEADER_TIMEOUT)
+        .accept_error_handler(|peer, error| {
+            tracing::debug!(peer = ?peer, %error, "dropped a connection before its first request")
+        });
+    let http = server.http_builder();
+    http.http1()
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    http.http2()
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .initial_connection_window_size(64 * 1024)
+        .initial_stream_window_size(64 * 1024)
+        .max_concurrent_streams(32)
+        .max_header_list_size(64 * 1024);
+    let server = server.serve(app.into_make_service());
     Ok((address, server))
 }

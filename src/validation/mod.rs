@@ -30,7 +30,7 @@ impl Problem {
     fn new(field: impl Into<String>, detail: impl fmt::Display) -> Self {
         let field = field.into();
         Self {
-            message: format!("{field}: {detail}"),
+            message: bounded(&format!("{field}: {detail}")),
             field,
         }
     }
@@ -39,7 +39,7 @@ impl Problem {
     fn text(field: impl Into<String>, message: String) -> Self {
         Self {
             field: field.into(),
-            message,
+            message: bounded(&message),
         }
     }
 }
@@ -48,6 +48,65 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// Longest quoted value a message repeats; the rest is cut, saying how long the value was. A Plan
+/// may hold megabytes in one field, and messages end up in answers, logs and status.
+pub const ECHO_LIMIT: usize = 100;
+
+/// Longest message of one problem or warning, after long values are cut.
+pub const MESSAGE_LIMIT: usize = 1000;
+
+/// Most problems listed in one message; the rest are counted.
+pub const LISTED_PROBLEMS: usize = 50;
+
+/// `message` with every quoted value (`"..."` as `{:?}` writes it, or `` `...` `` as serde does)
+/// cut to [`ECHO_LIMIT`] characters, and the whole cut to [`MESSAGE_LIMIT`].
+pub fn bounded(message: &str) -> String {
+    if message.chars().count() <= ECHO_LIMIT {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len().min(MESSAGE_LIMIT + 64));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' && c != '`' {
+            continue;
+        }
+        // Inside a quoted value: copy up to ECHO_LIMIT characters (an escape such as \" counts as
+        // one, so it is never split), skip the rest, and close the quote.
+        let (mut kept, mut total, mut closed) = (0usize, 0usize, false);
+        while let Some(q) = chars.next() {
+            if q == c {
+                closed = true;
+                break;
+            }
+            let escaped = (c == '"' && q == '\\').then(|| chars.next()).flatten();
+            total += 1;
+            if kept < ECHO_LIMIT {
+                kept += 1;
+                out.push(q);
+                out.extend(escaped);
+            }
+        }
+        if total > kept {
+            out.push('…');
+        }
+        if closed {
+            out.push(c);
+        }
+        if total > kept {
+            out.push_str(&format!(" ({total} characters)"));
+        }
+        if out.len() > MESSAGE_LIMIT * 4 {
+            break;
+        }
+    }
+    if out.chars().count() > MESSAGE_LIMIT {
+        out = out.chars().take(MESSAGE_LIMIT).collect();
+        out.push_str("… (message cut)");
+    }
+    out
 }
 
 /// The outcome of validating a Plan.
@@ -62,13 +121,28 @@ impl Report {
         self.problems.is_empty()
     }
 
-    /// All problems in one message, separated by `; `.
+    /// All problems in one message, separated by `; `; after [`LISTED_PROBLEMS`] the rest are
+    /// counted, not listed.
     pub fn message(&self) -> String {
-        self.problems
+        let mut message = self
+            .problems
             .iter()
+            .take(LISTED_PROBLEMS)
             .map(|p| p.message.as_str())
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        if let Some(more) = self.unlisted() {
+            message.push_str(&format!("; and {more} more"));
+        }
+        message
+    }
+
+    /// How many problems a message leaves out, if any.
+    pub fn unlisted(&self) -> Option<usize> {
+        self.problems
+            .len()
+            .checked_sub(LISTED_PROBLEMS)
+            .filter(|more| *more > 0)
     }
 
     fn problem(&mut self, field: impl Into<String>, detail: impl fmt::Display) {
@@ -76,32 +150,47 @@ impl Report {
     }
 
     fn warn(&mut self, warning: impl Into<String>) {
-        self.warnings.push(warning.into());
+        self.warnings.push(bounded(&warning.into()));
     }
 }
 
-/// Validates a Plan given as JSON (an admission request object or a document of a file). A value
-/// that does not even have the Plan's shape is reported as one problem naming the field.
+/// Validates a Plan given as JSON (a document of a file). A value that does not even have the
+/// Plan's shape is reported as one problem naming the field.
 pub fn validate_value(value: &serde_json::Value) -> Report {
     match serde_path_to_error::deserialize::<_, Plan>(value) {
         Ok(plan) => validate(&plan),
-        Err(error) => {
-            let path = error.path().to_string();
-            let inner = error.into_inner().to_string();
-            let mut report = Report::default();
-            // serde names a missing field in the message; name it in the path instead.
-            let missing = inner
-                .strip_prefix("missing field `")
-                .and_then(|m| m.strip_suffix('`'));
-            match (path.as_str(), missing) {
-                (".", Some(field)) => report.problem(field, "is required"),
-                (".", None) => report.problem("object", inner),
-                (_, Some(field)) => report.problem(format!("{path}.{field}"), "is required"),
-                (_, None) => report.problem(path, inner),
-            }
-            report
-        }
+        Err(error) => shape_problem(error),
     }
+}
+
+/// Validates a Plan given as JSON text (an admission request's object), read straight into the
+/// Plan without an intermediate JSON tree; returns the Plan too when it has the Plan's shape.
+pub fn validate_json(text: &str) -> (Option<Plan>, Report) {
+    let mut json = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Plan>(&mut json) {
+        Ok(plan) => {
+            let report = validate(&plan);
+            (Some(plan), report)
+        }
+        Err(error) => (None, shape_problem(error)),
+    }
+}
+
+fn shape_problem<E: fmt::Display>(error: serde_path_to_error::Error<E>) -> Report {
+    let path = error.path().to_string();
+    let inner = error.into_inner().to_string();
+    let mut report = Report::default();
+    // serde names a missing field in the message; name it in the path instead.
+    let missing = inner
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'));
+    match (path.as_str(), missing) {
+        (".", Some(field)) => report.problem(field, "is required"),
+        (".", None) => report.problem("object", inner),
+        (_, Some(field)) => report.problem(format!("{path}.{field}"), "is required"),
+        (_, None) => report.problem(path, inner),
+    }
+    report
 }
 
 /// Validates a Plan: every problem and every warning.

@@ -498,3 +498,66 @@ fn windows() {
             .all(|p| p.starts_with("spec.window is invalid, "))
     );
 }
+
+#[test]
+fn long_values_are_cut_in_messages() {
+    let long = "x".repeat(5000);
+    let message = bounded(&format!("spec.version: {long:?} is not SemVer; use v1.2.3"));
+    assert_eq!(
+        message,
+        format!(
+            "spec.version: \"{}…\" (5000 characters) is not SemVer; use v1.2.3",
+            "x".repeat(ECHO_LIMIT)
+        )
+    );
+    // Escapes stay whole, serde's backquotes are cut too, short values are untouched.
+    let escaped = bounded(&format!(
+        "{:?} and `{}` and \"short\"",
+        "\"".repeat(300),
+        "y".repeat(300)
+    ));
+    assert!(
+        escaped.starts_with(&format!(
+            "\"{}…\" (300 characters)",
+            "\\\"".repeat(ECHO_LIMIT)
+        )),
+        "{escaped}"
+    );
+    assert!(
+        escaped.contains(&format!("`{}…` (300 characters)", "y".repeat(ECHO_LIMIT))),
+        "{escaped}"
+    );
+    assert!(escaped.ends_with(" and \"short\""), "{escaped}");
+    // An unclosed quote and a message of many values are bounded as well.
+    assert!(bounded(&format!("a \"{long}")).chars().count() < 150);
+    let many = bounded(&format!("{:?}", vec!["z".repeat(90); 100]));
+    assert!(many.chars().count() <= MESSAGE_LIMIT + 20, "{}", many.len());
+    assert!(many.ends_with("… (message cut)"));
+    let unquoted = "u".repeat(3000);
+    assert_eq!(
+        bounded(&unquoted).chars().count(),
+        MESSAGE_LIMIT + "… (message cut)".chars().count()
+    );
+}
+
+#[test]
+fn a_flood_of_problems_is_counted_after_fifty() {
+    let mut plan = plan(minimal());
+    plan["spec"]["secrets"] = serde_json::Value::Array(
+        (0..300)
+            .map(|i| serde_json::json!({"name": format!("BAD_{i}"), "path": "/x"}))
+            .collect(),
+    );
+    let report = validate_value(&plan);
+    assert!(report.problems.len() >= 300, "{}", report.problems.len());
+    let message = report.message();
+    assert_eq!(
+        message.matches("spec.secrets[").count(),
+        LISTED_PROBLEMS,
+        "{message}"
+    );
+    assert!(message.ends_with(&format!(
+        "; and {} more",
+        report.problems.len() - LISTED_PROBLEMS
+    )));
+}
