@@ -81,6 +81,9 @@ pub struct Election {
     pub timings: Timings,
 }
 
+/// How long the controller may take to stop after the Lease is lost before the process exits.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
 impl Election {
     /// Runs `controller` for as long as this replica leads, campaigning again after losing the
     /// Lease, until `stop` is cancelled or the controller fails. On the way out the Lease is
@@ -128,7 +131,19 @@ impl Election {
                 Some(finished) => finished,
                 None => {
                     term.cancel();
-                    running.await
+                    match tokio::time::timeout(STOP_BOUND, &mut running).await {
+                        Ok(finished) => finished,
+                        Err(_) => {
+                            // Another replica may be leading already: end the process (and every
+                            // task of the controller with it) rather than act twice.
+                            running.abort();
+                            metrics.set_leader(false);
+                            return Err(crate::Error::KubeConfig(format!(
+                                "the controller did not stop within {STOP_BOUND:?} of losing the \
+                                 Lease; exiting so that only one controller acts"
+                            )));
+                        }
+                    }
                 }
             };
             metrics.set_leader(false);

@@ -115,10 +115,26 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         );
     }
 
+    if config.cert_dir.is_none() && !config.webhook_only {
+        // A stand-in until the webhook CA issues the real one, so probes are answered.
+        tls::self_signed(&resolver)?;
+        readiness.expect_certificate();
+    }
+    let app = server::router(metrics.clone(), readiness.clone());
+    let (address, serve) = server::bind(
+        config.listen,
+        app,
+        resolver.clone(),
+        readiness.clone(),
+        stop.clone(),
+    )?;
+    tracing::info!(%address, "listening on https://{address} (/mutate, /validate, /healthz, /readyz, /metrics)");
+    let serving_task = tokio::spawn(serve);
+
     let mut controller = None;
     if !config.webhook_only {
         let client_config = kube_config(&config).await?;
-        let client = kube::Client::try_from(client_config.clone())?;
+        let client = api_client(client_config.clone())?;
         if config.cert_dir.is_none() {
             let bootstrap = certs::Bootstrap {
                 client: client.clone(),
@@ -129,7 +145,16 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                 extra_names: config.extra_cert_names.clone(),
                 check_interval: config.cert_check_interval,
             };
-            let serving = bootstrap.start(&resolver).await?;
+            // Retried while the API server is away; /healthz answers meanwhile, /readyz says why
+            // the server is not ready.
+            let Some(serving) = until_it_works("issue the webhook certificate", &stop, || {
+                bootstrap.start(&resolver)
+            })
+            .await
+            else {
+                return stop_serving(serving_task).await;
+            };
+            readiness.certificate_ready();
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");
             tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
         }
@@ -162,10 +187,12 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         if config.leader_elect {
             // Followers serve the webhook, so readiness does not wait for a controller.
             let election = election(&config, client_config)?;
+            let leader_readiness = readiness.clone();
             let metrics = metrics.clone();
             let stop = stop.clone();
             controller = Some(tokio::spawn(async move {
                 let controller_metrics = metrics.clone();
+                let leader_readiness = leader_readiness.clone();
                 election
                     .lead(metrics, stop, move |term| {
                         controller::run(
@@ -173,6 +200,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                             options.clone(),
                             controller_metrics.clone(),
                             || {},
+                            leader_readiness.clone(),
                             term,
                         )
                     })
@@ -187,21 +215,16 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
                 options,
                 metrics.clone(),
                 move || ready.controller_ready(),
+                readiness.clone(),
                 stop.clone(),
             )));
         }
     }
 
-    let app = server::router(metrics, readiness.clone());
-    let (address, serve) = server::bind(config.listen, app, resolver, readiness, stop.clone())?;
-    tracing::info!(%address, "listening on https://{address} (/mutate, /validate, /healthz, /readyz, /metrics)");
     let Some(controller) = controller else {
-        serve.await?;
-        tracing::info!("stopped");
-        return Ok(());
+        return stop_serving(serving_task).await;
     };
     // The server and the controller stop together; a controller that fails stops the process.
-    let serving = tokio::spawn(serve);
     let outcome = match controller.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
@@ -210,12 +233,58 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         ))),
     };
     stop.cancel();
+    stop_serving(serving_task).await?;
+    outcome
+}
+
+/// Longest wait for the API server's answer to any request (its headers: a watch answers at once
+/// and then streams). Without it a request to an API server that went silent waits forever.
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A kube client whose every request times out after [`API_TIMEOUT`].
+pub fn api_client(config: kube::Config) -> Result<kube::Client> {
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::timeout::TimeoutLayer::new(API_TIMEOUT))
+        .build())
+}
+
+/// Waits for the server to finish (it stops when `stop` is cancelled).
+async fn stop_serving(serving: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<()> {
     match serving.await {
         Ok(result) => result?,
         Err(e) => return Err(Error::KubeConfig(format!("the server task failed: {e}"))),
     }
     tracing::info!("stopped");
-    outcome
+    Ok(())
+}
+
+/// Runs `attempt` until it succeeds, waiting 1 s after the first failure and twice as long after
+/// each next one (at most 30 s), logging every failure; `None` once `stop` is cancelled.
+pub async fn until_it_works<
+    T,
+    E: std::fmt::Display,
+    F: Future<Output = std::result::Result<T, E>>,
+>(
+    what: &str,
+    stop: &CancellationToken,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return None,
+            result = attempt() => result,
+        };
+        match result {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::error!(error = %e, retry_in = ?wait, "cannot {what} yet; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// The Lease election from the command line, with a client whose requests time out before a

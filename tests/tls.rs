@@ -212,7 +212,7 @@ async fn shutdown_turns_readiness_off_and_lets_in_flight_requests_finish() {
 
     server.stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.readiness.problem(), Some("shutting down"));
+    assert_eq!(server.readiness.problem().as_deref(), Some("shutting down"));
     sender
         .send(Ok(b"\"kind\":\"AdmissionReview\"}".to_vec()))
         .await

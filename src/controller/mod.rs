@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{LABEL_CONTROLLER, Plan};
 use crate::metrics::Metrics;
+use crate::server::Readiness;
 use decide::CORDON_CLAIM_PREFIX;
 use reconcile::{Context, ReconcileError, Reporter, Settings};
 
@@ -47,34 +48,52 @@ pub async fn run(
     config: ControllerOptions,
     metrics: Arc<Metrics>,
     ready: impl FnOnce() + Send + 'static,
+    readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> Result<(), crate::Error> {
     let settings = config.settings;
     let namespace = settings.namespace.clone();
     let reporter = Reporter::new(&settings.job.controller_name, config.node_name.as_deref());
-    let cluster_id = match Api::<Namespace>::all(client.clone())
-        .get("kube-system")
-        .await
-    {
-        Ok(namespace) => namespace.metadata.uid.unwrap_or_default(),
-        Err(e) => {
-            let message = format!(
-                "cannot read the kube-system Namespace (its UID identifies the cluster to channels): {e}"
-            );
-            reconcile::controller_event(&client, &reporter, true, "StartFailed", message.clone())
-                .await;
-            return Err(crate::Error::KubeConfig(message));
+    // The kube-system Namespace's UID identifies the cluster to channels. Read with retries: a
+    // controller started while the API server is away waits for it instead of exiting.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut failures = 0;
+    let Some(kube_system) = crate::until_it_works("read the kube-system Namespace", &stop, || {
+        failures += 1;
+        let (namespaces, client, reporter) = (namespaces.clone(), client.clone(), reporter.clone());
+        let first = failures == 1;
+        async move {
+            let result = namespaces.get("kube-system").await;
+            if let Err(e) = &result
+                && first
+            {
+                let message = format!(
+                    "cannot read the kube-system Namespace (its UID identifies the cluster to \
+                     channels): {e}; retrying"
+                );
+                reconcile::controller_event(&client, &reporter, true, "StartFailed", message).await;
+            }
+            result
         }
+    })
+    .await
+    else {
+        return Ok(());
     };
+    let cluster_id = kube_system.metadata.uid.unwrap_or_default();
 
     let crd_lacks_nodes = !check_crd(&client).await;
 
     // Plans of our namespace; deletions also go to the janitor, which returns cordoned nodes.
     let (plans, plan_writer) = reflector::store::<Plan>();
     let (deleted_tx, mut deleted_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let plan_stream = watcher(
-        Api::<Plan>::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
+    let plan_stream = reported(
+        watcher(
+            Api::<Plan>::namespaced(client.clone(), &namespace),
+            watcher::Config::default(),
+        ),
+        "plans",
+        readiness.clone(),
     )
     .reflect(plan_writer)
     .inspect(move |event| {
@@ -89,9 +108,13 @@ pub async fn run(
 
     let selector = format!("{LABEL_CONTROLLER}={}", settings.job.controller_name);
     let (jobs, job_writer) = reflector::store::<Job>();
-    let job_stream = watcher(
-        Api::<Job>::namespaced(client.clone(), &namespace),
-        watcher::Config::default().labels(&selector),
+    let job_stream = reported(
+        watcher(
+            Api::<Job>::namespaced(client.clone(), &namespace),
+            watcher::Config::default().labels(&selector),
+        ),
+        "jobs",
+        readiness.clone(),
     )
     .reflect(job_writer)
     .touched_objects();
@@ -100,37 +123,49 @@ pub async fn run(
     // and existence do.
     let (nodes, node_writer) = reflector::store::<Node>();
     let mut fingerprints: HashMap<String, u64> = HashMap::new();
-    let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .reflect(node_writer)
-        .filter(move |event| {
-            let relevant = match event {
-                Ok(Event::Apply(node) | Event::InitApply(node)) => {
-                    let print = node_fingerprint(node);
-                    fingerprints.insert(node.name_any(), print) != Some(print)
-                }
-                Ok(Event::Delete(node)) => {
-                    fingerprints.remove(&node.name_any());
-                    true
-                }
-                _ => true,
-            };
-            future::ready(relevant)
-        })
-        .touched_objects();
+    let node_stream = reported(
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        "nodes",
+        readiness.clone(),
+    )
+    .reflect(node_writer)
+    .filter(move |event| {
+        let relevant = match event {
+            Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                let print = node_fingerprint(node);
+                fingerprints.insert(node.name_any(), print) != Some(print)
+            }
+            Ok(Event::Delete(node)) => {
+                fingerprints.remove(&node.name_any());
+                true
+            }
+            _ => true,
+        };
+        future::ready(relevant)
+    })
+    .touched_objects();
 
     let (secrets, secret_writer) = reflector::store::<Secret>();
-    let secret_stream = watcher(
-        Api::<Secret>::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
+    let secret_stream = reported(
+        watcher(
+            Api::<Secret>::namespaced(client.clone(), &namespace),
+            watcher::Config::default(),
+        ),
+        "secrets",
+        readiness.clone(),
     )
     .reflect(secret_writer)
     .touched_objects();
 
     // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_stream = watcher(
-        Api::<Pod>::namespaced(client.clone(), &namespace),
-        watcher::Config::default().labels(&selector),
+    let pod_stream = reported(
+        watcher(
+            Api::<Pod>::namespaced(client.clone(), &namespace),
+            watcher::Config::default().labels(&selector),
+        ),
+        "pods",
+        readiness.clone(),
     )
     .reflect(pod_writer)
     .touched_objects();
@@ -260,6 +295,7 @@ pub async fn run(
         })
         .await;
     drains_context.stop_drains();
+    readiness.watches_stopped();
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -325,6 +361,47 @@ where
         .default_backoff()
         .modify(|object: &mut K| {
             object.managed_fields_mut().clear();
+        })
+}
+
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before a failed watch is tried again: 250 ms doubling to 5 s, and 250 ms again once it
+/// delivers. Short, because readiness waits on the watches after an API server restart.
+struct WatchBackoff(Duration);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(WATCH_BACKOFF_MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = WATCH_BACKOFF_MIN;
+    }
+}
+
+/// A watch's events, retried with backoff after an error; each error is logged and shown in
+/// `/readyz` until the watch delivers again.
+fn reported<K>(
+    events: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    resource: &'static str,
+    readiness: Arc<Readiness>,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send {
+    events
+        .backoff(WatchBackoff(WATCH_BACKOFF_MIN))
+        .inspect(move |event| match event {
+            Ok(_) => readiness.watch_ok(resource),
+            Err(e) => {
+                tracing::error!(resource, error = %e, "watch failed; retrying with backoff");
+                readiness.watch_failed(resource, e.to_string());
+            }
         })
 }
 

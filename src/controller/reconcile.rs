@@ -23,7 +23,7 @@ use crate::controller::drain::{DrainOptions, DrainProgress, DrainRequest};
 use crate::controller::job::{
     ANNOTATION_ADOPTED, ANNOTATION_TEMPLATE, ANNOTATION_TTL, JobSettings, LABEL_PLAN,
 };
-use crate::controller::resolve::ChannelClient;
+use crate::controller::resolve::{ChannelClient, ChannelError};
 use crate::controller::status;
 use crate::metrics::Metrics;
 
@@ -391,7 +391,13 @@ async fn resolve(plan: &Plan, ctx: &Context) -> Resolution {
     };
     let key = plan.metadata.uid.clone().unwrap_or_default();
     let status = plan.status.clone().unwrap_or_default();
-    let latest = status.latest_version.clone().unwrap_or_default();
+    // A stored version that is not a tag (written by an older controller) is not sent back as
+    // a header, where it could make every poll fail.
+    let latest = status
+        .latest_version
+        .clone()
+        .filter(|v| crate::syntax::image::is_tag(v))
+        .unwrap_or_default();
     let resolved = status::is(
         status.conditions.as_deref().unwrap_or_default(),
         status::LATEST_RESOLVED,
@@ -411,7 +417,20 @@ async fn resolve(plan: &Plan, ctx: &Context) -> Resolution {
     {
         return Resolution::ChannelNotDue(poll.next - now);
     }
-    let result = ctx.channel.resolve(channel, &latest, &ctx.cluster_id).await;
+    let result = ctx
+        .channel
+        .resolve(channel, &latest, &ctx.cluster_id)
+        .await
+        .and_then(|version| {
+            // An answer that cannot be a tag (say `v1.2.3%0A` in a Location) is a failed poll:
+            // the stored version stays, and the next good answer replaces it.
+            match crate::validation::resolved_version_problem(&plan.spec, &version) {
+                None => Ok(version),
+                Some(problem) => Err(ChannelError(format!(
+                    "the channel answered a version that cannot be used: {problem}"
+                ))),
+            }
+        });
     let mut polls = ctx.polls.lock().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(version) => {

@@ -22,6 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, Webhook};
 use crate::metrics::{AdmissionLabels, Metrics, WebhookLabels};
+use crate::validation;
 use tls::CertResolver;
 
 /// Largest request body accepted. The API server refuses requests over 3 MiB and etcd stores at
@@ -62,7 +63,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Readiness {
     certificate: Arc<CertResolver>,
     shutting_down: AtomicBool,
+    waiting_for_certificate: AtomicBool,
     waiting_for_controller: AtomicBool,
+    /// Watches of the leading controller that fail, by resource, with their last error.
+    failing_watches: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+    any_watch_failing: AtomicBool,
 }
 
 impl Readiness {
@@ -70,8 +75,21 @@ impl Readiness {
         Arc::new(Self {
             certificate,
             shutting_down: AtomicBool::new(false),
+            waiting_for_certificate: AtomicBool::new(false),
             waiting_for_controller: AtomicBool::new(false),
+            failing_watches: Default::default(),
+            any_watch_failing: AtomicBool::new(false),
         })
+    }
+
+    /// Readiness now also waits for [`Readiness::certificate_ready`]: the certificate served
+    /// meanwhile is a stand-in the API server does not trust.
+    pub fn expect_certificate(&self) {
+        self.waiting_for_certificate.store(true, Ordering::SeqCst);
+    }
+
+    pub fn certificate_ready(&self) {
+        self.waiting_for_certificate.store(false, Ordering::SeqCst);
     }
 
     /// Readiness now also waits for [`Readiness::controller_ready`].
@@ -83,14 +101,62 @@ impl Readiness {
         self.waiting_for_controller.store(false, Ordering::SeqCst);
     }
 
+    /// A watch of `resource` failed (not ready until it works again).
+    pub fn watch_failed(&self, resource: &'static str, error: String) {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failing.insert(resource, validation::bounded(&error));
+        self.any_watch_failing.store(true, Ordering::SeqCst);
+    }
+
+    /// A watch of `resource` delivered an event, so it works.
+    pub fn watch_ok(&self, resource: &'static str) {
+        if self.any_watch_failing.load(Ordering::Relaxed) {
+            let mut failing = self
+                .failing_watches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            failing.remove(resource);
+            self.any_watch_failing
+                .store(!failing.is_empty(), Ordering::SeqCst);
+        }
+    }
+
+    /// The controller stopped: its watches no longer count.
+    pub fn watches_stopped(&self) {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failing.clear();
+        self.any_watch_failing.store(false, Ordering::SeqCst);
+    }
+
     /// Why the server is not ready, if it is not.
-    pub fn problem(&self) -> Option<&'static str> {
+    pub fn problem(&self) -> Option<String> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            Some("shutting down")
+            Some("shutting down".to_owned())
         } else if !self.certificate.is_loaded() {
-            Some("no serving certificate loaded yet")
+            Some("no serving certificate loaded yet".to_owned())
+        } else if self.waiting_for_certificate.load(Ordering::SeqCst) {
+            Some(
+                "the webhook certificate is not issued yet (is the API server reachable?)"
+                    .to_owned(),
+            )
         } else if self.waiting_for_controller.load(Ordering::SeqCst) {
-            Some("controller caches not synced yet")
+            Some("controller caches not synced yet".to_owned())
+        } else if self.any_watch_failing.load(Ordering::SeqCst) {
+            let failing = self
+                .failing_watches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let list: Vec<String> = failing
+                .iter()
+                .map(|(resource, error)| format!("the watch of {resource} fails: {error}"))
+                .collect();
+            (!list.is_empty()).then(|| list.join("; "))
         } else {
             None
         }

@@ -512,6 +512,24 @@ fn is_kubernetes_upgrade_image(image: &str) -> bool {
     matches!(name, "k3s-upgrade" | "rke2-upgrade")
 }
 
+/// Why a version a channel answered cannot be used for this Plan, if it cannot: the rules of
+/// `spec.version`, applied before the answer is stored as `status.latestVersion`.
+pub fn resolved_version_problem(spec: &PlanSpec, version: &str) -> Option<String> {
+    let image = spec.upgrade.as_ref().map(|u| u.image.as_str());
+    let mut report = Report::default();
+    check_version(
+        version,
+        image.is_some_and(is_kubernetes_upgrade_image),
+        &mut report,
+    );
+    let problem = report.problems.first()?;
+    let detail = problem
+        .message
+        .strip_prefix("spec.version: ")
+        .unwrap_or(&problem.message);
+    Some(detail.to_owned())
+}
+
 /// A version becomes an image tag (`+` → `-`). It must be SemVer where a SemVer is meant: it
 /// starts with `v` and a digit, or it tags a K3s or RKE2 upgrade image. Other images' tags such
 /// as `22.04` (ubuntu) or `12.8` (debian) are taken as they are.

@@ -561,3 +561,21 @@ fn a_flood_of_problems_is_counted_after_fifty() {
         report.problems.len() - LISTED_PROBLEMS
     )));
 }
+
+#[test]
+fn resolved_versions_follow_the_version_rules() {
+    let spec = |image: &str| -> PlanSpec {
+        serde_json::from_value(serde_json::json!({"upgrade": {"image": image}})).unwrap()
+    };
+    let k3s = spec("rancher/k3s-upgrade");
+    assert_eq!(resolved_version_problem(&k3s, "v1.30.4+k3s1"), None);
+    let newline = resolved_version_problem(&k3s, "v1.2.3\n").unwrap();
+    assert!(
+        newline.starts_with("\"v1.2.3\\n\" cannot be used as an image tag"),
+        "{newline}"
+    );
+    let not_semver = resolved_version_problem(&k3s, "1.30").unwrap();
+    assert!(not_semver.contains("is not SemVer"), "{not_semver}");
+    // Other images' tags need not be SemVer, as for spec.version.
+    assert_eq!(resolved_version_problem(&spec("ubuntu"), "22.04"), None);
+}

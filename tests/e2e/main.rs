@@ -154,6 +154,10 @@ const TESTS: &[Test] = &[
         resolution::channels_resolve_versions,
     ),
     (
+        "a_bad_channel_answer_is_refused_until_a_good_one",
+        resolution::a_bad_channel_answer_is_refused_until_a_good_one,
+    ),
+    (
         "plans_that_bypassed_the_webhook_are_validated",
         resolution::plans_that_bypassed_the_webhook_are_validated,
     ),
@@ -168,6 +172,10 @@ const TESTS: &[Test] = &[
     (
         "an_api_server_outage_mid_rollout_is_survived",
         resilience::an_api_server_outage_mid_rollout_is_survived,
+    ),
+    (
+        "a_controller_started_while_the_api_server_is_down_waits_for_it",
+        resilience::a_controller_started_while_the_api_server_is_down_waits_for_it,
     ),
     (
         "job_watch_counts_a_relist_as_one_snapshot",

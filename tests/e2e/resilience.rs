@@ -267,3 +267,76 @@ pub fn an_api_server_outage_mid_rollout_is_survived(ctx: &Ctx) {
     ctx.stop_server();
     s.cleanup();
 }
+
+/// A controller (re)started while kube-apiserver is down waits for it instead of exiting:
+/// `/healthz` answers, `/readyz` says what is missing, and once the API server is back the
+/// controller gets its certificate, becomes ready and rolls out a Plan.
+pub fn a_controller_started_while_the_api_server_is_down_waits_for_it(ctx: &Ctx) {
+    ctx.ensure_server();
+    ctx.stop_server();
+    let s = Scenario::new(ctx, "cold", 1);
+    let curl = |port: u16, path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-w",
+                "\n%{http_code}",
+                &format!("https://127.0.0.1:{port}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let server = std::thread::scope(|scope| {
+        let outage = scope.spawn(|| ctx.cluster.restart_apiserver(Duration::from_secs(20)));
+        wait("kube-apiserver to stop", Duration::from_secs(30), || {
+            (!ctx
+                .kubectl(&["get", "--raw", "/readyz", "--request-timeout=1s"])
+                .ok)
+                .then_some(())
+        });
+        let server = Server::spawn(ctx, "cold", &[]);
+        let info = server.info();
+        wait("/healthz", Duration::from_secs(10), || {
+            curl(info.port, "/healthz").ends_with("\n200").then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        let readyz = curl(info.port, "/readyz");
+        assert!(
+            readyz.starts_with("not ready: the webhook certificate is not issued yet")
+                && readyz.ends_with("\n503"),
+            "{readyz}"
+        );
+        assert!(
+            std::path::Path::new(&format!("/proc/{}", server.pid())).exists(),
+            "the controller exited while the API server was down:\n{}",
+            info.log_tail()
+        );
+        outage.join().unwrap();
+        server
+    });
+    let info = server.info();
+    server.wait_ready();
+    let log = std::fs::read_to_string(&info.log).unwrap();
+    assert!(
+        log.contains("cannot issue the webhook certificate yet; retrying"),
+        "{}",
+        info.log_tail()
+    );
+    ctx.register_webhooks(&format!("https://127.0.0.1:{}", info.port));
+    ctx.set_server(server);
+    s.apply_plan(
+        "cold",
+        json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({}),
+    );
+    s.wait_condition(
+        "cold",
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(120),
+    );
+    ctx.stop_server();
+    s.cleanup();
+}

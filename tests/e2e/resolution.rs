@@ -112,14 +112,14 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
     server.answer(200, None);
     s.apply_plan(
         "chan-200",
-        spec(&format!("{}/releases/v9", server.url)),
+        spec(&format!("{}/releases/v9.1.0", server.url)),
         json!({}),
     );
-    wait("v9", MINUTE, || {
+    wait("v9.1.0", MINUTE, || {
         (s.plan("chan-200")
             .and_then(|p| p.status?.latest_version)
             .as_deref()
-            == Some("v9"))
+            == Some("v9.1.0"))
         .then_some(())
     });
 
@@ -144,6 +144,41 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
     for plan in ["chan", "chan-200", "chan-version"] {
         s.delete_plan(plan);
     }
+}
+
+/// A channel answer that cannot be a version (a newline in the Location) is not stored: the Plan
+/// says why and starts nothing, and the next good answer is stored and rolled out.
+pub fn a_bad_channel_answer_is_refused_until_a_good_one(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "badchan", 1);
+    let server = ChannelServer::start(ctx);
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.2.3%0A"));
+    let spec = json!({"concurrency": 1, "channel": format!("{}/stable", server.url), "upgrade": {"image": "rancher/k3s-upgrade"}});
+    s.apply_plan("badchan", spec, json!({}));
+    let message = s.wait_condition("badchan", "LatestResolved", "False", "ChannelError", MINUTE);
+    assert!(
+        message.contains(
+            "the channel answered a version that cannot be used: \"v1.2.3\\n\" cannot be used as an image tag"
+        ),
+        "{message}"
+    );
+    let status = s.plan_json("badchan")["status"].clone();
+    assert!(status["latestVersion"].is_null(), "{status}");
+    assert!(s.jobs("badchan").is_empty());
+
+    // The channel is asked again (with backoff) and its good answer repairs the Plan.
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.2.4+test"));
+    wait("the good version", MINUTE, || {
+        (s.plan_json("badchan")["status"]["latestVersion"] == "v1.2.4-test").then_some(())
+    });
+    s.wait_condition("badchan", "Complete", "True", "Complete", MINUTE);
+    let headers = server.requests.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        headers
+            .get("x-suc-latest-version")
+            .is_none_or(|v| v.to_str().is_ok())
+    );
+    s.delete_plan("badchan");
 }
 
 /// Plans that reached the cluster while the webhook was down are refused
