@@ -124,6 +124,21 @@ impl Readiness {
         }
     }
 
+    fn failing_watches(&self) -> Option<String> {
+        if !self.any_watch_failing.load(Ordering::SeqCst) {
+            return None;
+        }
+        let failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let list: Vec<String> = failing
+            .iter()
+            .map(|(resource, error)| format!("the watch of {resource} fails: {error}"))
+            .collect();
+        (!list.is_empty()).then(|| list.join("; "))
+    }
+
     /// The controller stopped: its watches no longer count.
     pub fn watches_stopped(&self) {
         let mut failing = self
@@ -145,18 +160,10 @@ impl Readiness {
                 "the webhook certificate is not issued yet (is the API server reachable?)"
                     .to_owned(),
             )
+        } else if let Some(watches) = self.failing_watches() {
+            Some(watches)
         } else if self.waiting_for_controller.load(Ordering::SeqCst) {
             Some("controller caches not synced yet".to_owned())
-        } else if self.any_watch_failing.load(Ordering::SeqCst) {
-            let failing = self
-                .failing_watches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let list: Vec<String> = failing
-                .iter()
-                .map(|(resource, error)| format!("the watch of {resource} fails: {error}"))
-                .collect();
-            (!list.is_empty()).then(|| list.join("; "))
         } else {
             None
         }

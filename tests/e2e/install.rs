@@ -176,6 +176,11 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
             .get("annotations")
             .is_none()
     );
+    // One replica gets no PodDisruptionBudget: minAvailable 1 would block every drain of its node.
+    assert!(
+        !objects.contains_key("PodDisruptionBudget system-upgrade/system-upgrade-controller"),
+        "a single replica got a PodDisruptionBudget"
+    );
     let monitor = &objects["ServiceMonitor system-upgrade/system-upgrade-controller"];
     assert_eq!(
         monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"],
@@ -193,6 +198,47 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
     );
     ctx.kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&list))
         .expect_ok();
+
+    // The NetworkPolicy: refused without the API server's addresses, else only those and the
+    // monitoring namespace reach port 8443, and the API server accepts it; deploy/'s example too.
+    let (ok, _, stderr) = render(&["--set", "networkPolicy.enabled=true"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("networkPolicy.apiServerCIDRs is empty"),
+        "{stderr}"
+    );
+    let (ok, fenced, stderr) = render(&[
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.1/32,10.42.0.0/32}",
+    ]);
+    assert!(ok, "{stderr}");
+    let policy =
+        self::objects(&fenced)["NetworkPolicy system-upgrade/system-upgrade-controller"].clone();
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{
+            "ports": [{"port": 8443, "protocol": "TCP"}],
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                {"ipBlock": {"cidr": "10.0.0.1/32"}},
+                {"ipBlock": {"cidr": "10.42.0.0/32"}},
+            ],
+        }])
+    );
+    ctx.kubectl_with_input(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&serde_json::to_string(&policy).unwrap()),
+    )
+    .expect_ok();
+    ctx.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-n",
+        NAMESPACE,
+        "-f",
+        path(&repo("deploy/networkpolicy.yaml")),
+    ])
+    .expect_ok();
 
     // Two replicas that would each run a controller are refused, with the fix.
     let (ok, _, stderr) = render(&["--set", "leaderElection=false"]);

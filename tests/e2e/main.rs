@@ -174,6 +174,10 @@ const TESTS: &[Test] = &[
         resilience::an_api_server_outage_mid_rollout_is_survived,
     ),
     (
+        "a_refused_watch_is_logged_and_shown_in_readyz",
+        resilience::a_refused_watch_is_logged_and_shown_in_readyz,
+    ),
+    (
         "a_controller_started_while_the_api_server_is_down_waits_for_it",
         resilience::a_controller_started_while_the_api_server_is_down_waits_for_it,
     ),

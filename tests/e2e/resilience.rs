@@ -340,3 +340,63 @@ pub fn a_controller_started_while_the_api_server_is_down_waits_for_it(ctx: &Ctx)
     ctx.stop_server();
     s.cleanup();
 }
+
+/// A watch the API server refuses (our ClusterRole loses list and watch on nodes) is logged as an
+/// error and named in `/readyz`; once the permission is back the controller becomes ready.
+pub fn a_refused_watch_is_logged_and_shown_in_readyz(ctx: &Ctx) {
+    ctx.ensure_server();
+    ctx.stop_server();
+    /// Puts the ClusterRole back even when the test fails.
+    struct Restore<'a>(&'a Ctx);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.kubectl(&[
+                "apply",
+                "-f",
+                &crate::support::repo("deploy/rbac.yaml").to_string_lossy(),
+            ]);
+        }
+    }
+    let restore = Restore(ctx);
+    ctx.kubectl(&[
+        "patch",
+        "clusterrole",
+        "system-upgrade-controller",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/rules/0/verbs", "value": ["get", "patch"]}]"#,
+    ])
+    .expect_ok();
+    let server = Server::spawn(ctx, "refused", &[]);
+    let info = server.info();
+    let readyz = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", &format!("https://127.0.0.1:{}/readyz", info.port)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = wait(
+        "/readyz to name the refused watch",
+        Duration::from_secs(30),
+        || {
+            let text = readyz();
+            text.starts_with("not ready: the watch of nodes fails:")
+                .then_some(text)
+        },
+    );
+    assert!(shown.contains("forbidden"), "{shown}");
+    let log = std::fs::read_to_string(&info.log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("watch failed")
+            && l.contains("resource=\"nodes\"")),
+        "{}",
+        info.log_tail()
+    );
+    drop(restore);
+    server.wait_ready();
+    assert_eq!(readyz(), "ok\n");
+    ctx.set_server(server);
+    ctx.stop_server();
+}
