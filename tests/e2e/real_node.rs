@@ -294,7 +294,13 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                 echo \"upgrade to $SYSTEM_UPGRADE_PLAN_LATEST_VERSION on $SYSTEM_UPGRADE_NODE_NAME\"; \
                 echo \"$SYSTEM_UPGRADE_NODE_NAME $SYSTEM_UPGRADE_PLAN_LATEST_VERSION\" > {host_out}/marker; \
                 echo 'marker written'")]}});
-    s.apply_plan(plan, spec, json!({}));
+    // A look-alike of the gate's annotation, copied from the Plan to the pod: a gate that matched
+    // it (dots read as any character) would let the upgrade start before the drain.
+    s.apply_plan(
+        plan,
+        spec,
+        json!({"annotations": {"upgrade-cattle-io/drained": "decoy"}}),
+    );
 
     let cordoned = || s.unschedulable(REAL_NODE);
     // Prepare runs while the node is schedulable and the workload stays where it was.
