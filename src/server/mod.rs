@@ -456,3 +456,59 @@ pub fn bind(
     let server = server.serve(app.into_make_service());
     Ok((address, server))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_what_is_missing_in_order() {
+        let certificate = Arc::new(CertResolver::default());
+        let readiness = Readiness::new(certificate.clone());
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("no serving certificate loaded yet")
+        );
+        tls::self_signed(&certificate).unwrap();
+        assert_eq!(readiness.problem(), None);
+
+        readiness.expect_certificate();
+        readiness.expect_controller();
+        assert!(
+            readiness
+                .problem()
+                .is_some_and(|p| p.starts_with("the webhook certificate is not issued yet")),
+            "{:?}",
+            readiness.problem()
+        );
+        readiness.certificate_ready();
+        assert_eq!(
+            readiness.problem().as_deref(),
+            Some("controller caches not synced yet")
+        );
+
+        // A failing watch is named, before the caches it keeps from syncing, until it delivers.
+        readiness.watch_failed("nodes", "403 Forbidden: nodes is forbidden".to_owned());
+        readiness.watch_failed("pods", format!("{:?}", "x".repeat(5000)));
+        let problem = readiness.problem().unwrap();
+        assert!(
+            problem.starts_with("the watch of nodes fails: 403 Forbidden: nodes is forbidden; the watch of pods fails: \""),
+            "{problem}"
+        );
+        assert!(problem.len() < 300, "the error is cut: {}", problem.len());
+        readiness.watch_ok("nodes");
+        readiness.watch_ok("pods");
+        readiness.controller_ready();
+        assert_eq!(readiness.problem(), None);
+        readiness.watch_failed("plans", "gone".to_owned());
+        readiness.watches_stopped();
+        assert_eq!(
+            readiness.problem(),
+            None,
+            "a stopped controller's watches do not count"
+        );
+
+        readiness.shut_down();
+        assert_eq!(readiness.problem().as_deref(), Some("shutting down"));
+    }
+}
