@@ -243,8 +243,15 @@ pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A kube client whose every request times out after [`API_TIMEOUT`].
 pub fn api_client(config: kube::Config) -> Result<kube::Client> {
+    api_client_with_timeout(config, API_TIMEOUT)
+}
+
+fn api_client_with_timeout(
+    config: kube::Config,
+    timeout: std::time::Duration,
+) -> Result<kube::Client> {
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::timeout::TimeoutLayer::new(API_TIMEOUT))
+        .with_layer(&tower::timeout::TimeoutLayer::new(timeout))
         .build())
 }
 
@@ -354,4 +361,49 @@ pub fn shutdown_on_signals() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An API server that accepts connections and never answers: requests fail after the
+    /// timeout instead of waiting forever.
+    #[tokio::test]
+    async fn api_requests_time_out_when_the_api_server_goes_silent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = kube::Config::new(format!("http://{address}").parse().unwrap());
+        let client =
+            api_client_with_timeout(config, std::time::Duration::from_millis(500)).unwrap();
+        let started = std::time::Instant::now();
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let error = namespaces.get("kube-system").await.unwrap_err().to_string();
+        let took = started.elapsed();
+        assert!(error.contains("timed out"), "{error}");
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        silent.abort();
+    }
+
+    #[tokio::test]
+    async fn start_up_retries_until_it_works_or_stops() {
+        let stop = CancellationToken::new();
+        let mut attempts = 0;
+        let value = until_it_works("count", &stop, || {
+            attempts += 1;
+            let now = attempts;
+            async move { if now < 2 { Err("not yet") } else { Ok(now) } }
+        })
+        .await;
+        assert_eq!(value, Some(2));
+        stop.cancel();
+        let never = until_it_works("fail", &stop, || async { Err::<(), _>("down") }).await;
+        assert_eq!(never, None);
+    }
 }
