@@ -21,7 +21,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+use crate::error::Error;
 use crate::server::tls::CertResolver;
 
 const CA_CERT_KEY: &str = "ca.crt";
@@ -176,7 +176,7 @@ impl Bootstrap {
                 name: Some(self.ca_secret.clone()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/name".to_owned(),
+                    crate::api::LABEL_APP_NAME.to_owned(),
                     "system-upgrade-controller".to_owned(),
                 )])),
                 ..ObjectMeta::default()

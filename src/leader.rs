@@ -93,15 +93,15 @@ impl Election {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
         mut controller: F,
-    ) -> crate::Result<()>
+    ) -> crate::error::Result<()>
     where
         F: FnMut(CancellationToken) -> Fut,
-        Fut: Future<Output = crate::Result<()>> + Send + 'static,
+        Fut: Future<Output = crate::error::Result<()>> + Send + 'static,
     {
         let (duration, grace) = self
             .timings
             .lease_seconds()
-            .map_err(crate::Error::KubeConfig)?;
+            .map_err(crate::error::Error::LeaderElection)?;
         let params = LeaseParams::new(self.identity.clone(), duration, grace);
         loop {
             let Some(manager) = self.campaign(&params, &stop).await else {
@@ -138,10 +138,7 @@ impl Election {
                             // task of the controller with it) rather than act twice.
                             running.abort();
                             metrics.set_leader(false);
-                            return Err(crate::Error::KubeConfig(format!(
-                                "the controller did not stop within {STOP_BOUND:?} of losing the \
-                                 Lease; exiting so that only one controller acts"
-                            )));
+                            return Err(crate::error::Error::ControllerDidNotStop(STOP_BOUND));
                         }
                     }
                 }
@@ -149,9 +146,10 @@ impl Election {
             metrics.set_leader(false);
             let outcome = match finished {
                 Ok(outcome) => outcome,
-                Err(e) => Err(crate::Error::KubeConfig(format!(
-                    "the controller task failed: {e}"
-                ))),
+                Err(error) => Err(crate::error::Error::TaskFailed {
+                    task: "controller",
+                    error,
+                }),
             };
             if stop.is_cancelled() || outcome.is_err() {
                 self.release(&manager).await;

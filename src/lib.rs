@@ -8,8 +8,10 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod controller;
+pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod retry;
 pub mod server;
 pub mod syntax;
 pub mod telemetry;
@@ -20,39 +22,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+pub use error::{Error, Result};
+
 use config::RunConfig;
 use server::Readiness;
 use server::tls::{self, CertResolver};
 
-/// Errors of the library. Every variant maps to a short static category for metrics labels.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("YAML: {0}")]
-    Yaml(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Kubernetes client configuration: {0}")]
-    KubeConfig(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl Error {
-    /// A short, fixed category for metrics labels.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Self::Yaml(_) => "yaml",
-            Self::Tls(_) => "tls",
-            Self::Kube(_) => "kube",
-            Self::KubeConfig(_) => "kubeconfig",
-            Self::Io(_) => "io",
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
 async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
@@ -147,10 +122,11 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             };
             // Retried while the API server is away; /healthz answers meanwhile, /readyz says why
             // the server is not ready.
-            let Some(serving) = until_it_works("issue the webhook certificate", &stop, || {
-                bootstrap.start(&resolver)
-            })
-            .await
+            let Some(serving) =
+                retry::until_it_works("issue the webhook certificate", &stop, || {
+                    bootstrap.start(&resolver)
+                })
+                .await
             else {
                 return stop_serving(serving_task).await;
             };
@@ -158,67 +134,14 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
             tracing::info!(names = ?bootstrap.dns_names(), "serving a certificate issued by the webhook CA");
             tokio::spawn(bootstrap.maintain(resolver.clone(), serving, stop.clone()));
         }
-        let options = controller_options(&config);
-        let reporter =
-            controller::reconcile::Reporter::new(&config.name, config.node_name.as_deref());
-        let starting = format!(
-            "system-upgrade-controller {} starting as {}/{}{}",
-            crate::config::VERSION,
-            config.namespace,
-            config.name,
-            if config.leader_elect {
-                "; it runs the controller while it holds the Lease"
-            } else {
-                ""
-            }
-        );
-        // In the background: an API server slow to answer must not delay serving the webhook.
-        let events_client = client.clone();
-        tokio::spawn(async move {
-            controller::reconcile::controller_event(
-                &events_client,
-                &reporter,
-                false,
-                "Starting",
-                starting,
-            )
-            .await;
-        });
-        if config.leader_elect {
-            // Followers serve the webhook, so readiness does not wait for a controller.
-            let election = election(&config, client_config)?;
-            let leader_readiness = readiness.clone();
-            let metrics = metrics.clone();
-            let stop = stop.clone();
-            controller = Some(tokio::spawn(async move {
-                let controller_metrics = metrics.clone();
-                let leader_readiness = leader_readiness.clone();
-                election
-                    .lead(metrics, stop, move |term| {
-                        controller::run(
-                            client.clone(),
-                            options.clone(),
-                            controller_metrics.clone(),
-                            || {},
-                            leader_readiness.clone(),
-                            term,
-                        )
-                    })
-                    .await
-            }));
-        } else {
-            readiness.expect_controller();
-            let ready = readiness.clone();
-            metrics.set_leader(true);
-            controller = Some(tokio::spawn(controller::run(
-                client,
-                options,
-                metrics.clone(),
-                move || ready.controller_ready(),
-                readiness.clone(),
-                stop.clone(),
-            )));
-        }
+        controller = Some(start_controller(
+            &config,
+            client,
+            client_config,
+            &metrics,
+            &readiness,
+            &stop,
+        )?);
     }
 
     let Some(controller) = controller else {
@@ -228,13 +151,78 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     let outcome = match controller.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e),
-        Err(e) => Err(Error::KubeConfig(format!(
-            "the controller task failed: {e}"
-        ))),
+        Err(error) => Err(Error::TaskFailed {
+            task: "controller",
+            error,
+        }),
     };
     stop.cancel();
     stop_serving(serving_task).await?;
     outcome
+}
+
+/// Starts the controller: at once, or (with `--leader-elect`) whenever this replica holds the
+/// Lease. Sends the `Starting` event in the background.
+fn start_controller(
+    config: &RunConfig,
+    client: kube::Client,
+    client_config: kube::Config,
+    metrics: &Arc<metrics::Metrics>,
+    readiness: &Arc<Readiness>,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let options = controller_options(config);
+    let reporter = controller::events::Reporter::new(&config.name, config.node_name.as_deref());
+    let starting = format!(
+        "system-upgrade-controller {} starting as {}/{}{}",
+        crate::config::VERSION,
+        config.namespace,
+        config.name,
+        if config.leader_elect {
+            "; it runs the controller while it holds the Lease"
+        } else {
+            ""
+        }
+    );
+    // In the background: an API server slow to answer must not delay serving the webhook.
+    let events_client = client.clone();
+    tokio::spawn(async move {
+        let reason = api::Reason::Starting;
+        controller::events::controller_event(&events_client, &reporter, false, reason, starting)
+            .await;
+    });
+    if !config.leader_elect {
+        readiness.expect_controller();
+        let ready = readiness.clone();
+        metrics.set_leader(true);
+        let run = controller::run(
+            client,
+            options,
+            metrics.clone(),
+            move || ready.controller_ready(),
+            readiness.clone(),
+            stop.clone(),
+        );
+        return Ok(tokio::spawn(run));
+    }
+    // Followers serve the webhook, so readiness does not wait for a controller.
+    let election = election(config, client_config)?;
+    let (readiness, metrics, stop) = (readiness.clone(), metrics.clone(), stop.clone());
+    Ok(tokio::spawn(async move {
+        let controller_metrics = metrics.clone();
+        election
+            .lead(metrics, stop, move |term| {
+                controller::run(
+                    client.clone(),
+                    options.clone(),
+                    controller_metrics.clone(),
+                    || {},
+                    readiness.clone(),
+                    term,
+                )
+            })
+            .await
+    }))
 }
 
 /// Longest wait for the API server's answer to any request (its headers: a watch answers at once
@@ -259,39 +247,15 @@ fn api_client_with_timeout(
 async fn stop_serving(serving: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<()> {
     match serving.await {
         Ok(result) => result?,
-        Err(e) => return Err(Error::KubeConfig(format!("the server task failed: {e}"))),
+        Err(error) => {
+            return Err(Error::TaskFailed {
+                task: "server",
+                error,
+            });
+        }
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Runs `attempt` until it succeeds, waiting 1 s after the first failure and twice as long after
-/// each next one (at most 30 s), logging every failure; `None` once `stop` is cancelled.
-pub async fn until_it_works<
-    T,
-    E: std::fmt::Display,
-    F: Future<Output = std::result::Result<T, E>>,
->(
-    what: &str,
-    stop: &CancellationToken,
-    mut attempt: impl FnMut() -> F,
-) -> Option<T> {
-    let mut wait = std::time::Duration::from_secs(1);
-    loop {
-        let result = tokio::select! {
-            _ = stop.cancelled() => return None,
-            result = attempt() => result,
-        };
-        match result {
-            Ok(value) => return Some(value),
-            Err(e) => tracing::error!(error = %e, retry_in = ?wait, "cannot {what} yet; retrying"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(std::time::Duration::from_secs(30));
-    }
 }
 
 /// The Lease election from the command line, with a client whose requests time out before a
@@ -302,7 +266,7 @@ fn election(config: &RunConfig, mut client_config: kube::Config) -> Result<leade
         renew_deadline: config.leader_election_renew_deadline,
         retry_period: config.leader_election_retry_period,
     };
-    let timeout = timings.request_timeout().map_err(Error::KubeConfig)?;
+    let timeout = timings.request_timeout().map_err(Error::LeaderElection)?;
     client_config.connect_timeout = Some(timeout);
     client_config.read_timeout = Some(timeout);
     client_config.write_timeout = Some(timeout);
@@ -389,21 +353,5 @@ mod tests {
         assert!(error.contains("timed out"), "{error}");
         assert!(took < std::time::Duration::from_secs(5), "{took:?}");
         silent.abort();
-    }
-
-    #[tokio::test]
-    async fn start_up_retries_until_it_works_or_stops() {
-        let stop = CancellationToken::new();
-        let mut attempts = 0;
-        let value = until_it_works("count", &stop, || {
-            attempts += 1;
-            let now = attempts;
-            async move { if now < 2 { Err("not yet") } else { Ok(now) } }
-        })
-        .await;
-        assert_eq!(value, Some(2));
-        stop.cancel();
-        let never = until_it_works("fail", &stop, || async { Err::<(), _>("down") }).await;
-        assert_eq!(never, None);
     }
 }

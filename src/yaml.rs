@@ -5,13 +5,13 @@
 pub const MAX_NODES: usize = 100_000;
 
 /// Parses every non-empty document of a multi-document YAML stream into JSON values.
-pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, crate::Error> {
+pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, crate::error::Error> {
     // kubectl's YAML reader follows YAML 1.1, where `defaultMode: 0400` is octal (256).
     let mut budget = serde_saphyr::budget::Budget::default();
     budget.max_nodes = MAX_NODES;
     let options = serde_saphyr::options! { legacy_octal_numbers: true, budget: Some(budget) };
     serde_saphyr::from_multiple_with_options(text, options)
-        .map_err(|e| crate::Error::Yaml(e.to_string()))
+        .map_err(|e| crate::error::Error::Yaml(e.to_string()))
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ struct Out<'a> {
 impl Answer {
     fn out(&self) -> Out<'_> {
         Out {
-            api_version: "admission.k8s.io/v1",
+            api_version: crate::api::ADMISSION_API_VERSION,
             kind: "AdmissionReview",
             response: &self.response,
         }
@@ -205,7 +205,7 @@ pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
             e.inner()
         )))
     })?;
-    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
+    if review.api_version != crate::api::ADMISSION_API_VERSION || review.kind != "AdmissionReview" {
         return Err(BadRequest(validation::bounded(&format!(
             "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {:?} and {:?}",
             review.api_version, review.kind

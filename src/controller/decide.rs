@@ -18,22 +18,19 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
-    Condition, LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Plan, PlanStatus,
+    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_TEMPLATE,
+    ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_VERSION, LATEST_HASH_VAR,
+    LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan, PlanStatus, Reason,
 };
-use crate::controller::drain::DrainProgress;
-use crate::controller::job::{
-    self, ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_TEMPLATE,
-    ANNOTATION_TTL, JobSettings, LABEL_HOSTNAME, LABEL_NODE, LABEL_VERSION,
-};
-use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED, VALIDATED, Wanted};
+use crate::controller::cordon::{claims, has_claim};
+use crate::controller::job::{self, JobSettings};
+use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED, VALIDATED, Wanted, stamp};
 use crate::controller::{hash, resolve, select};
 use crate::syntax::{duration, window};
 use crate::validation;
 
 pub use pods::upgrade_may_have_started;
 
-/// Annotation prefix on a Node recording that a Plan cordoned it (`cordoned.upgrade.cattle.io/<plan>`).
-pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
 /// How often a Plan is looked at when nothing else wakes it.
 pub const RESYNC: Duration = Duration::from_secs(600);
 /// How often a Plan waiting for its window checks again.
@@ -58,6 +55,17 @@ pub enum Resolution {
     Missing,
 }
 
+/// How a node's drain is going, as the reconcile sees it (kept by the drain registry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainProgress {
+    /// Under way; what it waits for.
+    Running(String),
+    /// Drained, and this pod told to go on.
+    Done(String),
+    /// Given up; why.
+    Failed(String),
+}
+
 /// Who an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -70,7 +78,7 @@ pub enum Target {
 pub struct Note {
     pub target: Target,
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     /// Set on events that tell of a node's step once: the recorder sends an event with the same
     /// key only once, even if the node entries that normally keep it one-shot were lost (a CRD
@@ -79,7 +87,7 @@ pub struct Note {
 }
 
 impl Note {
-    fn new(target: Target, warning: bool, reason: &'static str, message: String) -> Self {
+    pub fn new(target: Target, warning: bool, reason: Reason, message: String) -> Self {
         Note {
             target,
             warning,
@@ -89,7 +97,8 @@ impl Note {
         }
     }
 
-    fn once(mut self, key: String) -> Self {
+    /// Makes the note one-shot under `key`.
+    pub fn once(mut self, key: String) -> Self {
         self.once = Some(key);
         self
     }
@@ -153,6 +162,31 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The Job a change is about, if any (a tracing field).
+    pub fn job(&self) -> Option<&str> {
+        match self {
+            Change::DeleteJob { name, .. }
+            | Change::AdoptJob { name, .. }
+            | Change::UpdateJob { name, .. } => Some(name),
+            Change::CreateJob(job) => job.metadata.name.as_deref(),
+            Change::Drain { job, .. } | Change::FailDrain { job, .. } => Some(job),
+            Change::LabelNode { .. } | Change::AdoptCordon { .. } | Change::Release { .. } => None,
+        }
+    }
+
+    /// The node a change is about, if it names one (a tracing field).
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Change::LabelNode { node, .. }
+            | Change::AdoptCordon { node }
+            | Change::Drain { node, .. }
+            | Change::Release { node } => Some(node),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a reconcile pass decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -180,11 +214,6 @@ pub struct Observed<'a> {
     pub pods: &'a [&'a Pod],
     /// Drains in progress or finished, by the UID of the Job they are for.
     pub drains: &'a BTreeMap<String, DrainProgress>,
-}
-
-/// RFC 3339 with whole seconds, as condition times are written.
-pub fn stamp(now: Timestamp) -> String {
-    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
 }
 
 /// Decides one pass for a Plan.
@@ -265,7 +294,7 @@ struct Pass<'a> {
     /// before the node runs the current one.
     finishing: BTreeMap<String, &'a Job>,
     /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).
-    failure: Option<(&'static str, String)>,
+    failure: Option<(Reason, String)>,
 }
 
 impl<'a> Pass<'a> {
@@ -321,7 +350,7 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn note(&mut self, warning: bool, reason: &'static str, message: String) {
+    fn note(&mut self, warning: bool, reason: Reason, message: String) {
         self.notes
             .push(Note::new(Target::Plan, warning, reason, message));
     }
@@ -345,17 +374,17 @@ impl<'a> Pass<'a> {
             }
         }
         if self.problems.is_empty() {
-            if self.set_condition(VALIDATED, "True", "PlanIsValid", "") {
-                self.note(false, "Validated", "Plan is valid".to_owned());
+            if self.set_condition(VALIDATED, "True", Reason::PlanIsValid, "") {
+                self.note(false, Reason::Validated, "Plan is valid".to_owned());
             }
         } else {
             let message = self.problems.join("; ");
             let before = status::get(&self.conditions, VALIDATED).and_then(|c| c.message.clone());
-            self.set_condition(VALIDATED, "False", "Error", &message);
+            self.set_condition(VALIDATED, "False", Reason::Error, &message);
             if before.as_deref() != Some(message.as_str()) {
                 self.note(
                     true,
-                    "ValidateFailed",
+                    Reason::ValidateFailed,
                     format!("Failed to validate plan: {message}"),
                 );
             }
@@ -367,26 +396,26 @@ impl<'a> Pass<'a> {
         status::ensure(&mut self.conditions, LATEST_RESOLVED, &self.now);
         let previous = self.status.latest_version.clone().unwrap_or_default();
         match self.obs.resolution.clone() {
-            Resolution::Version(v) => self.resolved_to(resolve::munge(&v), "Version"),
-            Resolution::Channel(v) => self.resolved_to(resolve::munge(&v), "Channel"),
+            Resolution::Version(v) => self.resolved_to(resolve::munge(&v), Reason::Version),
+            Resolution::Channel(v) => self.resolved_to(resolve::munge(&v), Reason::Channel),
             Resolution::ChannelFailed { error, retry } => {
                 self.requeue = self.requeue.min(retry);
                 let failed = format!("Failed to resolve latest version from Spec.Channel: {error}");
-                self.note(true, "ResolveFailed", failed.clone());
+                self.note(true, Reason::ResolveFailed, failed.clone());
                 if previous.is_empty() {
-                    self.set_condition(LATEST_RESOLVED, "False", "ChannelError", &failed);
+                    self.set_condition(LATEST_RESOLVED, "False", Reason::ChannelError, &failed);
                 } else {
                     // The rollout continues with the version resolved before; say the poll failed.
                     let message =
                         format!("channel poll failed, still applying {previous}: {error}");
-                    self.set_condition(LATEST_RESOLVED, "True", "Channel", &message);
+                    self.set_condition(LATEST_RESOLVED, "True", Reason::Channel, &message);
                 }
             }
             Resolution::ChannelNotDue(after) => self.requeue = self.requeue.min(after),
             Resolution::Missing => {
                 let message = "cannot resolve plan: missing channel and version";
-                if self.set_condition(LATEST_RESOLVED, "False", "Error", message) {
-                    self.note(true, "ResolveFailed", message.to_owned());
+                if self.set_condition(LATEST_RESOLVED, "False", Reason::Error, message) {
+                    self.note(true, Reason::ResolveFailed, message.to_owned());
                 }
             }
         }
@@ -396,21 +425,21 @@ impl<'a> Pass<'a> {
     }
 
     /// Sets a condition; returns whether its status changed.
-    fn set_condition(&mut self, type_: &str, status_: &str, reason: &str, message: &str) -> bool {
-        let wanted = Wanted::new(status_, reason, message);
+    fn set_condition(&mut self, type_: &str, status_: &str, reason: Reason, message: &str) -> bool {
+        let wanted = Wanted::new(status_, reason.as_str(), message);
         status::set(&mut self.conditions, type_, &wanted, &self.now)
     }
 
-    fn resolved_to(&mut self, version: String, reason: &'static str) {
+    fn resolved_to(&mut self, version: String, reason: Reason) {
         let was_resolved = status::is(&self.conditions, LATEST_RESOLVED, "True");
         let previous = self.status.latest_version.clone().unwrap_or_default();
         if !was_resolved || previous != version {
             self.note(
                 false,
-                "Resolved",
+                Reason::Resolved,
                 format!("Resolved latest version from Spec.{reason}: {version}"),
             );
-            self.set_condition(COMPLETE, "False", "Resolved", "");
+            self.set_condition(COMPLETE, "False", Reason::Resolved, "");
         }
         self.set_condition(LATEST_RESOLVED, "True", reason, "");
         self.status.latest_version = Some(version);
@@ -589,22 +618,27 @@ impl<'a> Pass<'a> {
         if self.obs.now < ready_at {
             self.requeue = self.requeue.min(until(self.obs.now, ready_at));
             let message = format!("waiting postCompleteDelay until {}", stamp(ready_at));
-            let entry = self.entry(&node_name, "WaitingDelay", &job_name, &message);
-            if self.old_phase(&node_name) != Some("WaitingDelay") {
+            let entry = self.entry(&node_name, Phase::WaitingDelay, &job_name, &message);
+            if self.old_phase(&node_name) != Some(Phase::WaitingDelay) {
                 let text = format!(
                     "Job completed on Node {node_name}, waiting {} PostCompleteDelay",
                     duration::format(delay.unwrap_or(0))
                 );
                 let key = format!("JobCompleteWaiting/{}", uid_of(job));
                 self.notes.push(
-                    Note::new(Target::Plan, false, "JobCompleteWaiting", text.clone())
-                        .once(key.clone()),
+                    Note::new(
+                        Target::Plan,
+                        false,
+                        Reason::JobCompleteWaiting,
+                        text.clone(),
+                    )
+                    .once(key.clone()),
                 );
                 self.notes.push(
                     Note::new(
                         Target::Node(node_name.clone()),
                         false,
-                        "JobCompleteWaiting",
+                        Reason::JobCompleteWaiting,
                         text,
                     )
                     .once(format!("{key}/node")),
@@ -623,11 +657,11 @@ impl<'a> Pass<'a> {
             self.done_now.insert(node_name.clone());
         }
         let text = format!("Job completed on Node {node_name}");
-        self.note(false, "JobComplete", text.clone());
+        self.note(false, Reason::JobComplete, text.clone());
         self.notes.push(Note::new(
             Target::Node(node_name),
             false,
-            "JobComplete",
+            Reason::JobComplete,
             format!(
                 "{text} for Plan {} (version {})",
                 self.plan_name, self.version
@@ -709,18 +743,18 @@ impl<'a> Pass<'a> {
     fn wait_for_window(mut self) -> Decision {
         let message = "current time is not within configured window";
         if status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
-            != Some("Waiting")
+            != Some(Reason::Waiting.as_str())
         {
             self.note(
                 false,
-                "Waiting",
+                Reason::Waiting,
                 format!(
                     "Waiting for start of Spec.Window to sync Jobs for version {}. Hash: {}",
                     self.version, self.hash
                 ),
             );
         }
-        self.set_condition(COMPLETE, "False", "Waiting", message);
+        self.set_condition(COMPLETE, "False", Reason::Waiting, message);
         self.requeue = self.requeue.min(WINDOW_RETRY);
         self.status.conditions = Some(std::mem::take(&mut self.conditions));
         self.status.nodes = entries_list(std::mem::take(&mut self.entries));
@@ -740,7 +774,7 @@ impl<'a> Pass<'a> {
                 let job_name = job.metadata.name.clone().unwrap_or_default();
                 let message = "finishing the upgrade its Job began before the Plan changed; the \
                                node runs the Plan again when it ends";
-                let entry = self.entry(&node_name, "Upgrading", &job_name, message);
+                let entry = self.entry(&node_name, Phase::Upgrading, &job_name, message);
                 self.entries.insert(node_name, entry);
                 continue;
             }
@@ -777,11 +811,14 @@ impl<'a> Pass<'a> {
         let template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
         let previous = self.old_entries.get(node_name).cloned();
         if let Some(failed) = previous.as_ref().filter(|p| {
-            p.phase == "Failed"
+            p.phase == Phase::Failed.as_str()
                 && p.template.as_deref() == Some(template.as_str())
                 && p.job.as_deref() == Some(desired_name.as_str())
         }) {
-            self.record_failure("JobFailed", failed.message.clone().unwrap_or_default());
+            self.record_failure(
+                Reason::JobFailed,
+                failed.message.clone().unwrap_or_default(),
+            );
             self.entries.insert(node_name.to_owned(), failed.clone());
             return;
         }
@@ -791,7 +828,7 @@ impl<'a> Pass<'a> {
                 Note::new(
                     Target::Node(node_name.to_owned()),
                     false,
-                    "Upgrading",
+                    Reason::Upgrading,
                     format!(
                         "Plan {} starts Job {desired_name} (version {})",
                         self.plan_name, self.version
@@ -800,7 +837,11 @@ impl<'a> Pass<'a> {
                 .once(format!("Upgrading/{desired_name}/{template}")),
             );
         }
-        let phase = if gated { "Preparing" } else { "Upgrading" };
+        let phase = if gated {
+            Phase::Preparing
+        } else {
+            Phase::Upgrading
+        };
         let entry = self.entry(node_name, phase, &desired_name, "");
         self.entries.insert(node_name.to_owned(), entry);
     }
@@ -849,7 +890,7 @@ impl<'a> Pass<'a> {
         let (phase, message) = if gated && finished.is_none() {
             self.gate_phase(node_name, job, desired.is_some())
         } else {
-            ("Upgrading", String::new())
+            (Phase::Upgrading, String::new())
         };
         let entry = self.entry(node_name, phase, &job_name, &message);
         self.entries.insert(node_name.to_owned(), entry);
@@ -860,18 +901,18 @@ impl<'a> Pass<'a> {
             name: job_name.to_owned(),
             why: why.to_owned(),
         });
-        let entry = self.entry(node_name, "Upgrading", job_name, why);
+        let entry = self.entry(node_name, Phase::Upgrading, job_name, why);
         self.entries.insert(node_name.to_owned(), entry);
     }
 
     /// Why a Job failed: the Job failed (its reason and message), or its node could not be drained.
-    fn failure_of(&self, job: &Job, node_name: &str) -> Option<(&'static str, String)> {
+    fn failure_of(&self, job: &Job, node_name: &str) -> Option<(Reason, String)> {
         match (finished_at(job), annotation(job, ANNOTATION_DRAIN_FAILED)) {
             (Some((false, _)), _) => Some((
-                "JobFailed",
+                Reason::JobFailed,
                 failure_message(job, &self.namespace, node_name),
             )),
-            (_, Some(message)) => Some(("DrainFailed", message)),
+            (_, Some(message)) => Some((Reason::DrainFailed, message)),
             _ => None,
         }
     }
@@ -882,7 +923,7 @@ impl<'a> Pass<'a> {
         &mut self,
         node_name: &str,
         job: &Job,
-        reason: &'static str,
+        reason: Reason,
         message: String,
         template: Option<String>,
     ) {
@@ -890,7 +931,7 @@ impl<'a> Pass<'a> {
         let previous = self
             .old_entries
             .get(node_name)
-            .filter(|p| p.phase == "Failed" && p.job.as_deref() == Some(job_name));
+            .filter(|p| p.phase == Phase::Failed.as_str() && p.job.as_deref() == Some(job_name));
         let since = previous
             .and_then(|p| p.since.clone())
             .unwrap_or_else(|| self.now.clone());
@@ -915,7 +956,7 @@ impl<'a> Pass<'a> {
             node_name.to_owned(),
             NodeStatus {
                 name: node_name.to_owned(),
-                phase: "Failed".into(),
+                phase: Phase::Failed.as_str().into(),
                 job: Some(job_name.to_owned()),
                 message: Some(message),
                 since: Some(since),
@@ -924,7 +965,7 @@ impl<'a> Pass<'a> {
         );
     }
 
-    fn record_failure(&mut self, reason: &'static str, message: String) {
+    fn record_failure(&mut self, reason: Reason, message: String) {
         if self.failure.is_none() {
             self.failure = Some((reason, message));
         }
@@ -956,16 +997,11 @@ impl<'a> Pass<'a> {
     /// upgrading (the gate was opened). A failed drain suspends the Job, so its upgrade never
     /// starts. A drain starts only once the pod waits in its gate on its node, and only while
     /// the Plan is valid (`may_drain`).
-    fn gate_phase(
-        &mut self,
-        node_name: &str,
-        job: &Job,
-        may_drain: bool,
-    ) -> (&'static str, String) {
+    fn gate_phase(&mut self, node_name: &str, job: &Job, may_drain: bool) -> (Phase, String) {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let Some(pod) = pods::active_pods(job, self.obs.pods).into_iter().next() else {
-            return ("Preparing", "waiting for the Job's pod".into());
+            return (Phase::Preparing, "waiting for the Job's pod".into());
         };
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         if pod
@@ -974,16 +1010,16 @@ impl<'a> Pass<'a> {
             .as_ref()
             .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED))
         {
-            return ("Upgrading", String::new());
+            return (Phase::Upgrading, String::new());
         }
         if !pods::prepared(pod) {
             return (
-                "Preparing",
+                Phase::Preparing,
                 "prepare is running; the node keeps its workloads until it ends".into(),
             );
         }
         if !pods::ready_for_drain(pod) {
-            return ("Preparing", pods::not_ready_reason(pod));
+            return (Phase::Preparing, pods::not_ready_reason(pod));
         }
         match self.obs.drains.get(&uid) {
             Some(DrainProgress::Failed(message)) => {
@@ -991,16 +1027,16 @@ impl<'a> Pass<'a> {
                     job: job_name,
                     message: message.clone(),
                 });
-                self.note(true, "DrainFailed", message.clone());
-                self.record_failure("DrainFailed", message.clone());
-                ("Failed", message.clone())
+                self.note(true, Reason::DrainFailed, message.clone());
+                self.record_failure(Reason::DrainFailed, message.clone());
+                (Phase::Failed, message.clone())
             }
             Some(DrainProgress::Done(opened)) if *opened == pod_name => {
-                ("Draining", "drained; starting the upgrade".into())
+                (Phase::Draining, "drained; starting the upgrade".into())
             }
             // A drain begun while the Plan was valid goes on; a new one waits for it to be.
             None | Some(DrainProgress::Done(_)) if !may_drain => (
-                "Draining",
+                Phase::Draining,
                 "waiting for the Plan to be valid and resolved before draining the node".into(),
             ),
             progress => {
@@ -1014,7 +1050,7 @@ impl<'a> Pass<'a> {
                     job: job_name,
                     job_uid: uid.clone(),
                 });
-                ("Draining", message)
+                (Phase::Draining, message)
             }
         }
     }
@@ -1065,14 +1101,14 @@ impl<'a> Pass<'a> {
             self.set_condition(
                 COMPLETE,
                 "False",
-                "NotReady",
+                Reason::NotReady,
                 "plan is not valid and resolved",
             );
         } else if applying.is_empty() {
-            if self.set_condition(COMPLETE, "True", "Complete", "") {
+            if self.set_condition(COMPLETE, "True", Reason::Complete, "") {
                 self.note(
                     false,
-                    "Complete",
+                    Reason::Complete,
                     format!(
                         "Jobs complete for version {}. Hash: {}",
                         self.version, self.hash
@@ -1081,22 +1117,22 @@ impl<'a> Pass<'a> {
             }
         } else if self.status.applying.as_deref() != Some(applying.as_slice()) {
             // Also when only the stored form changes (hostnames the Go controller wrote).
-            self.set_condition(COMPLETE, "False", "SyncJob", "");
+            self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
             let message = format!(
                 "Jobs synced for version {} on Nodes {}. Hash: {}",
                 self.version,
                 applying.join(","),
                 self.hash
             );
-            self.note(false, "SyncJob", message);
+            self.note(false, Reason::SyncJob, message);
         } else if let Some((reason, message)) = self.failure.clone() {
             self.set_condition(COMPLETE, "False", reason, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")
             || status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
-                == Some("JobFailed")
+                == Some(Reason::JobFailed.as_str())
         {
             // Applying again (e.g. after a failure was retried): the Plan is not complete.
-            self.set_condition(COMPLETE, "False", "SyncJob", "");
+            self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
         }
         self.status.conditions = Some(std::mem::take(&mut self.conditions));
         self.status.applying = (!applying.is_empty()).then_some(applying);
@@ -1114,21 +1150,23 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn old_phase(&self, node: &str) -> Option<&str> {
-        self.old_entries.get(node).map(|e| e.phase.as_str())
+    fn old_phase(&self, node: &str) -> Option<Phase> {
+        self.old_entries
+            .get(node)
+            .and_then(|e| Phase::parse(&e.phase))
     }
 
     /// A node entry, keeping `since` when the phase does not change.
-    fn entry(&self, node: &str, phase: &str, job: &str, message: &str) -> NodeStatus {
+    fn entry(&self, node: &str, phase: Phase, job: &str, message: &str) -> NodeStatus {
         let since = self
             .old_entries
             .get(node)
-            .filter(|e| e.phase == phase)
+            .filter(|e| e.phase == phase.as_str())
             .and_then(|e| e.since.clone())
             .unwrap_or_else(|| self.now.clone());
         NodeStatus {
             name: node.to_owned(),
-            phase: phase.to_owned(),
+            phase: phase.as_str().to_owned(),
             job: Some(job.to_owned()),
             message: (!message.is_empty()).then(|| message.to_owned()),
             since: Some(since),
@@ -1200,20 +1238,6 @@ fn annotation(job: &Job, key: &str) -> Option<String> {
         .as_ref()
         .and_then(|a| a.get(key))
         .cloned()
-}
-
-/// The Plans holding a cordon claim on a node.
-fn claims(node: &Node) -> impl Iterator<Item = &str> {
-    node.metadata
-        .annotations
-        .iter()
-        .flatten()
-        .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
-}
-
-/// Whether a node carries this Plan's cordon claim.
-pub fn has_claim(node: &Node, plan: &str) -> bool {
-    claims(node).any(|p| p == plan)
 }
 
 /// When a Job finished, and whether it succeeded.

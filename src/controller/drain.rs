@@ -2,22 +2,29 @@
 //! meaning of `kubectl drain`'s options (the Plan's `drain` fields), and the drain itself run
 //! from the controller through the Eviction API.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{Selector, SelectorExt};
-
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client};
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::api::{DrainSpec, IntOrDuration, LABEL_CONTROLLER};
-use crate::controller::job::ANNOTATION_DRAINED;
-use crate::controller::reconcile::{Context, cordon};
+use crate::api::{
+    ANNOTATION_DRAIN_STARTED, ANNOTATION_DRAINED, ANNOTATION_MIRROR_POD, DrainSpec, IntOrDuration,
+    LABEL_CONTROLLER, Plan, Reason,
+};
+use crate::controller::cordon;
+use crate::controller::decide::{DrainProgress, Note, Target};
+use crate::controller::events::{Events, PlanRef};
+use crate::controller::status::stamp;
+use crate::metrics::Metrics;
 use crate::syntax::duration;
-
-/// Job annotation: when the drain for this Job began (its timeout counts from there).
-pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
 
 /// What a drain may do, from a Plan's `drain`.
 #[derive(Debug, Clone, Default)]
@@ -62,17 +69,6 @@ impl DrainOptions {
                 .and_then(|s| Selector::try_from(s).ok()),
         }
     }
-}
-
-/// How a node's drain is going, as the reconcile sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DrainProgress {
-    /// Under way; what it waits for.
-    Running(String),
-    /// Drained, and this pod told to go on.
-    Done(String),
-    /// Given up; why.
-    Failed(String),
 }
 
 /// What the drain does with one pod of the node.
@@ -135,7 +131,7 @@ pub fn pod_action(pod: &Pod, options: &DrainOptions, now: Timestamp) -> PodActio
         };
     }
     let annotations = pod.metadata.annotations.as_ref();
-    if annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")) {
+    if annotations.is_some_and(|a| a.contains_key(ANNOTATION_MIRROR_POD)) {
         return PodAction::Skip("it is a static (mirror) pod");
     }
     let has_emptydir = pod
@@ -200,9 +196,7 @@ pub fn budget_in(message: &str) -> Option<String> {
 /// What a drain task needs to know.
 #[derive(Debug, Clone)]
 pub struct DrainRequest {
-    pub plan: String,
-    pub plan_uid: String,
-    pub namespace: String,
+    pub plan: PlanRef,
     pub node: String,
     /// The upgrade pod waiting in its gate, and its Job.
     pub pod: String,
@@ -211,15 +205,54 @@ pub struct DrainRequest {
     pub options: Option<DrainOptions>,
 }
 
+/// Asks for a Plan to be reconciled soon (drains report progress this way).
+#[derive(Debug, Clone)]
+pub struct Wake(UnboundedSender<ObjectRef<Plan>>);
+
+impl Wake {
+    pub fn new(sender: UnboundedSender<ObjectRef<Plan>>) -> Self {
+        Wake(sender)
+    }
+
+    pub fn plan(&self, namespace: &str, name: &str) {
+        self.object(ObjectRef::new(name).within(namespace));
+    }
+
+    pub fn object(&self, plan: ObjectRef<Plan>) {
+        // The controller has stopped when nobody receives: nothing is left to wake.
+        let _ = self.0.send(plan);
+    }
+}
+
+/// What a drain task may use: the API, events, metrics and a way to wake its Plan.
+#[derive(Clone)]
+pub struct DrainHandle {
+    pub client: Client,
+    pub events: Arc<Events>,
+    pub metrics: Arc<Metrics>,
+    pub wake: Wake,
+}
+
+impl DrainHandle {
+    /// Records an event of a drain on its Plan and its Node.
+    async fn tell(&self, request: &DrainRequest, warning: bool, reason: Reason, message: String) {
+        let note = Note::new(Target::Plan, warning, reason, message);
+        self.events
+            .on_plan_and_node(&request.plan, &request.node, &note)
+            .await;
+    }
+
+    fn wake(&self, request: &DrainRequest) {
+        self.wake.plan(&request.plan.namespace, &request.plan.name);
+    }
+}
+
 /// Cordons the node, evicts or deletes its pods as the options say, waits for them to go, then
 /// lets the upgrade pod go on. Progress is kept in `progress` and each change wakes the Plan.
 /// Runs until done, failed (a blocking pod, or the timeout) or aborted; starting it again
 /// resumes it, with the timeout counted from when this Job's drain began (see `drain_started`).
-pub async fn run(
-    ctx: std::sync::Arc<Context>,
-    request: DrainRequest,
-    progress: std::sync::Arc<std::sync::Mutex<DrainProgress>>,
-) {
+#[tracing::instrument(name = "drain", skip_all, fields(plan = %request.plan.name, node = %request.node, job = %request.job))]
+pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex<DrainProgress>>) {
     let started = std::time::Instant::now();
     let set = |state: DrainProgress| {
         let mut current = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,64 +260,77 @@ pub async fn run(
         *current = state;
         changed
     };
-    if let Err(e) = cordon(&ctx, &request.plan, &request.node, true).await {
-        set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
-        ctx.wake(&request.namespace, &request.plan);
-        return;
+    match cordon::cordon(&handle.client, &request.plan.name, &request.node, true).await {
+        Ok(Some((node, outcome))) => {
+            let target = Target::Node(request.node.clone());
+            let note = Note::new(target, false, outcome.reason, outcome.message);
+            handle.events.on_node(&node, &note).await;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
+            handle.wake(&request);
+            return;
+        }
     }
-    let since = match drain_started(&ctx, &request).await {
+    let since = match drain_started(&handle.client, &request).await {
         Ok(since) => since,
         Err(e) => {
             set(DrainProgress::Running(format!(
                 "recording the drain's start: {e}; retrying"
             )));
-            ctx.wake(&request.namespace, &request.plan);
+            handle.wake(&request);
             return;
         }
     };
     let result = match &request.options {
         None => Ok(0),
-        Some(options) => evict_all(&ctx, &request, options, since, &set).await,
+        Some(options) => evict_all(&handle, &request, options, since, &set).await,
     };
     match result {
         Ok(evicted) => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &request.namespace);
-            let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: crate::controller::decide::stamp(Timestamp::now())}}});
-            if let Err(e) = pods
-                .patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            if let Err(e) = open_gate(&handle.client, &request).await {
                 set(DrainProgress::Running(format!(
                     "telling pod {} to go on: {e}; retrying",
                     request.pod
                 )));
-                ctx.wake(&request.namespace, &request.plan);
+                handle.wake(&request);
                 return;
             }
             if request.options.is_some() {
-                ctx.metrics.drain_finished(started.elapsed());
+                handle.metrics.drain_finished(started.elapsed());
                 let message = format!(
                     "Node {} drained in {}s ({evicted} pods evicted or deleted)",
                     request.node,
                     started.elapsed().as_secs()
                 );
-                ctx.event(&request, false, "Drained", &message).await;
+                handle.tell(&request, false, Reason::Drained, message).await;
             }
             set(DrainProgress::Done(request.pod.clone()));
         }
         Err(message) => {
-            ctx.event(&request, true, "DrainFailed", &message).await;
+            handle
+                .tell(&request, true, Reason::DrainFailed, message.clone())
+                .await;
             set(DrainProgress::Failed(message));
         }
     }
-    ctx.wake(&request.namespace, &request.plan);
+    handle.wake(&request);
+}
+
+/// Lets the upgrade pod go on: the annotation its gate container waits for.
+async fn open_gate(client: &Client, request: &DrainRequest) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &request.plan.namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: stamp(Timestamp::now())}}});
+    pods.patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
 }
 
 /// When this Job's drain began: recorded on the Job the first time, so a controller restarted in
 /// the middle of a drain keeps its timeout, and a replaced Job gets a fresh one.
-async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
-        Api::namespaced(ctx.client.clone(), &request.namespace);
+async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &request.plan.namespace);
     let job = jobs.get(&request.job).await?;
     if let Some(since) = job
         .metadata
@@ -296,7 +342,8 @@ async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestam
         return Ok(since);
     }
     let now = Timestamp::now();
-    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: crate::controller::decide::stamp(now)}}});
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: stamp(now)}}});
     jobs.patch(&request.job, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(now)
@@ -305,28 +352,18 @@ async fn drain_started(ctx: &Context, request: &DrainRequest) -> Result<Timestam
 /// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
 /// many pods were evicted or deleted, or why the drain failed.
 async fn evict_all(
-    ctx: &Context,
+    handle: &DrainHandle,
     request: &DrainRequest,
     options: &DrainOptions,
     since: Timestamp,
     set: &impl Fn(DrainProgress) -> bool,
 ) -> Result<usize, String> {
     let node = &request.node;
-    let all: Api<Pod> = Api::all(ctx.client.clone());
+    let all: Api<Pod> = Api::all(handle.client.clone());
     let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
-    ctx.event(
-        request,
-        false,
-        "Draining",
-        &format!("Draining node {node} for Plan {}", request.plan),
-    )
-    .await;
-    let delete = kube::api::DeleteParams {
-        grace_period_seconds: options.grace_period.and_then(|g| u32::try_from(g).ok()),
-        ..Default::default()
-    };
-    let mut evicted = std::collections::BTreeSet::new();
-    let mut told_budget = std::collections::BTreeSet::new();
+    let message = format!("Draining node {node} for Plan {}", request.plan.name);
+    handle.tell(request, false, Reason::Draining, message).await;
+    let mut round = Round::new(options);
     let mut pause = Duration::from_millis(500);
     loop {
         let pods = all
@@ -337,11 +374,7 @@ async fn evict_all(
         let mut waiting: Vec<String> = Vec::new();
         for pod in &pods.items {
             let key = pod_key(pod);
-            let action = pod_action(pod, options, now);
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-            let name = pod.metadata.name.as_deref().unwrap_or_default();
-            match action {
+            match pod_action(pod, options, now) {
                 PodAction::Skip(_) => {}
                 PodAction::Block(reason) => {
                     return Err(format!(
@@ -349,58 +382,16 @@ async fn evict_all(
                     ));
                 }
                 PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
-                PodAction::Evict | PodAction::Delete => {
+                action @ (PodAction::Evict | PodAction::Delete) => {
                     let evict = action == PodAction::Evict;
-                    let result = if evict {
-                        let params = kube::api::EvictParams {
-                            delete_options: Some(delete.clone()),
-                            ..Default::default()
-                        };
-                        api.evict(name, &params).await.map(drop)
-                    } else {
-                        api.delete(name, &delete).await.map(drop)
-                    };
-                    let (done, reason, message) = if evict {
-                        (
-                            "evicted",
-                            "Evicted",
-                            format!("Evicted pod {key} from node {node}"),
-                        )
-                    } else {
-                        let message =
-                            format!("Deleted pod {key} from node {node} (eviction disabled)");
-                        ("deleted", "Deleted", message)
-                    };
-                    match result {
-                        Ok(()) => {
-                            ctx.metrics.eviction(done);
-                            if evicted.insert(key.clone()) {
-                                ctx.event(request, false, reason, &message).await;
-                            }
-                            waiting.push(format!("waiting for pod {key} to terminate"));
-                        }
-                        Err(kube::Error::Api(s)) if s.code == 404 => {}
-                        Err(kube::Error::Api(s)) if s.code == 429 => {
-                            ctx.metrics.eviction("blocked");
-                            let reason = refusal(&key, namespace, &s);
-                            if told_budget.insert(key.clone()) {
-                                let message = format!("Drain of node {node}: {reason}");
-                                ctx.event(request, false, "WaitingForBudget", &message)
-                                    .await;
-                            }
-                            waiting.push(reason);
-                        }
-                        Err(e) => {
-                            ctx.metrics.eviction("error");
-                            let verb = if evict { "evicting" } else { "deleting" };
-                            waiting.push(format!("{verb} pod {key}: {e}"));
-                        }
+                    if let Some(wait) = round.remove(handle, request, pod, evict).await {
+                        waiting.push(wait);
                     }
                 }
             }
         }
         if waiting.is_empty() {
-            return Ok(evicted.len());
+            return Ok(round.evicted.len());
         }
         // Budget refusals first: they are what an operator needs to see.
         waiting.sort_by_key(|w| !w.contains("PodDisruptionBudget"));
@@ -419,10 +410,88 @@ async fn evict_all(
             ));
         }
         if set(DrainProgress::Running(summary)) {
-            ctx.wake(&request.namespace, &request.plan);
+            handle.wake(request);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What a drain remembers between its passes over the node's pods, so each pod's eviction and
+/// budget refusal is told once.
+struct Round {
+    delete: kube::api::DeleteParams,
+    evicted: BTreeSet<String>,
+    told_budget: BTreeSet<String>,
+}
+
+impl Round {
+    fn new(options: &DrainOptions) -> Self {
+        Round {
+            delete: kube::api::DeleteParams {
+                grace_period_seconds: options.grace_period.and_then(|g| u32::try_from(g).ok()),
+                ..Default::default()
+            },
+            evicted: BTreeSet::new(),
+            told_budget: BTreeSet::new(),
+        }
+    }
+
+    /// Evicts (or deletes) one pod; returns what the drain then waits for, if anything.
+    async fn remove(
+        &mut self,
+        handle: &DrainHandle,
+        request: &DrainRequest,
+        pod: &Pod,
+        evict: bool,
+    ) -> Option<String> {
+        let node = &request.node;
+        let key = pod_key(pod);
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(handle.client.clone(), namespace);
+        let result = if evict {
+            let params = kube::api::EvictParams {
+                delete_options: Some(self.delete.clone()),
+                ..Default::default()
+            };
+            api.evict(name, &params).await.map(drop)
+        } else {
+            api.delete(name, &self.delete).await.map(drop)
+        };
+        match result {
+            Ok(()) => {
+                let (done, reason, message) = if evict {
+                    let message = format!("Evicted pod {key} from node {node}");
+                    ("evicted", Reason::Evicted, message)
+                } else {
+                    let message = format!("Deleted pod {key} from node {node} (eviction disabled)");
+                    ("deleted", Reason::Deleted, message)
+                };
+                handle.metrics.eviction(done);
+                if self.evicted.insert(key.clone()) {
+                    handle.tell(request, false, reason, message).await;
+                }
+                Some(format!("waiting for pod {key} to terminate"))
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                handle.metrics.eviction("blocked");
+                let reason = refusal(&key, namespace, &s);
+                if self.told_budget.insert(key.clone()) {
+                    let message = format!("Drain of node {node}: {reason}");
+                    handle
+                        .tell(request, false, Reason::WaitingForBudget, message)
+                        .await;
+                }
+                Some(reason)
+            }
+            Err(e) => {
+                handle.metrics.eviction("error");
+                let verb = if evict { "evicting" } else { "deleting" };
+                Some(format!("{verb} pod {key}: {e}"))
+            }
+        }
     }
 }
 

@@ -16,25 +16,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::api::{ContainerSpec, LABEL_CONTROLLER, PLAN_LABEL_PREFIX, Plan};
+use crate::api::{
+    ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN, ContainerSpec, KUBECTL_DOMAIN,
+    LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE, LABEL_OS, LABEL_PLAN,
+    LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX, Plan, TAINT_UNSCHEDULABLE,
+};
 use crate::controller::hash::hex;
 use crate::syntax::{duration, image};
 
-pub const LABEL_PLAN: &str = "upgrade.cattle.io/plan";
-pub const LABEL_NODE: &str = "upgrade.cattle.io/node";
-pub const LABEL_VERSION: &str = "upgrade.cattle.io/version";
-pub const LABEL_EXCLUSIVE: &str = "upgrade.cattle.io/exclusive";
-pub const ANNOTATION_TTL: &str = "upgrade.cattle.io/ttl-seconds-after-finished";
-/// Digest of the pod template a Job was created with; a Plan edit that changes the template
-/// replaces the Job.
-pub const ANNOTATION_TEMPLATE: &str = "upgrade.cattle.io/template-hash";
-pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
-/// Pod annotation by which the controller lets the upgrade start once the node is drained.
-pub const ANNOTATION_DRAINED: &str = "upgrade.cattle.io/drained";
-/// Job annotation recording why the node's drain failed (the Job is then suspended).
-pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
-/// Job annotation recording when this controller took over a Job the Go controller created.
-pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
 /// Names of the init container that holds the upgrade until the node is cordoned or drained.
 pub const GATE_NAMES: [&str; 2] = ["cordon", "drain"];
 /// The init container waiting for the controller's drain (`drain`) or cordon (`cordon`): named
@@ -47,7 +36,6 @@ const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations
 echo \"waiting for the controller to prepare node ${SYSTEM_UPGRADE_NODE_NAME} for the upgrade\"
 until grep -q '^upgrade\\.cattle\\.io/drained=' \"$f\" 2>/dev/null; do sleep 0.5 2>/dev/null || sleep 1; done
 echo 'node ready; the upgrade starts'";
-const LABEL_OS: &str = "kubernetes.io/os";
 const SECRETS_DIR: &str = "/run/system-upgrade/secrets";
 
 /// Job settings from the controller's configuration (`SYSTEM_UPGRADE_JOB_*`).
@@ -166,7 +154,7 @@ fn copied_labels(plan: &Plan) -> BTreeMap<String, String> {
         .labels
         .iter()
         .flatten()
-        .filter(|(k, _)| !k.contains("cattle.io/"))
+        .filter(|(k, _)| !k.contains(CATTLE_DOMAIN))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -177,7 +165,7 @@ fn copied_annotations(plan: &Plan) -> BTreeMap<String, String> {
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| !k.contains("cattle.io/") && !k.contains("kubectl.kubernetes.io/"))
+        .filter(|(k, _)| !k.contains(CATTLE_DOMAIN) && !k.contains(KUBECTL_DOMAIN))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -404,7 +392,7 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
     };
 
     let mut tolerations = vec![Toleration {
-        key: Some("node.kubernetes.io/unschedulable".into()),
+        key: Some(TAINT_UNSCHEDULABLE.into()),
         operator: Some("Exists".into()),
         effect: Some("NoSchedule".into()),
         ..Toleration::default()
@@ -502,8 +490,8 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references: Some(vec![OwnerReference {
-                api_version: "upgrade.cattle.io/v1".into(),
-                kind: "Plan".into(),
+                api_version: PLAN_API_VERSION.into(),
+                kind: PLAN_KIND.into(),
                 name: plan_name,
                 uid: plan.metadata.uid.clone().unwrap_or_default(),
                 controller: Some(true),

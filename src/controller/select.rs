@@ -5,9 +5,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::core::{Selector, SelectorExt};
 use sha2::{Digest, Sha256};
 
+use crate::api::LABEL_HOSTNAME;
 use crate::api::{PLAN_LABEL_PREFIX, Plan};
 use crate::controller::hash::hex;
-use crate::controller::job::LABEL_HOSTNAME;
 
 /// The Plan's node selector; `None` when the Plan selects no node (no `nodeSelector`).
 pub fn node_selector(plan: &Plan) -> Result<Option<Selector>, String> {

@@ -1,11 +1,15 @@
 //! Plan conditions with the Go controller's semantics, plus a proper `lastTransitionTime`:
 //! `Validated`, `LatestResolved` and `Complete`, each with status, reason and message.
 
-use crate::api::Condition;
+use jiff::Timestamp;
 
-pub const VALIDATED: &str = "Validated";
-pub const LATEST_RESOLVED: &str = "LatestResolved";
-pub const COMPLETE: &str = "Complete";
+pub use crate::api::conditions::{COMPLETE, LATEST_RESOLVED, VALIDATED};
+use crate::api::{Condition, Plan, PlanStatus};
+
+/// RFC 3339 with whole seconds, as condition times, node entries and claims are written.
+pub fn stamp(now: Timestamp) -> String {
+    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+}
 
 /// A condition's wanted state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,42 @@ pub fn set(conditions: &mut Vec<Condition>, type_: &str, wanted: &Wanted<'_>, no
     transition
 }
 
+/// The merge patch that writes `wanted` as a Plan's status, guarded by the Plan's
+/// resourceVersion; `None` when the stored status is the same. Fields left out of `wanted` are
+/// removed (null). While the CRD prunes `status.nodes` (`pruned`), the stored status never has
+/// them, so they are left out of the comparison and an unchanged status is not written again.
+pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<serde_json::Value> {
+    let unchanged = match plan.status.as_ref() {
+        Some(stored) if pruned => {
+            *stored
+                == PlanStatus {
+                    nodes: stored.nodes.clone(),
+                    ..wanted.clone()
+                }
+        }
+        stored => stored == Some(wanted),
+    };
+    if unchanged {
+        return None;
+    }
+    let mut status = serde_json::to_value(wanted).unwrap_or_default();
+    if let Some(fields) = status.as_object_mut() {
+        for key in [
+            "conditions",
+            "latestVersion",
+            "latestHash",
+            "applying",
+            "nodes",
+        ] {
+            fields.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    Some(serde_json::json!({
+        "metadata": {"resourceVersion": plan.metadata.resource_version},
+        "status": status,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +157,56 @@ mod tests {
         assert_eq!(conditions[0].message, None);
         assert!(is(&conditions, COMPLETE, "True"));
         assert!(!is(&conditions, VALIDATED, "True"));
+    }
+
+    fn plan(status: serde_json::Value) -> Plan {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": "p", "resourceVersion": "42"},
+            "spec": {}, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn wanted(value: serde_json::Value) -> PlanStatus {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_changed_status_is_written_whole_with_the_resource_version() {
+        let stored = plan(serde_json::json!({"latestVersion": "v1", "applying": ["a"]}));
+        let patch = status_patch(
+            &stored,
+            &wanted(serde_json::json!({"latestVersion": "v2"})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({
+                "metadata": {"resourceVersion": "42"},
+                "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
+                           "applying": null, "nodes": null},
+            })
+        );
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_written() {
+        let status = serde_json::json!({"latestVersion": "v1", "nodes": [{"name": "a", "phase": "Upgrading"}]});
+        assert_eq!(
+            status_patch(&plan(status.clone()), &wanted(status), false),
+            None
+        );
+    }
+
+    #[test]
+    fn node_entries_a_pruning_crd_drops_do_not_count_as_a_change() {
+        let stored = plan(serde_json::json!({"latestVersion": "v1"}));
+        let with_nodes = wanted(
+            serde_json::json!({"latestVersion": "v1", "nodes": [{"name": "a", "phase": "Upgrading"}]}),
+        );
+        assert_eq!(status_patch(&stored, &with_nodes, true), None);
+        assert!(status_patch(&stored, &with_nodes, false).is_some());
     }
 }

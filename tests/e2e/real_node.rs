@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use serde_json::json;
-use system_upgrade_controller::controller::job::ANNOTATION_DRAINED;
+use system_upgrade_controller::api::ANNOTATION_DRAINED;
 
 use crate::scenario::{JobWatch, Scenario, assert_rollout_kept_its_promises};
 use crate::support::{Ctx, NAMESPACE, client_builder_trusting, path, repo, wait};

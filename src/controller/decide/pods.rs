@@ -4,7 +4,8 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, ContainerState, Pod};
 
-use crate::controller::job::{ANNOTATION_DRAINED, GATE_NAMES};
+use crate::api::ANNOTATION_DRAINED;
+use crate::controller::job::GATE_NAMES;
 
 /// The pods of a Job that are neither finished nor being deleted, newest first.
 pub fn active_pods<'a>(job: &Job, pods: &[&'a Pod]) -> Vec<&'a Pod> {

@@ -347,7 +347,7 @@ fn deleted(decision: &Decision) -> Vec<String> {
 }
 
 fn reasons(decision: &Decision) -> Vec<&'static str> {
-    decision.notes.iter().map(|n| n.reason).collect()
+    decision.notes.iter().map(|n| n.reason.as_str()).collect()
 }
 
 #[test]

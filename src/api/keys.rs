@@ -1,0 +1,63 @@
+//! Every label, annotation and API version string the controller reads or writes, in one place.
+//! Keys marked "shared" are also read or written by the Go system-upgrade-controller; changing
+//! one breaks taking over from it.
+
+/// API group of the Plan resource.
+pub const GROUP: &str = "upgrade.cattle.io";
+/// `apiVersion` of Plans.
+pub const PLAN_API_VERSION: &str = "upgrade.cattle.io/v1";
+/// `kind` of Plans.
+pub const PLAN_KIND: &str = "Plan";
+/// Name of the Plan CustomResourceDefinition.
+pub const PLAN_CRD: &str = "plans.upgrade.cattle.io";
+/// `apiVersion` of the AdmissionReviews the webhook answers.
+pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Node label prefix (shared): `plan.upgrade.cattle.io/<plan>` holds the hash the node completed.
+pub const PLAN_LABEL_PREFIX: &str = "plan.upgrade.cattle.io/";
+/// Label (shared) every Job and pod of the controller carries, valued with the controller's
+/// name; drains never evict such pods.
+pub const LABEL_CONTROLLER: &str = "upgrade.cattle.io/controller";
+/// Job and pod label (shared): the Plan's name.
+pub const LABEL_PLAN: &str = "upgrade.cattle.io/plan";
+/// Job and pod label (shared): the node's name.
+pub const LABEL_NODE: &str = "upgrade.cattle.io/node";
+/// Job and pod label (shared): the version the Job applies.
+pub const LABEL_VERSION: &str = "upgrade.cattle.io/version";
+/// Job and pod label (shared) of Plans marked exclusive: their Jobs never run side by side.
+pub const LABEL_EXCLUSIVE: &str = "upgrade.cattle.io/exclusive";
+/// The well-known node label holding the node's host name (the Go controller writes these in
+/// `status.applying`).
+pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// The well-known node label of the node's operating system.
+pub const LABEL_OS: &str = "kubernetes.io/os";
+/// Label of the objects the controller creates for itself (the webhook CA Secret).
+pub const LABEL_APP_NAME: &str = "app.kubernetes.io/name";
+
+/// Plan annotation (shared) listing extra fields (dotted paths) whose values feed the hash.
+pub const ANNOTATION_DIGEST: &str = "upgrade.cattle.io/digest";
+/// Job annotation (shared): the TTL the Job was given.
+pub const ANNOTATION_TTL: &str = "upgrade.cattle.io/ttl-seconds-after-finished";
+/// Job annotation: digest of the pod template a Job was created with; a Plan edit that changes
+/// the template replaces the Job.
+pub const ANNOTATION_TEMPLATE: &str = "upgrade.cattle.io/template-hash";
+/// Pod annotation by which the controller lets the upgrade start once the node is drained.
+pub const ANNOTATION_DRAINED: &str = "upgrade.cattle.io/drained";
+/// Job annotation: when the drain for this Job began (its timeout counts from there).
+pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
+/// Job annotation recording why the node's drain failed (the Job is then suspended).
+pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
+/// Job annotation recording when this controller took over a Job the Go controller created.
+pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
+/// Node annotation prefix recording that a Plan cordoned the node
+/// (`cordoned.upgrade.cattle.io/<plan>`, valued with when).
+pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
+/// The annotation the kubelet puts on the mirror of a static pod (drains skip them).
+pub const ANNOTATION_MIRROR_POD: &str = "kubernetes.io/config.mirror";
+
+/// Label and annotation domains of Plans that are not copied to Jobs and pods.
+pub const CATTLE_DOMAIN: &str = "cattle.io/";
+/// kubectl's annotations (last-applied configuration), not copied to Jobs and pods.
+pub const KUBECTL_DOMAIN: &str = "kubectl.kubernetes.io/";
+/// The taint the node controller puts on cordoned nodes, which upgrade pods tolerate.
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";

@@ -1,0 +1,169 @@
+//! The words the controller writes into status and events: condition types, node phases and
+//! reasons. Each is an enum (or a constant) so a typo is a compile error and renaming one is a
+//! visible change of the wire format.
+
+/// Condition types of a Plan's status (shared with the Go controller).
+pub mod conditions {
+    /// The Plan passed validation.
+    pub const VALIDATED: &str = "Validated";
+    /// A version was resolved (from `spec.version` or the channel).
+    pub const LATEST_RESOLVED: &str = "LatestResolved";
+    /// Every selected node runs the resolved version.
+    pub const COMPLETE: &str = "Complete";
+}
+
+/// Declares a fieldless enum whose variants are written on the wire as their own names.
+macro_rules! wire_words {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &[$name] = &[$($name::$variant,)*];
+
+            /// The word as written in status and events.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant),)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.as_str()
+            }
+        }
+    };
+}
+
+wire_words! {
+    /// Where a node stands in a Plan's rollout (`status.nodes[].phase`).
+    Phase {
+        /// The Job exists; its pod is not on the node yet, or `prepare` runs.
+        Preparing,
+        /// The controller cordons and drains the node.
+        Draining,
+        /// The upgrade container runs (or the Job is followed to its end).
+        Upgrading,
+        /// The Job succeeded; the node is labelled done after `postCompleteDelay`.
+        WaitingDelay,
+        /// The Job failed, or the node could not be drained.
+        Failed,
+    }
+}
+
+impl Phase {
+    /// The phase a stored entry names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<Phase> {
+        Phase::ALL.iter().copied().find(|p| p.as_str() == text)
+    }
+}
+
+wire_words! {
+    /// Reasons of conditions and events. Those shared with the Go controller keep its spelling.
+    Reason {
+        // Validated
+        /// Condition: the Plan is valid.
+        PlanIsValid,
+        /// Event: the Plan became valid.
+        Validated,
+        /// Event: the Plan is not valid.
+        ValidateFailed,
+        /// Condition: validation or resolution failed.
+        Error,
+        // LatestResolved
+        /// Condition: resolved from `spec.version`.
+        Version,
+        /// Condition: resolved from `spec.channel`.
+        Channel,
+        /// Condition: the channel could not be read and nothing was resolved before.
+        ChannelError,
+        /// Event and Complete condition: a new version was resolved.
+        Resolved,
+        /// Event: the version could not be resolved.
+        ResolveFailed,
+        // Complete
+        /// Condition and event: every selected node is done.
+        Complete,
+        /// Condition and event: Jobs run on the nodes in `applying`.
+        SyncJob,
+        /// Condition: the Plan is not valid and resolved, so nothing new starts.
+        NotReady,
+        /// Condition and event: the window is closed.
+        Waiting,
+        /// Condition and event: a node's Job failed.
+        JobFailed,
+        /// Condition and event: a node could not be drained.
+        DrainFailed,
+        // Nodes and Jobs
+        /// Event: a node's Job starts.
+        Upgrading,
+        /// Event: a node's Job succeeded and it waits out `postCompleteDelay`.
+        JobCompleteWaiting,
+        /// Event: a node's Job succeeded and the node is labelled done.
+        JobComplete,
+        /// Event: a Job of the wanted name belongs to someone else.
+        JobConflict,
+        /// Event: the node was cordoned for a Plan.
+        Cordoned,
+        /// Event: the last Plan released the node, which is schedulable again.
+        Uncordoned,
+        /// Event: a Plan released the node; others keep it cordoned.
+        CordonReleased,
+        /// Event: the drain of a node begins.
+        Draining,
+        /// Event: a pod was evicted.
+        Evicted,
+        /// Event: a pod was deleted (eviction disabled).
+        Deleted,
+        /// Event: a PodDisruptionBudget refuses an eviction.
+        WaitingForBudget,
+        /// Event: the node is drained.
+        Drained,
+        // The controller itself
+        /// Event: the controller process starts.
+        Starting,
+        /// Event: the controller leads and its caches are filled.
+        Started,
+        /// Event: the controller cannot start yet.
+        StartFailed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_written_as_named_and_read_back() {
+        assert_eq!(Phase::WaitingDelay.as_str(), "WaitingDelay");
+        assert_eq!(Reason::WaitingForBudget.to_string(), "WaitingForBudget");
+        assert!(Reason::JobFailed == "JobFailed");
+        assert!("DrainFailed" == Reason::DrainFailed);
+        for phase in Phase::ALL {
+            assert_eq!(Phase::parse(phase.as_str()), Some(*phase));
+        }
+        assert_eq!(Phase::parse("Unknown"), None);
+        let mut words: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        words.sort_unstable();
+        words.dedup();
+        assert_eq!(words.len(), Reason::ALL.len());
+    }
+}

@@ -1,0 +1,299 @@
+//! Cordon claims: a Plan that cordons a node records a claim annotation
+//! (`cordoned.upgrade.cattle.io/<plan>`), and the node is uncordoned only when the last claim is
+//! released. A node cordoned by someone else is never claimed, so never uncordoned by us.
+//!
+//! The decisions are pure functions of the node ([`cordon_patch`], [`adopt_patch`]); [`cordon`]
+//! and [`adopt`] apply them read-modify-write with the node's resourceVersion, so Plans acting
+//! on the same node at once cannot lose each other's claims.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{CORDON_CLAIM_PREFIX, Reason};
+
+/// The Plans holding a cordon claim on a node.
+pub fn claims(node: &Node) -> impl Iterator<Item = &str> {
+    node.metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
+}
+
+/// Whether a node carries this Plan's cordon claim.
+pub fn has_claim(node: &Node, plan: &str) -> bool {
+    claims(node).any(|p| p == plan)
+}
+
+fn unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
+/// What a cordon change did, to be told in an event on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The merge patch that claims (`claim`) or releases a node for `plan`, and what it does; `None`
+/// when nothing is to change: the claim is there already (or, releasing, is not), or the node
+/// is cordoned by someone else. `now` is the claim's value.
+pub fn cordon_patch(
+    node: &Node,
+    plan: &str,
+    claim: bool,
+    now: &str,
+) -> Option<(serde_json::Value, Outcome)> {
+    let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
+    let held = claims(node).count();
+    let mine = has_claim(node, plan);
+    let version = node.resource_version();
+    if claim {
+        if mine || (unschedulable(node) && held == 0) {
+            return None;
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": version, "annotations": {&key: now}},
+            "spec": {"unschedulable": true},
+        });
+        let message = format!("Cordoned for Plan {plan}");
+        return Some((
+            patch,
+            Outcome {
+                reason: Reason::Cordoned,
+                message,
+            },
+        ));
+    }
+    if !mine {
+        return None;
+    }
+    let mut patch = serde_json::json!({
+        "metadata": {"resourceVersion": version, "annotations": {&key: null}},
+    });
+    let outcome = if held == 1 {
+        patch["spec"] = serde_json::json!({"unschedulable": null});
+        Outcome {
+            reason: Reason::Uncordoned,
+            message: format!("Uncordoned: Plan {plan} released the node"),
+        }
+    } else {
+        Outcome {
+            reason: Reason::CordonReleased,
+            message: format!("Plan {plan} released the node; other Plans keep it cordoned"),
+        }
+    };
+    Some((patch, outcome))
+}
+
+/// The merge patch that records a node's cordon (made by a Go controller's Job) as `plan`'s
+/// claim without changing its schedulability: only when the node is cordoned and nobody
+/// claims it.
+pub fn adopt_patch(node: &Node, plan: &str, now: &str) -> Option<serde_json::Value> {
+    if !unschedulable(node) || claims(node).next().is_some() {
+        return None;
+    }
+    let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
+    Some(serde_json::json!({"metadata": {
+        "resourceVersion": node.resource_version(),
+        "annotations": {&key: now},
+    }}))
+}
+
+/// Why a cordon change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CordonError {
+    #[error("node {0} kept changing while its cordon was changed")]
+    Conflict(String),
+    #[error("reading node {node}: {error}")]
+    Read { node: String, error: kube::Error },
+    #[error("patching node {node}: {error}")]
+    Patch { node: String, error: kube::Error },
+}
+
+/// How often a claim is tried again when the node changed between the read and the patch.
+const ATTEMPTS: usize = 5;
+
+/// Claims (`claim`) or releases a node for a Plan, uncordoning it when no claim is left. Returns
+/// the node as read and what changed, or `None` when nothing did (also when the node is gone).
+pub async fn cordon(
+    client: &Client,
+    plan: &str,
+    node: &str,
+    claim: bool,
+) -> Result<Option<(Node, Outcome)>, CordonError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..ATTEMPTS {
+        let Some(current) = read(&nodes, node).await? else {
+            return Ok(None);
+        };
+        let now = crate::controller::status::stamp(jiff::Timestamp::now());
+        let Some((patch, outcome)) = cordon_patch(&current, plan, claim, &now) else {
+            return Ok(None);
+        };
+        match patch_node(&nodes, node, &patch).await? {
+            Patched::Done => {
+                tracing::info!(%plan, %node, reason = %outcome.reason, "cordon");
+                return Ok(Some((current, outcome)));
+            }
+            Patched::Gone => return Ok(None),
+            Patched::Conflict => continue,
+        }
+    }
+    Err(CordonError::Conflict(node.to_owned()))
+}
+
+/// Records the cordon of a node as this Plan's claim (see [`adopt_patch`]); a node that changed
+/// meanwhile is a conflict, retried by the next reconcile.
+pub async fn adopt(client: &Client, plan: &str, node: &str) -> Result<(), CordonError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let Some(current) = read(&nodes, node).await? else {
+        return Ok(());
+    };
+    let now = crate::controller::status::stamp(jiff::Timestamp::now());
+    let Some(patch) = adopt_patch(&current, plan, &now) else {
+        return Ok(());
+    };
+    match patch_node(&nodes, node, &patch).await? {
+        Patched::Done => {
+            tracing::info!(%plan, %node, "adopted the cordon of a Go controller's Job");
+            Ok(())
+        }
+        Patched::Gone => Ok(()),
+        Patched::Conflict => Err(CordonError::Conflict(node.to_owned())),
+    }
+}
+
+async fn read(nodes: &Api<Node>, node: &str) -> Result<Option<Node>, CordonError> {
+    nodes
+        .get_opt(node)
+        .await
+        .map_err(|error| CordonError::Read {
+            node: node.to_owned(),
+            error,
+        })
+}
+
+enum Patched {
+    Done,
+    Gone,
+    Conflict,
+}
+
+async fn patch_node(
+    nodes: &Api<Node>,
+    node: &str,
+    patch: &serde_json::Value,
+) -> Result<Patched, CordonError> {
+    match nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(Patched::Done),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Patched::Conflict),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Patched::Gone),
+        Err(error) => Err(CordonError::Patch {
+            node: node.to_owned(),
+            error,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(unschedulable: bool, claims: &[&str]) -> Node {
+        let annotations: serde_json::Map<String, serde_json::Value> = claims
+            .iter()
+            .map(|p| (format!("{CORDON_CLAIM_PREFIX}{p}"), json!("t")))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "n", "resourceVersion": "7", "annotations": annotations},
+            "spec": {"unschedulable": unschedulable},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_schedulable_node_is_claimed_and_cordoned() {
+        let (patch, outcome) = cordon_patch(&node(false, &[]), "p", true, "now").unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "metadata": {"resourceVersion": "7", "annotations": {"cordoned.upgrade.cattle.io/p": "now"}},
+                "spec": {"unschedulable": true},
+            })
+        );
+        assert_eq!(outcome.reason, Reason::Cordoned);
+    }
+
+    #[test]
+    fn a_node_cordoned_by_someone_else_is_left_to_them() {
+        assert_eq!(cordon_patch(&node(true, &[]), "p", true, "now"), None);
+        assert_eq!(cordon_patch(&node(true, &[]), "p", false, "now"), None);
+    }
+
+    #[test]
+    fn a_node_cordoned_by_another_plan_is_claimed_too() {
+        let (patch, _) = cordon_patch(&node(true, &["other"]), "p", true, "now").unwrap();
+        assert_eq!(
+            patch["metadata"]["annotations"],
+            json!({"cordoned.upgrade.cattle.io/p": "now"})
+        );
+    }
+
+    #[test]
+    fn claiming_twice_or_releasing_what_is_not_held_changes_nothing() {
+        assert_eq!(cordon_patch(&node(true, &["p"]), "p", true, "now"), None);
+        assert_eq!(
+            cordon_patch(&node(true, &["other"]), "p", false, "now"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_last_claim_released_uncordons() {
+        let (patch, outcome) = cordon_patch(&node(true, &["p"]), "p", false, "now").unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "metadata": {"resourceVersion": "7", "annotations": {"cordoned.upgrade.cattle.io/p": null}},
+                "spec": {"unschedulable": null},
+            })
+        );
+        assert_eq!(outcome.reason, Reason::Uncordoned);
+    }
+
+    #[test]
+    fn a_release_with_other_claims_keeps_the_node_cordoned() {
+        let (patch, outcome) =
+            cordon_patch(&node(true, &["p", "other"]), "p", false, "now").unwrap();
+        assert!(patch.get("spec").is_none());
+        assert_eq!(outcome.reason, Reason::CordonReleased);
+    }
+
+    #[test]
+    fn only_an_unclaimed_cordon_is_adopted() {
+        assert_eq!(
+            adopt_patch(&node(true, &[]), "p", "now"),
+            Some(json!({"metadata": {
+                "resourceVersion": "7",
+                "annotations": {"cordoned.upgrade.cattle.io/p": "now"},
+            }}))
+        );
+        assert_eq!(adopt_patch(&node(false, &[]), "p", "now"), None);
+        assert_eq!(adopt_patch(&node(true, &["other"]), "p", "now"), None);
+    }
+
+    #[test]
+    fn claims_are_read_from_annotations() {
+        let n = node(true, &["a", "b"]);
+        assert_eq!(claims(&n).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(has_claim(&n, "a"));
+        assert!(!has_claim(&n, "c"));
+    }
+}

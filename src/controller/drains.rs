@@ -1,0 +1,113 @@
+//! The drains running in the background, by the UID of the Job they are for. A reconcile reads
+//! their progress, starts the ones its decision asks for and stops those whose Job no longer
+//! needs one; each drain task gets a [`DrainHandle`], not the reconcile's context.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use kube::ResourceExt;
+
+use crate::api::Plan;
+use crate::controller::decide::DrainProgress;
+use crate::controller::drain::{self, DrainHandle, DrainOptions, DrainRequest};
+use crate::controller::events::PlanRef;
+
+/// A drain running (or finished) in the background.
+struct DrainTask {
+    plan_uid: String,
+    pod: String,
+    progress: Arc<Mutex<DrainProgress>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl DrainTask {
+    fn progress(&self) -> DrainProgress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The registry of drain tasks.
+pub struct Drains {
+    handle: DrainHandle,
+    tasks: Mutex<HashMap<String, DrainTask>>,
+}
+
+impl Drains {
+    pub fn new(handle: DrainHandle) -> Self {
+        Drains {
+            handle,
+            tasks: Mutex::default(),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, DrainTask>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The drains of a Plan's Jobs, by Job UID.
+    pub fn of(&self, plan_uid: &str) -> BTreeMap<String, DrainProgress> {
+        self.tasks()
+            .iter()
+            .filter(|(_, task)| task.plan_uid == plan_uid)
+            .map(|(uid, task)| (uid.clone(), task.progress()))
+            .collect()
+    }
+
+    /// Starts a drain for a Job's pod unless one is running, or finished for this very pod.
+    pub fn start(&self, plan: &Plan, node: &str, pod: &str, job: &str, job_uid: &str) {
+        let mut tasks = self.tasks();
+        if let Some(task) = tasks.get(job_uid) {
+            let done_for_pod = matches!(task.progress(), DrainProgress::Done(p) if p == pod);
+            if (!task.handle.is_finished() && task.pod == pod) || done_for_pod {
+                return;
+            }
+            task.handle.abort();
+        }
+        let request = DrainRequest {
+            plan: PlanRef {
+                name: plan.name_any(),
+                namespace: plan.namespace().unwrap_or_default(),
+                uid: plan.metadata.uid.clone().unwrap_or_default(),
+            },
+            node: node.to_owned(),
+            pod: pod.to_owned(),
+            job: job.to_owned(),
+            options: plan.spec.drain.as_ref().map(DrainOptions::from_spec),
+        };
+        tracing::info!(plan = %request.plan.name, %node, %pod, drain = request.options.is_some(), "starting cordon/drain");
+        let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
+        let plan_uid = request.plan.uid.clone();
+        let task = tokio::spawn(drain::run(self.handle.clone(), request, progress.clone()));
+        tasks.insert(
+            job_uid.to_owned(),
+            DrainTask {
+                plan_uid,
+                pod: pod.to_owned(),
+                progress,
+                handle: task,
+            },
+        );
+    }
+
+    /// Stops and forgets a Plan's drains, except those of the Jobs in `keep`.
+    pub fn forget(&self, plan_uid: &str, keep: &[String]) {
+        self.tasks().retain(|uid, task| {
+            let keep_it = task.plan_uid != plan_uid || keep.contains(uid);
+            if !keep_it {
+                task.handle.abort();
+            }
+            keep_it
+        });
+    }
+
+    /// Stops every drain: the controller is stopping (shutdown, or another replica now leads and
+    /// resumes the drains from the Jobs' annotations).
+    pub fn stop_all(&self) {
+        for (_, task) in self.tasks().drain() {
+            task.handle.abort();
+        }
+    }
+}

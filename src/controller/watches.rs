@@ -1,0 +1,263 @@
+//! The watches feeding the controller: Plans of the controller's namespace, this controller's
+//! Jobs and their pods, Nodes and Secrets, each into a reflector cache. Node heartbeats are
+//! filtered out (only labels, claims, schedulability and existence wake Plans), objects are
+//! cached without managedFields, and a failing watch is retried with backoff and shown in
+//! `/readyz`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, future};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::api::{CORDON_CLAIM_PREFIX, LABEL_CONTROLLER, Plan};
+use crate::controller::reconcile::{Caches, Settings};
+use crate::server::Readiness;
+
+/// A watch's objects as they change.
+pub type Touched<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The watches' streams, to drive the controller, and the caches they fill.
+pub struct Watches {
+    pub caches: Caches,
+    pub plans: Touched<Plan>,
+    pub jobs: Touched<Job>,
+    pub nodes: Touched<Node>,
+    pub secrets: Touched<Secret>,
+    pub pods: Touched<Pod>,
+}
+
+impl Watches {
+    /// Sets up every watch (they run as the controller polls them). Deleted Plans are also
+    /// sent, by name and UID, to `deleted`.
+    pub fn new(
+        client: &Client,
+        settings: &Settings,
+        readiness: &Arc<Readiness>,
+        deleted: UnboundedSender<(String, String)>,
+    ) -> Self {
+        let namespace = settings.namespace.as_str();
+        let ours = format!("{LABEL_CONTROLLER}={}", settings.job.controller_name);
+        let (plans, plan_writer) = reflector::store::<Plan>();
+        let plan_stream = reported(
+            watcher(
+                Api::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+            ),
+            "plans",
+            readiness.clone(),
+        )
+        .reflect(plan_writer)
+        .inspect(move |event| {
+            if let Ok(Event::Delete(plan)) = event {
+                let uid = plan.metadata.uid.clone().unwrap_or_default();
+                let _ = deleted.send((plan.name_any(), uid));
+            }
+        })
+        .touched_objects()
+        .boxed();
+
+        let (jobs, job_writer) = reflector::store::<Job>();
+        let job_stream = reported(
+            watcher(
+                Api::namespaced(client.clone(), namespace),
+                watcher::Config::default().labels(&ours),
+            ),
+            "jobs",
+            readiness.clone(),
+        )
+        .reflect(job_writer)
+        .touched_objects()
+        .boxed();
+
+        // Node heartbeats change nothing a Plan looks at; only labels, annotations,
+        // schedulability and existence do.
+        let (nodes, node_writer) = reflector::store::<Node>();
+        let mut fingerprints: HashMap<String, u64> = HashMap::new();
+        let node_stream = reported(
+            watcher(Api::all(client.clone()), watcher::Config::default()),
+            "nodes",
+            readiness.clone(),
+        )
+        .reflect(node_writer)
+        .filter(move |event| {
+            let relevant = match event {
+                Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                    let print = node_fingerprint(node);
+                    fingerprints.insert(node.name_any(), print) != Some(print)
+                }
+                Ok(Event::Delete(node)) => {
+                    fingerprints.remove(&node.name_any());
+                    true
+                }
+                _ => true,
+            };
+            future::ready(relevant)
+        })
+        .touched_objects()
+        .boxed();
+
+        let (secrets, secret_writer) = reflector::store::<Secret>();
+        let secret_stream = reported(
+            watcher(
+                Api::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+            ),
+            "secrets",
+            readiness.clone(),
+        )
+        .reflect(secret_writer)
+        .touched_objects()
+        .boxed();
+
+        // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let pod_stream = reported(
+            watcher(
+                Api::namespaced(client.clone(), namespace),
+                watcher::Config::default().labels(&ours),
+            ),
+            "pods",
+            readiness.clone(),
+        )
+        .reflect(pod_writer)
+        .touched_objects()
+        .boxed();
+
+        Watches {
+            caches: Caches {
+                plans,
+                jobs,
+                nodes,
+                secrets,
+                pods,
+            },
+            plans: plan_stream,
+            jobs: job_stream,
+            nodes: node_stream,
+            secrets: secret_stream,
+            pods: pod_stream,
+        }
+    }
+}
+
+/// Waits until every cache is filled; an error names the cache whose writer went away.
+pub async fn caches_filled(caches: &Caches) -> Result<(), String> {
+    wait_ready(&caches.plans)
+        .await
+        .map_err(|e| format!("Plans: {e}"))?;
+    wait_ready(&caches.jobs)
+        .await
+        .map_err(|e| format!("Jobs: {e}"))?;
+    wait_ready(&caches.nodes)
+        .await
+        .map_err(|e| format!("Nodes: {e}"))?;
+    wait_ready(&caches.secrets)
+        .await
+        .map_err(|e| format!("Secrets: {e}"))?;
+    wait_ready(&caches.pods)
+        .await
+        .map_err(|e| format!("Pods: {e}"))
+}
+
+/// Waits until a cache is filled. A store wakes only its most recent waiter, and the Controller
+/// waits on the Plan store too, so this one asks again every quarter second instead of relying
+/// on being woken.
+async fn wait_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await
+        {
+            return result;
+        }
+    }
+}
+
+/// A watcher of `api` whose objects carry no managedFields (less memory in the caches).
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| {
+            object.managed_fields_mut().clear();
+        })
+}
+
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before a failed watch is tried again: 250 ms doubling to 5 s, and 250 ms again once it
+/// delivers. Short, because readiness waits on the watches after an API server restart.
+struct WatchBackoff(Duration);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(WATCH_BACKOFF_MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = WATCH_BACKOFF_MIN;
+    }
+}
+
+/// A watch's events, retried with backoff after an error; each error is logged and shown in
+/// `/readyz` until the watch delivers again.
+fn reported<K>(
+    events: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    resource: &'static str,
+    readiness: Arc<Readiness>,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send {
+    events
+        .backoff(WatchBackoff(WATCH_BACKOFF_MIN))
+        .inspect(move |event| match event {
+            Ok(_) => readiness.watch_ok(resource),
+            Err(e) => {
+                tracing::error!(resource, error = %e, "watch failed; retrying with backoff");
+                readiness.watch_failed(resource, e.to_string());
+            }
+        })
+}
+
+/// What about a Node matters to Plans: labels, our annotations, schedulability.
+fn node_fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node.metadata.labels.hash(&mut hasher);
+    let claims: BTreeMap<&String, &String> = node
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(CORDON_CLAIM_PREFIX))
+        .collect();
+    claims.hash(&mut hasher);
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .hash(&mut hasher);
+    node.metadata.uid.hash(&mut hasher);
+    hasher.finish()
+}

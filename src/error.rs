@@ -1,0 +1,39 @@
+//! The errors that stop the process or a command.
+
+use crate::controller::resolve::ChannelError;
+
+/// Errors of the library, each named for what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("YAML: {0}")]
+    Yaml(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The kubeconfig, the in-cluster configuration or `--master` cannot be used.
+    #[error("Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+    /// The `--leader-election-*` durations do not fit together.
+    #[error("leader election: {0}")]
+    LeaderElection(String),
+    /// After losing the Lease the controller did not stop in time; the process exits so that
+    /// two controllers never act at once.
+    #[error(
+        "the controller did not stop within {0:?} of losing the Lease; exiting so that only one \
+         controller acts"
+    )]
+    ControllerDidNotStop(std::time::Duration),
+    /// A task of the process panicked or was cancelled.
+    #[error("the {task} task failed: {error}")]
+    TaskFailed {
+        task: &'static str,
+        error: tokio::task::JoinError,
+    },
+    #[error("building the channel client: {0}")]
+    ChannelClient(#[from] ChannelError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
