@@ -28,7 +28,6 @@ use config::RunConfig;
 use server::Readiness;
 use server::tls::{self, CertResolver};
 
-
 /// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
 async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
     let mut client_config = match &config.kubeconfig {

@@ -473,7 +473,7 @@ impl Drop for JobWatch {
 
 /// The watch's own check, with no cluster: a relist after a watch gap that lists the Jobs created
 /// meanwhile before the ones that finished meanwhile must not count those as running together.
-pub fn job_watch_counts_a_relist_as_one_snapshot(_ctx: &Ctx) {
+pub fn job_watch_counts_a_relist_as_one_snapshot() {
     let job = |node: &str, finished: bool| -> Job {
         let conditions = if finished {
             json!([{"type": "Complete", "status": "True"}])
