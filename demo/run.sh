@@ -118,7 +118,8 @@ say "The rollout as it happens (J = Job runs: prepare first, C = cordoned and dr
 started=$SECONDS
 snapshot() {
   local nodes_line jobs_line
-  # Jobs first: a node is cordoned before its Job is created, so a Job seen implies its cordon.
+  # Jobs first, then nodes: a node is cordoned only after its Job exists and prepare ran, so a
+  # cordon seen in the same snapshot always has its Job listed.
   jobs_line="$(kubectl -n system-upgrade get jobs -o jsonpath='{range .items[*]}{.metadata.labels.upgrade\.cattle\.io/node}{" "}{.status.active}{"\n"}{end}')"
   nodes_line="$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.spec.unschedulable}{"|"}{.metadata.labels.plan\.upgrade\.cattle\.io/server-plan}{"|"}{.metadata.labels.plan\.upgrade\.cattle\.io/agent-plan}{"\n"}{end}')"
   while IFS='|' read -r name cordoned server agent; do

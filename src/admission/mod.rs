@@ -85,6 +85,11 @@ struct Request<'a> {
     uid: String,
     kind: Kind,
     operation: String,
+    /// The object's name (empty when the API server generates it).
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -239,6 +244,17 @@ pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
     })
 }
 
+/// Longest object name or namespace shown in a log span (the longest valid name).
+const SPAN_NAME_LIMIT: usize = 253;
+
+fn cut(text: &str) -> &str {
+    match text.char_indices().nth(SPAN_NAME_LIMIT) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+#[tracing::instrument(name = "review", skip_all, fields(uid = %request.uid, operation, namespace = cut(&request.namespace), plan = cut(&request.name)))]
 fn respond(webhook: Webhook, request: &Request, operation: &str) -> (Response, Decision) {
     let allow = Response::allow(&request.uid);
     let is_plan = request.kind.group == GROUP && request.kind.kind == "Plan";

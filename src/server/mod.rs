@@ -222,6 +222,7 @@ enum Refusal {
     Unreadable(String),
 }
 
+#[tracing::instrument(name = "admission", skip_all, fields(webhook = webhook.as_str()))]
 async fn review(state: AppState, webhook: Webhook, request: Request) -> Response {
     let started = Instant::now();
     let outcome = match read_body(request, &state.body_budget).await {
@@ -230,8 +231,10 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
             // Waits for a reviewer without bound of its own: reviews are short, the body is
             // already counted in the budget, and the request timeout still applies.
             let reviewer = state.reviewers.clone().acquire_owned().await;
-            let work =
-                tokio::task::spawn_blocking(move || (admission::handle(webhook, &body), held));
+            let span = tracing::Span::current();
+            let work = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| (admission::handle(webhook, &body), held))
+            });
             let done = work.await;
             drop(reviewer);
             match done {
@@ -265,26 +268,18 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
         .observe(started.elapsed().as_secs_f64());
     match outcome {
         Ok(Ok(answer)) => {
-            tracing::debug!(
-                webhook = webhook.as_str(),
-                operation,
-                result,
-                "answered admission review"
-            );
+            tracing::debug!(operation, result, "answered admission review");
             (
                 [(header::CONTENT_TYPE, "application/json")],
                 answer.to_vec(),
             )
                 .into_response()
         }
-        Ok(Err(bad)) => bad_request(webhook, &bad.to_string()),
-        Err(Refusal::Unreadable(reason)) => bad_request(webhook, &reason),
+        Ok(Err(bad)) => bad_request(&bad.to_string()),
+        Err(Refusal::Unreadable(reason)) => bad_request(&reason),
         Err(Refusal::TooLarge) => too_large(),
         Err(Refusal::Busy) => {
-            tracing::warn!(
-                webhook = webhook.as_str(),
-                "answered 429: too many admission review bytes held at once"
-            );
+            tracing::warn!("answered 429: too many admission review bytes held at once");
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, "1")],
@@ -295,12 +290,8 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
     }
 }
 
-fn bad_request(webhook: Webhook, reason: &str) -> Response {
-    tracing::info!(
-        webhook = webhook.as_str(),
-        reason,
-        "refused a malformed admission review"
-    );
+fn bad_request(reason: &str) -> Response {
+    tracing::info!(reason, "refused a malformed admission review");
     (StatusCode::BAD_REQUEST, format!("bad request: {reason}\n")).into_response()
 }
 

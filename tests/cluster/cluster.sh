@@ -8,11 +8,12 @@
 #   tests/cluster/cluster.sh restart-apiserver [--dir DIR] [--down-for SECONDS]
 #
 # `up` builds the binaries when the cache is cold (tests/testbin/build.sh), writes certificates, a
-# kubeconfig and logs under DIR (default: $XDG_RUNTIME_DIR or /tmp, suc-cluster), creates N
-# simulated nodes labelled like a K3s cluster (the first M are control-plane nodes) and waits
-# until they are Ready and untainted. `down` stops every process by PID. A failed start prints
-# the failing component's log tail and exits non-zero. `restart-apiserver` stops kube-apiserver,
-# waits (default 5 s) and starts it again on the same port: the outage a K3s server upgrade causes.
+# kubeconfig and logs under DIR (default: $SUC_CLUSTER_DIR, else $TMPDIR/suc-cluster or
+# /tmp/suc-cluster), creates N simulated nodes labelled like a K3s cluster (the first M are
+# control-plane nodes) and waits until they are Ready and untainted. `down` stops every process
+# by PID. A failed start prints the failing component's log tail and exits non-zero.
+# `restart-apiserver` stops kube-apiserver, waits (default 5 s) and starts it again on the same
+# port: the outage a K3s server upgrade causes.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
