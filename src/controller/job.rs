@@ -197,23 +197,135 @@ pub fn job_labels(
     labels
 }
 
+/// What every container of a node's Job shares.
+struct Rendering<'a> {
+    plan: &'a Plan,
+    settings: &'a JobSettings,
+    plan_name: String,
+    version: String,
+    hash: String,
+    /// A Windows node: containers run as host processes.
+    windows: bool,
+    /// Mounts of the Plan's Secrets, in every container but the gate.
+    secret_mounts: Vec<VolumeMount>,
+}
+
 /// Builds the Job that applies the Plan's current version on `node`.
 pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
-    let plan_name = plan.metadata.name.clone().unwrap_or_default();
     let status = plan.status.clone().unwrap_or_default();
-    let version = status.latest_version.clone().unwrap_or_default();
-    let hash = status.latest_hash.clone().unwrap_or_default();
     let node_name = node.metadata.name.clone().unwrap_or_default();
     let node_labels = node.metadata.labels.clone().unwrap_or_default();
     let hostname = node_labels
         .get(LABEL_HOSTNAME)
         .cloned()
         .unwrap_or_else(|| node_name.clone());
-    let windows = node_labels.get(LABEL_OS).map(String::as_str) == Some("windows");
+    let (volumes, secret_mounts) = volumes(plan);
+    let parts = Rendering {
+        plan,
+        settings,
+        plan_name: plan.metadata.name.clone().unwrap_or_default(),
+        version: status.latest_version.unwrap_or_default(),
+        hash: status.latest_hash.unwrap_or_default(),
+        windows: node_labels.get(LABEL_OS).map(String::as_str) == Some("windows"),
+        secret_mounts,
+    };
     let labels = job_labels(plan, &node_name, settings);
-    let exclusive = plan.spec.exclusive.unwrap_or(false);
+    let pod_annotations = copied_annotations(plan);
+    let mut init_containers: Vec<Container> = plan
+        .spec
+        .prepare
+        .iter()
+        .map(|prepare| parts.prepare(prepare))
+        .collect();
+    init_containers.extend(parts.gate());
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: (!pod_annotations.is_empty()).then(|| pod_annotations.clone()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            host_ipc: Some(true),
+            host_pid: Some(true),
+            host_network: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            restart_policy: Some("Never".into()),
+            service_account_name: plan
+                .spec
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty()),
+            priority_class_name: plan
+                .spec
+                .priority_class_name
+                .clone()
+                .filter(|s| !s.is_empty()),
+            image_pull_secrets: plan
+                .spec
+                .image_pull_secrets
+                .clone()
+                .map(|s| s.into_iter().collect::<Vec<LocalObjectReference>>()),
+            affinity: Some(affinity(plan, &parts.plan_name, hostname)),
+            tolerations: Some(tolerations(plan)),
+            volumes: Some(volumes),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
+            containers: vec![parts.upgrade()],
+            ..PodSpec::default()
+        }),
+    };
+    job(&parts, &node_name, labels, pod_annotations, template)
+}
 
-    let secrets = plan.spec.secrets.clone().unwrap_or_default();
+/// The Job around a pod template: its name, labels, TTL and template digest, owner and limits.
+fn job(
+    parts: &Rendering<'_>,
+    node_name: &str,
+    labels: BTreeMap<String, String>,
+    mut annotations: BTreeMap<String, String>,
+    template: PodTemplateSpec,
+) -> Job {
+    let (plan, settings) = (parts.plan, parts.settings);
+    let ttl = ttl_seconds(plan, settings);
+    annotations.insert(ANNOTATION_TTL.into(), ttl.to_string());
+    // The drain options count as part of the template (they were the kubectl container's
+    // arguments in the Go controller's Jobs): changing them re-runs the node.
+    annotations.insert(
+        ANNOTATION_TEMPLATE.into(),
+        template_hash(&template, plan.spec.drain.as_ref()),
+    );
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&parts.plan_name, node_name, &parts.hash)),
+            namespace: plan.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: PLAN_API_VERSION.into(),
+                kind: PLAN_KIND.into(),
+                name: parts.plan_name.clone(),
+                uid: plan.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            completions: Some(1),
+            parallelism: Some(1),
+            backoff_limit: Some(settings.backoff_limit),
+            active_deadline_seconds: active_deadline(plan.spec.job_active_deadline_secs, settings),
+            ttl_seconds_after_finished: Some(ttl),
+            pod_replacement_policy: Some(settings.pod_replacement_policy.clone()),
+            template,
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The pod's volumes (the host's root, the pod's own labels and annotations, each Secret, then
+/// the upgrade's and prepare's host paths), and the mounts of the Secrets.
+fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "host-root".into(),
@@ -236,7 +348,7 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
         },
     ];
     let mut secret_mounts = Vec::new();
-    for secret in &secrets {
+    for secret in plan.spec.secrets.iter().flatten() {
         let volume_name = safe_concat_name(&["secret", &secret.name]);
         volumes.push(Volume {
             name: volume_name.clone(),
@@ -279,22 +391,23 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             }
         }
     }
+    (volumes, secret_mounts)
+}
 
-    let container = |name: &str, spec: &ContainerSpec| -> Container {
+impl Rendering<'_> {
+    /// A container of the Plan (`prepare` or `upgrade`): its image at the version, the host's
+    /// root at /host, the pod's metadata, the Secrets, its own volumes and the SYSTEM_UPGRADE_*
+    /// variables around its own.
+    fn container(&self, name: &str, spec: &ContainerSpec) -> Container {
         let mut mounts = vec![
             VolumeMount {
                 name: "host-root".into(),
                 mount_path: "/host".into(),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "pod-info".into(),
-                mount_path: "/run/system-upgrade/pod".into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            pod_info_mount(),
         ];
-        mounts.extend(secret_mounts.iter().cloned());
+        mounts.extend(self.secret_mounts.iter().cloned());
         for v in spec.volumes.iter().flatten() {
             mounts.push(VolumeMount {
                 name: v.name.clone(),
@@ -308,13 +421,16 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             field_env("SYSTEM_UPGRADE_POD_UID", "metadata.uid"),
         ];
         env.extend(spec.envs.iter().flatten().cloned());
-        env.push(value_env("SYSTEM_UPGRADE_PLAN_NAME", &plan_name));
-        env.push(value_env("SYSTEM_UPGRADE_PLAN_LATEST_HASH", &hash));
-        env.push(value_env("SYSTEM_UPGRADE_PLAN_LATEST_VERSION", &version));
+        env.push(value_env("SYSTEM_UPGRADE_PLAN_NAME", &self.plan_name));
+        env.push(value_env("SYSTEM_UPGRADE_PLAN_LATEST_HASH", &self.hash));
+        env.push(value_env(
+            "SYSTEM_UPGRADE_PLAN_LATEST_VERSION",
+            &self.version,
+        ));
         Container {
             name: name.into(),
-            image: Some(image_with_version(&spec.image, &version)),
-            image_pull_policy: Some(settings.image_pull_policy.clone()),
+            image: Some(image_with_version(&spec.image, &self.version)),
+            image_pull_policy: Some(self.settings.image_pull_policy.clone()),
             command: spec.command.clone(),
             args: spec.args.clone(),
             env: Some(env),
@@ -322,75 +438,87 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             volume_mounts: Some(mounts),
             ..Container::default()
         }
-    };
+    }
 
-    let windows_context = || SecurityContext {
+    fn prepare(&self, prepare: &ContainerSpec) -> Container {
+        let mut container = self.container("prepare", prepare);
+        container.security_context = if self.windows {
+            Some(windows_context())
+        } else {
+            prepare.security_context.clone()
+        };
+        container
+    }
+
+    /// Cordon and drain are done by the controller; this container holds the upgrade until
+    /// then. `None` when the Plan neither cordons nor drains.
+    fn gate(&self) -> Option<Container> {
+        let spec = &self.plan.spec;
+        let name = match (&spec.drain, spec.cordon.unwrap_or(false)) {
+            (Some(_), _) => "drain",
+            (None, true) => "cordon",
+            (None, false) => return None,
+        };
+        let upgrade_image = spec
+            .upgrade
+            .as_ref()
+            .map(|u| u.image.clone())
+            .unwrap_or_default();
+        Some(Container {
+            name: name.into(),
+            image: Some(gate_image(self.settings, &upgrade_image, &self.version)),
+            image_pull_policy: Some(self.settings.image_pull_policy.clone()),
+            command: Some(vec!["sh".into(), "-c".into(), GATE_SCRIPT.into()]),
+            env: Some(vec![field_env("SYSTEM_UPGRADE_NODE_NAME", "spec.nodeName")]),
+            volume_mounts: Some(vec![pod_info_mount()]),
+            security_context: self.windows.then(windows_context),
+            ..Container::default()
+        })
+    }
+
+    /// The upgrade container: privileged with CAP_SYS_BOOT unless the Plan says otherwise.
+    fn upgrade(&self) -> Container {
+        let spec = self.plan.spec.upgrade.clone().unwrap_or_default();
+        let mut upgrade = self.container("upgrade", &spec);
+        upgrade.security_context = match (&spec.security_context, self.windows) {
+            (Some(context), _) => Some(context.clone()),
+            (None, true) => Some(windows_context()),
+            (None, false) => Some(SecurityContext {
+                privileged: Some(self.settings.privileged),
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["CAP_SYS_BOOT".into()]),
+                    drop: None,
+                }),
+                ..SecurityContext::default()
+            }),
+        };
+        upgrade
+    }
+}
+
+/// The pod's own labels and annotations, where the gate reads the controller's go-ahead.
+fn pod_info_mount() -> VolumeMount {
+    VolumeMount {
+        name: "pod-info".into(),
+        mount_path: "/run/system-upgrade/pod".into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn windows_context() -> SecurityContext {
+    SecurityContext {
         windows_options: Some(WindowsSecurityContextOptions {
             host_process: Some(true),
             run_as_user_name: Some("NT AUTHORITY\\SYSTEM".into()),
             ..WindowsSecurityContextOptions::default()
         }),
         ..SecurityContext::default()
-    };
-    let mut init_containers: Vec<Container> = plan
-        .spec
-        .prepare
-        .iter()
-        .map(|prepare| {
-            let mut c = container("prepare", prepare);
-            c.security_context = if windows {
-                Some(windows_context())
-            } else {
-                prepare.security_context.clone()
-            };
-            c
-        })
-        .collect();
-    // Cordon and drain are done by the controller; this container holds the upgrade until then.
-    let gate = match (&plan.spec.drain, plan.spec.cordon.unwrap_or(false)) {
-        (Some(_), _) => Some("drain"),
-        (None, true) => Some("cordon"),
-        (None, false) => None,
-    };
-    if let Some(name) = gate {
-        let upgrade_image = plan
-            .spec
-            .upgrade
-            .as_ref()
-            .map(|u| u.image.clone())
-            .unwrap_or_default();
-        let image = gate_image(settings, &upgrade_image, &version);
-        init_containers.push(Container {
-            name: name.into(),
-            image: Some(image),
-            image_pull_policy: Some(settings.image_pull_policy.clone()),
-            command: Some(vec!["sh".into(), "-c".into(), GATE_SCRIPT.into()]),
-            env: Some(vec![field_env("SYSTEM_UPGRADE_NODE_NAME", "spec.nodeName")]),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "pod-info".into(),
-                mount_path: "/run/system-upgrade/pod".into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]),
-            security_context: windows.then(windows_context),
-            ..Container::default()
-        });
     }
-    let upgrade_spec = plan.spec.upgrade.clone().unwrap_or_default();
-    let mut upgrade = container("upgrade", &upgrade_spec);
-    upgrade.security_context = match (&upgrade_spec.security_context, windows) {
-        (Some(context), _) => Some(context.clone()),
-        (None, true) => Some(windows_context()),
-        (None, false) => Some(SecurityContext {
-            privileged: Some(settings.privileged),
-            capabilities: Some(Capabilities {
-                add: Some(vec!["CAP_SYS_BOOT".into()]),
-                drop: None,
-            }),
-            ..SecurityContext::default()
-        }),
-    };
+}
 
+/// Cordoned nodes are tolerated (the upgrade runs on a cordoned node), then the Plan's own.
+fn tolerations(plan: &Plan) -> Vec<Toleration> {
     let mut tolerations = vec![Toleration {
         key: Some(TAINT_UNSCHEDULABLE.into()),
         operator: Some("Exists".into()),
@@ -398,13 +526,18 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
         ..Toleration::default()
     }];
     tolerations.extend(plan.spec.tolerations.iter().flatten().cloned());
+    tolerations
+}
 
-    let anti_affinity_term = if exclusive {
+/// On the node by its host name, and never beside another pod of this Plan (or, for an
+/// exclusive Plan, of any exclusive Plan).
+fn affinity(plan: &Plan, plan_name: &str, hostname: String) -> Affinity {
+    let (key, value) = if plan.spec.exclusive.unwrap_or(false) {
         (LABEL_EXCLUSIVE, "true".to_owned())
     } else {
-        (LABEL_PLAN, plan_name.clone())
+        (LABEL_PLAN, plan_name.to_owned())
     };
-    let affinity = Affinity {
+    Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
@@ -422,9 +555,9 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
                 label_selector: Some(LabelSelector {
                     match_expressions: Some(vec![LabelSelectorRequirement {
-                        key: anti_affinity_term.0.into(),
+                        key: key.into(),
                         operator: "In".into(),
-                        values: Some(vec![anti_affinity_term.1]),
+                        values: Some(vec![value]),
                     }]),
                     ..LabelSelector::default()
                 }),
@@ -434,82 +567,6 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             ..PodAntiAffinity::default()
         }),
         ..Affinity::default()
-    };
-
-    let pod_annotations = copied_annotations(plan);
-    let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: (!pod_annotations.is_empty()).then(|| pod_annotations.clone()),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            host_ipc: Some(true),
-            host_pid: Some(true),
-            host_network: Some(true),
-            dns_policy: Some("ClusterFirstWithHostNet".into()),
-            restart_policy: Some("Never".into()),
-            service_account_name: plan
-                .spec
-                .service_account_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            priority_class_name: plan
-                .spec
-                .priority_class_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            image_pull_secrets: plan
-                .spec
-                .image_pull_secrets
-                .clone()
-                .map(|s| s.into_iter().collect::<Vec<LocalObjectReference>>()),
-            affinity: Some(affinity),
-            tolerations: Some(tolerations),
-            volumes: Some(volumes),
-            init_containers: (!init_containers.is_empty()).then_some(init_containers),
-            containers: vec![upgrade],
-            ..PodSpec::default()
-        }),
-    };
-
-    let ttl = ttl_seconds(plan, settings);
-    let mut annotations = pod_annotations;
-    annotations.insert(ANNOTATION_TTL.into(), ttl.to_string());
-    // The drain options count as part of the template (they were the kubectl container's
-    // arguments in the Go controller's Jobs): changing them re-runs the node.
-    annotations.insert(
-        ANNOTATION_TEMPLATE.into(),
-        template_hash(&template, plan.spec.drain.as_ref()),
-    );
-
-    Job {
-        metadata: ObjectMeta {
-            name: Some(job_name(&plan_name, &node_name, &hash)),
-            namespace: plan.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: PLAN_API_VERSION.into(),
-                kind: PLAN_KIND.into(),
-                name: plan_name,
-                uid: plan.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(false),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            completions: Some(1),
-            parallelism: Some(1),
-            backoff_limit: Some(settings.backoff_limit),
-            active_deadline_seconds: active_deadline(plan.spec.job_active_deadline_secs, settings),
-            ttl_seconds_after_finished: Some(ttl),
-            pod_replacement_policy: Some(settings.pod_replacement_policy.clone()),
-            template,
-            ..JobSpec::default()
-        }),
-        status: None,
     }
 }
 

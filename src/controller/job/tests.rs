@@ -613,3 +613,73 @@ fn the_gate_opens_on_the_exact_annotation_only() {
         assert_eq!(opened, opens, "annotations {lines:?}");
     }
 }
+
+/// Plans covering every part of a rendered pod: Secrets, volumes, prepare, the gate, Windows,
+/// an exclusive Plan, tolerations and security contexts.
+fn rendering_cases() -> Vec<(&'static str, serde_json::Value, serde_json::Value)> {
+    let rich = json!({
+        "concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
+        "serviceAccountName": "upgrader", "priorityClassName": "high", "exclusive": true,
+        "imagePullSecrets": [{"name": "pull"}],
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "secrets": [{"name": "registries", "path": "/etc/rancher"}, {"name": "proxy", "path": "proxy", "ignoreUpdates": true}],
+        "prepare": {"image": "rancher/k3s-upgrade", "args": ["prepare", "k3s-server"],
+                    "volumes": [{"name": "logs", "source": "/var/log", "destination": "/logs"}]},
+        "upgrade": {"image": "rancher/k3s-upgrade", "command": ["upgrade"], "envs": [{"name": "A", "value": "b"}],
+                    "envFrom": [{"configMapRef": {"name": "env"}}],
+                    "volumes": [{"name": "data", "source": "/data", "destination": "/data"}],
+                    "securityContext": {"privileged": false}},
+        "drain": {"force": true, "timeout": "5m"},
+    });
+    let mut cordon = basic();
+    cordon["cordon"] = json!(true);
+    vec![
+        ("basic", basic(), json!({})),
+        (
+            "rich",
+            rich.clone(),
+            json!({"kubernetes.io/hostname": "w1"}),
+        ),
+        (
+            "cordon on windows",
+            cordon,
+            json!({"kubernetes.io/os": "windows"}),
+        ),
+        (
+            "rich on windows",
+            rich,
+            json!({"kubernetes.io/os": "windows"}),
+        ),
+    ]
+}
+
+/// A Job records the digest of its pod template, and a Job whose digest differs from the one the
+/// Plan renders now is replaced when its upgrade has not begun. A controller that rendered the
+/// same Plan differently after an upgrade would thus restart pending upgrades: these digests
+/// change only on purpose, with a note in the README's compatibility section.
+#[test]
+fn template_digests_of_a_plan_stay_the_same_across_releases() {
+    let pinned = [
+        ("basic", "b5b009e128597574"),
+        ("rich", "f079dcb6a25f4665"),
+        ("cordon on windows", "b24090d38c03a7d4"),
+        ("rich on windows", "856f80ebabc03c02"),
+    ];
+    let rendered: Vec<(&str, serde_json::Value)> = rendering_cases()
+        .into_iter()
+        .map(|(name, spec, labels)| {
+            let job = build_json(spec, labels);
+            (
+                name,
+                job["metadata"]["annotations"][ANNOTATION_TEMPLATE].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rendered,
+        pinned
+            .iter()
+            .map(|(name, digest)| (*name, json!(digest)))
+            .collect::<Vec<_>>()
+    );
+}
