@@ -225,7 +225,8 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     if pass.version.is_empty() || pass.hash.is_empty() {
         // Never resolved: no Job of this Plan can be judged yet.
         let continuing = pass.continuing();
-        return pass.finish(&continuing, false);
+        pass.complete_condition(&continuing, false);
+        return pass.finish(Some(&continuing));
     }
     pass.handle_jobs();
     let ready = pass.ready();
@@ -235,13 +236,15 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         pass.continuing()
     };
     if ready && pass.window_closed(&selected) {
-        return pass.wait_for_window();
+        pass.wait_for_window();
+        return pass.finish(None);
     }
     pass.track(&selected, ready);
     if ready {
         pass.release_leftovers(&selected);
     }
-    pass.finish(&selected, ready)
+    pass.complete_condition(&selected, ready);
+    pass.finish(Some(&selected))
 }
 
 /// Which Jobs may have a drain running for them: those neither finished, suspended nor being
@@ -298,6 +301,8 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
+    /// The pass's starting state: the stored status taken apart (conditions made present,
+    /// `applying` read as node names, node entries by node).
     fn new(obs: &'a Observed<'a>) -> Self {
         let plan = obs.plan;
         let plan_name = plan.metadata.name.clone().unwrap_or_default();
@@ -350,6 +355,7 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// An event on the Plan.
     fn note(&mut self, warning: bool, reason: Reason, message: String) {
         self.notes
             .push(Note::new(Target::Plan, warning, reason, message));
@@ -430,6 +436,8 @@ impl<'a> Pass<'a> {
         status::set(&mut self.conditions, type_, &wanted, &self.now)
     }
 
+    /// A version was resolved (from `reason`: Version or Channel); a new one is told and makes
+    /// the Plan incomplete.
     fn resolved_to(&mut self, version: String, reason: Reason) {
         let was_resolved = status::is(&self.conditions, LATEST_RESOLVED, "True");
         let previous = self.status.latest_version.clone().unwrap_or_default();
@@ -740,7 +748,9 @@ impl<'a> Pass<'a> {
         .is_ok_and(|w| w.contains(self.obs.now))
     }
 
-    fn wait_for_window(mut self) -> Decision {
+    /// The window is closed and nothing runs: `Complete` says so (told once), and the Plan is
+    /// looked at again within a minute.
+    fn wait_for_window(&mut self) {
         let message = "current time is not within configured window";
         if status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
             != Some(Reason::Waiting.as_str())
@@ -756,9 +766,6 @@ impl<'a> Pass<'a> {
         }
         self.set_condition(COMPLETE, "False", Reason::Waiting, message);
         self.requeue = self.requeue.min(WINDOW_RETRY);
-        self.status.conditions = Some(std::mem::take(&mut self.conditions));
-        self.status.nodes = entries_list(std::mem::take(&mut self.entries));
-        self.decision()
     }
 
     /// Each selected node: finishing an earlier Job, started (when the Plan is ready), failed,
@@ -896,6 +903,7 @@ impl<'a> Pass<'a> {
         self.entries.insert(node_name.to_owned(), entry);
     }
 
+    /// Deletes a node's Job so the next pass creates the one the Plan asks for now.
     fn replace(&mut self, node_name: &str, job_name: &str, why: &str) {
         self.before.push(Change::DeleteJob {
             name: job_name.to_owned(),
@@ -965,6 +973,7 @@ impl<'a> Pass<'a> {
         );
     }
 
+    /// Keeps the first failure of the pass for the Complete condition.
     fn record_failure(&mut self, reason: Reason, message: String) {
         if self.failure.is_none() {
             self.failure = Some((reason, message));
@@ -1091,12 +1100,11 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Sets `applying`, the node entries and the Complete condition.
-    fn finish(mut self, selected: &[&Node], ready: bool) -> Decision {
-        let applying: Vec<String> = selected
-            .iter()
-            .map(|n| n.metadata.name.clone().unwrap_or_default())
-            .collect();
+    /// The Complete condition of a pass that applies the Plan to `selected`: not ready, complete
+    /// (nothing left), syncing (a new set of nodes), failed (a node's Job or drain), or rolling
+    /// again after a completion or a retried failure.
+    fn complete_condition(&mut self, selected: &[&Node], ready: bool) {
+        let applying = node_names(selected);
         if !ready {
             self.set_condition(
                 COMPLETE,
@@ -1134,13 +1142,17 @@ impl<'a> Pass<'a> {
             // Applying again (e.g. after a failure was retried): the Plan is not complete.
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
         }
-        self.status.conditions = Some(std::mem::take(&mut self.conditions));
-        self.status.applying = (!applying.is_empty()).then_some(applying);
-        self.status.nodes = entries_list(std::mem::take(&mut self.entries));
-        self.decision()
     }
 
-    fn decision(self) -> Decision {
+    /// The one way a pass ends: the conditions, the node entries and (unless `None`, which keeps
+    /// it as stored) `applying` go into the status, and the Decision is returned.
+    fn finish(mut self, selected: Option<&[&Node]>) -> Decision {
+        self.status.conditions = Some(std::mem::take(&mut self.conditions));
+        self.status.nodes = entries_list(std::mem::take(&mut self.entries));
+        if let Some(selected) = selected {
+            let applying = node_names(selected);
+            self.status.applying = (!applying.is_empty()).then_some(applying);
+        }
         Decision {
             status: self.status,
             before: self.before,
@@ -1150,6 +1162,7 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// The phase the stored status gave a node.
     fn old_phase(&self, node: &str) -> Option<Phase> {
         self.old_entries
             .get(node)
@@ -1173,6 +1186,13 @@ impl<'a> Pass<'a> {
             template: None,
         }
     }
+}
+
+fn node_names(nodes: &[&Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| n.metadata.name.clone().unwrap_or_default())
+        .collect()
 }
 
 fn entries_list(entries: BTreeMap<String, NodeStatus>) -> Option<Vec<NodeStatus>> {

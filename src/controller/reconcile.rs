@@ -769,3 +769,33 @@ mod tests {
         api.done().await;
     }
 }
+
+#[cfg(test)]
+mod patch_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn job_settings_are_patched_field_by_field_and_the_ttl_in_its_annotation_too() {
+        let all = JobFields {
+            active_deadline_seconds: Some(None),
+            backoff_limit: Some(3),
+            ttl_seconds_after_finished: Some(900),
+        };
+        assert_eq!(
+            job_fields_patch(&all),
+            json!({
+                "spec": {"activeDeadlineSeconds": null, "backoffLimit": 3, "ttlSecondsAfterFinished": 900},
+                "metadata": {"annotations": {"upgrade.cattle.io/ttl-seconds-after-finished": "900"}},
+            })
+        );
+        let deadline = JobFields {
+            active_deadline_seconds: Some(Some(600)),
+            ..JobFields::default()
+        };
+        assert_eq!(
+            job_fields_patch(&deadline),
+            json!({"spec": {"activeDeadlineSeconds": 600}})
+        );
+    }
+}
