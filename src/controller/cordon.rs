@@ -118,6 +118,7 @@ const ATTEMPTS: usize = 5;
 
 /// Claims (`claim`) or releases a node for a Plan, uncordoning it when no claim is left. Returns
 /// the node as read and what changed, or `None` when nothing did (also when the node is gone).
+/// Logged within the caller's span, which names the Plan and the node.
 pub async fn cordon(
     client: &Client,
     plan: &str,
@@ -135,7 +136,7 @@ pub async fn cordon(
         };
         match patch_node(&nodes, node, &patch).await? {
             Patched::Done => {
-                tracing::info!(%plan, %node, reason = %outcome.reason, "cordon");
+                tracing::info!(reason = %outcome.reason, "cordon");
                 return Ok(Some((current, outcome)));
             }
             Patched::Gone => return Ok(None),
@@ -158,7 +159,7 @@ pub async fn adopt(client: &Client, plan: &str, node: &str) -> Result<(), Cordon
     };
     match patch_node(&nodes, node, &patch).await? {
         Patched::Done => {
-            tracing::info!(%plan, %node, "adopted the cordon of a Go controller's Job");
+            tracing::info!("adopted the cordon of a Go controller's Job");
             Ok(())
         }
         Patched::Gone => Ok(()),

@@ -77,7 +77,7 @@ impl Drains {
             job: job.to_owned(),
             options: plan.spec.drain.as_ref().map(DrainOptions::from_spec),
         };
-        tracing::info!(plan = %request.plan.name, %node, %pod, drain = request.options.is_some(), "starting cordon/drain");
+        tracing::info!(%pod, drain = request.options.is_some(), "starting cordon/drain");
         let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
         let plan_uid = request.plan.uid.clone();
         let task = tokio::spawn(drain::run(self.handle.clone(), request, progress.clone()));

@@ -31,6 +31,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api::{CORDON_CLAIM_PREFIX, LABEL_PLAN, Plan, Reason};
 use crate::metrics::Metrics;
@@ -306,8 +307,11 @@ async fn release_orphaned_claims(ctx: &Context) {
             .map(str::to_owned)
             .collect();
         for plan in orphaned {
-            if let Err(e) = reconcile::release(ctx, &plan, &node.name_any()).await {
-                tracing::warn!(%plan, node = %node.name_any(), error = %e, "could not release a cordon claim");
+            let node = node.name_any();
+            let span = tracing::info_span!("release", %plan, %node);
+            let released = reconcile::release(ctx, &plan, &node).instrument(span.clone());
+            if let Err(e) = released.await {
+                span.in_scope(|| tracing::warn!(error = %e, "could not release a cordon claim"));
             }
         }
     }

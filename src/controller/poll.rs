@@ -76,16 +76,15 @@ impl Channels {
             .resolve(channel, &latest, &self.cluster_id)
             .await
             .and_then(|version| usable(plan, version));
-        let name = plan.metadata.name.as_deref().unwrap_or_default();
         match answer {
             Ok(version) => {
                 self.answered(&key, channel, now);
-                tracing::info!(plan = %name, %channel, %version, "polled the channel");
+                tracing::info!(%channel, %version, "polled the channel");
                 Resolution::Channel(version)
             }
             Err(error) => {
                 let retry = self.failed(&key, channel, now);
-                tracing::warn!(plan = %name, %channel, %error, ?retry, "channel poll failed");
+                tracing::warn!(%channel, %error, ?retry, "channel poll failed");
                 Resolution::ChannelFailed {
                     error: error.0,
                     retry,
