@@ -65,18 +65,12 @@ impl Watches {
         .touched_objects()
         .boxed();
 
-        let (jobs, job_writer) = reflector::store::<Job>();
-        let job_stream = reported(
-            watcher(
-                Api::namespaced(client.clone(), namespace),
-                watcher::Config::default().labels(&ours),
-            ),
+        let (jobs, job_stream) = cached(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(&ours),
             "jobs",
-            readiness.clone(),
-        )
-        .reflect(job_writer)
-        .touched_objects()
-        .boxed();
+            readiness,
+        );
 
         // Node heartbeats change nothing a Plan looks at; only labels, annotations,
         // schedulability and existence do.
@@ -105,32 +99,19 @@ impl Watches {
         .touched_objects()
         .boxed();
 
-        let (secrets, secret_writer) = reflector::store::<Secret>();
-        let secret_stream = reported(
-            watcher(
-                Api::namespaced(client.clone(), namespace),
-                watcher::Config::default(),
-            ),
+        let (secrets, secret_stream) = cached(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
             "secrets",
-            readiness.clone(),
-        )
-        .reflect(secret_writer)
-        .touched_objects()
-        .boxed();
-
+            readiness,
+        );
         // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
-        let (pods, pod_writer) = reflector::store::<Pod>();
-        let pod_stream = reported(
-            watcher(
-                Api::namespaced(client.clone(), namespace),
-                watcher::Config::default().labels(&ours),
-            ),
+        let (pods, pod_stream) = cached(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(&ours),
             "pods",
-            readiness.clone(),
-        )
-        .reflect(pod_writer)
-        .touched_objects()
-        .boxed();
+            readiness,
+        );
 
         Watches {
             caches: Caches {
@@ -147,6 +128,31 @@ impl Watches {
             pods: pod_stream,
         }
     }
+}
+
+/// A watch of `api` into a cache, and the objects it touches.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    resource: &'static str,
+    readiness: &Arc<Readiness>,
+) -> (Store<K>, Touched<K>)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reported(watcher(api, config), resource, readiness.clone())
+        .reflect(writer)
+        .touched_objects()
+        .boxed();
+    (store, stream)
 }
 
 /// Waits until every cache is filled; an error names the cache whose writer went away.
