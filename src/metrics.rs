@@ -28,6 +28,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: &'static str,
 }
@@ -44,6 +49,7 @@ pub struct Metrics {
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram>,
     pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub jobs: Family<ActionLabels, Counter>,
     pub nodes_upgraded: Counter,
@@ -87,6 +93,12 @@ impl Metrics {
             "Plan reconciles, by result (ok, error)",
             reconciles.clone(),
         );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed Plan reconciles, by what failed (conflict, write_status, job, label_node, cordon, blocked)",
+            reconcile_errors.clone(),
+        );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "reconcile_duration_seconds",
@@ -128,6 +140,7 @@ impl Metrics {
             admission_requests,
             admission_duration,
             reconciles,
+            reconcile_errors,
             reconcile_duration,
             jobs,
             nodes_upgraded,
@@ -141,8 +154,14 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    pub fn observe_reconcile(&self, ok: bool, took: std::time::Duration) {
-        let result = if ok { "ok" } else { "error" };
+    /// A reconcile finished: `failed` names what failed, `None` when it succeeded.
+    pub fn observe_reconcile(&self, failed: Option<&'static str>, took: std::time::Duration) {
+        let result = if failed.is_some() { "error" } else { "ok" };
+        if let Some(error) = failed {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { error })
+                .inc();
+        }
         self.reconciles
             .get_or_create(&ResultLabels { result })
             .inc();

@@ -205,8 +205,8 @@ pub async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Rec
     }
     let started = Instant::now();
     let result = reconcile_inner(&plan, &ctx).await;
-    ctx.metrics
-        .observe_reconcile(result.is_ok(), started.elapsed());
+    let failed = result.as_ref().err().map(ReconcileError::kind);
+    ctx.metrics.observe_reconcile(failed, started.elapsed());
     if result.is_ok() {
         ctx.backoff.succeeded(&plan);
     }
@@ -649,6 +649,11 @@ mod tests {
         let error = finished(reconciling).await.unwrap_err();
         assert!(matches!(error, ReconcileError::Conflict), "{error}");
         assert_eq!(ctx.backoff(&plan, &error), Duration::from_millis(200));
+        let metrics = ctx.metrics.encode();
+        assert!(
+            metrics.contains("suc_reconcile_errors_total{error=\"conflict\"} 1"),
+            "{metrics}"
+        );
         // No Job was created and no event sent.
         api.done().await;
     }
