@@ -626,11 +626,24 @@ mod tests {
             created.body["metadata"]["labels"]["upgrade.cattle.io/node"],
             "a"
         );
-        // Then the events: Validated, Resolved, SyncJob on the Plan and Upgrading on the node.
+        // Then the events: three on the Plan, one on the node.
+        let mut told = Vec::new();
         for _ in 0..4 {
             let event = api.expect("POST", EVENTS, 201, json!({})).await;
-            assert!(event.body["reason"].is_string());
+            let kind = event.body["regarding"]["kind"].as_str().unwrap().to_owned();
+            told.push((kind, event.body["reason"].as_str().unwrap().to_owned()));
         }
+        told.sort();
+        let expected = [
+            ("Node", "Upgrading"),
+            ("Plan", "Resolved"),
+            ("Plan", "SyncJob"),
+            ("Plan", "Validated"),
+        ];
+        assert_eq!(
+            told,
+            expected.map(|(k, r)| (k.to_owned(), r.to_owned())).to_vec()
+        );
         let action = finished(reconciling).await.unwrap();
         assert_eq!(action, Action::requeue(decide::RESYNC));
         api.done().await;
