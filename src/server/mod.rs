@@ -57,6 +57,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a watch error counts after it happened, unless repeated (watches retry within 5 s).
+const WATCH_ERROR_FRESH: Duration = Duration::from_secs(15);
+
 /// What `/readyz` reports: ready once a certificate is served and, when the controller runs, its
 /// caches have synced; not ready from the start of a shutdown.
 #[derive(Debug, Default)]
@@ -65,8 +68,8 @@ pub struct Readiness {
     shutting_down: AtomicBool,
     waiting_for_certificate: AtomicBool,
     waiting_for_controller: AtomicBool,
-    /// Watches of the leading controller that fail, by resource, with their last error.
-    failing_watches: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// Watches of the leading controller that fail, by resource, with their last error and when.
+    failing_watches: std::sync::Mutex<std::collections::BTreeMap<&'static str, (String, Instant)>>,
     any_watch_failing: AtomicBool,
 }
 
@@ -103,11 +106,15 @@ impl Readiness {
 
     /// A watch of `resource` failed (not ready until it works again).
     pub fn watch_failed(&self, resource: &'static str, error: String) {
+        self.watch_failed_at(resource, error, Instant::now());
+    }
+
+    fn watch_failed_at(&self, resource: &'static str, error: String, at: Instant) {
         let mut failing = self
             .failing_watches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        failing.insert(resource, validation::bounded(&error));
+        failing.insert(resource, (validation::bounded(&error), at));
         self.any_watch_failing.store(true, Ordering::SeqCst);
     }
 
@@ -124,7 +131,10 @@ impl Readiness {
         }
     }
 
-    fn failing_watches(&self) -> Option<String> {
+    /// The watches failing now: those whose last error is recent. A watch that recovers by
+    /// starting again delivers no event until something changes, so an error that is not
+    /// repeated within [`WATCH_ERROR_FRESH`] (failing watches retry within 5 s) is over.
+    fn failing_watches(&self, now: Instant) -> Option<String> {
         if !self.any_watch_failing.load(Ordering::SeqCst) {
             return None;
         }
@@ -134,7 +144,8 @@ impl Readiness {
             .unwrap_or_else(|e| e.into_inner());
         let list: Vec<String> = failing
             .iter()
-            .map(|(resource, error)| format!("the watch of {resource} fails: {error}"))
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < WATCH_ERROR_FRESH)
+            .map(|(resource, (error, _))| format!("the watch of {resource} fails: {error}"))
             .collect();
         (!list.is_empty()).then(|| list.join("; "))
     }
@@ -151,6 +162,10 @@ impl Readiness {
 
     /// Why the server is not ready, if it is not.
     pub fn problem(&self) -> Option<String> {
+        self.problem_at(Instant::now())
+    }
+
+    fn problem_at(&self, now: Instant) -> Option<String> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Some("shutting down".to_owned())
         } else if !self.certificate.is_loaded() {
@@ -160,7 +175,7 @@ impl Readiness {
                 "the webhook certificate is not issued yet (is the API server reachable?)"
                     .to_owned(),
             )
-        } else if let Some(watches) = self.failing_watches() {
+        } else if let Some(watches) = self.failing_watches(now) {
             Some(watches)
         } else if self.waiting_for_controller.load(Ordering::SeqCst) {
             Some("controller caches not synced yet".to_owned())
@@ -491,6 +506,16 @@ mod tests {
         readiness.watch_ok("pods");
         readiness.controller_ready();
         assert_eq!(readiness.problem(), None);
+        // A watch that failed to start again and then started delivers nothing: its error stops
+        // counting once it is not repeated.
+        let then = Instant::now();
+        readiness.watch_failed_at("plans", "storage is (re)initializing".to_owned(), then);
+        assert!(
+            readiness
+                .problem_at(then + Duration::from_secs(5))
+                .is_some()
+        );
+        assert_eq!(readiness.problem_at(then + WATCH_ERROR_FRESH), None);
         readiness.watch_failed("plans", "gone".to_owned());
         readiness.watches_stopped();
         assert_eq!(
