@@ -173,6 +173,19 @@ restart_apiserver() {
   log "kube-apiserver is back"
 }
 
+# Whether at least $2 nodes are Ready, from one list.
+nodes_ready() {
+  local ready
+  ready="$(kubectl --kubeconfig="$1" get nodes \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')"
+  ((ready >= $2))
+}
+
+# Whether no node has a taint (the node controller removes `not-ready` once a node is Ready).
+nodes_untainted() {
+  [[ -z "$(kubectl --kubeconfig="$1" get nodes -o jsonpath='{range .items[*]}{.spec.taints}{end}')" ]]
+}
+
 up() {
   if [[ -f "$dir/pids/kube-apiserver" ]] && kill -0 "$(cat "$dir/pids/kube-apiserver")" 2>/dev/null; then
     log "a cluster is already running in $dir (run: $0 down --dir $dir)"
@@ -204,11 +217,13 @@ up() {
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$kc" --leader-elect=false \
     --controllers=job-controller,disruption-controller,garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,ttl-after-finished-controller,replicaset-controller,deployment-controller,daemonset-controller,endpointslice-controller,statefulset-controller,root-ca-certificate-publisher-controller \
     --service-account-private-key-file="$dir/pki/sa.key" --root-ca-file="$dir/pki/ca.crt" \
-    --use-service-account-credentials=false --node-monitor-grace-period=40s --secure-port=0
+    --use-service-account-credentials=false --node-monitor-grace-period=40s --secure-port=0 \
+    --kube-api-qps=200 --kube-api-burst=400
   start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$kc" --leader-elect=false \
     --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
     --bind-address=127.0.0.1 --secure-port="$sched_port" \
-    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+    --kube-api-qps=200 --kube-api-burst=400
   wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/readyz"
   wait_for kube-controller-manager 60 kubectl --kubeconfig="$kc" -n default get serviceaccount default
 
@@ -228,10 +243,14 @@ up() {
     if ((i % 3 == 0)); then arch=arm64; else arch=amd64; fi
     manifests+="$(node_manifest "$name" "$role" "$arch")"$'\n---\n'
   done
-  echo "$manifests" | kubectl --kubeconfig="$kc" apply -f - >/dev/null || fail kwok "could not create the nodes"
-  wait_for kwok 120 kubectl --kubeconfig="$kc" wait --for=condition=Ready nodes --all --timeout=5s
-  wait_for kube-controller-manager 120 bash -c \
-    "test -z \"\$(kubectl --kubeconfig='$kc' get nodes -o jsonpath='{range .items[*]}{.spec.taints}{end}')\""
+  local created=$SECONDS
+  echo "$manifests" | kubectl --kubeconfig="$kc" create -f - >/dev/null || fail kwok "could not create the nodes"
+  # Readiness and taints are read from one list of all nodes each time (a wait per node takes
+  # minutes at a thousand nodes); the time allowed grows with the node count.
+  local allowed=$((120 + nodes / 5))
+  wait_for kwok "$allowed" nodes_ready "$kc" "$nodes"
+  wait_for kube-controller-manager "$allowed" nodes_untainted "$kc"
+  log "$nodes nodes Ready and untainted $((SECONDS - created))s after they were created"
   if [[ $real_node == 1 ]]; then
     bash "$here/real-node.sh" up --dir "$dir" || { down; exit 1; }
   fi
