@@ -1,7 +1,7 @@
 //! The watches feeding the controller: Plans of the controller's namespace, this controller's
 //! Jobs and their pods, Nodes and Secrets, each into a reflector cache. Node heartbeats are
 //! filtered out (only labels, claims, schedulability and existence wake Plans), objects are
-//! cached without managedFields, and a failing watch is retried with backoff and shown in
+//! cached without managedFields, Nodes without what kubelets report but the Ready condition, and a failing watch is retried with backoff and shown in
 //! `/readyz`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,14 +11,14 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Secret};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::api::{CORDON_CLAIM_PREFIX, LABEL_CONTROLLER, Plan};
+use crate::api::{CORDON_CLAIM_PREFIX, GROUP, LABEL_CONTROLLER, Plan};
 use crate::controller::reconcile::{Caches, Settings};
 use crate::server::Readiness;
 
@@ -77,7 +77,7 @@ impl Watches {
         let (nodes, node_writer) = reflector::store::<Node>();
         let mut fingerprints: HashMap<String, u64> = HashMap::new();
         let node_stream = reported(
-            watcher(Api::all(client.clone()), watcher::Config::default()),
+            watcher(Api::all(client.clone()), watcher::Config::default()).modify(slim_node),
             "nodes",
             readiness.clone(),
         )
@@ -247,6 +247,30 @@ fn reported<K>(
         })
 }
 
+/// A Node as the cache keeps it: what decisions, cordons and events read (metadata with only
+/// this controller's annotations, the spec, and the Ready condition without its heartbeat). The
+/// status a kubelet reports (images, addresses, capacity, the other conditions) can be most of a
+/// Node's size, and every write to a Node is a merge patch, so nothing dropped here is written
+/// back.
+fn slim_node(node: &mut Node) {
+    if let Some(annotations) = node.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key.contains(GROUP));
+    }
+    let ready = node
+        .status
+        .take()
+        .and_then(|status| status.conditions)
+        .and_then(|conditions| conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|mut ready| {
+            ready.last_heartbeat_time = None;
+            ready
+        });
+    node.status = ready.map(|ready| NodeStatus {
+        conditions: Some(vec![ready]),
+        ..NodeStatus::default()
+    });
+}
+
 /// What about a Node matters to Plans: labels, our annotations, schedulability.
 fn node_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -266,4 +290,80 @@ fn node_fingerprint(node: &Node) -> u64 {
         .hash(&mut hasher);
     node.metadata.uid.hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node() -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "a",
+                "labels": {"kubernetes.io/hostname": "a", "plan.upgrade.cattle.io/p": "h"},
+                "annotations": {
+                    "k3s.io/node-args": "[\"server\",\"--disable\",\"traefik\"]",
+                    "cordoned.upgrade.cattle.io/p": "2026-11-28T10:00:00Z",
+                    "upgrade.cattle.io/adopted": "p",
+                },
+            },
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "conditions": [
+                    {"type": "MemoryPressure", "status": "False"},
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                     "lastHeartbeatTime": "2026-11-28T10:00:05Z",
+                     "lastTransitionTime": "2026-11-28T09:00:00Z"},
+                ],
+                "images": [{"names": ["rancher/k3s-upgrade:v1.30.4-k3s1"], "sizeBytes": 1}],
+                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                    "machineID": "", "operatingSystem": "linux", "osImage": "", "systemUUID": ""},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cached_node_keeps_what_decisions_read_and_nothing_a_kubelet_reports() {
+        let mut slim = node();
+        slim_node(&mut slim);
+        let full = node();
+        assert_eq!(slim.metadata.labels, full.metadata.labels);
+        assert_eq!(slim.spec, full.spec);
+        let annotations: Vec<&String> =
+            slim.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(
+            annotations,
+            ["cordoned.upgrade.cattle.io/p", "upgrade.cattle.io/adopted"]
+        );
+        let status = slim.status.unwrap();
+        let conditions = status.conditions.unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].type_, "Ready");
+        assert_eq!(conditions[0].status, "True");
+        assert!(conditions[0].last_heartbeat_time.is_none());
+        assert!(conditions[0].last_transition_time.is_some());
+        assert!(
+            status.images.is_none() && status.node_info.is_none() && status.addresses.is_none()
+        );
+        // What wakes Plans is unchanged by slimming.
+        assert_eq!(node_fingerprint(&slim_copy()), node_fingerprint(&node()));
+    }
+
+    fn slim_copy() -> Node {
+        let mut n = node();
+        slim_node(&mut n);
+        n
+    }
+
+    #[test]
+    fn a_node_without_status_stays_without() {
+        let mut n = node();
+        n.status = None;
+        slim_node(&mut n);
+        assert!(n.status.is_none());
+    }
 }
