@@ -35,6 +35,8 @@ pub use pods::upgrade_may_have_started;
 pub const RESYNC: Duration = Duration::from_secs(600);
 /// How often a Plan waiting for its window checks again.
 pub const WINDOW_RETRY: Duration = Duration::from_secs(60);
+/// Most nodes named in the Plan's JobComplete event of one pass (the rest are counted).
+const COMPLETED_LISTED: usize = 20;
 /// The controller's own rule for a stored Plan without `concurrency` (the webhook sets it on
 /// create): the Go controller read it as 0 and upgraded nothing, so it must not start silently.
 pub const CONCURRENCY_UNSET: &str = "spec.concurrency: not set, so this Plan upgrades no node \
@@ -84,6 +86,18 @@ pub struct Note {
     /// key only once, even if the node entries that normally keep it one-shot were lost (a CRD
     /// without `status.nodes` prunes them).
     pub once: Option<String>,
+    /// Set on Plan events of a rollout's progress: the recorder holds such an event briefly and
+    /// merges the same Plan's later ones of the same reason into it.
+    pub merge: Option<Merge>,
+}
+
+/// How a held Plan event takes in a later one of the same reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// The nodes are added to those already named (JobComplete).
+    Nodes(Vec<String>),
+    /// The later event replaces the held one (SyncJob: the latest set of nodes is what counts).
+    Latest,
 }
 
 impl Note {
@@ -94,6 +108,7 @@ impl Note {
             reason,
             message,
             once: None,
+            merge: None,
         }
     }
 
@@ -101,6 +116,44 @@ impl Note {
     pub fn once(mut self, key: String) -> Self {
         self.once = Some(key);
         self
+    }
+
+    /// Makes the note mergeable with later ones of its Plan and reason.
+    pub fn merging(mut self, merge: Merge) -> Self {
+        self.merge = Some(merge);
+        self
+    }
+
+    /// Takes in a later note of the same Plan and reason, as this note's `merge` says.
+    pub fn absorb(&mut self, later: &Note) {
+        match (&mut self.merge, &later.merge) {
+            (Some(Merge::Nodes(nodes)), Some(Merge::Nodes(more))) => {
+                for node in more {
+                    if !nodes.contains(node) {
+                        nodes.push(node.clone());
+                    }
+                }
+                self.message = completed_message(nodes);
+            }
+            _ => *self = later.clone(),
+        }
+    }
+}
+
+/// The Plan's JobComplete message for nodes whose Jobs completed; a single node gets the Go
+/// controller's message.
+pub fn completed_message(nodes: &[String]) -> String {
+    match nodes {
+        [node] => format!("Job completed on Node {node}"),
+        _ if nodes.len() <= COMPLETED_LISTED => {
+            format!("Jobs completed on Nodes {}", nodes.join(","))
+        }
+        _ => format!(
+            "Jobs completed on {} Nodes: {} and {} more",
+            nodes.len(),
+            nodes[..COMPLETED_LISTED].join(","),
+            nodes.len() - COMPLETED_LISTED
+        ),
     }
 }
 
@@ -287,6 +340,8 @@ struct Pass<'a> {
     nodes: BTreeMap<String, &'a Node>,
     /// Nodes labelled done in this pass.
     done_now: BTreeSet<String>,
+    /// Nodes labelled done (or due to be) in this pass, for the Plan's one JobComplete event.
+    completed: Vec<String>,
     /// Nodes whose claim is released in this pass.
     released: BTreeSet<String>,
     /// Nodes whose Go-era cordon is adopted in this pass.
@@ -347,6 +402,7 @@ impl<'a> Pass<'a> {
             hash: String::new(),
             nodes,
             done_now: BTreeSet::new(),
+            completed: Vec::new(),
             released: BTreeSet::new(),
             adopted_cordons: BTreeSet::new(),
             current_jobs: BTreeMap::new(),
@@ -552,6 +608,25 @@ impl<'a> Pass<'a> {
                 self.current_jobs.insert(node_name, job);
             }
         }
+        self.note_completions();
+    }
+
+    /// One Plan event for the nodes whose Jobs completed in this pass (each node gets its own);
+    /// the recorder merges it with those of the next passes of a wave.
+    fn note_completions(&mut self) {
+        let nodes = std::mem::take(&mut self.completed);
+        if nodes.is_empty() {
+            return;
+        }
+        self.notes.push(
+            Note::new(
+                Target::Plan,
+                false,
+                Reason::JobComplete,
+                completed_message(&nodes),
+            )
+            .merging(Merge::Nodes(nodes)),
+        );
     }
 
     /// A Job the Go controller created cordoned its node (through its kubectl container) when the
@@ -664,17 +739,16 @@ impl<'a> Pass<'a> {
         if job_hash == self.hash {
             self.done_now.insert(node_name.clone());
         }
-        let text = format!("Job completed on Node {node_name}");
-        self.note(false, Reason::JobComplete, text.clone());
         self.notes.push(Note::new(
-            Target::Node(node_name),
+            Target::Node(node_name.clone()),
             false,
             Reason::JobComplete,
             format!(
-                "{text} for Plan {} (version {})",
+                "Job completed on Node {node_name} for Plan {} (version {})",
                 self.plan_name, self.version
             ),
         ));
+        self.completed.push(node_name);
     }
 
     /// The nodes that apply or finish the Plan now: those already applying, or still finishing
@@ -1132,7 +1206,9 @@ impl<'a> Pass<'a> {
                 applying.join(","),
                 self.hash
             );
-            self.note(false, Reason::SyncJob, message);
+            self.notes.push(
+                Note::new(Target::Plan, false, Reason::SyncJob, message).merging(Merge::Latest),
+            );
         } else if let Some((reason, message)) = self.failure.clone() {
             self.set_condition(COMPLETE, "False", reason, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")

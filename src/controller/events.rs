@@ -2,10 +2,13 @@
 //!
 //! Each transition is its own event: kube's recorder folds events of one reason into a series
 //! that keeps the first message, which would hide, say, the version a Plan resolved to after a
-//! bump. One-shot events ([`Note::once`]) are sent once per key while the process lives.
+//! bump. One-shot events ([`Note::once`]) are sent once per key while the process lives. Plan
+//! events of a rollout's progress ([`Note::merging`]) are held for [`HOLD`] and merged with the
+//! Plan's later ones of the same reason, so a wave of completions is one event, not one per pass.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::api::events::v1::Event;
@@ -22,6 +25,8 @@ use crate::controller::decide::{Note, Target};
 const SAID_LIMIT: usize = 10_000;
 /// Longest event note written; longer ones are cut.
 const NOTE_LIMIT: usize = 1000;
+/// How long a mergeable Plan event waits for more of its kind before it is written.
+pub const HOLD: Duration = Duration::from_secs(1);
 
 /// Who records events.
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct Events {
     nodes: Store<Node>,
     /// Keys of the one-shot events already recorded.
     said: Mutex<HashSet<String>>,
+    /// Mergeable Plan events waiting to be written, by Plan UID and reason.
+    held: Mutex<HashMap<(String, Reason), (ObjectReference, Note)>>,
 }
 
 impl Events {
@@ -59,6 +66,7 @@ impl Events {
             reporter,
             nodes,
             said: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -79,11 +87,12 @@ impl Events {
     }
 
     /// Records a note of a Plan's reconcile on its target, unless it is one-shot and was sent.
-    pub async fn publish(&self, plan: &Plan, note: &Note) {
+    pub async fn publish(self: &Arc<Self>, plan: &Plan, note: &Note) {
         if !self.first_time(note) {
             return;
         }
         match &note.target {
+            Target::Plan if note.merge.is_some() => self.hold(plan.object_ref(&()), note),
             Target::Plan => self.record(&plan.object_ref(&()), note).await,
             Target::Node(name) => {
                 if let Some(node) = self.nodes.get(&ObjectRef::new(name)) {
@@ -91,6 +100,32 @@ impl Events {
                 }
             }
         }
+    }
+
+    /// Holds a mergeable Plan event for [`HOLD`], merging it into one already held for the same
+    /// Plan and reason; the first one held starts the timer that writes it.
+    fn hold(self: &Arc<Self>, reference: ObjectReference, note: &Note) {
+        let key = (reference.uid.clone().unwrap_or_default(), note.reason);
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, waiting)) = held.get_mut(&key) {
+                waiting.absorb(note);
+                return;
+            }
+            held.insert(key.clone(), (reference, note.clone()));
+        }
+        let events = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(HOLD).await;
+            let taken = events
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            if let Some((reference, note)) = taken {
+                events.record(&reference, &note).await;
+            }
+        });
     }
 
     /// Records an event on a node.
@@ -277,5 +312,103 @@ mod tests {
         assert!(!events.first_time(&once));
         let always = Note::new(Target::Plan, false, Reason::JobComplete, "m".into());
         assert!(events.first_time(&always) && events.first_time(&always));
+    }
+
+    fn plan() -> Plan {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": "p", "namespace": "system-upgrade", "uid": "plan-uid"},
+            "spec": {"upgrade": {"image": "i"}},
+        }))
+        .unwrap()
+    }
+
+    fn completed(nodes: &[&str]) -> Note {
+        let nodes: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+        Note::new(
+            Target::Plan,
+            false,
+            Reason::JobComplete,
+            crate::controller::decide::completed_message(&nodes),
+        )
+        .merging(crate::controller::decide::Merge::Nodes(nodes))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_events_of_a_plan_are_held_and_merged_into_one() {
+        let (client, mut api) = crate::controller::testing::client();
+        let events = Arc::new(Events::new(
+            client,
+            reporter(),
+            kube::runtime::reflector::store().0,
+        ));
+        let plan = plan();
+        events.publish(&plan, &completed(&["a"])).await;
+        events.publish(&plan, &completed(&["b", "c"])).await;
+        events.publish(&plan, &completed(&["a"])).await;
+        let sync = |nodes: &str| {
+            Note::new(
+                Target::Plan,
+                false,
+                Reason::SyncJob,
+                format!("on Nodes {nodes}"),
+            )
+            .merging(crate::controller::decide::Merge::Latest)
+        };
+        events.publish(&plan, &sync("d")).await;
+        events.publish(&plan, &sync("d,e")).await;
+        // An event that is not mergeable is written at once.
+        let validated = Note::new(Target::Plan, false, Reason::Validated, "ok".into());
+        let (_, seen) = tokio::join!(
+            events.publish(&plan, &validated),
+            api.expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
+                201,
+                serde_json::json!({})
+            ),
+        );
+        assert_eq!(seen.body["reason"], "Validated");
+
+        tokio::time::advance(HOLD).await;
+        let mut notes = Vec::new();
+        for _ in 0..2 {
+            let seen = api
+                .expect(
+                    "POST",
+                    "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
+                    201,
+                    serde_json::json!({}),
+                )
+                .await;
+            notes.push((
+                seen.body["reason"].as_str().unwrap().to_owned(),
+                seen.body["note"].as_str().unwrap().to_owned(),
+            ));
+        }
+        notes.sort();
+        assert_eq!(
+            notes,
+            [
+                (
+                    "JobComplete".to_owned(),
+                    "Jobs completed on Nodes a,b,c".to_owned()
+                ),
+                ("SyncJob".to_owned(), "on Nodes d,e".to_owned()),
+            ]
+        );
+        // Nothing is held any more: the next one starts a new hold.
+        events.publish(&plan, &completed(&["f"])).await;
+        tokio::time::advance(HOLD).await;
+        let seen = api
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
+                201,
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(seen.body["note"], "Job completed on Node f");
+        api.done().await;
     }
 }

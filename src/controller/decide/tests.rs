@@ -1581,3 +1581,55 @@ fn an_invalid_plan_starts_no_drain_but_lets_one_under_way_go_on() {
             .contains("before draining")
     );
 }
+
+#[test]
+fn a_wave_of_completions_is_one_plan_event_and_one_event_per_node() {
+    let mut plan = spec();
+    plan["concurrency"] = json!(3);
+    let mut world = World::new(plan).nodes(&["a", "b", "c", "d"]);
+    let first = world.settle();
+    let wave = first.status.applying.clone().unwrap();
+    assert_eq!(wave.len(), 3);
+    for node in &wave {
+        world.finish_job(node, true, NOW);
+    }
+    let second = world.step();
+    let completions: Vec<&Note> = second
+        .notes
+        .iter()
+        .filter(|n| n.reason == Reason::JobComplete)
+        .collect();
+    let on_plan: Vec<&&Note> = completions
+        .iter()
+        .filter(|n| n.target == Target::Plan)
+        .collect();
+    assert_eq!(on_plan.len(), 1, "{completions:?}");
+    assert_eq!(
+        on_plan[0].message,
+        format!("Jobs completed on Nodes {}", wave.join(","))
+    );
+    for node in &wave {
+        assert!(
+            completions
+                .iter()
+                .any(|n| n.target == Target::Node(node.clone())),
+            "no node event for {node}"
+        );
+    }
+
+    // A single completion keeps the Go controller's message.
+    let rest = ["a", "b", "c", "d"]
+        .into_iter()
+        .find(|n| !wave.iter().any(|w| w == n))
+        .unwrap();
+    world.settle();
+    world.finish_job(rest, true, NOW);
+    let last = world.step();
+    let on_plan: Vec<&Note> = last
+        .notes
+        .iter()
+        .filter(|n| n.reason == Reason::JobComplete && n.target == Target::Plan)
+        .collect();
+    assert_eq!(on_plan.len(), 1);
+    assert_eq!(on_plan[0].message, format!("Job completed on Node {rest}"));
+}
