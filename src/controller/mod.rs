@@ -110,11 +110,10 @@ pub async fn run(
         })
         .watches_stream(watches.pods, plan_of_pod)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(woken))
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(config.threads)
-                .debounce(Duration::from_millis(300)),
-        )
+        // No debounce: it delays a reconcile until a Plan's triggers pause, and the pods of a
+        // wide rollout never pause, so the next node waited up to a second after a Job finished.
+        // Triggers that arrive while a Plan is queued or reconciling still fold into one pass.
+        .with_config(ControllerConfig::default().concurrency(config.threads))
         .graceful_shutdown_on(stop.clone().cancelled_owned());
 
     tokio::spawn(janitor(context.clone(), deleted_rx, ready, stop));

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -16,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
     ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
-    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
+    LABEL_CONTROLLER, LABEL_NODE, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, CordonError};
 use crate::controller::decide::{self, Change, Decision, JobFields, Note, Observed, Target};
@@ -284,17 +285,70 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
 /// Carries out a decision: the changes that need no new status, the status, the changes that
 /// need it (starting nodes), then the events.
 pub async fn act(ctx: &Context, plan: &Plan, decision: &Decision) -> Result<(), ReconcileError> {
-    for change in &decision.before {
-        apply(ctx, plan, change).await?;
-    }
+    apply_all(ctx, plan, &decision.before).await?;
     write_status(ctx, plan, decision).await?;
-    for change in &decision.after {
-        apply(ctx, plan, change).await?;
-    }
-    for note in &decision.notes {
+    apply_all(ctx, plan, &decision.after).await?;
+    // Node events at once (each node's in order), then the Plan's in order.
+    let (on_plan, on_nodes): (Vec<&Note>, Vec<&Note>) = decision
+        .notes
+        .iter()
+        .partition(|n| n.target == Target::Plan);
+    stream::iter(by_key(on_nodes, |n| match &n.target {
+        Target::Node(name) => name.clone(),
+        Target::Plan => String::new(),
+    }))
+    .for_each_concurrent(AT_ONCE, |notes| async move {
+        for note in notes {
+            ctx.events.publish(plan, note).await;
+        }
+    })
+    .await;
+    for note in on_plan {
         ctx.events.publish(plan, note).await;
     }
     Ok(())
+}
+
+/// Requests one reconcile sends at once. The changes of one pass are about different nodes
+/// (a wave of completions and starts), so one after the other they held the Plan, and the next
+/// node's start, for a round trip each.
+const AT_ONCE: usize = 16;
+
+/// Applies changes, those about different nodes (or Jobs) at once and those about one node in
+/// order (adopting a Go-era cordon comes before releasing it); stops at the first error.
+async fn apply_all(ctx: &Context, plan: &Plan, changes: &[Change]) -> Result<(), ReconcileError> {
+    let groups = by_key(changes.iter().collect(), |change| {
+        let node = match change {
+            Change::CreateJob(job) => job.labels().get(LABEL_NODE).map(String::as_str),
+            other => other.node(),
+        };
+        node.or(change.job()).unwrap_or_default().to_owned()
+    });
+    stream::iter(groups.into_iter().map(Ok))
+        .try_for_each_concurrent(AT_ONCE, |group| async move {
+            for change in group {
+                apply(ctx, plan, change).await?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Items grouped by key, each group in the items' order, groups in the order of their first item.
+fn by_key<T>(items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for item in items {
+        let k = key(&item);
+        match index.get(&k) {
+            Some(&i) => groups[i].push(item),
+            None => {
+                index.insert(k, groups.len());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
 }
 
 /// Writes the status when it changed, only if the Plan was not changed meanwhile.
