@@ -8,7 +8,7 @@
 //! (start, adopt, replace, drain), release what is left over, and finish the status. Only
 //! starting something new needs a valid, resolved Plan; finishing what runs never waits for it.
 
-mod pods;
+pub(crate) mod pods;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

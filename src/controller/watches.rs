@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeStatus, Pod, PodSpec, PodTemplateSpec, Secret,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -70,6 +72,7 @@ impl Watches {
             watcher::Config::default().labels(&ours),
             "jobs",
             readiness,
+            slim_job,
         );
 
         // Node heartbeats change nothing a Plan looks at; only labels, annotations,
@@ -104,6 +107,7 @@ impl Watches {
             watcher::Config::default(),
             "secrets",
             readiness,
+            |_| {},
         );
         // The pods of our Jobs: where each upgrade stands (prepare done, gate waiting).
         let (pods, pod_stream) = cached(
@@ -111,6 +115,7 @@ impl Watches {
             watcher::Config::default().labels(&ours),
             "pods",
             readiness,
+            slim_pod,
         );
 
         Watches {
@@ -130,12 +135,13 @@ impl Watches {
     }
 }
 
-/// A watch of `api` into a cache, and the objects it touches.
+/// A watch of `api` into a cache of objects trimmed by `slim`, and the objects it touches.
 fn cached<K>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
     readiness: &Arc<Readiness>,
+    slim: fn(&mut K),
 ) -> (Store<K>, Touched<K>)
 where
     K: kube::Resource
@@ -148,10 +154,14 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reported(watcher(api, config), resource, readiness.clone())
-        .reflect(writer)
-        .touched_objects()
-        .boxed();
+    let stream = reported(
+        watcher(api, config).modify(slim),
+        resource,
+        readiness.clone(),
+    )
+    .reflect(writer)
+    .touched_objects()
+    .boxed();
     (store, stream)
 }
 
@@ -271,6 +281,42 @@ fn slim_node(node: &mut Node) {
     });
 }
 
+/// A Job as the cache keeps it: without its pod template, which nothing reads (the template
+/// digest annotation stands for it); completed Jobs stay until their TTL, a thousand of them
+/// after a wide rollout.
+fn slim_job(job: &mut Job) {
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = PodTemplateSpec::default();
+    }
+}
+
+/// A pod of our Jobs as the cache keeps it: where it runs, its init containers' names and
+/// commands (which gate it has), and its status; not the upgrade container's environment,
+/// volumes, tolerations or affinity.
+fn slim_pod(pod: &mut Pod) {
+    let Some(spec) = pod.spec.take() else {
+        return;
+    };
+    let names_only = |containers: Vec<Container>| -> Vec<Container> {
+        containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                image: c.image,
+                command: c.command,
+                args: c.args,
+                ..Container::default()
+            })
+            .collect()
+    };
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        containers: names_only(spec.containers),
+        init_containers: spec.init_containers.map(names_only),
+        ..PodSpec::default()
+    });
+}
+
 /// What about a Node matters to Plans: labels, our annotations, schedulability.
 fn node_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -357,6 +403,81 @@ mod tests {
         let mut n = node();
         slim_node(&mut n);
         n
+    }
+
+    #[test]
+    fn a_cached_pod_answers_every_question_decisions_ask_as_the_full_pod_does() {
+        use crate::controller::decide::pods;
+        let full: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "apply-p-on-a", "namespace": "system-upgrade",
+                "labels": {"upgrade.cattle.io/controller": "system-upgrade-controller"},
+                "annotations": {"upgrade.cattle.io/drained": "now"}},
+            "spec": {
+                "nodeName": "a",
+                "initContainers": [
+                    {"name": "prepare", "image": "rancher/k3s-upgrade", "args": ["prepare"],
+                     "env": [{"name": "SYSTEM_UPGRADE_NODE_NAME", "value": "a"}]},
+                    {"name": "drain", "image": "busybox", "command": ["sh", "-c"], "args": ["wait"]},
+                ],
+                "containers": [{"name": "upgrade", "image": "rancher/k3s-upgrade",
+                    "env": [{"name": "SYSTEM_UPGRADE_PLAN_NAME", "value": "p"}],
+                    "volumeMounts": [{"name": "host-root", "mountPath": "/host"}]}],
+                "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+                "tolerations": [{"operator": "Exists"}],
+            },
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": "prepare", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0}}},
+            ]},
+        }))
+        .unwrap();
+        let mut slim = full.clone();
+        slim_pod(&mut slim);
+        assert_eq!(pods::phase(&slim), pods::phase(&full));
+        assert_eq!(pods::bound_node(&slim), Some("a"));
+        assert_eq!(pods::gate(&slim), pods::gate(&full));
+        assert!(
+            pods::gate(&slim).is_some_and(pods::is_native_gate)
+                == pods::gate(&full).is_some_and(pods::is_native_gate)
+        );
+        assert_eq!(pods::prepared(&slim), pods::prepared(&full));
+        assert_eq!(slim.metadata, full.metadata);
+        let spec = slim.spec.unwrap();
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
+        assert!(spec.containers[0].env.is_none() && spec.containers[0].volume_mounts.is_none());
+    }
+
+    #[test]
+    fn a_cached_job_keeps_its_settings_and_status_but_not_its_template() {
+        let full: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "apply-p-on-a", "annotations": {"upgrade.cattle.io/template-hash": "d"}},
+            "spec": {"backoffLimit": 2, "activeDeadlineSeconds": 900, "ttlSecondsAfterFinished": 900,
+                "suspend": false, "parallelism": 1,
+                "template": {"spec": {"containers": [{"name": "upgrade", "image": "i"}]}}},
+            "status": {"succeeded": 1},
+        }))
+        .unwrap();
+        let mut slim = full.clone();
+        slim_job(&mut slim);
+        let (spec, was) = (slim.spec.as_ref().unwrap(), full.spec.as_ref().unwrap());
+        assert_eq!(spec.template, PodTemplateSpec::default());
+        assert_eq!(
+            (
+                spec.backoff_limit,
+                spec.active_deadline_seconds,
+                spec.ttl_seconds_after_finished,
+                spec.suspend,
+                spec.parallelism
+            ),
+            (
+                was.backoff_limit,
+                was.active_deadline_seconds,
+                was.ttl_seconds_after_finished,
+                was.suspend,
+                was.parallelism
+            )
+        );
+        assert_eq!((slim.metadata, slim.status), (full.metadata, full.status));
     }
 
     #[test]
