@@ -10,6 +10,7 @@ pub mod decide;
 pub mod drain;
 pub mod drains;
 pub mod events;
+pub mod expect;
 pub mod hash;
 pub mod job;
 pub mod poll;
@@ -208,6 +209,7 @@ async fn janitor(
                 Some((plan, uid)) => {
                     tracing::info!(%plan, "Plan deleted; stopping its drains and returning the nodes it cordoned");
                     ctx.drains.forget(&uid, &[]);
+                    ctx.expect.forget(&uid);
                     release_orphaned_claims(&ctx).await;
                 }
                 None => return,

@@ -24,6 +24,7 @@ use crate::controller::decide::{self, Change, Decision, JobFields, Note, Observe
 use crate::controller::drain::Wake;
 use crate::controller::drains::Drains;
 use crate::controller::events::Events;
+use crate::controller::expect::{Expectations, Shown};
 use crate::controller::job::JobSettings;
 use crate::controller::poll::Channels;
 use crate::controller::status::{self, stamp};
@@ -66,6 +67,8 @@ pub struct Context {
     /// not written, and the node entries are kept nowhere.
     nodes_pruned: AtomicBool,
     backoff: Backoff,
+    /// What each Plan's last pass wrote that the caches may not show yet.
+    pub expect: Expectations,
 }
 
 /// Why a reconcile did not finish; it is retried with backoff. Each names what failed.
@@ -136,6 +139,7 @@ impl Context {
             caches_synced: AtomicBool::new(false),
             nodes_pruned: AtomicBool::new(false),
             backoff: Backoff::default(),
+            expect: Expectations::default(),
         }
     }
 
@@ -263,6 +267,21 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         .collect();
     let pods: Vec<&Pod> = seen.pods.iter().map(AsRef::as_ref).collect();
     let plan_uid = plan.metadata.uid.clone().unwrap_or_default();
+    let shown = Shown {
+        plan_version: plan.metadata.resource_version.as_deref(),
+        jobs: jobs
+            .iter()
+            .filter_map(|j| j.metadata.name.as_deref())
+            .collect(),
+        labels: (nodes.iter())
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
+            .collect(),
+    };
+    if let Some(unseen) = ctx.expect.unseen(&plan_uid, &shown, Instant::now()) {
+        // The watch event that shows it runs the Plan again; the requeue is a fallback.
+        tracing::debug!(%unseen, "the caches do not show the last pass's writes yet; waiting");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     // Drains of Jobs that finished, failed, were suspended or deleted stop.
     ctx.drains.forget(&plan_uid, &decide::drainable_jobs(&jobs));
     let drains = ctx.drains.of(&plan_uid);
@@ -285,28 +304,38 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
 /// Carries out a decision: the changes that need no new status, the status, the changes that
 /// need it (starting nodes), then the events.
 pub async fn act(ctx: &Context, plan: &Plan, decision: &Decision) -> Result<(), ReconcileError> {
+    ctx.expect.begin(&uid(plan));
     apply_all(ctx, plan, &decision.before).await?;
     write_status(ctx, plan, decision).await?;
     apply_all(ctx, plan, &decision.after).await?;
-    // Node events at once (each node's in order), then the Plan's in order.
-    let (on_plan, on_nodes): (Vec<&Note>, Vec<&Note>) = decision
-        .notes
-        .iter()
-        .partition(|n| n.target == Target::Plan);
+    // The events go out after the pass, so a wave's many node events do not hold up the Plan's
+    // next pass (and the next node's start).
+    let (events, plan, notes) = (
+        Arc::clone(&ctx.events),
+        plan.clone(),
+        decision.notes.clone(),
+    );
+    tokio::spawn(async move { publish(&events, &plan, notes).await });
+    Ok(())
+}
+
+/// Records a pass's events: the nodes' at once (each node's in order), then the Plan's in order.
+async fn publish(events: &Arc<Events>, plan: &Plan, notes: Vec<Note>) {
+    let (on_plan, on_nodes): (Vec<Note>, Vec<Note>) =
+        notes.into_iter().partition(|n| n.target == Target::Plan);
     stream::iter(by_key(on_nodes, |n| match &n.target {
         Target::Node(name) => name.clone(),
         Target::Plan => String::new(),
     }))
     .for_each_concurrent(AT_ONCE, |notes| async move {
         for note in notes {
-            ctx.events.publish(plan, note).await;
+            events.publish(plan, &note).await;
         }
     })
     .await;
     for note in on_plan {
-        ctx.events.publish(plan, note).await;
+        events.publish(plan, &note).await;
     }
-    Ok(())
 }
 
 /// Requests one reconcile sends at once. The changes of one pass are about different nodes
@@ -332,6 +361,10 @@ async fn apply_all(ctx: &Context, plan: &Plan, changes: &[Change]) -> Result<(),
             Ok(())
         })
         .await
+}
+
+fn uid(plan: &Plan) -> String {
+    plan.metadata.uid.clone().unwrap_or_default()
 }
 
 /// Items grouped by key, each group in the items' order, groups in the order of their first item.
@@ -371,7 +404,11 @@ async fn write_status(
         )
         .await
     {
-        Ok(stored) => stored,
+        Ok(stored) => {
+            ctx.expect
+                .status_written(&uid(plan), plan.metadata.resource_version.clone());
+            stored
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             return Err(ReconcileError::Conflict);
         }
@@ -405,6 +442,7 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
             let name = job.name_any();
             match jobs.create(&PostParams::default(), job).await {
                 Ok(_) => {
+                    ctx.expect.job_created(&uid(plan), &name);
                     tracing::info!("created Job");
                     ctx.metrics.job_changed("created");
                 }
@@ -427,7 +465,7 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
             patch_job(&jobs, name, &job_fields_patch(fields)).await?;
         }
         Change::AdoptCordon { node } => cordon::adopt(&ctx.client, &plan.name_any(), node).await?,
-        Change::LabelNode { node, labels } => label_node(ctx, node, labels).await?,
+        Change::LabelNode { node, labels } => label_node(ctx, plan, node, labels).await?,
         Change::Drain {
             node,
             pod,
@@ -466,6 +504,7 @@ pub fn job_fields_patch(fields: &JobFields) -> serde_json::Value {
 /// Labels a node done (and with the Plan's postCompleteLabels); a node gone needs none.
 async fn label_node(
     ctx: &Context,
+    plan: &Plan,
     node: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), ReconcileError> {
@@ -476,6 +515,7 @@ async fn label_node(
         .await
     {
         Ok(_) => {
+            ctx.expect.node_labelled(&uid(plan), node, labels);
             tracing::info!("labelled node done");
             ctx.metrics.node_upgraded();
             Ok(())
