@@ -595,14 +595,19 @@ impl<'a> Pass<'a> {
             let Some((succeeded, at)) = finished else {
                 continue;
             };
-            let labelled = node_label(node, &self.plan_label) == Some(job_hash.as_str());
+            let label = node_label(node, &self.plan_label);
+            // Recorded: the node carries this Job's hash, or the Job's hash was superseded and
+            // the node already carries a hash of this Plan (another Job's, maybe the current
+            // one): labelling it back would undo that, and two Jobs would relabel it in turn.
+            let recorded =
+                label == Some(job_hash.as_str()) || (job_hash != self.hash && label.is_some());
             // A succeeded Job whose node is not labelled yet never expires: its node would run
             // again.
-            if (!succeeded || labelled) && self.expire(job, at) {
+            if (!succeeded || recorded) && self.expire(job, at) {
                 continue;
             }
             self.sync_ttl(job);
-            if succeeded && !labelled {
+            if succeeded && !recorded {
                 self.complete(job, node, &job_hash, at);
             } else if !succeeded && current {
                 self.current_jobs.insert(node_name, job);

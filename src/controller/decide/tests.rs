@@ -271,6 +271,12 @@ impl World {
         last
     }
 
+    fn node_label(&mut self, node: &str, key: &str) -> Option<String> {
+        self.node_mut(node)["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     fn finish_job(&mut self, node: &str, succeeded: bool, at: &str) {
         let job = self
             .jobs
@@ -1632,4 +1638,54 @@ fn a_wave_of_completions_is_one_plan_event_and_one_event_per_node() {
         .collect();
     assert_eq!(on_plan.len(), 1);
     assert_eq!(on_plan[0].message, format!("Job completed on Node {rest}"));
+}
+
+#[test]
+fn a_node_done_with_a_new_hash_is_not_labelled_back_by_its_earlier_job() {
+    let mut plan = spec();
+    plan["cordon"] = json!(false);
+    plan["secrets"] = json!([{"name": "s", "path": "/x"}]);
+    let mut world = World::new(plan).nodes(&["a"]);
+    world
+        .secrets
+        .push(json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}}));
+    world.settle();
+    world.finish_job("a", true, NOW);
+    let done = world.settle();
+    let first = done.status.latest_hash.clone().unwrap();
+    assert_eq!(
+        world.node_label("a", "plan.upgrade.cattle.io/p").as_deref(),
+        Some(first.as_str())
+    );
+    // The Secret changes: a new hash, a second Job on the node next to the finished first one.
+    world.secrets[0]["data"]["k"] = json!("dzI=");
+    let rerun = world.settle();
+    let second = rerun.status.latest_hash.clone().unwrap();
+    assert_ne!(first, second);
+    let new_job = world
+        .jobs
+        .iter_mut()
+        .find(|j| j["metadata"]["labels"]["plan.upgrade.cattle.io/p"] == second.as_str())
+        .unwrap();
+    new_job["status"] = json!({"succeeded": 1, "completionTime": NOW, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": NOW}]});
+    world.settle();
+    assert_eq!(
+        world.node_label("a", "plan.upgrade.cattle.io/p").as_deref(),
+        Some(second.as_str())
+    );
+    for _ in 0..3 {
+        let pass = world.step();
+        assert!(
+            !pass
+                .before
+                .iter()
+                .any(|c| matches!(c, Change::LabelNode { .. })),
+            "labelled again: {:?}",
+            pass.before
+        );
+    }
+    assert_eq!(
+        world.node_label("a", "plan.upgrade.cattle.io/p").as_deref(),
+        Some(second.as_str())
+    );
 }
