@@ -196,10 +196,12 @@ pub struct BadRequest(pub String);
 
 /// Handles one AdmissionReview body for the given webhook.
 pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
-    let review: Review = serde_path_to_error::deserialize(
-        &mut serde_json::Deserializer::from_slice(body),
-    )
-    .map_err(|e| {
+    // Parsed plainly first; only a body that fails is parsed again to say where (tracking the
+    // path costs a third of a typical review's time).
+    let parsed = serde_json::from_slice::<Review>(body).or_else(|_| {
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+    });
+    let review: Review = parsed.map_err(|e| {
         let path = e.path().to_string();
         let place = match path.as_str() {
             "." | "?" => String::new(),
