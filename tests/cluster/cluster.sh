@@ -2,7 +2,7 @@
 # A real Kubernetes control plane on loopback for the end-to-end tests: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, and kwok simulating nodes and their kubelets.
 #
-#   tests/cluster/cluster.sh up   [--dir DIR] [--nodes N] [--control-planes M]
+#   tests/cluster/cluster.sh up   [--dir DIR] [--nodes N] [--control-planes M] [--audit-policy FILE]
 #   tests/cluster/cluster.sh down [--dir DIR]
 #   tests/cluster/cluster.sh env  [--dir DIR]     # prints `export KUBECONFIG=...` for a running cluster
 #   tests/cluster/cluster.sh restart-apiserver [--dir DIR] [--down-for SECONDS]
@@ -12,6 +12,8 @@
 # /tmp/suc-cluster), creates N simulated nodes labelled like a K3s cluster (the first M are
 # control-plane nodes) and waits until they are Ready and untainted. `down` stops every process
 # by PID. A failed start prints the failing component's log tail and exits non-zero.
+# With --audit-policy, kube-apiserver writes the audit events FILE asks for to DIR/logs/audit.log
+# (the benchmark counts the controller's own requests this way).
 # `restart-apiserver` stops kube-apiserver, waits (default 5 s) and starts it again on the same
 # port: the outage a K3s server upgrade causes.
 set -euo pipefail
@@ -24,6 +26,7 @@ nodes=6
 control_planes=
 real_node=0
 down_for=5
+audit_policy=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
@@ -31,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --control-planes) control_planes="$2"; shift 2 ;;
     --real-node) real_node=1; shift ;;
     --down-for) down_for="$2"; shift 2 ;;
+    --audit-policy) audit_policy="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -137,6 +141,8 @@ start_apiserver() {
   # on every address and advertises the node bridge's; otherwise it stays on loopback.
   local network=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
   [[ $real_node == 1 ]] && network=(--bind-address=0.0.0.0 --advertise-address="$real_node_ip" --endpoint-reconciler-type=lease)
+  local audit=()
+  [[ -f "$dir/audit-policy.yaml" ]] && audit=(--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log")
   log "starting kube-apiserver on port $api_port (${network[0]})"
   start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" --secure-port="$api_port" "${network[@]}" \
@@ -149,7 +155,7 @@ start_apiserver() {
     --service-account-key-file="$dir/pki/sa.pub" --service-account-signing-key-file="$dir/pki/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 \
     --allow-privileged=true \
-    --cert-dir="$dir/apiserver-certs"
+    --cert-dir="$dir/apiserver-certs" "${audit[@]}"
 }
 
 wait_apiserver() {
@@ -196,6 +202,7 @@ up() {
   rm -rf "$dir"
   mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
   pki
+  [[ -z "$audit_policy" ]] || cp "$audit_policy" "$dir/audit-policy.yaml"
   local etcd_port etcd_peer api_port sched_port
   etcd_port="$(free_port)"; etcd_peer="$(free_port)"; api_port="$(free_port)"; sched_port="$(free_port)"
   local kc="$dir/kubeconfig"
