@@ -6,10 +6,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Tools the suites use besides Rust and Go, with the Debian package of each: openssl and curl
 # (test PKI, health checks), python3 (free ports, the image scripts), kubectl (what a user runs),
 # and for the image: readelf, skopeo, containerd with runc, and podman (read, import, run and load
-# the archives as users' tools do) and qemu user emulation (runs the arm64 and armv7 binaries).
+# the archives as users' tools do), qemu user emulation (runs the arm64 and armv7 binaries), and
+# wrk (the webhook benchmark).
 declare -A package_of=([openssl]=openssl [curl]=curl [python3]=python3 [kubectl]=kubernetes-client
   [readelf]=binutils [skopeo]=skopeo [qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
-  [containerd]=containerd [ctr]=containerd [runc]=runc [podman]=podman)
+  [containerd]=containerd [ctr]=containerd [runc]=runc [podman]=podman [wrk]=wrk)
 missing=()
 for tool in "${!package_of[@]}"; do command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}"); done
 [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
@@ -48,3 +49,10 @@ cargo test --locked --features e2e --test e2e
 # only): the controller installed from the image just built, and upgrade pods that really run.
 SUC_REAL_NODE_IMAGE="$PWD/dist/system-upgrade-controller-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)-linux-amd64.tar" \
   cargo test --locked --features e2e --test e2e -- --real-node
+
+# The benchmarks run from their one command, at a small size (the figures in BENCHMARKS.md come
+# from larger runs): a rollout on a fresh 10-node cluster, and the webhook under wrk for 3 s.
+bench_out="$(mktemp -d)"
+bash bench/run.sh --nodes 10 --concurrency 3 --idle-plans 3 --idle-seconds 5 --dir "$bench_out" --out "$bench_out/bench.json"
+bash bench/webhook.sh --duration 3s
+rm -rf "$bench_out"
