@@ -235,6 +235,12 @@ impl Change {
             | Change::AdoptCordon { node }
             | Change::Drain { node, .. }
             | Change::Release { node } => Some(node),
+            Change::CreateJob(job) => job
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_NODE))
+                .map(String::as_str),
             _ => None,
         }
     }

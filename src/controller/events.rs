@@ -334,6 +334,19 @@ mod tests {
         .merging(crate::controller::decide::Merge::Nodes(nodes))
     }
 
+    /// Takes the next request, which must post an event in the Plan's namespace.
+    async fn posted(
+        api: &mut crate::controller::testing::ApiServer,
+    ) -> crate::controller::testing::Seen {
+        api.expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
+            201,
+            serde_json::json!({}),
+        )
+        .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn progress_events_of_a_plan_are_held_and_merged_into_one() {
         let (client, mut api) = crate::controller::testing::client();
@@ -359,28 +372,13 @@ mod tests {
         events.publish(&plan, &sync("d,e")).await;
         // An event that is not mergeable is written at once.
         let validated = Note::new(Target::Plan, false, Reason::Validated, "ok".into());
-        let (_, seen) = tokio::join!(
-            events.publish(&plan, &validated),
-            api.expect(
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
-                201,
-                serde_json::json!({})
-            ),
-        );
+        let (_, seen) = tokio::join!(events.publish(&plan, &validated), posted(&mut api),);
         assert_eq!(seen.body["reason"], "Validated");
 
         tokio::time::advance(HOLD).await;
         let mut notes = Vec::new();
         for _ in 0..2 {
-            let seen = api
-                .expect(
-                    "POST",
-                    "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
-                    201,
-                    serde_json::json!({}),
-                )
-                .await;
+            let seen = posted(&mut api).await;
             notes.push((
                 seen.body["reason"].as_str().unwrap().to_owned(),
                 seen.body["note"].as_str().unwrap().to_owned(),
@@ -400,14 +398,7 @@ mod tests {
         // Nothing is held any more: the next one starts a new hold.
         events.publish(&plan, &completed(&["f"])).await;
         tokio::time::advance(HOLD).await;
-        let seen = api
-            .expect(
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/system-upgrade/events",
-                201,
-                serde_json::json!({}),
-            )
-            .await;
+        let seen = posted(&mut api).await;
         assert_eq!(seen.body["note"], "Job completed on Node f");
         api.done().await;
     }

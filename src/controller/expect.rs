@@ -27,6 +27,17 @@ struct Written {
     labels: Vec<(String, String, String)>,
 }
 
+impl Written {
+    fn new() -> Self {
+        Written {
+            at: Instant::now(),
+            status_from: None,
+            jobs_created: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
 /// What the caches show, for the check.
 pub struct Shown<'a> {
     pub plan_version: Option<&'a str>,
@@ -86,19 +97,9 @@ impl Expectations {
 
     fn update(&self, plan: &str, change: impl FnOnce(&mut Written), fresh: bool) {
         let mut by_plan = self.lock();
-        let written = by_plan.entry(plan.to_owned()).or_insert_with(|| Written {
-            at: Instant::now(),
-            status_from: None,
-            jobs_created: Vec::new(),
-            labels: Vec::new(),
-        });
+        let written = by_plan.entry(plan.to_owned()).or_insert_with(Written::new);
         if fresh {
-            *written = Written {
-                at: Instant::now(),
-                status_from: None,
-                jobs_created: Vec::new(),
-                labels: Vec::new(),
-            };
+            *written = Written::new();
         }
         change(written);
     }

@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
     ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
-    LABEL_CONTROLLER, LABEL_NODE, LABEL_PLAN, Plan, Reason,
+    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, CordonError};
 use crate::controller::decide::{self, Change, Decision, JobFields, Note, Observed, Target};
@@ -347,11 +347,11 @@ const AT_ONCE: usize = 16;
 /// order (adopting a Go-era cordon comes before releasing it); stops at the first error.
 async fn apply_all(ctx: &Context, plan: &Plan, changes: &[Change]) -> Result<(), ReconcileError> {
     let groups = by_key(changes.iter().collect(), |change| {
-        let node = match change {
-            Change::CreateJob(job) => job.labels().get(LABEL_NODE).map(String::as_str),
-            other => other.node(),
-        };
-        node.or(change.job()).unwrap_or_default().to_owned()
+        change
+            .node()
+            .or(change.job())
+            .unwrap_or_default()
+            .to_owned()
     });
     stream::iter(groups.into_iter().map(Ok))
         .try_for_each_concurrent(AT_ONCE, |group| async move {
