@@ -199,7 +199,7 @@ fn ill_typed_plans_are_denied_naming_the_field() {
         response["status"]["message"]
             .as_str()
             .unwrap()
-            .contains("spec.concurrency: invalid type: string \"three\"")
+            .contains("spec.concurrency: \"three\" is neither a number of nodes nor a percentage")
     );
 }
 

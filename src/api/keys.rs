@@ -61,3 +61,7 @@ pub const CATTLE_DOMAIN: &str = "cattle.io/";
 pub const KUBECTL_DOMAIN: &str = "kubectl.kubernetes.io/";
 /// The taint the node controller puts on cordoned nodes, which upgrade pods tolerate.
 pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// Node label: a node labelled `upgrade.cattle.io/pause=true` starts no Plan's upgrade until the
+/// label is removed (or set to anything else); an upgrade already running on it finishes.
+pub const LABEL_PAUSE: &str = "upgrade.cattle.io/pause";

@@ -25,10 +25,19 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.upgrade.image"),
     printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channel"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    // Added to the Go controller's columns: what a channel resolved, how far the rollout is, and
+    // why it is not complete.
+    printcolumn(name = "Latest", type_ = "string", json_path = ".status.latestVersion"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
     printcolumn(
         name = "Complete",
         type_ = "string",
         json_path = ".status.conditions[?(@.type=='Complete')].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Complete')].reason"
     ),
     printcolumn(
         name = "Message",
@@ -46,10 +55,16 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("required" = ["upgrade"]))]
 pub struct PlanSpec {
-    /// The maximum number of nodes to apply this upgrade on at the same time. Must be at least 1;
-    /// the admission webhook sets 1 when it is omitted.
+    /// The maximum number of nodes to apply this upgrade on at the same time: a number (at least
+    /// 1), or a percentage of the nodes the Plan selects such as `"25%"` (rounded down, at least
+    /// one node). The admission webhook sets 1 when it is omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<i64>,
+    pub concurrency: Option<IntOrPercent>,
+
+    /// When true, no node starts the upgrade; Jobs already running finish. Set it back to false
+    /// (or remove it) to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 
     /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
     /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
@@ -266,6 +281,100 @@ impl JsonSchema for IntOrDuration {
     }
 }
 
+/// A number of nodes, or a percentage of the selected nodes written as `"25%"`: the usual
+/// Kubernetes int-or-string. Other strings are kept as written, so validation can name them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntOrPercent {
+    Int(i64),
+    Text(String),
+}
+
+impl IntOrPercent {
+    /// The number of nodes this stands for out of `selected`: a number as it is (0 when below
+    /// 1), a percentage rounded down but at least 1; `None` for a malformed string.
+    pub fn nodes(&self, selected: usize) -> Option<usize> {
+        match self {
+            Self::Int(n) => Some(usize::try_from(*n).unwrap_or(0)),
+            Self::Text(_) => {
+                let percent = usize::try_from(self.percent()?).ok()?;
+                Some((selected.saturating_mul(percent) / 100).max(1))
+            }
+        }
+    }
+
+    /// The percentage a string such as `"25%"` names (digits only, no sign or space).
+    pub fn percent(&self) -> Option<u32> {
+        let Self::Text(text) = self else { return None };
+        let digits = text.strip_suffix('%')?;
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
+
+impl From<i64> for IntOrPercent {
+    fn from(n: i64) -> Self {
+        Self::Int(n)
+    }
+}
+
+impl std::fmt::Display for IntOrPercent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+impl Serialize for IntOrPercent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Int(n) => serializer.serialize_i64(*n),
+            Self::Text(t) => serializer.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IntOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IntOrPercent;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of nodes or a percentage such as \"25%\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IntOrPercent::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(IntOrPercent::Int)
+                    .map_err(|_| E::custom("number of nodes out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IntOrPercent::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for IntOrPercent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IntOrPercent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
 /// A Secret mounted into the upgrade pods.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -357,6 +466,10 @@ impl JsonSchema for Day {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanStatus {
+    /// The `metadata.generation` of the Plan this status describes: until it equals the Plan's
+    /// generation, the status (conditions included) is about an earlier spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// `LatestResolved`: the version to apply has been determined. `Validated`: the spec is
     /// valid. `Complete`: the latest version has completed on all selected nodes; when a Job
     /// fails this stays False and its reason and message say why.
@@ -378,6 +491,9 @@ pub struct PlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub nodes: Option<Vec<NodeStatus>>,
+    /// Nodes done with the latest hash out of the nodes the Plan selects, e.g. `3/10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 /// Where the upgrade of one node stands.
@@ -409,11 +525,15 @@ pub struct NodeStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Type of the condition: Validated, LatestResolved or Complete.
+    /// Type of the condition: Validated, LatestResolved, Complete, or the kstatus conventions'
+    /// Reconciling (the rollout is under way) and Stalled (it cannot go on without a change).
     #[serde(rename = "type")]
     pub type_: String,
     /// Status of the condition: True, False or Unknown.
     pub status: String,
+    /// The Plan's `metadata.generation` when the condition was last set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// The last time this condition was updated (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<String>,

@@ -6,6 +6,10 @@
 pub mod conditions {
     /// The Plan passed validation.
     pub const VALIDATED: &str = "Validated";
+    /// kstatus convention: the rollout is under way (True) or at rest (False).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus convention: the rollout cannot go on without a change to the Plan (True).
+    pub const STALLED: &str = "Stalled";
     /// A version was resolved (from `spec.version` or the channel).
     pub const LATEST_RESOLVED: &str = "LatestResolved";
     /// Every selected node runs the resolved version.
@@ -112,6 +116,11 @@ wire_words! {
         JobFailed,
         /// Condition and event: a node could not be drained.
         DrainFailed,
+        /// Condition and event: `spec.paused`, or the pause label on every node left, holds the
+        /// rollout.
+        Paused,
+        /// Event: the Plan was paused and starts nodes again.
+        Resumed,
         // Nodes and Jobs
         /// Event: a node's Job starts.
         Upgrading,

@@ -19,12 +19,15 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
     ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_TEMPLATE,
-    ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_VERSION, LATEST_HASH_VAR,
-    LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan, PlanStatus, Reason,
+    ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_PAUSE, LABEL_VERSION,
+    LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan, PlanStatus,
+    Reason,
 };
 use crate::controller::cordon::{claims, has_claim};
 use crate::controller::job::{self, JobSettings};
-use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED, VALIDATED, Wanted, stamp};
+use crate::controller::status::{
+    self, COMPLETE, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED, Wanted, stamp,
+};
 use crate::controller::{hash, resolve, select};
 use crate::syntax::{duration, window};
 use crate::validation;
@@ -246,10 +249,28 @@ impl Change {
     }
 }
 
+/// How the Plan's nodes stand after a pass: `status.progress` and the per-Plan metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Nodes the Plan applies to: selected, with a hostname label, not opted out.
+    pub selected: usize,
+    /// Of those, done with the latest hash.
+    pub done: usize,
+    /// Nodes in `status.applying`.
+    pub applying: usize,
+    /// Of those, failed.
+    pub failed: usize,
+    /// Selected nodes neither done nor applying.
+    pub waiting: usize,
+    /// Of those waiting, held by the pause label.
+    pub held: usize,
+}
+
 /// Everything a reconcile pass decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: PlanStatus,
+    pub tally: Tally,
     /// Changes that do not depend on the new status (completions, stale Jobs); done first.
     pub before: Vec<Change>,
     /// Changes that need the new `applying` persisted first (starting nodes).
@@ -284,6 +305,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     if pass.version.is_empty() || pass.hash.is_empty() {
         // Never resolved: no Job of this Plan can be judged yet.
         let continuing = pass.continuing();
+        pass.count(&continuing);
         pass.complete_condition(&continuing, false);
         return pass.finish(Some(&continuing));
     }
@@ -295,6 +317,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         pass.continuing()
     };
     if ready && pass.window_closed(&selected) {
+        pass.count(&[]);
         pass.wait_for_window();
         return pass.finish(None);
     }
@@ -302,6 +325,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     if ready {
         pass.release_leftovers(&selected);
     }
+    pass.count(&selected);
     pass.complete_condition(&selected, ready);
     pass.finish(Some(&selected))
 }
@@ -359,6 +383,7 @@ struct Pass<'a> {
     finishing: BTreeMap<String, &'a Job>,
     /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).
     failure: Option<(Reason, String)>,
+    tally: Tally,
 }
 
 impl<'a> Pass<'a> {
@@ -414,6 +439,7 @@ impl<'a> Pass<'a> {
             current_jobs: BTreeMap::new(),
             finishing: BTreeMap::new(),
             failure: None,
+            tally: Tally::default(),
         }
     }
 
@@ -764,11 +790,17 @@ impl<'a> Pass<'a> {
 
     /// The nodes that apply or finish the Plan now: those already applying, or still finishing
     /// an earlier Job, are kept (counting against the concurrency); others start in the stable
-    /// per-Plan order up to `concurrency`. Without a `nodeSelector` nothing is selected.
+    /// per-Plan order up to `concurrency` (a percentage counts the eligible nodes, done or not),
+    /// none while the Plan is paused. Without a `nodeSelector` nothing is selected.
     fn select(&self) -> Vec<&'a Node> {
         let Ok(Some(selector)) = select::node_selector(self.plan) else {
             return Vec::new();
         };
+        let eligible = self
+            .nodes
+            .values()
+            .filter(|n| select::eligible(&self.plan_name, &selector, n))
+            .count();
         let candidates: Vec<&Node> = self
             .nodes
             .values()
@@ -779,8 +811,16 @@ impl<'a> Pass<'a> {
                     .contains(n.metadata.name.as_deref().unwrap_or_default())
             })
             .collect();
-        let concurrency =
-            usize::try_from(self.plan.spec.concurrency.unwrap_or(0).max(0)).unwrap_or(usize::MAX);
+        let concurrency = if self.plan.spec.paused == Some(true) {
+            0
+        } else {
+            self.plan
+                .spec
+                .concurrency
+                .as_ref()
+                .and_then(|c| c.nodes(eligible))
+                .unwrap_or(0)
+        };
         select::select(
             self.plan,
             &selector,
@@ -1185,11 +1225,59 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Counts the Plan's nodes: eligible, done (labelled with the hash, or in this pass),
+    /// applying (`selected`), and waiting, some of them held by the pause label.
+    fn count(&mut self, selected: &[&Node]) {
+        let applying: BTreeSet<&str> = selected
+            .iter()
+            .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+            .collect();
+        let mut tally = Tally {
+            applying: applying.len(),
+            ..Tally::default()
+        };
+        if let Ok(Some(selector)) = select::node_selector(self.plan) {
+            for (name, node) in &self.nodes {
+                if !select::eligible(&self.plan_name, &selector, node) {
+                    continue;
+                }
+                tally.selected += 1;
+                if self.done_now.contains(name)
+                    || (!self.hash.is_empty() && select::done(&self.plan_name, node, &self.hash))
+                {
+                    tally.done += 1;
+                } else if !applying.contains(name.as_str()) {
+                    tally.waiting += 1;
+                    tally.held += usize::from(select::paused(node));
+                }
+            }
+        }
+        self.tally = tally;
+    }
+
     /// The Complete condition of a pass that applies the Plan to `selected`: not ready, complete
-    /// (nothing left), syncing (a new set of nodes), failed (a node's Job or drain), or rolling
-    /// again after a completion or a retried failure.
+    /// (nothing left), paused (`spec.paused` with nodes waiting, or every node left labelled
+    /// paused), syncing (a new set of nodes), failed (a node's Job or drain), or rolling again
+    /// after a completion, a retried failure or a pause.
     fn complete_condition(&mut self, selected: &[&Node], ready: bool) {
         let applying = node_names(selected);
+        let reason_before = status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.clone());
+        let was_paused = reason_before.as_deref() == Some(Reason::Paused.as_str());
+        let paused = self.plan.spec.paused == Some(true);
+        let held =
+            (paused && self.tally.waiting > 0) || (applying.is_empty() && self.tally.held > 0);
+        if ready && held && self.failure.is_none() {
+            if !applying.is_empty() && self.status.applying.as_deref() != Some(applying.as_slice())
+            {
+                self.note_sync(&applying);
+            }
+            self.pause_condition(paused, was_paused, &applying);
+            return;
+        }
+        if ready && was_paused {
+            let message = format!("Plan {} starts nodes again", self.plan_name);
+            self.note(false, Reason::Resumed, message);
+        }
         if !ready {
             self.set_condition(
                 COMPLETE,
@@ -1211,41 +1299,112 @@ impl<'a> Pass<'a> {
         } else if self.status.applying.as_deref() != Some(applying.as_slice()) {
             // Also when only the stored form changes (hostnames the Go controller wrote).
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
-            let message = format!(
-                "Jobs synced for version {} on Nodes {}. Hash: {}",
-                self.version,
-                applying.join(","),
-                self.hash
-            );
-            self.notes.push(
-                Note::new(Target::Plan, false, Reason::SyncJob, message).merging(Merge::Latest),
-            );
+            self.note_sync(&applying);
         } else if let Some((reason, message)) = self.failure.clone() {
             self.set_condition(COMPLETE, "False", reason, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")
-            || status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
-                == Some(Reason::JobFailed.as_str())
+            || was_paused
+            || reason_before.as_deref() == Some(Reason::JobFailed.as_str())
         {
-            // Applying again (e.g. after a failure was retried): the Plan is not complete.
+            // Applying again (after a failure was retried, or a pause): not complete.
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
+        }
+    }
+
+    /// The Plan's SyncJob event for a new set of applying nodes (merged with later ones).
+    fn note_sync(&mut self, applying: &[String]) {
+        let message = format!(
+            "Jobs synced for version {} on Nodes {}. Hash: {}",
+            self.version,
+            applying.join(","),
+            self.hash
+        );
+        self.notes
+            .push(Note::new(Target::Plan, false, Reason::SyncJob, message).merging(Merge::Latest));
+    }
+
+    /// Complete is False with reason Paused, saying what holds the rollout; told once.
+    fn pause_condition(&mut self, paused: bool, was_paused: bool, applying: &[String]) {
+        let Tally { waiting, held, .. } = self.tally;
+        let mut message = if paused {
+            format!("spec.paused is true: {waiting} node(s) wait; set it to false to resume")
+        } else {
+            format!(
+                "every node left ({held}) is labelled {LABEL_PAUSE}=true; remove the label to \
+                 upgrade it"
+            )
+        };
+        if !applying.is_empty() {
+            message.push_str(&format!(
+                "; the upgrades running on {} finish",
+                applying.join(",")
+            ));
+        }
+        self.set_condition(COMPLETE, "False", Reason::Paused, &message);
+        if !was_paused {
+            // Told when the rollout becomes paused, not on every change of the counts.
+            self.note(false, Reason::Paused, message);
         }
     }
 
     /// The one way a pass ends: the conditions, the node entries and (unless `None`, which keeps
     /// it as stored) `applying` go into the status, and the Decision is returned.
     fn finish(mut self, selected: Option<&[&Node]>) -> Decision {
+        self.kstatus_conditions();
+        let generation = self.plan.metadata.generation;
+        for condition in &mut self.conditions {
+            condition.observed_generation = generation;
+        }
+        self.status.observed_generation = generation;
         self.status.conditions = Some(std::mem::take(&mut self.conditions));
+        self.tally.failed = self
+            .entries
+            .values()
+            .filter(|e| e.phase == Phase::Failed.as_str())
+            .count();
         self.status.nodes = entries_list(std::mem::take(&mut self.entries));
         if let Some(selected) = selected {
             let applying = node_names(selected);
             self.status.applying = (!applying.is_empty()).then_some(applying);
         }
+        self.status.progress = Some(format!("{}/{}", self.tally.done, self.tally.selected));
         Decision {
+            tally: self.tally,
             status: self.status,
             before: self.before,
             after: self.after,
             notes: self.notes,
             requeue: self.requeue,
+        }
+    }
+
+    /// `Reconciling` and `Stalled`, read from Complete and Validated as kstatus (Flux, `kubectl
+    /// wait`, Argo CD) expects: a rollout under way or waiting for its window or its channel is
+    /// Reconciling; one that a failure or an invalid spec stops is Stalled; a complete or
+    /// paused Plan is neither (paused is what its spec asks for).
+    fn kstatus_conditions(&mut self) {
+        let complete = status::get(&self.conditions, COMPLETE);
+        let complete_true = complete.is_some_and(|c| c.status == "True");
+        let reason = complete
+            .and_then(|c| c.reason.as_deref())
+            .and_then(|r| Reason::ALL.iter().copied().find(|x| x.as_str() == r));
+        let invalid = status::is(&self.conditions, VALIDATED, "False");
+        let (reconciling, stalled) = match reason {
+            _ if complete_true => (None, None),
+            Some(Reason::Paused) => (None, None),
+            Some(failed @ (Reason::JobFailed | Reason::DrainFailed)) => (None, Some(failed)),
+            _ if invalid => (None, Some(Reason::ValidateFailed)),
+            Some(other) => (Some(other), None),
+            None => (Some(Reason::SyncJob), None),
+        };
+        for (type_, cause) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+            match cause {
+                Some(reason) => self.set_condition(type_, "True", reason, ""),
+                None => {
+                    let wanted = Wanted::new("False", "", "");
+                    status::set(&mut self.conditions, type_, &wanted, &self.now)
+                }
+            };
         }
     }
 

@@ -775,6 +775,7 @@ mod tests {
         let (ctx, mut api) = context(&plan, &[]);
         let decision = Decision {
             status: plan.status.clone().unwrap_or_default(),
+            tally: Default::default(),
             before: vec![
                 Change::DeleteJob {
                     name: "old".into(),

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::core::{Selector, SelectorExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::LABEL_HOSTNAME;
+use crate::api::{LABEL_HOSTNAME, LABEL_PAUSE};
 use crate::api::{PLAN_LABEL_PREFIX, Plan};
 use crate::controller::hash::hex;
 
@@ -19,18 +19,37 @@ pub fn node_selector(plan: &Plan) -> Result<Option<Selector>, String> {
     }
 }
 
-/// A node needs the Plan when it matches the selector, has a hostname label, and is neither
-/// opted out (`plan.upgrade.cattle.io/<plan>=disabled`) nor done with this hash.
-pub fn needs_plan(plan_name: &str, selector: &Selector, node: &Node, hash: &str) -> bool {
+/// A node the Plan applies to: it matches the selector, has a hostname label, and is not opted
+/// out (`plan.upgrade.cattle.io/<plan>=disabled`). Done or not.
+pub fn eligible(plan_name: &str, selector: &Selector, node: &Node) -> bool {
     let empty = Default::default();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    if !selector.matches(labels) || !labels.contains_key(LABEL_HOSTNAME) {
-        return false;
-    }
-    match labels.get(&format!("{PLAN_LABEL_PREFIX}{plan_name}")) {
-        Some(value) => value != "disabled" && value != hash,
-        None => true,
-    }
+    selector.matches(labels)
+        && labels.contains_key(LABEL_HOSTNAME)
+        && labels.get(&format!("{PLAN_LABEL_PREFIX}{plan_name}")) != Some(&"disabled".to_owned())
+}
+
+/// A node needs the Plan when it is eligible and not done with this hash.
+pub fn needs_plan(plan_name: &str, selector: &Selector, node: &Node, hash: &str) -> bool {
+    eligible(plan_name, selector, node) && !done(plan_name, node, hash)
+}
+
+/// The node carries this Plan's label with this hash.
+pub fn done(plan_name: &str, node: &Node, hash: &str) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(&format!("{PLAN_LABEL_PREFIX}{plan_name}")))
+        .is_some_and(|v| v == hash)
+}
+
+/// The node is labelled `upgrade.cattle.io/pause=true`: no upgrade starts on it.
+pub fn paused(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_PAUSE))
+        .is_some_and(|v| v == "true")
 }
 
 /// The order in which waiting nodes are started: by hex SHA-256 of node UID, plan UID and hash,
@@ -45,7 +64,7 @@ pub fn start_order_key(node: &Node, plan_uid: &str, hash: &str) -> String {
 
 /// The nodes to apply the Plan on now, sorted by name: every node still needing the Plan that
 /// is already applying (even beyond the concurrency, which may have been lowered), then waiting
-/// nodes in start order up to `concurrency`.
+/// nodes that are not paused by their label, in start order up to `concurrency`.
 pub fn select<'a>(
     plan: &Plan,
     selector: &Selector,
@@ -66,6 +85,7 @@ pub fn select<'a>(
         .into_iter()
         .partition(|n| applying.contains(&name(n)));
     if selected.len() < concurrency {
+        waiting.retain(|n| !paused(n));
         waiting.sort_by_cached_key(|n| start_order_key(n, plan_uid, hash));
         let room = concurrency - selected.len();
         selected.extend(waiting.into_iter().take(room));
@@ -277,6 +297,61 @@ mod tests {
         let next = select(&p, &selector, &refs_done, &gone, 1, HASH);
         assert_eq!(next.len(), 1);
         assert_ne!(names(&next), ["a"]);
+    }
+
+    #[test]
+    fn a_node_labelled_pause_starts_nothing_but_keeps_what_it_runs() {
+        let p = plan(json!({}));
+        let selector = node_selector(&p).unwrap().unwrap();
+        let all = [
+            node("a", json!({"upgrade.cattle.io/pause": "true"})),
+            node("b", json!({"upgrade.cattle.io/pause": "false"})),
+            node("c", json!({"upgrade.cattle.io/pause": "true"})),
+        ];
+        let refs: Vec<&Node> = all.iter().collect();
+        assert!(paused(&all[0]) && !paused(&all[1]));
+        assert_eq!(names(&select(&p, &selector, &refs, &[], 3, HASH)), ["b"]);
+        // Paused while running: it goes on (its Job finishes).
+        let running = vec!["c".to_owned()];
+        assert_eq!(
+            names(&select(&p, &selector, &refs, &running, 3, HASH)),
+            ["b", "c"]
+        );
+        // Still eligible, so counted among the Plan's nodes.
+        assert!(eligible("p", &selector, &all[0]));
+        // A concurrency of 0 (how a paused Plan selects) starts nobody new.
+        assert_eq!(
+            names(&select(&p, &selector, &refs, &running, 0, HASH)),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn concurrency_as_a_percentage_of_the_selected_nodes() {
+        use crate::api::IntOrPercent;
+        let text = |t: &str| IntOrPercent::Text(t.to_owned());
+        assert_eq!(text("25%").nodes(10), Some(2), "rounded down");
+        assert_eq!(text("25%").nodes(3), Some(1), "at least one");
+        assert_eq!(text("25%").nodes(0), Some(1));
+        assert_eq!(text("100%").nodes(7), Some(7));
+        assert_eq!(text("50%").nodes(1000), Some(500));
+        assert_eq!(
+            IntOrPercent::Int(3).nodes(10),
+            Some(3),
+            "a number is a number"
+        );
+        assert_eq!(IntOrPercent::Int(-1).nodes(10), Some(0));
+        for bad in ["25", "%", "x%", "-5%", " 5%", "5 %", "1.5%", "9999999999%"] {
+            assert_eq!(text(bad).nodes(10), None, "{bad}");
+        }
+        assert_eq!(text("0%").percent(), Some(0));
+        assert_eq!(text("250%").percent(), Some(250));
+        // Written back as it was read.
+        let read: IntOrPercent = serde_json::from_value(json!("25%")).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), json!("25%"));
+        let read: IntOrPercent = serde_json::from_value(json!(2)).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), json!(2));
+        assert!(serde_json::from_value::<IntOrPercent>(json!(1.5)).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-pub use crate::api::conditions::{COMPLETE, LATEST_RESOLVED, VALIDATED};
+pub use crate::api::conditions::{COMPLETE, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED};
 use crate::api::{Condition, Plan, PlanStatus};
 
 /// RFC 3339 with whole seconds, as condition times, node entries and claims are written.
@@ -47,6 +47,7 @@ pub fn ensure(conditions: &mut Vec<Condition>, type_: &str, now: &str) {
             status: "Unknown".to_owned(),
             last_update_time: Some(now.to_owned()),
             last_transition_time: Some(now.to_owned()),
+            observed_generation: None,
             reason: None,
             message: None,
         });
@@ -75,19 +76,28 @@ pub fn set(conditions: &mut Vec<Condition>, type_: &str, wanted: &Wanted<'_>, no
     transition
 }
 
+/// A status as the Go controller's CRD keeps it: without the fields this controller added.
+fn go_schema(status: &PlanStatus) -> PlanStatus {
+    let mut kept = PlanStatus {
+        nodes: None,
+        observed_generation: None,
+        progress: None,
+        ..status.clone()
+    };
+    for condition in kept.conditions.iter_mut().flatten() {
+        condition.observed_generation = None;
+    }
+    kept
+}
+
 /// The merge patch that writes `wanted` as a Plan's status, guarded by the Plan's
 /// resourceVersion; `None` when the stored status is the same. Fields left out of `wanted` are
-/// removed (null). While the CRD prunes `status.nodes` (`pruned`), the stored status never has
-/// them, so they are left out of the comparison and an unchanged status is not written again.
+/// removed (null). While the CRD prunes `status.nodes` (`pruned`: the Go controller's CRD), the
+/// stored status never has them nor the other fields this controller added, so those are left
+/// out of the comparison and an unchanged status is not written again.
 pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<serde_json::Value> {
     let unchanged = match plan.status.as_ref() {
-        Some(stored) if pruned => {
-            *stored
-                == PlanStatus {
-                    nodes: stored.nodes.clone(),
-                    ..wanted.clone()
-                }
-        }
+        Some(stored) if pruned => go_schema(stored) == go_schema(wanted),
         stored => stored == Some(wanted),
     };
     if unchanged {
@@ -101,6 +111,8 @@ pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<se
             "latestHash",
             "applying",
             "nodes",
+            "observedGeneration",
+            "progress",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
@@ -186,7 +198,8 @@ mod tests {
             serde_json::json!({
                 "metadata": {"resourceVersion": "42"},
                 "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
-                           "applying": null, "nodes": null},
+                           "applying": null, "nodes": null, "observedGeneration": null,
+                           "progress": null},
             })
         );
     }
@@ -208,5 +221,11 @@ mod tests {
         );
         assert_eq!(status_patch(&stored, &with_nodes, true), None);
         assert!(status_patch(&stored, &with_nodes, false).is_some());
+        // So do the other fields this controller added to the Go controller's status.
+        let added = wanted(serde_json::json!({
+            "latestVersion": "v1", "observedGeneration": 3, "progress": "1/2",
+        }));
+        assert_eq!(status_patch(&stored, &added, true), None);
+        assert!(status_patch(&stored, &added, false).is_some());
     }
 }

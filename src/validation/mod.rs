@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DAY_NAMES, DrainSpec, IntOrDuration, LATEST_HASH_VAR, LATEST_VERSION_VAR,
-    PLAN_LABEL_PREFIX, Plan, PlanSpec, SecretSpec, TimeWindowSpec,
+    ContainerSpec, DAY_NAMES, DrainSpec, IntOrDuration, IntOrPercent, LATEST_HASH_VAR,
+    LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -239,6 +239,32 @@ fn check_name(plan: &Plan, report: &mut Report) {
     }
 }
 
+/// A number of nodes (at least 1) or a whole percentage from 1% to 100%.
+fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report) {
+    const FIELD: &str = "spec.concurrency";
+    match (concurrency, concurrency.percent()) {
+        (IntOrPercent::Int(n), _) if *n < 1 => report.problem(
+            FIELD,
+            format!("must be at least 1, got {n}; it is the number of nodes upgraded at a time"),
+        ),
+        (IntOrPercent::Text(text), Some(p)) if !(1..=100).contains(&p) => report.problem(
+            FIELD,
+            format!(
+                "{text:?} is not between 1% and 100%; a percentage counts the nodes the Plan \
+                 selects, e.g. \"25%\""
+            ),
+        ),
+        (IntOrPercent::Text(text), None) => report.problem(
+            FIELD,
+            format!(
+                "{text:?} is neither a number of nodes nor a percentage; use a number such as 2 \
+                 or a percentage of the selected nodes such as \"25%\""
+            ),
+        ),
+        _ => {}
+    }
+}
+
 fn check_spec(spec: &PlanSpec, report: &mut Report) {
     match &spec.upgrade {
         Some(upgrade) => check_container("spec.upgrade", upgrade, report),
@@ -253,12 +279,14 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     check_volume_names(spec, report);
     check_version_and_channel(spec, report);
 
-    match spec.concurrency {
-        Some(c) if c < 1 => report.problem(
-            "spec.concurrency",
-            format!("must be at least 1, got {c}; it is the number of nodes upgraded at a time"),
-        ),
-        _ => {}
+    if let Some(concurrency) = &spec.concurrency {
+        check_concurrency(concurrency, report);
+    }
+    if spec.paused == Some(true) {
+        report.warn(
+            "spec.paused is true: no node starts this Plan's upgrade until it is set to false \
+             (upgrades already running finish)",
+        );
     }
     if let Some(secs) = spec.job_active_deadline_secs
         && secs < 0

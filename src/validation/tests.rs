@@ -266,8 +266,11 @@ fn plan_names() {
 #[test]
 fn shape_errors_name_the_path() {
     assert_eq!(
-        problems(with("concurrency", "three".into())),
-        ["spec.concurrency: invalid type: string \"three\", expected i64"]
+        problems(with("concurrency", true.into())),
+        [
+            "spec.concurrency: invalid type: boolean `true`, expected a number of nodes or a \
+             percentage such as \"25%\""
+        ]
     );
     assert_eq!(
         problems(with("drain", serde_json::json!({"timeout": 1.5}))),

@@ -6,22 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Ctx, NAMESPACE, path, repo};
-
-/// Runs one of the repository's scripts; its standard output, once it has succeeded.
-fn script(name: &str, args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(repo(name))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::support::{Ctx, NAMESPACE, path, repo, script};
 
 /// helm, built from the Go module proxy the first time.
 fn helm() -> String {

@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
+mod control;
 mod drain;
 mod install;
 mod real_node;
@@ -88,6 +89,9 @@ const TESTS: &[Test] = tests! {
     cluster rollout::exclusive_plans_take_turns,
     cluster rollout::windows_gate_the_start_of_a_rollout,
     cluster rollout::plans_in_other_namespaces_are_ignored,
+    cluster control::paused_plans_and_nodes_hold_the_rollout,
+    cluster control::percentage_concurrency_counts_the_selected_nodes,
+    cluster control::status_lets_gitops_tools_tell_an_edit_from_its_completion,
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,
     cluster resolution::plans_that_bypassed_the_webhook_are_validated,

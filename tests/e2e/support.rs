@@ -605,3 +605,19 @@ pub fn plan_files(kind: &str) -> Vec<PlanFile> {
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files
 }
+
+/// Runs a script of the repository with bash and returns its stdout; panics with its stderr
+/// when it fails.
+pub fn script(name: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo(name))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

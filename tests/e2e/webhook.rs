@@ -112,7 +112,10 @@ pub fn crd_is_accepted_explained_and_printed(ctx: &Ctx) {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "IMAGE", "CHANNEL", "VERSION", "COMPLETE", "MESSAGE"],
+        [
+            "NAME", "IMAGE", "CHANNEL", "VERSION", "LATEST", "PROGRESS", "COMPLETE", "REASON",
+            "MESSAGE"
+        ],
         "{table}"
     );
     assert!(

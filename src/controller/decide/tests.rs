@@ -1689,3 +1689,172 @@ fn a_node_done_with_a_new_hash_is_not_labelled_back_by_its_earlier_job() {
         Some(second.as_str())
     );
 }
+
+/// The (status, reason) of a condition.
+fn short(decision: &Decision, type_: &str) -> (String, String) {
+    let (status, reason, _) = condition(decision, type_);
+    (status, reason)
+}
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_owned(), reason.to_owned())
+}
+
+#[test]
+fn a_paused_plan_starts_nobody_and_lets_running_jobs_finish() {
+    let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
+    let first = world.settle();
+    let running = first.status.applying.clone().unwrap();
+    world.plan["spec"]["paused"] = json!(true);
+    let paused = world.step();
+    assert_eq!(paused.status.applying.as_ref(), Some(&running), "kept");
+    let (status, reason, message) = condition(&paused, COMPLETE);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Paused"));
+    assert!(
+        message.starts_with("spec.paused is true: 2 node(s) wait")
+            && message.ends_with(&format!("the upgrades running on {} finish", running[0])),
+        "{message}"
+    );
+    assert_eq!(reasons(&paused), ["Paused"], "told once");
+    assert!(world.step().notes.is_empty());
+    // The running Job finishes; nobody new starts.
+    world.finish_job(&running[0], true, NOW);
+    let after = world.step();
+    assert!(created(&after).is_empty());
+    assert!(after.status.applying.is_none());
+    assert_eq!(short(&after, COMPLETE), pair("False", "Paused"));
+    assert_eq!(after.status.progress.as_deref(), Some("1/3"));
+    assert_eq!(
+        (after.tally.done, after.tally.waiting, after.tally.applying),
+        (1, 2, 0)
+    );
+    // Paused is what the spec asks for: not reconciling, not stalled.
+    assert_eq!(short(&after, RECONCILING).0, "False");
+    assert_eq!(short(&after, STALLED).0, "False");
+    // Resumed: the next node starts at once.
+    world.plan["spec"]["paused"] = json!(false);
+    let resumed = world.step();
+    assert_eq!(created(&resumed).len(), 1);
+    assert_eq!(short(&resumed, COMPLETE), pair("False", "SyncJob"));
+    assert!(
+        reasons(&resumed).contains(&"Resumed"),
+        "{:?}",
+        reasons(&resumed)
+    );
+    assert_eq!(short(&resumed, RECONCILING), pair("True", "SyncJob"));
+}
+
+#[test]
+fn a_paused_plan_with_nothing_left_is_complete() {
+    let mut s = spec();
+    s["paused"] = json!(true);
+    let mut world = World::new(s).nodes(&["a"]);
+    let hash = world.step().status.latest_hash.unwrap();
+    world.node_mut("a")["metadata"]["labels"]["plan.upgrade.cattle.io/p"] = json!(hash);
+    let done = world.step();
+    assert_eq!(short(&done, COMPLETE), pair("True", "Complete"));
+    assert_eq!(done.status.progress.as_deref(), Some("1/1"));
+}
+
+#[test]
+fn nodes_labelled_pause_are_skipped_until_unlabelled() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    for node in ["a", "b"] {
+        world.node_mut(node)["metadata"]["labels"]["upgrade.cattle.io/pause"] = json!("true");
+    }
+    let held = world.step();
+    assert!(created(&held).is_empty());
+    let (status, reason, message) = condition(&held, COMPLETE);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Paused"));
+    assert!(message.contains("every node left (2) is labelled upgrade.cattle.io/pause=true"));
+    assert_eq!(held.tally.held, 2);
+    // One node unlabelled: it starts, the other still waits.
+    world.node_mut("b")["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("upgrade.cattle.io/pause");
+    let started = world.step();
+    assert_eq!(created(&started), ["b"]);
+    assert_eq!(short(&started, COMPLETE), pair("False", "SyncJob"));
+    world.settle();
+    world.finish_job("b", true, NOW);
+    let rest = world.step();
+    assert_eq!(short(&rest, COMPLETE), pair("False", "Paused"));
+    assert_eq!(rest.status.progress.as_deref(), Some("1/2"));
+}
+
+#[test]
+fn a_percentage_counts_the_eligible_nodes_done_or_not() {
+    let mut s = spec();
+    s["concurrency"] = json!("50%");
+    let names = ["a", "b", "c", "d", "e"];
+    let mut world = World::new(s).nodes(&names);
+    // Opted out: not counted.
+    world.node_mut("e")["metadata"]["labels"]["plan.upgrade.cattle.io/p"] = json!("disabled");
+    let first = world.settle();
+    assert_eq!(first.status.applying.as_ref().unwrap().len(), 2, "50% of 4");
+    for node in first.status.applying.clone().unwrap() {
+        world.finish_job(&node, true, NOW);
+    }
+    // Two done, two left: still 50% of the four, so both start.
+    let second = world.step();
+    assert_eq!(created(&second).len(), 2);
+    assert_eq!(second.status.progress.as_deref(), Some("2/4"));
+    // A malformed percentage starts nothing and says why.
+    world.plan["spec"]["concurrency"] = json!("half");
+    let (status, _, message) = condition(&world.step(), VALIDATED);
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("spec.concurrency: \"half\" is neither"),
+        "{message}"
+    );
+}
+
+#[test]
+fn conditions_carry_the_generation_they_describe() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    let first = world.step();
+    assert_eq!(first.status.observed_generation, Some(1));
+    assert!(
+        first
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .all(|c| c.observed_generation == Some(1))
+    );
+    assert_eq!(short(&first, RECONCILING), pair("True", "SyncJob"));
+    assert_eq!(short(&first, STALLED).0, "False");
+    world.settle();
+    world.finish_job("a", true, NOW);
+    let done = world.step();
+    assert_eq!(short(&done, COMPLETE).0, "True");
+    assert_eq!(short(&done, RECONCILING).0, "False");
+    // An edit: the next pass speaks of generation 2.
+    world.plan["metadata"]["generation"] = json!(2);
+    world.plan["spec"]["version"] = json!("v1.31.0+k3s1");
+    let edited = world.step();
+    assert_eq!(edited.status.observed_generation, Some(2));
+    assert_eq!(short(&edited, COMPLETE).0, "False");
+    assert_eq!(short(&edited, RECONCILING).0, "True");
+    assert_eq!(edited.status.progress.as_deref(), Some("0/1"));
+}
+
+#[test]
+fn failures_and_invalid_specs_are_stalled() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    let failed = if short(&failed, COMPLETE).1 == "JobFailed" {
+        failed
+    } else {
+        world.step()
+    };
+    assert_eq!(short(&failed, STALLED), pair("True", "JobFailed"));
+    assert_eq!(short(&failed, RECONCILING).0, "False");
+    assert_eq!(failed.tally.failed, 1);
+    world.plan["spec"]["concurrency"] = json!(0);
+    let invalid = world.step();
+    assert_eq!(short(&invalid, STALLED), pair("True", "ValidateFailed"));
+}

@@ -1,0 +1,379 @@
+//! Rollout control beyond the Go controller: pausing a Plan or a node, concurrency as a
+//! percentage, and a status GitOps tools can trust (kstatus, `kubectl wait`, Argo CD's health).
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::scenario::{JobWatch, Scenario, assert_rollout_kept_its_promises};
+use crate::support::{Ctx, NAMESPACE, path, repo, script, wait};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn spec() -> Value {
+    json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}})
+}
+
+fn patch_plan(ctx: &Ctx, plan: &str, patch: Value) {
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "patch",
+        "plan",
+        plan,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .expect_ok();
+}
+
+/// The kstatus probe (tests/testbin/kstatus), built once.
+fn probe() -> &'static str {
+    static PROBE: OnceLock<String> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        script("tests/testbin/build-kstatus.sh", &[])
+            .trim()
+            .to_owned()
+    })
+}
+
+/// What the probe says of an object: kstatus' status (or, with a Lua script, Argo CD's health)
+/// and its message.
+fn judge(object: &Value, lua: Option<&str>) -> (String, String) {
+    use std::io::Write;
+    let mut command = Command::new(probe());
+    if let Some(script) = lua {
+        command.args(["-lua", script]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(object.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.trim_end_matches('\n').split_once('\t').unwrap();
+    (status.to_owned(), message.to_owned())
+}
+
+/// The Plan as the API server returns it (as Flux and Argo CD read it).
+fn plan_object(ctx: &Ctx, plan: &str) -> Value {
+    let out = ctx
+        .kubectl(&["-n", NAMESPACE, "get", "plan", plan, "-o", "json"])
+        .expect_ok();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// The Plan's row of `kubectl get plans`, by column name.
+fn row(ctx: &Ctx, plan: &str) -> Vec<(String, String)> {
+    let table = ctx
+        .kubectl(&["-n", NAMESPACE, "get", "plan", plan])
+        .expect_ok()
+        .stdout;
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    let line = lines.next().unwrap();
+    // Columns start where their header does; the last runs to the end of the line.
+    let starts: Vec<usize> = header
+        .match_indices(|c: char| c != ' ')
+        .filter(|(i, _)| *i == 0 || header.as_bytes()[i - 1] == b' ')
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts
+                .get(k + 1)
+                .copied()
+                .unwrap_or(line.len())
+                .min(line.len());
+            let name = header[start..].split(' ').next().unwrap().to_owned();
+            (name, line.get(start..end).unwrap_or("").trim().to_owned())
+        })
+        .collect()
+}
+
+fn column(row: &[(String, String)], name: &str) -> String {
+    row.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no column {name} in {row:?}"))
+}
+
+/// `spec.paused` holds a rollout (the Job already running finishes), the pause label holds a
+/// node, and both show in the Complete condition, the printer columns and events.
+pub fn paused_plans_and_nodes_hold_the_rollout(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "pause", 3);
+    let watch = JobWatch::start(ctx, "pause");
+    s.apply_plan(
+        "pause",
+        spec(),
+        json!({"annotations": {"suc-test/duration": "6s"}}),
+    );
+    let first = wait("the first Job", MINUTE, || {
+        s.jobs("pause").into_iter().next()
+    });
+    let first_node = first.metadata.labels.unwrap()["upgrade.cattle.io/node"].clone();
+    patch_plan(ctx, "pause", json!({"spec": {"paused": true}}));
+    let message = s.wait_condition("pause", "Complete", "False", "Paused", MINUTE);
+    assert!(
+        message.starts_with("spec.paused is true: 2 node(s) wait"),
+        "{message}"
+    );
+    // The running Job finishes and its node is labelled; nobody else starts.
+    wait("the first node to be done", MINUTE, || {
+        (s.labelled("pause") == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.jobs("pause").len(), 1, "a paused Plan started a Job");
+    assert!(
+        s.node_label(&first_node, "plan.upgrade.cattle.io/pause")
+            .is_some()
+    );
+    let paused_row = row(ctx, "pause");
+    assert_eq!(column(&paused_row, "REASON"), "Paused", "{paused_row:?}");
+    assert_eq!(column(&paused_row, "PROGRESS"), "1/3", "{paused_row:?}");
+    assert_eq!(column(&paused_row, "COMPLETE"), "False");
+    assert!(
+        s.plan_events("pause")
+            .iter()
+            .any(|e| e.starts_with("Paused: spec.paused is true")),
+        "{:?}",
+        s.plan_events("pause")
+    );
+
+    // Resumed with one of the two nodes left labelled pause: only the other runs.
+    let held = s.nodes.iter().find(|n| **n != first_node).unwrap().clone();
+    ctx.kubectl(&["label", "node", &held, "upgrade.cattle.io/pause=true"])
+        .expect_ok();
+    patch_plan(ctx, "pause", json!({"spec": {"paused": false}}));
+    let message = s.wait_condition("pause", "Complete", "False", "Paused", MINUTE);
+    wait("the free node to be done", MINUTE, || {
+        (s.labelled("pause") == 2).then_some(())
+    });
+    let message = if message.contains("every node left") {
+        message
+    } else {
+        s.wait_condition("pause", "Complete", "False", "Paused", MINUTE);
+        wait("the label to hold the rollout", MINUTE, || {
+            s.condition("pause", "Complete")
+                .map(|c| c.2)
+                .filter(|m| m.contains("every node left"))
+        })
+    };
+    assert!(
+        message.contains("every node left (1) is labelled upgrade.cattle.io/pause=true"),
+        "{message}"
+    );
+    assert!(
+        s.node_label(&held, "plan.upgrade.cattle.io/pause")
+            .is_none()
+    );
+    assert!(
+        s.plan_events("pause")
+            .iter()
+            .any(|e| e.starts_with("Resumed:")),
+        "{:?}",
+        s.plan_events("pause")
+    );
+    // Unlabelled, it runs, and the Plan completes with one Job per node.
+    ctx.kubectl(&["label", "node", &held, "upgrade.cattle.io/pause-"])
+        .expect_ok();
+    s.wait_condition("pause", "Complete", "True", "Complete", MINUTE);
+    assert_rollout_kept_its_promises(&s, &watch, 1);
+    assert_eq!(column(&row(ctx, "pause"), "PROGRESS"), "3/3");
+    s.cleanup();
+}
+
+/// `concurrency: "25%"` runs a quarter of the selected nodes at a time (8 nodes: 2), and the
+/// webhook explains a percentage it cannot use.
+pub fn percentage_concurrency_counts_the_selected_nodes(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "pct", 8);
+    let watch = JobWatch::start(ctx, "pct");
+    let mut plan = spec();
+    plan["concurrency"] = json!("25%");
+    s.apply_plan(
+        "pct",
+        plan,
+        json!({"annotations": {"suc-test/duration": "4s"}}),
+    );
+    s.wait_condition("pct", "Complete", "True", "Complete", 3 * MINUTE);
+    assert_rollout_kept_its_promises(&s, &watch, 2);
+    assert_eq!(watch.max_unfinished(), 2, "25% of 8 nodes is 2 at a time");
+    assert_eq!(s.plan_json("pct")["spec"]["concurrency"], "25%");
+
+    let mut bad = spec();
+    bad["concurrency"] = json!("150%");
+    bad["nodeSelector"] = json!({});
+    let refused = ctx.kubectl_with_input(
+        &["apply", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                "metadata": {"name": "pct-bad", "namespace": NAMESPACE}, "spec": bad})
+            .to_string(),
+        ),
+    );
+    assert!(!refused.ok);
+    assert!(
+        refused
+            .stderr
+            .contains("spec.concurrency: \"150%\" is not between 1% and 100%"),
+        "{}",
+        refused.stderr
+    );
+    s.cleanup();
+}
+
+/// After an edit, neither kstatus (Flux), `kubectl wait` nor the Argo CD health script reads the
+/// earlier spec's completion as the new one's: the Plan is in progress until the nodes carry the
+/// new hash. A failure is Failed/Degraded, a pause Current/Suspended.
+pub fn status_lets_gitops_tools_tell_an_edit_from_its_completion(ctx: &Ctx) {
+    ctx.ensure_server();
+    let lua = repo("docs/gitops/argocd-health.lua");
+    let lua = path(&lua);
+    // The ConfigMap users copy carries the same script.
+    let configmap = std::fs::read_to_string(repo("docs/gitops/argocd-cm.yaml")).unwrap();
+    let script_text = std::fs::read_to_string(lua).unwrap();
+    for line in script_text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            configmap.contains(&format!("    {line}\n")),
+            "argocd-cm.yaml lacks {line:?}"
+        );
+    }
+    let s = Scenario::new(ctx, "gitops", 3);
+    s.apply_plan(
+        "gitops",
+        spec(),
+        json!({"annotations": {"suc-test/duration": "3s"}}),
+    );
+    wait("kstatus to say Current", 2 * MINUTE, || {
+        (judge(&plan_object(ctx, "gitops"), None).0 == "Current").then_some(())
+    });
+    let object = plan_object(ctx, "gitops");
+    assert_eq!(
+        object["status"]["observedGeneration"],
+        object["metadata"]["generation"]
+    );
+    assert_eq!(judge(&object, Some(lua)).0, "Healthy");
+    assert_eq!(s.labelled("gitops"), 3);
+    let table = ctx
+        .kubectl(&["-n", NAMESPACE, "get", "plans"])
+        .expect_ok()
+        .stdout;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "IMAGE", "CHANNEL", "VERSION", "LATEST", "PROGRESS", "COMPLETE", "REASON",
+            "MESSAGE"
+        ]
+    );
+
+    // An edit: from the first read after it until every node carries the new hash, no tool says
+    // done.
+    patch_plan(ctx, "gitops", json!({"spec": {"version": "v1.30.5+k3s1"}}));
+    let started = Instant::now();
+    let mut samples = 0;
+    loop {
+        let object = plan_object(ctx, "gitops");
+        let fresh = object["status"]["observedGeneration"] == object["metadata"]["generation"];
+        let hash = object["status"]["latestHash"].as_str().unwrap_or_default();
+        let done = fresh
+            && s.nodes
+                .iter()
+                .all(|n| s.node_label(n, "plan.upgrade.cattle.io/gitops").as_deref() == Some(hash));
+        let (kstatus, _) = judge(&object, None);
+        let (health, _) = judge(&object, Some(lua));
+        samples += 1;
+        if done && kstatus == "Current" && health == "Healthy" {
+            break;
+        }
+        assert_ne!(
+            kstatus, "Current",
+            "kstatus says Current before the nodes are done: {object}"
+        );
+        assert_ne!(
+            health, "Healthy",
+            "Argo CD says Healthy before the nodes are done: {object}"
+        );
+        assert!(
+            started.elapsed() < 2 * MINUTE,
+            "the edit never completed: {object}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(samples > 1, "the rollout of the edit was not observed");
+    assert_eq!(column(&row(ctx, "gitops"), "LATEST"), "v1.30.5-k3s1");
+
+    // `kubectl wait` right after an edit returns only once the edit is rolled out.
+    patch_plan(ctx, "gitops", json!({"spec": {"version": "v1.30.6+k3s1"}}));
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "wait",
+        "--for=condition=Complete",
+        "plan/gitops",
+        "--timeout=120s",
+    ])
+    .expect_ok();
+    let hash = s.plan_json("gitops")["status"]["latestHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.plan_json("gitops")["status"]["latestVersion"],
+        "v1.30.6-k3s1"
+    );
+    for node in &s.nodes {
+        assert_eq!(
+            s.node_label(node, "plan.upgrade.cattle.io/gitops")
+                .as_deref(),
+            Some(hash.as_str()),
+            "kubectl wait returned before {node} was upgraded"
+        );
+    }
+
+    // Paused with work left: kstatus Current (what the spec asks), Argo CD Suspended.
+    patch_plan(
+        ctx,
+        "gitops",
+        json!({"spec": {"version": "v1.30.7+k3s1", "paused": true}}),
+    );
+    s.wait_condition("gitops", "Complete", "False", "Paused", MINUTE);
+    let object = plan_object(ctx, "gitops");
+    assert_eq!(judge(&object, None).0, "Current", "{object}");
+    assert_eq!(judge(&object, Some(lua)).0, "Suspended", "{object}");
+
+    // A failed node: Failed and Degraded, with the reason.
+    patch_plan(
+        ctx,
+        "gitops",
+        json!({"metadata": {"labels": {"suc-test/fail": "true"}}, "spec": {"paused": false}}),
+    );
+    s.wait_condition("gitops", "Complete", "False", "JobFailed", 2 * MINUTE);
+    let object = plan_object(ctx, "gitops");
+    let (kstatus, message) = judge(&object, None);
+    assert_eq!(kstatus, "Failed", "{object}");
+    let (health, why) = judge(&object, Some(lua));
+    assert_eq!(health, "Degraded", "{object}");
+    assert!(why.contains("failed on Node"), "{why} / {message}");
+    s.cleanup();
+}
