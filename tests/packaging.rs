@@ -66,9 +66,16 @@ fn crd_is_structural_with_the_go_controllers_shape() {
             ("Image".into(), ".spec.upgrade.image".into(), 0),
             ("Channel".into(), ".spec.channel".into(), 0),
             ("Version".into(), ".spec.version".into(), 0),
+            ("Latest".into(), ".status.latestVersion".into(), 0),
+            ("Progress".into(), ".status.progress".into(), 0),
             (
                 "Complete".into(),
                 ".status.conditions[?(@.type=='Complete')].status".into(),
+                0
+            ),
+            (
+                "Reason".into(),
+                ".status.conditions[?(@.type=='Complete')].reason".into(),
                 0
             ),
             (
@@ -97,6 +104,10 @@ fn crd_is_structural_with_the_go_controllers_shape() {
     );
     assert_eq!(
         spec["properties"]["drain"]["properties"]["timeout"]["x-kubernetes-int-or-string"],
+        true
+    );
+    assert_eq!(
+        spec["properties"]["concurrency"]["x-kubernetes-int-or-string"],
         true
     );
     assert_eq!(
