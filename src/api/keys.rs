@@ -65,3 +65,7 @@ pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 /// Node label: a node labelled `upgrade.cattle.io/pause=true` starts no Plan's upgrade until the
 /// label is removed (or set to anything else); an upgrade already running on it finishes.
 pub const LABEL_PAUSE: &str = "upgrade.cattle.io/pause";
+
+/// Plan annotation asking to retry failed nodes now: `all`, or node names separated by commas.
+/// The controller removes it once it has acted on it.
+pub const ANNOTATION_RETRY: &str = "upgrade.cattle.io/retry";

@@ -66,6 +66,12 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
 
+    /// Automatic retries of a node whose Job or drain failed, before the Plan reports the
+    /// failure. Without it a failed node waits for an edit of the Plan or the
+    /// `upgrade.cattle.io/retry` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+
     /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
     /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
     /// when unset the controller default (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) is used.
@@ -375,6 +381,20 @@ impl JsonSchema for IntOrPercent {
     }
 }
 
+/// How often, and after how long, a failed node is tried again.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries per node and Plan version (0 to 100; 0 means none). The node's Job is deleted and
+    /// created again, the drain included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i32>,
+    /// Wait before the first retry, doubled before each next one, at most 1h (or this value when
+    /// it is longer), as a duration such as `30s` or `5m`. Default `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
 /// A Secret mounted into the upgrade pods.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -519,6 +539,9 @@ pub struct NodeStatus {
     /// Digest of the failed Job's pod template: an edit of the Plan that changes it retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// How many times the node was retried (automatically, or by the retry annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i32>,
 }
 
 /// A condition of a Plan, as in the Go controller (with lastUpdateTime).

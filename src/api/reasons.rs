@@ -121,6 +121,8 @@ wire_words! {
         Paused,
         /// Event: the Plan was paused and starts nodes again.
         Resumed,
+        /// Condition and event: a failed node is tried again (now, or after its backoff).
+        Retrying,
         // Nodes and Jobs
         /// Event: a node's Job starts.
         Upgrading,

@@ -18,10 +18,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
-    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_TEMPLATE,
-    ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_PAUSE, LABEL_VERSION,
-    LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan, PlanStatus,
-    Reason,
+    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_RETRY,
+    ANNOTATION_TEMPLATE, ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_PAUSE,
+    LABEL_VERSION, LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan,
+    PlanStatus, Reason,
 };
 use crate::controller::cordon::{claims, has_claim};
 use crate::controller::job::{self, JobSettings};
@@ -216,6 +216,10 @@ pub enum Change {
     Release {
         node: String,
     },
+    /// Remove the Plan's retry annotation, if it still has this value: the request was acted on.
+    ClearRetry {
+        value: String,
+    },
 }
 
 impl Change {
@@ -227,7 +231,10 @@ impl Change {
             | Change::UpdateJob { name, .. } => Some(name),
             Change::CreateJob(job) => job.metadata.name.as_deref(),
             Change::Drain { job, .. } | Change::FailDrain { job, .. } => Some(job),
-            Change::LabelNode { .. } | Change::AdoptCordon { .. } | Change::Release { .. } => None,
+            Change::LabelNode { .. }
+            | Change::AdoptCordon { .. }
+            | Change::Release { .. }
+            | Change::ClearRetry { .. } => None,
         }
     }
 
@@ -383,6 +390,11 @@ struct Pass<'a> {
     finishing: BTreeMap<String, &'a Job>,
     /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).
     failure: Option<(Reason, String)>,
+    /// A failed node waiting for its automatic retry (for the Complete condition).
+    retrying: Option<String>,
+    /// The retry annotation's value, and the nodes it asked for that were retried.
+    retry_request: Option<String>,
+    retried_on_request: BTreeSet<String>,
     tally: Tally,
 }
 
@@ -439,6 +451,14 @@ impl<'a> Pass<'a> {
             current_jobs: BTreeMap::new(),
             finishing: BTreeMap::new(),
             failure: None,
+            retrying: None,
+            retry_request: plan
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_RETRY))
+                .cloned(),
+            retried_on_request: BTreeSet::new(),
             tally: Tally::default(),
         }
     }
@@ -942,17 +962,31 @@ impl<'a> Pass<'a> {
         let desired_name = desired.metadata.name.clone().unwrap_or_default();
         let template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
         let previous = self.old_entries.get(node_name).cloned();
+        let mut retries = None;
         if let Some(failed) = previous.as_ref().filter(|p| {
             p.phase == Phase::Failed.as_str()
                 && p.template.as_deref() == Some(template.as_str())
                 && p.job.as_deref() == Some(desired_name.as_str())
         }) {
-            self.record_failure(
-                Reason::JobFailed,
-                failed.message.clone().unwrap_or_default(),
-            );
-            self.entries.insert(node_name.to_owned(), failed.clone());
-            return;
+            // Its Job expired: a retry that is due creates the Job at once.
+            let since = failed.since.clone().unwrap_or_default();
+            let message = failed.message.clone().unwrap_or_default();
+            match self.retry_due(node_name, &since, failed.retries.unwrap_or(0)) {
+                RetryDue::Now { retries: next, why } => {
+                    self.note_retry(node_name, &desired_name, &since, &why, &message);
+                    retries = Some(next);
+                }
+                RetryDue::At(at) => {
+                    self.wait_for_retry(at, &message);
+                    self.entries.insert(node_name.to_owned(), failed.clone());
+                    return;
+                }
+                RetryDue::Never => {
+                    self.record_failure(Reason::JobFailed, message);
+                    self.entries.insert(node_name.to_owned(), failed.clone());
+                    return;
+                }
+            }
         }
         self.after.push(Change::CreateJob(Box::new(desired)));
         if previous.is_none() {
@@ -974,7 +1008,8 @@ impl<'a> Pass<'a> {
         } else {
             Phase::Upgrading
         };
-        let entry = self.entry(node_name, phase, &desired_name, "");
+        let mut entry = self.entry(node_name, phase, &desired_name, "");
+        entry.retries = retries.or(entry.retries);
         self.entries.insert(node_name.to_owned(), entry);
     }
 
@@ -1069,6 +1104,11 @@ impl<'a> Pass<'a> {
             .and_then(|p| p.since.clone())
             .unwrap_or_else(|| self.now.clone());
         let template = previous.and_then(|p| p.template.clone()).or(template);
+        let retries = self
+            .old_entries
+            .get(node_name)
+            .filter(|p| p.job.as_deref() == Some(job_name))
+            .and_then(|p| p.retries);
         if previous.is_none() {
             // Per Job object: a Job replaced under the same name that fails again is told again.
             let key = format!("{reason}/{}", uid_of(job));
@@ -1084,18 +1124,160 @@ impl<'a> Pass<'a> {
                 .once(format!("{key}/node")),
             );
         }
-        self.record_failure(reason, message.clone());
+        let shown = match self.retry_due(node_name, &since, retries.unwrap_or(0)) {
+            RetryDue::Now { retries, why } => {
+                self.retry(node_name, job_name, &since, retries, &why, &message);
+                return;
+            }
+            RetryDue::At(at) => {
+                let shown = format!(
+                    "{message}; retry {} at {}",
+                    retry_ordinal(self.plan, retries),
+                    stamp(at)
+                );
+                self.wait_for_retry(at, &shown);
+                shown
+            }
+            RetryDue::Never => {
+                self.record_failure(reason, message.clone());
+                message
+            }
+        };
         self.entries.insert(
             node_name.to_owned(),
             NodeStatus {
                 name: node_name.to_owned(),
                 phase: Phase::Failed.as_str().into(),
                 job: Some(job_name.to_owned()),
-                message: Some(message),
+                message: Some(shown),
                 since: Some(since),
                 template,
+                retries,
             },
         );
+    }
+
+    /// When a failed node (failed since `since`, retried `retries` times) is tried again: now
+    /// when the retry annotation names it (its count starts over), or automatically
+    /// (`spec.retry`) once its backoff has passed; never when its retries are used up.
+    fn retry_due(&mut self, node_name: &str, since: &str, retries: i32) -> RetryDue {
+        if let Some(request) = &self.retry_request
+            && retry_requested(request, node_name)
+        {
+            self.retried_on_request.insert(node_name.to_owned());
+            return RetryDue::Now {
+                retries: 0,
+                why: format!("retried on request ({ANNOTATION_RETRY})"),
+            };
+        }
+        let Some((limit, backoff)) = retry_policy(self.plan) else {
+            return RetryDue::Never;
+        };
+        if retries >= limit {
+            return RetryDue::Never;
+        }
+        let failed_at: Timestamp = since.parse().unwrap_or(self.obs.now);
+        let due = failed_at
+            .checked_add(backoff_after(backoff, retries))
+            .unwrap_or(failed_at);
+        if self.obs.now < due {
+            return RetryDue::At(due);
+        }
+        RetryDue::Now {
+            retries: retries + 1,
+            why: format!("retry {} of {limit}", retries + 1),
+        }
+    }
+
+    /// A failed node is tried again: its Job goes (the next pass creates it anew, drain
+    /// included), and the node keeps its slot meanwhile.
+    fn retry(
+        &mut self,
+        node_name: &str,
+        job_name: &str,
+        since: &str,
+        retries: i32,
+        why: &str,
+        failure: &str,
+    ) {
+        self.before.push(Change::DeleteJob {
+            name: job_name.to_owned(),
+            why: format!("{why} after: {failure}"),
+        });
+        self.note_retry(node_name, job_name, since, why, failure);
+        self.entries.insert(
+            node_name.to_owned(),
+            NodeStatus {
+                name: node_name.to_owned(),
+                phase: Phase::Preparing.as_str().into(),
+                job: Some(job_name.to_owned()),
+                message: Some(format!("{why}: the Job is created again")),
+                since: Some(self.now.clone()),
+                template: None,
+                retries: Some(retries),
+            },
+        );
+    }
+
+    /// The Retrying events of a node tried again (once per failure).
+    fn note_retry(
+        &mut self,
+        node_name: &str,
+        job_name: &str,
+        since: &str,
+        why: &str,
+        failure: &str,
+    ) {
+        let message = format!("Node {node_name}: {why} of Job {job_name}, which failed: {failure}");
+        let key = format!("Retrying/{job_name}/{since}");
+        self.notes.push(
+            Note::new(Target::Plan, false, Reason::Retrying, message.clone()).once(key.clone()),
+        );
+        self.notes.push(
+            Note::new(
+                Target::Node(node_name.to_owned()),
+                false,
+                Reason::Retrying,
+                message,
+            )
+            .once(format!("{key}/node")),
+        );
+    }
+
+    /// A failed node waits for its automatic retry: the Plan is not failed (yet), and is looked
+    /// at again when the retry is due.
+    fn wait_for_retry(&mut self, at: Timestamp, message: &str) {
+        self.requeue = self.requeue.min(until(self.obs.now, at));
+        if self.retrying.is_none() {
+            self.retrying = Some(message.to_owned());
+        }
+    }
+
+    /// The retry annotation is consumed: removed once acted on, with a word about the nodes it
+    /// named that had not failed.
+    fn consume_retry_request(&mut self) {
+        let Some(value) = self.retry_request.take() else {
+            return;
+        };
+        let unmatched: Vec<String> = match retry_request_nodes(&value) {
+            None if self.retried_on_request.is_empty() => vec!["(all)".to_owned()],
+            None => Vec::new(),
+            Some(nodes) => nodes
+                .into_iter()
+                .filter(|n| !self.retried_on_request.contains(n))
+                .collect(),
+        };
+        if !unmatched.is_empty() {
+            self.note(
+                true,
+                Reason::Retrying,
+                format!(
+                    "{ANNOTATION_RETRY}={value}: no failed node to retry among {}",
+                    unmatched.join(",")
+                ),
+            );
+        }
+        self.after.push(Change::ClearRetry { value });
     }
 
     /// Keeps the first failure of the pass for the Complete condition.
@@ -1302,9 +1484,13 @@ impl<'a> Pass<'a> {
             self.note_sync(&applying);
         } else if let Some((reason, message)) = self.failure.clone() {
             self.set_condition(COMPLETE, "False", reason, &message);
+        } else if let Some(message) = self.retrying.clone() {
+            self.set_condition(COMPLETE, "False", Reason::Retrying, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")
             || was_paused
-            || reason_before.as_deref() == Some(Reason::JobFailed.as_str())
+            || reason_before
+                .as_deref()
+                .is_some_and(|r| r == Reason::JobFailed.as_str() || r == Reason::Retrying.as_str())
         {
             // Applying again (after a failure was retried, or a pause): not complete.
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
@@ -1350,6 +1536,7 @@ impl<'a> Pass<'a> {
     /// The one way a pass ends: the conditions, the node entries and (unless `None`, which keeps
     /// it as stored) `applying` go into the status, and the Decision is returned.
     fn finish(mut self, selected: Option<&[&Node]>) -> Decision {
+        self.consume_retry_request();
         self.kstatus_conditions();
         let generation = self.plan.metadata.generation;
         for condition in &mut self.conditions {
@@ -1423,6 +1610,12 @@ impl<'a> Pass<'a> {
             .filter(|e| e.phase == phase.as_str())
             .and_then(|e| e.since.clone())
             .unwrap_or_else(|| self.now.clone());
+        // Retries count per Job name (one per node and hash), whatever the phase.
+        let retries = self
+            .old_entries
+            .get(node)
+            .filter(|e| e.job.as_deref() == Some(job))
+            .and_then(|e| e.retries);
         NodeStatus {
             name: node.to_owned(),
             phase: phase.as_str().to_owned(),
@@ -1430,8 +1623,67 @@ impl<'a> Pass<'a> {
             message: (!message.is_empty()).then(|| message.to_owned()),
             since: Some(since),
             template: None,
+            retries,
         }
     }
+}
+
+/// When a failed node is tried again.
+enum RetryDue {
+    Never,
+    At(Timestamp),
+    Now { retries: i32, why: String },
+}
+
+/// Longest wait between automatic retries (unless the Plan's backoff is longer).
+const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// The backoff when `spec.retry` sets none.
+const RETRY_BACKOFF_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The Plan's retry limit and first backoff, when it retries at all.
+fn retry_policy(plan: &Plan) -> Option<(i32, Duration)> {
+    let spec = plan.spec.retry.as_ref()?;
+    let limit = spec.limit.unwrap_or(0).clamp(0, 100);
+    let backoff = match spec.backoff.as_deref().map(duration::parse) {
+        None => RETRY_BACKOFF_DEFAULT,
+        Some(Ok(nanos)) => Duration::from_nanos(u64::try_from(nanos).ok()?),
+        Some(Err(_)) => return None,
+    };
+    (limit > 0).then_some((limit, backoff))
+}
+
+/// The wait before retry number `retries + 1`: the backoff doubled `retries` times, capped.
+fn backoff_after(backoff: Duration, retries: i32) -> jiff::SignedDuration {
+    let cap = RETRY_BACKOFF_CAP.max(backoff);
+    let factor = 1u32 << retries.clamp(0, 20);
+    let wait = backoff.checked_mul(factor).unwrap_or(cap).min(cap);
+    jiff::SignedDuration::try_from(wait).unwrap_or(jiff::SignedDuration::MAX)
+}
+
+/// "2 of 3": the next automatic retry of a node retried `retries` times.
+fn retry_ordinal(plan: &Plan, retries: Option<i32>) -> String {
+    let limit = retry_policy(plan).map_or(0, |(limit, _)| limit);
+    format!("{} of {limit}", retries.unwrap_or(0) + 1)
+}
+
+/// The nodes a retry annotation names; `None` for `all` (or `*`).
+fn retry_request_nodes(value: &str) -> Option<BTreeSet<String>> {
+    let value = value.trim();
+    if value == "all" || value == "*" {
+        return None;
+    }
+    Some(
+        value
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn retry_requested(value: &str, node: &str) -> bool {
+    retry_request_nodes(value).is_none_or(|nodes| nodes.contains(node))
 }
 
 fn node_names(nodes: &[&Node]) -> Vec<String> {

@@ -23,6 +23,7 @@ struct Written {
     /// The resourceVersion the status write replaced.
     status_from: Option<String>,
     jobs_created: Vec<String>,
+    jobs_deleted: Vec<String>,
     /// Node, label key, label value.
     labels: Vec<(String, String, String)>,
 }
@@ -33,6 +34,7 @@ impl Written {
             at: Instant::now(),
             status_from: None,
             jobs_created: Vec::new(),
+            jobs_deleted: Vec::new(),
             labels: Vec::new(),
         }
     }
@@ -42,6 +44,8 @@ impl Written {
 pub struct Shown<'a> {
     pub plan_version: Option<&'a str>,
     pub jobs: HashSet<&'a str>,
+    /// The names of the Jobs not being deleted.
+    pub live_jobs: HashSet<&'a str>,
     /// A node's labels, by node name.
     pub labels: HashMap<&'a str, &'a BTreeMap<String, String>>,
 }
@@ -64,6 +68,10 @@ impl Expectations {
 
     pub fn job_created(&self, plan: &str, job: &str) {
         self.update(plan, |w| w.jobs_created.push(job.to_owned()), false);
+    }
+
+    pub fn job_deleted(&self, plan: &str, job: &str) {
+        self.update(plan, |w| w.jobs_deleted.push(job.to_owned()), false);
     }
 
     pub fn node_labelled(&self, plan: &str, node: &str, labels: &BTreeMap<String, String>) {
@@ -126,6 +134,13 @@ fn unseen(written: &Written, shown: &Shown<'_>) -> Option<String> {
     {
         return Some(format!("Job {job}"));
     }
+    if let Some(job) = written
+        .jobs_deleted
+        .iter()
+        .find(|j| shown.live_jobs.contains(j.as_str()))
+    {
+        return Some(format!("the deletion of Job {job}"));
+    }
     written
         .labels
         .iter()
@@ -164,6 +179,7 @@ mod tests {
         let mut shown = Shown {
             plan_version: Some("10"),
             jobs: HashSet::new(),
+            live_jobs: HashSet::new(),
             labels: HashMap::from([("a", &unlabelled)]),
         };
         assert!(
@@ -189,6 +205,15 @@ mod tests {
         // A later version (someone else's write after ours) shows ours too.
         shown.plan_version = Some("12");
         assert_eq!(expect.unseen("ns/p", &shown, now), None);
+        // A deleted Job is seen gone once the cache no longer has it, or has it being deleted.
+        expect.job_deleted("ns/p", "apply-p-on-c");
+        shown.live_jobs.insert("apply-p-on-c");
+        assert_eq!(
+            expect.unseen("ns/p", &shown, now).unwrap(),
+            "the deletion of Job apply-p-on-c"
+        );
+        shown.live_jobs.remove("apply-p-on-c");
+        assert_eq!(expect.unseen("ns/p", &shown, now), None);
     }
 
     #[test]
@@ -199,6 +224,7 @@ mod tests {
         let shown = Shown {
             plan_version: None,
             jobs: HashSet::new(),
+            live_jobs: HashSet::new(),
             labels: HashMap::new(),
         };
         let now = Instant::now();

@@ -16,8 +16,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
-    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
+    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_RETRY, ANNOTATION_TEMPLATE,
+    ANNOTATION_TTL, LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, CordonError};
 use crate::controller::decide::{self, Change, Decision, JobFields, Note, Observed, Target};
@@ -86,6 +86,8 @@ pub enum ReconcileError {
     },
     #[error("labelling node {node} done: {error}")]
     LabelNode { node: String, error: kube::Error },
+    #[error("removing the Plan's retry annotation: {0}")]
+    ClearRetry(kube::Error),
     #[error(transparent)]
     Cordon(#[from] CordonError),
     /// Something outside the controller blocks the Plan; said in an event, retried with backoff.
@@ -101,6 +103,7 @@ impl ReconcileError {
             Self::WriteStatus(_) => "write_status",
             Self::Job { .. } => "job",
             Self::LabelNode { .. } => "label_node",
+            Self::ClearRetry(_) => "clear_retry",
             Self::Cordon(_) => "cordon",
             Self::Blocked(_) => "blocked",
         }
@@ -273,6 +276,11 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
             .iter()
             .filter_map(|j| j.metadata.name.as_deref())
             .collect(),
+        live_jobs: jobs
+            .iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .filter_map(|j| j.metadata.name.as_deref())
+            .collect(),
         labels: (nodes.iter())
             .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
             .collect(),
@@ -433,7 +441,10 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
         Change::DeleteJob { name, why } => {
             tracing::info!(%why, "deleting Job");
             match jobs.delete(name, &DeleteParams::background()).await {
-                Ok(_) => ctx.metrics.job_changed("deleted"),
+                Ok(_) => {
+                    ctx.expect.job_deleted(&uid(plan), name);
+                    ctx.metrics.job_changed("deleted");
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(ReconcileError::job("deleting", name, e)),
             }
@@ -481,8 +492,42 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
             patch_job(&jobs, job, &patch).await?;
         }
         Change::Release { node } => release(ctx, &plan.name_any(), node).await?,
+        Change::ClearRetry { value } => clear_retry(ctx, plan, value).await?,
     }
     Ok(())
+}
+
+/// Removes the retry annotation the pass acted on, unless it was changed meanwhile (then the
+/// next pass acts on the new request).
+async fn clear_retry(ctx: &Context, plan: &Plan, value: &str) -> Result<(), ReconcileError> {
+    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    let path = format!(
+        "/metadata/annotations/{}",
+        ANNOTATION_RETRY.replace('/', "~1")
+    );
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": value},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(|e| {
+        ReconcileError::Blocked(format!("building the retry annotation's removal: {e}"))
+    })?;
+    match api
+        .patch(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(request = value, "acted on the retry annotation");
+            Ok(())
+        }
+        // Gone, or changed meanwhile (the test failed).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
+        Err(e) => Err(ReconcileError::ClearRetry(e)),
+    }
 }
 
 /// The merge patch bringing a Job's changeable settings in line (the TTL also in its annotation).

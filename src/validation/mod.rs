@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
     ContainerSpec, DAY_NAMES, DrainSpec, IntOrDuration, IntOrPercent, LATEST_HASH_VAR,
-    LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, SecretSpec, TimeWindowSpec,
+    LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, RetrySpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -265,6 +265,33 @@ fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report) {
     }
 }
 
+/// Retries: a limit from 0 to 100 and a backoff that is a duration of at least 0s.
+fn check_retry(retry: &RetrySpec, report: &mut Report) {
+    if let Some(limit) = retry.limit
+        && !(0..=100).contains(&limit)
+    {
+        report.problem(
+            "spec.retry.limit",
+            format!(
+                "must be between 0 and 100, got {limit}; it is how often a failed node is retried"
+            ),
+        );
+    }
+    if let Some(backoff) = &retry.backoff {
+        match duration::parse(backoff) {
+            Ok(nanos) if nanos < 0 => report.problem(
+                "spec.retry.backoff",
+                format!("{backoff:?} is negative; use a duration such as 30s or 5m"),
+            ),
+            Ok(_) => {}
+            Err(e) => report.problem(
+                "spec.retry.backoff",
+                format!("{backoff:?} is not a duration ({e}); use e.g. 30s, 5m or 1h"),
+            ),
+        }
+    }
+}
+
 fn check_spec(spec: &PlanSpec, report: &mut Report) {
     match &spec.upgrade {
         Some(upgrade) => check_container("spec.upgrade", upgrade, report),
@@ -281,6 +308,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
 
     if let Some(concurrency) = &spec.concurrency {
         check_concurrency(concurrency, report);
+    }
+    if let Some(retry) = &spec.retry {
+        check_retry(retry, report);
     }
     if spec.paused == Some(true) {
         report.warn(

@@ -377,3 +377,89 @@ pub fn status_lets_gitops_tools_tell_an_edit_from_its_completion(ctx: &Ctx) {
     assert!(why.contains("failed on Node"), "{why} / {message}");
     s.cleanup();
 }
+
+/// A failed node is retried after its backoff up to `spec.retry.limit`, then the Plan reports
+/// the failure; `kubectl annotate plan NAME upgrade.cattle.io/retry=all` retries it at once and
+/// the controller removes the annotation.
+pub fn failed_nodes_are_retried_automatically_and_on_request(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "retry", 1);
+    let node = s.nodes[0].clone();
+    let watch = JobWatch::start(ctx, "retry");
+    let mut plan = spec();
+    plan["retry"] = json!({"limit": 1, "backoff": "3s"});
+    // Plan labels reach the pods: this one makes kwok fail them.
+    s.apply_plan("retry", plan, json!({"labels": {"suc-test/fail": "true"}}));
+    let message = s.wait_condition("retry", "Complete", "False", "Retrying", 2 * MINUTE);
+    assert!(message.contains("; retry 1 of 1 at "), "{message}");
+    assert_eq!(s.condition("retry", "Stalled").unwrap().0, "False");
+    // The retry fails too: now the Plan reports the failure.
+    let message = s.wait_condition("retry", "Complete", "False", "JobFailed", 2 * MINUTE);
+    assert!(
+        message.contains(&format!("failed on Node {node}")),
+        "{message}"
+    );
+    assert_eq!(watch.jobs_per_node()[&node], 2, "one retry");
+    let entry = &s.plan_json("retry")["status"]["nodes"][0];
+    assert_eq!(entry["phase"], "Failed");
+    assert_eq!(entry["retries"], 1);
+    let events = s.plan_events("retry");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with(&format!("Retrying: Node {node}: retry 1 of 1"))),
+        "{events:?}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(watch.jobs_per_node()[&node], 2, "no retry beyond the limit");
+
+    // By hand: the node runs again at once, and the request is consumed.
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "retry",
+        "upgrade.cattle.io/retry=all",
+    ])
+    .expect_ok();
+    wait("the retry by request", MINUTE, || {
+        (watch.jobs_per_node()[&node] >= 3).then_some(())
+    });
+    wait("the annotation to be removed", MINUTE, || {
+        s.plan_json("retry")["metadata"]["annotations"]
+            .get("upgrade.cattle.io/retry")
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        s.plan_events("retry")
+            .iter()
+            .any(|e| e.contains("retried on request (upgrade.cattle.io/retry)")),
+        "{:?}",
+        s.plan_events("retry")
+    );
+    // A request naming a node that has not failed says so, and is consumed too.
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "retry",
+        "upgrade.cattle.io/retry=nosuch-node",
+    ])
+    .expect_ok();
+    wait("the unmatched request to be reported", MINUTE, || {
+        s.plan_events("retry")
+            .iter()
+            .any(|e| e.contains("no failed node to retry among nosuch-node"))
+            .then_some(())
+    });
+    wait("the annotation to be removed", MINUTE, || {
+        s.plan_json("retry")["metadata"]["annotations"]
+            .get("upgrade.cattle.io/retry")
+            .is_none()
+            .then_some(())
+    });
+    s.cleanup();
+}

@@ -198,6 +198,8 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         &["get", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &["list", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &["watch", "plans.upgrade.cattle.io", "-n", NAMESPACE],
+        // To remove the retry annotation once acted on.
+        &["patch", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &[
             "patch",
             "plans.upgrade.cattle.io",
@@ -252,7 +254,7 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
             "-n",
             NAMESPACE,
         ],
-        &["patch", "plans.upgrade.cattle.io", "-n", NAMESPACE],
+        &["update", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &["delete", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &["create", "plans.upgrade.cattle.io", "-n", NAMESPACE],
         &["list", "plans.upgrade.cattle.io", "-n", "default"],

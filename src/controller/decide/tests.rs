@@ -222,6 +222,15 @@ impl World {
                         node["metadata"]["labels"][k] = json!(v);
                     }
                 }
+                Change::ClearRetry { value } => {
+                    let annotations = &mut self.plan["metadata"]["annotations"];
+                    if annotations["upgrade.cattle.io/retry"] == value.as_str() {
+                        annotations
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("upgrade.cattle.io/retry");
+                    }
+                }
                 Change::Release { node } => {
                     let node = self.node_mut(node);
                     node["metadata"]["annotations"]
@@ -1857,4 +1866,183 @@ fn failures_and_invalid_specs_are_stalled() {
     world.plan["spec"]["concurrency"] = json!(0);
     let invalid = world.step();
     assert_eq!(short(&invalid, STALLED), pair("True", "ValidateFailed"));
+}
+
+fn at(minutes: i64) -> String {
+    let now: Timestamp = NOW.parse().unwrap();
+    stamp(now + jiff::SignedDuration::from_secs(minutes * 60))
+}
+
+#[test]
+fn failed_nodes_are_retried_with_backoff_up_to_the_limit() {
+    let mut s = spec();
+    s["retry"] = json!({"limit": 2, "backoff": "1m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    let (status, reason, message) = condition(&failed, COMPLETE);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Retrying"));
+    assert!(
+        message.ends_with(&format!("; retry 1 of 2 at {}", at(1))),
+        "{message}"
+    );
+    assert_eq!(entry(&failed, "a").phase, "Failed");
+    assert_eq!(failed.requeue, Duration::from_secs(60));
+    assert!(
+        reasons(&failed).contains(&"JobFailed"),
+        "the failure is told"
+    );
+    assert_eq!(
+        short(&failed, STALLED).0,
+        "False",
+        "not stalled while a retry is due"
+    );
+    // Not yet due: nothing happens.
+    world.now = at(0);
+    assert!(world.step().before.is_empty());
+    // Due: the Job goes, with a Retrying event, and the next pass creates it anew.
+    world.now = at(1);
+    let retry = world.step();
+    assert_eq!(deleted(&retry).len(), 1);
+    assert!(
+        reasons(&retry).contains(&"Retrying"),
+        "{:?}",
+        reasons(&retry)
+    );
+    let marker = entry(&retry, "a");
+    assert_eq!(
+        (marker.phase.as_str(), marker.retries),
+        ("Preparing", Some(1))
+    );
+    let again = world.step();
+    assert_eq!(created(&again), ["a"]);
+    assert_eq!(entry(&again, "a").retries, Some(1));
+    // It fails again: the next retry waits twice as long.
+    world.settle();
+    world.finish_job("a", false, &at(1));
+    let second = world.step();
+    let (_, reason, message) = condition(&second, COMPLETE);
+    assert_eq!(reason, "Retrying");
+    assert!(
+        message.ends_with(&format!("retry 2 of 2 at {}", at(3))),
+        "{message}"
+    );
+    world.now = at(3);
+    world.step();
+    world.settle();
+    assert_eq!(entry(&world.decide(), "a").retries, Some(2));
+    // The third failure is final: the Plan reports it, and nothing is retried.
+    world.finish_job("a", false, &at(3));
+    let last = world.step();
+    assert_eq!(short(&last, COMPLETE), pair("False", "JobFailed"));
+    assert_eq!(short(&last, STALLED), pair("True", "JobFailed"));
+    world.now = at(600);
+    world.step(); // the failed Job expires
+    let later = world.step();
+    assert!(later.before.is_empty() && later.after.is_empty());
+    assert_eq!(entry(&later, "a").phase, "Failed");
+    assert_eq!(short(&later, COMPLETE).1, "JobFailed");
+}
+
+#[test]
+fn the_retry_annotation_retries_failed_nodes_now_and_is_consumed() {
+    let mut s = spec();
+    s["concurrency"] = json!(2);
+    let mut world = World::new(s).nodes(&["a", "b", "c"]);
+    let first = world.settle();
+    let running = first.status.applying.clone().unwrap();
+    for node in &running {
+        world.finish_job(node, false, NOW);
+    }
+    world.step();
+    assert_eq!(short(&world.step(), COMPLETE).1, "JobFailed");
+    // One node by name: only it is retried.
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": running[0]});
+    let one = world.step();
+    assert_eq!(deleted(&one).len(), 1);
+    assert!(
+        one.after
+            .iter()
+            .any(|c| matches!(c, Change::ClearRetry { value } if *value == running[0]))
+    );
+    assert!(
+        world.plan["metadata"]["annotations"]
+            .get("upgrade.cattle.io/retry")
+            .is_none()
+    );
+    assert_eq!(entry(&one, &running[0]).phase, "Preparing");
+    assert_eq!(entry(&one, &running[1]).phase, "Failed");
+    assert_eq!(created(&world.step()), [running[0].clone()]);
+    // "all": every failed node; a name that has not failed is reported.
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "all"});
+    let all = world.step();
+    assert_eq!(deleted(&all).len(), 1, "the other failed node");
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "c, nosuch"});
+    let unmatched = world.step();
+    let warning = unmatched
+        .notes
+        .iter()
+        .find(|n| n.reason == Reason::Retrying)
+        .unwrap();
+    assert!(warning.warning);
+    assert!(
+        warning
+            .message
+            .contains("no failed node to retry among c,nosuch"),
+        "{}",
+        warning.message
+    );
+    assert!(
+        unmatched
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::ClearRetry { .. }))
+    );
+}
+
+#[test]
+fn a_failed_node_whose_job_expired_is_retried_by_creating_the_job() {
+    let mut s = spec();
+    s["retry"] = json!({"limit": 1, "backoff": "20m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    world.finish_job("a", false, NOW);
+    world.step();
+    // The Job expires (TTL 15 minutes) before the retry is due.
+    world.now = at(16);
+    let expired = world.step();
+    assert_eq!(deleted(&expired).len(), 1);
+    world.apply(&expired);
+    let waiting = world.step();
+    assert!(created(&waiting).is_empty());
+    assert_eq!(short(&waiting, COMPLETE).1, "Retrying");
+    world.now = at(20);
+    let retried = world.step();
+    assert_eq!(created(&retried), ["a"]);
+    assert_eq!(entry(&retried, "a").retries, Some(1));
+}
+
+#[test]
+fn backoff_doubles_up_to_an_hour() {
+    let minute = Duration::from_secs(60);
+    let secs = |d: jiff::SignedDuration| d.as_secs();
+    assert_eq!(secs(backoff_after(minute, 0)), 60);
+    assert_eq!(secs(backoff_after(minute, 1)), 120);
+    assert_eq!(secs(backoff_after(minute, 5)), 1920);
+    assert_eq!(secs(backoff_after(minute, 6)), 3600, "capped");
+    assert_eq!(secs(backoff_after(minute, 99)), 3600);
+    let day = Duration::from_secs(86400);
+    assert_eq!(
+        secs(backoff_after(day, 3)),
+        86400,
+        "a longer backoff is its own cap"
+    );
+    assert_eq!(secs(backoff_after(Duration::ZERO, 4)), 0);
+    assert_eq!(retry_request_nodes("all"), None);
+    assert_eq!(retry_request_nodes(" * "), None);
+    assert_eq!(
+        retry_request_nodes("a, b c,,"),
+        Some(["a", "b", "c"].map(str::to_owned).into())
+    );
 }
