@@ -229,7 +229,18 @@ pub struct DrainSpec {
     /// Only drain the pods this selector matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// What happens when `timeout` passes with pods left: `Fail` (the default: the node fails
+    /// and keeps its slot), `Retry` (keep evicting until the Job's activeDeadlineSeconds ends
+    /// it), `Delete` (delete the pods left instead of evicting them, bypassing
+    /// PodDisruptionBudgets, then wait once more up to `timeout`), or `Skip` (give the node up:
+    /// its Job goes, it is uncordoned, and the rollout goes on without it until the Plan changes
+    /// or the `upgrade.cattle.io/retry` annotation names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
 }
+
+/// The values of `drain.onTimeout`.
+pub const DRAIN_ON_TIMEOUT: [&str; 4] = ["Fail", "Retry", "Delete", "Skip"];
 
 /// An integer number of nanoseconds or a Go duration string (`5m`, `90s`): the Go controller's
 /// IntOrString drain timeout, with a 64-bit integer so that nanosecond values fit.
@@ -525,7 +536,8 @@ pub struct NodeStatus {
     /// Preparing (its Job runs `prepare`; the node still serves its workloads), Draining (the
     /// controller cordons and drains it; the message names what it waits for), Upgrading (the
     /// upgrade container runs), WaitingDelay (done, waiting postCompleteDelay before the next
-    /// node), or Failed (its Job or drain failed; the node keeps its slot until the Plan changes).
+    /// node), Failed (its Job or drain failed; the node keeps its slot until the Plan changes or
+    /// it is retried), or Skipped (its drain timed out with `drain.onTimeout: Skip`).
     pub phase: String,
     /// The upgrade Job of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]

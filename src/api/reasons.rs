@@ -70,6 +70,9 @@ wire_words! {
         WaitingDelay,
         /// The Job failed, or the node could not be drained.
         Failed,
+        /// The drain timed out with `onTimeout: Skip`: the node is left as it was (uncordoned,
+        /// not upgraded) until the Plan changes or is told to retry it.
+        Skipped,
     }
 }
 
@@ -148,6 +151,11 @@ wire_words! {
         WaitingForBudget,
         /// Event: the node is drained.
         Drained,
+        /// Event: the drain timed out and goes on as `drain.onTimeout` says (Retry, Delete).
+        DrainTimedOut,
+        /// Condition and event: the drain timed out with `onTimeout: Skip`; the rollout goes on
+        /// without the node.
+        DrainSkipped,
         // The controller itself
         /// Event: the controller process starts.
         Starting,

@@ -69,6 +69,8 @@ pub enum DrainProgress {
     Done(String),
     /// Given up; why.
     Failed(String),
+    /// Timed out with `onTimeout: Skip`: the rollout goes on without the node; why.
+    Skipped(String),
 }
 
 /// Who an event is about.
@@ -271,6 +273,9 @@ pub struct Tally {
     pub waiting: usize,
     /// Of those waiting, held by the pause label.
     pub held: usize,
+    /// Selected nodes given up after a drain timeout (`onTimeout: Skip`), neither done nor
+    /// applying nor waiting.
+    pub skipped: usize,
 }
 
 /// Everything a reconcile pass decided.
@@ -317,6 +322,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         return pass.finish(Some(&continuing));
     }
     pass.handle_jobs();
+    pass.carry_skipped();
     let ready = pass.ready();
     let selected = if ready {
         pass.select()
@@ -329,6 +335,12 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         return pass.finish(None);
     }
     pass.track(&selected, ready);
+    let mut selected = selected;
+    selected.retain(|n| {
+        !pass
+            .skipped
+            .contains(n.metadata.name.as_deref().unwrap_or_default())
+    });
     if ready {
         pass.release_leftovers(&selected);
     }
@@ -395,6 +407,8 @@ struct Pass<'a> {
     /// The retry annotation's value, and the nodes it asked for that were retried.
     retry_request: Option<String>,
     retried_on_request: BTreeSet<String>,
+    /// Nodes whose drain timed out with `onTimeout: Skip` (for the current hash).
+    skipped: BTreeSet<String>,
     tally: Tally,
 }
 
@@ -459,6 +473,7 @@ impl<'a> Pass<'a> {
                 .and_then(|a| a.get(ANNOTATION_RETRY))
                 .cloned(),
             retried_on_request: BTreeSet::new(),
+            skipped: BTreeSet::new(),
             tally: Tally::default(),
         }
     }
@@ -826,9 +841,8 @@ impl<'a> Pass<'a> {
             .values()
             .copied()
             .filter(|n| {
-                !self
-                    .done_now
-                    .contains(n.metadata.name.as_deref().unwrap_or_default())
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                !self.done_now.contains(name) && !self.skipped.contains(name)
             })
             .collect();
         let concurrency = if self.plan.spec.paused == Some(true) {
@@ -862,7 +876,10 @@ impl<'a> Pass<'a> {
                 .filter(|(_, j)| j.spec.as_ref().and_then(|s| s.parallelism) != Some(0))
                 .map(|(n, _)| n.clone()),
         );
-        running.into_iter().collect()
+        running
+            .into_iter()
+            .filter(|n| !self.skipped.contains(n))
+            .collect()
     }
 
     /// When the Plan may not start anything (invalid or unresolved): the nodes whose upgrade is
@@ -1253,6 +1270,51 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// A node whose drain timed out with `onTimeout: Skip`: its Job goes and the node is
+    /// returned at once; it leaves `applying`, and the rollout goes on without it.
+    fn skip(&mut self, node_name: &str, job_name: &str) {
+        self.skipped.insert(node_name.to_owned());
+        self.before.push(Change::DeleteJob {
+            name: job_name.to_owned(),
+            why: "its node's drain timed out (onTimeout: Skip)".into(),
+        });
+        if self.released.insert(node_name.to_owned()) {
+            self.before.push(Change::Release {
+                node: node_name.to_owned(),
+            });
+        }
+    }
+
+    /// Nodes skipped earlier stay skipped (and listed in `status.nodes`) while the Plan's hash
+    /// is the same, unless the retry annotation names them.
+    fn carry_skipped(&mut self) {
+        let skipped: Vec<NodeStatus> = self
+            .old_entries
+            .values()
+            .filter(|e| e.phase == Phase::Skipped.as_str())
+            .cloned()
+            .collect();
+        for entry in skipped {
+            let node = entry.name.clone();
+            let current = job::job_name(&self.plan_name, &node, &self.hash);
+            if !self.nodes.contains_key(&node) || entry.job.as_deref() != Some(current.as_str()) {
+                continue; // gone, or the Plan changed: it runs like any other node
+            }
+            if let Some(request) = &self.retry_request
+                && retry_requested(request, &node)
+            {
+                self.retried_on_request.insert(node.clone());
+                let why = format!("retried on request ({ANNOTATION_RETRY})");
+                let since = entry.since.clone().unwrap_or_default();
+                let message = entry.message.clone().unwrap_or_default();
+                self.note_retry(&node, &current, &since, &why, &message);
+                continue;
+            }
+            self.skipped.insert(node.clone());
+            self.entries.insert(node, entry);
+        }
+    }
+
     /// The retry annotation is consumed: removed once acted on, with a word about the nodes it
     /// named that had not failed.
     fn consume_retry_request(&mut self) {
@@ -1347,6 +1409,10 @@ impl<'a> Pass<'a> {
                 self.record_failure(Reason::DrainFailed, message.clone());
                 (Phase::Failed, message.clone())
             }
+            Some(DrainProgress::Skipped(message)) => {
+                self.skip(node_name, &job_name);
+                (Phase::Skipped, message.clone())
+            }
             Some(DrainProgress::Done(opened)) if *opened == pod_name => {
                 (Phase::Draining, "drained; starting the upgrade".into())
             }
@@ -1382,7 +1448,11 @@ impl<'a> Pass<'a> {
             .current_jobs
             .iter()
             .chain(self.finishing.iter())
-            .filter(|(node, job)| !selected.contains(node.as_str()) && finished_at(job).is_none())
+            .filter(|(node, job)| {
+                !selected.contains(node.as_str())
+                    && !self.skipped.contains(node.as_str())
+                    && finished_at(job).is_none()
+            })
             .map(|(node, job)| (node.clone(), job.metadata.name.clone().unwrap_or_default()))
             .collect();
         for (node, name) in leftovers {
@@ -1428,6 +1498,8 @@ impl<'a> Pass<'a> {
                     || (!self.hash.is_empty() && select::done(&self.plan_name, node, &self.hash))
                 {
                     tally.done += 1;
+                } else if self.skipped.contains(name) {
+                    tally.skipped += 1;
                 } else if !applying.contains(name.as_str()) {
                     tally.waiting += 1;
                     tally.held += usize::from(select::paused(node));
@@ -1467,6 +1539,14 @@ impl<'a> Pass<'a> {
                 Reason::NotReady,
                 "plan is not valid and resolved",
             );
+        } else if applying.is_empty() && !self.skipped.is_empty() {
+            let nodes: Vec<&str> = self.skipped.iter().map(String::as_str).collect();
+            let message = format!(
+                "the drains of nodes {} timed out and they were skipped (onTimeout: Skip); \
+                 annotate the Plan with {ANNOTATION_RETRY}=all to try them again",
+                nodes.join(",")
+            );
+            self.set_condition(COMPLETE, "False", Reason::DrainSkipped, &message);
         } else if applying.is_empty() {
             if self.set_condition(COMPLETE, "True", Reason::Complete, "") {
                 self.note(
@@ -1579,7 +1659,9 @@ impl<'a> Pass<'a> {
         let (reconciling, stalled) = match reason {
             _ if complete_true => (None, None),
             Some(Reason::Paused) => (None, None),
-            Some(failed @ (Reason::JobFailed | Reason::DrainFailed)) => (None, Some(failed)),
+            Some(failed @ (Reason::JobFailed | Reason::DrainFailed | Reason::DrainSkipped)) => {
+                (None, Some(failed))
+            }
             _ if invalid => (None, Some(Reason::ValidateFailed)),
             Some(other) => (Some(other), None),
             None => (Some(Reason::SyncJob), None),

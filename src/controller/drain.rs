@@ -37,6 +37,39 @@ pub struct DrainOptions {
     pub disable_eviction: bool,
     pub skip_wait_for_delete_timeout: Option<Duration>,
     pub pod_selector: Option<Selector>,
+    pub on_timeout: OnTimeout,
+}
+
+/// What a drain does when its timeout passes with pods left (`drain.onTimeout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// The drain fails; the node keeps its slot.
+    #[default]
+    Fail,
+    /// Keep evicting until the Job's deadline ends it.
+    Retry,
+    /// Delete the pods left instead of evicting them, then wait once more up to the timeout.
+    Delete,
+    /// Give the node up: the rollout goes on without it.
+    Skip,
+}
+
+impl OnTimeout {
+    fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("Retry") => Self::Retry,
+            Some("Delete") => Self::Delete,
+            Some("Skip") => Self::Skip,
+            _ => Self::Fail,
+        }
+    }
+}
+
+/// Why a drain ended without draining the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undrained {
+    Failed(String),
+    Skipped(String),
 }
 
 impl DrainOptions {
@@ -67,6 +100,7 @@ impl DrainOptions {
                 .pod_selector
                 .clone()
                 .and_then(|s| Selector::try_from(s).ok()),
+            on_timeout: OnTimeout::parse(spec.on_timeout.as_deref()),
         }
     }
 }
@@ -308,11 +342,17 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             }
             set(DrainProgress::Done(request.pod.clone()));
         }
-        Err(message) => {
+        Err(Undrained::Failed(message)) => {
             handle
                 .tell(&request, true, Reason::DrainFailed, message.clone())
                 .await;
             set(DrainProgress::Failed(message));
+        }
+        Err(Undrained::Skipped(message)) => {
+            handle
+                .tell(&request, true, Reason::DrainSkipped, message.clone())
+                .await;
+            set(DrainProgress::Skipped(message));
         }
     }
     handle.wake(&request);
@@ -350,14 +390,18 @@ async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timest
 }
 
 /// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
-/// many pods were evicted or deleted, or why the drain failed.
+/// many pods were evicted or deleted, or why the drain did not drain the node. At the timeout,
+/// `onTimeout` decides: fail, skip the node, go on evicting, or delete the pods left (once; the
+/// timeout then starts over).
 async fn evict_all(
     handle: &DrainHandle,
     request: &DrainRequest,
     options: &DrainOptions,
     since: Timestamp,
     set: &impl Fn(DrainProgress) -> bool,
-) -> Result<usize, String> {
+) -> Result<usize, Undrained> {
+    let mut since = since;
+    let mut timed_out = false;
     let node = &request.node;
     let all: Api<Pod> = Api::all(handle.client.clone());
     let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -366,10 +410,9 @@ async fn evict_all(
     let mut round = Round::new(options);
     let mut pause = Duration::from_millis(500);
     loop {
-        let pods = all
-            .list(&listing)
-            .await
-            .map_err(|e| format!("drain of node {node}: cannot list its pods: {e}"))?;
+        let pods = all.list(&listing).await.map_err(|e| {
+            Undrained::Failed(format!("drain of node {node}: cannot list its pods: {e}"))
+        })?;
         let now = Timestamp::now();
         let mut waiting: Vec<String> = Vec::new();
         for pod in &pods.items {
@@ -377,13 +420,14 @@ async fn evict_all(
             match pod_action(pod, options, now) {
                 PodAction::Skip(_) => {}
                 PodAction::Block(reason) => {
-                    return Err(format!(
+                    return Err(Undrained::Failed(format!(
                         "drain of node {node} cannot proceed: pod {key}: {reason}"
-                    ));
+                    )));
                 }
                 PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
                 action @ (PodAction::Evict | PodAction::Delete) => {
-                    let evict = action == PodAction::Evict;
+                    // After a timeout with onTimeout: Delete, the pods left are deleted.
+                    let evict = action == PodAction::Evict && !round.delete_instead;
                     if let Some(wait) = round.remove(handle, request, pod, evict).await {
                         waiting.push(wait);
                     }
@@ -400,14 +444,50 @@ async fn evict_all(
             n => format!("{} (and {} more)", waiting[0], n - 1),
         };
         if let Some(timeout) = options.timeout
+            && !timed_out
             && now.as_second() - since.as_second()
                 >= i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)
         {
             let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
-            return Err(format!(
+            let message = format!(
                 "drain of node {node} timed out after {after}: {}",
                 waiting[0]
-            ));
+            );
+            match options.on_timeout {
+                OnTimeout::Fail => return Err(Undrained::Failed(message)),
+                OnTimeout::Skip if round.delete_instead => return Err(Undrained::Failed(message)),
+                OnTimeout::Skip => {
+                    return Err(Undrained::Skipped(format!(
+                        "{message}; skipping the node (onTimeout: Skip)"
+                    )));
+                }
+                OnTimeout::Retry => {
+                    timed_out = true;
+                    let text = format!(
+                        "{message}; evicting on until the Job's deadline (onTimeout: Retry)"
+                    );
+                    handle
+                        .tell(request, true, Reason::DrainTimedOut, text)
+                        .await;
+                }
+                OnTimeout::Delete if round.delete_instead => {
+                    return Err(Undrained::Failed(format!(
+                        "{message} (the pods left were deleted at the first timeout)"
+                    )));
+                }
+                OnTimeout::Delete => {
+                    round.delete_instead = true;
+                    since = now;
+                    let text = format!(
+                        "{message}; deleting the pods left instead of evicting them \
+                         (onTimeout: Delete)"
+                    );
+                    handle
+                        .tell(request, true, Reason::DrainTimedOut, text)
+                        .await;
+                    continue;
+                }
+            }
         }
         if set(DrainProgress::Running(summary)) {
             handle.wake(request);
@@ -423,6 +503,8 @@ struct Round {
     delete: kube::api::DeleteParams,
     evicted: BTreeSet<String>,
     told_budget: BTreeSet<String>,
+    /// The timeout passed with `onTimeout: Delete`: pods are deleted, not evicted.
+    delete_instead: bool,
 }
 
 impl Round {
@@ -434,6 +516,7 @@ impl Round {
             },
             evicted: BTreeSet::new(),
             told_budget: BTreeSet::new(),
+            delete_instead: false,
         }
     }
 
@@ -565,6 +648,15 @@ mod tests {
             None
         );
         assert_eq!(options(json!({"gracePeriod": 30})).grace_period, Some(30));
+        assert_eq!(options(json!({})).on_timeout, OnTimeout::Fail);
+        for (text, policy) in [
+            ("Fail", OnTimeout::Fail),
+            ("Retry", OnTimeout::Retry),
+            ("Delete", OnTimeout::Delete),
+            ("Skip", OnTimeout::Skip),
+        ] {
+            assert_eq!(options(json!({"onTimeout": text})).on_timeout, policy);
+        }
     }
 
     #[test]

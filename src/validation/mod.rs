@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DAY_NAMES, DrainSpec, IntOrDuration, IntOrPercent, LATEST_HASH_VAR,
-    LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, RetrySpec, SecretSpec, TimeWindowSpec,
+    ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, IntOrDuration, IntOrPercent,
+    LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, RetrySpec, SecretSpec,
+    TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -676,6 +677,23 @@ fn check_drain(drain: &DrainSpec, report: &mut Report) {
             ),
         },
         _ => {}
+    }
+    if let Some(policy) = &drain.on_timeout
+        && !DRAIN_ON_TIMEOUT.contains(&policy.as_str())
+    {
+        report.problem(
+            "spec.drain.onTimeout",
+            format!(
+                "{policy:?} is not one of {}; it says what happens when the drain times out",
+                DRAIN_ON_TIMEOUT.join(", ")
+            ),
+        );
+    }
+    if drain.on_timeout.is_some() && drain.timeout.is_none() {
+        report.warn(
+            "spec.drain.onTimeout has no effect without spec.drain.timeout: the drain waits for \
+             as long as it takes",
+        );
     }
     if let Some(grace) = drain.grace_period
         && grace < 0

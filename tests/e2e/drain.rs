@@ -690,3 +690,118 @@ pub fn a_drain_stops_when_its_job_fails(ctx: &Ctx) {
     ctx.kubectl(&["-n", APPS, "delete", "deployment/stop-db", "pdb/stop-db"])
         .expect_ok();
 }
+
+/// `drain.onTimeout`: Skip gives a blocked node up (uncordoned, unlabelled) and upgrades the
+/// others; Delete deletes the pods a budget protects once the timeout passes; Retry keeps
+/// evicting past the timeout until the pod can go.
+pub fn drain_timeouts_skip_delete_or_retry_as_the_plan_says(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "dto", 2);
+    let a = s.nodes[0].clone();
+    let b = s.nodes[1].clone();
+    apply(
+        ctx,
+        deployment(
+            "dto-db",
+            "dto",
+            1,
+            json!({"nodeSelector": {"kubernetes.io/hostname": a}}),
+        ),
+    );
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "dto-db", "namespace": APPS},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "dto-db"}}}}),
+    );
+    wait("the guarded pod", MINUTE, || {
+        (running(ctx, "dto-db") == 1).then_some(())
+    });
+    let spec = |on_timeout: &str| {
+        json!({
+            "concurrency": 1, "version": "v1.30.4+k3s1",
+            "drain": {"timeout": "4s", "onTimeout": on_timeout},
+            "upgrade": {"image": "rancher/k3s-upgrade"},
+        })
+    };
+    s.apply_plan("dto", spec("Skip"), json!({}));
+    let message = s.wait_condition("dto", "Complete", "False", "DrainSkipped", 2 * MINUTE);
+    assert!(
+        message.contains(&format!("nodes {a} timed out")),
+        "{message}"
+    );
+    assert!(
+        s.node_label(&b, "plan.upgrade.cattle.io/dto").is_some(),
+        "{b} upgraded"
+    );
+    assert!(s.node_label(&a, "plan.upgrade.cattle.io/dto").is_none());
+    wait("the skipped node to be uncordoned", MINUTE, || {
+        (!s.unschedulable(&a)).then_some(())
+    });
+    assert_eq!(running(ctx, "dto-db"), 1, "the budget was respected");
+    assert_eq!(s.condition("dto", "Stalled").unwrap().0, "True");
+    let entry = &s.plan_json("dto")["status"]["nodes"][0];
+    assert_eq!(
+        (entry["name"].as_str(), entry["phase"].as_str()),
+        (Some(a.as_str()), Some("Skipped"))
+    );
+    assert!(
+        s.plan_events("dto")
+            .iter()
+            .any(|e| e.starts_with("DrainSkipped: drain of node")),
+        "{:?}",
+        s.plan_events("dto")
+    );
+
+    // Delete, and a retry by request: the protected pod is deleted after the timeout.
+    s.apply_plan(
+        "dto",
+        spec("Delete"),
+        json!({"annotations": {"upgrade.cattle.io/retry": "all"}}),
+    );
+    s.wait_condition("dto", "Complete", "True", "Complete", 2 * MINUTE);
+    let events = s.node_events(&a);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("DrainTimedOut:") && e.contains("deleting the pods left")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.starts_with("Deleted: Deleted pod")),
+        "{events:?}"
+    );
+    assert!(!s.unschedulable(&a));
+    wait("the replacement pod", MINUTE, || {
+        (running(ctx, "dto-db") == 1).then_some(())
+    });
+
+    // Retry: past the timeout the drain goes on (no failure) until the budget allows it.
+    s.apply_plan(
+        "dto-retry",
+        {
+            let mut retry = spec("Retry");
+            retry["nodeSelector"] = json!({"matchLabels": {"kubernetes.io/hostname": a}});
+            retry
+        },
+        json!({}),
+    );
+    wait("the drain to time out and go on", MINUTE, || {
+        s.node_events(&a)
+            .iter()
+            .any(|e| e.starts_with("DrainTimedOut:") && e.contains("onTimeout: Retry"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_entry(&s, "dto-retry").0, "Draining");
+    assert_ne!(
+        s.condition("dto-retry", "Complete").unwrap().1,
+        "DrainFailed"
+    );
+    ctx.kubectl(&["-n", APPS, "delete", "pdb/dto-db"])
+        .expect_ok();
+    s.wait_condition("dto-retry", "Complete", "True", "Complete", 2 * MINUTE);
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/dto-db"])
+        .expect_ok();
+    s.cleanup();
+}

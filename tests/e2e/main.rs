@@ -109,6 +109,7 @@ const TESTS: &[Test] = tests! {
     cluster drain::go_example_plans_with_drain_run_end_to_end,
     cluster drain::an_untolerated_taint_never_cordons_or_drains,
     cluster drain::a_drain_stops_when_its_job_fails,
+    cluster drain::drain_timeouts_skip_delete_or_retry_as_the_plan_says,
     cluster takeover::finished_jobs_complete_while_the_plans_secret_is_missing,
     cluster takeover::job_settings_follow_the_plan_in_place,
     cluster takeover::a_job_name_held_by_another_controller_is_reported,

@@ -2046,3 +2046,73 @@ fn backoff_doubles_up_to_an_hour() {
         Some(["a", "b", "c"].map(str::to_owned).into())
     );
 }
+
+#[test]
+fn a_skipped_drain_lets_the_rollout_go_on_without_the_node() {
+    let mut s = spec();
+    s["drain"] = json!({"timeout": "1m", "onTimeout": "Skip"});
+    let mut world = World::new(s).nodes(&["a", "b"]);
+    world.drains_finish = false;
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    let other = if node == "a" { "b" } else { "a" };
+    assert_eq!(entry(&first, &node).phase, "Draining");
+    let uid = world.jobs[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world.drains.insert(
+        uid,
+        DrainProgress::Skipped("drain of node timed out after 1m; skipping the node".into()),
+    );
+    let skipped = world.step();
+    assert_eq!(deleted(&skipped).len(), 1, "its Job goes");
+    assert!(
+        skipped
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::Release { node: n } if *n == node)),
+        "the node is returned"
+    );
+    assert!(skipped.status.applying.is_none(), "it leaves applying");
+    assert_eq!(entry(&skipped, &node).phase, "Skipped");
+    // The next node starts; the skipped one stays listed and is not started again.
+    let next = world.step();
+    assert_eq!(created(&next), [other.to_owned()]);
+    assert_eq!(entry(&next, &node).phase, "Skipped");
+    world.drains_finish = true;
+    world.settle();
+    world.finish_job(other, true, NOW);
+    let rest = world.step();
+    let (status, reason, message) = condition(&rest, COMPLETE);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DrainSkipped")
+    );
+    assert!(
+        message.contains(&format!("nodes {node} timed out")),
+        "{message}"
+    );
+    assert_eq!(short(&rest, STALLED), pair("True", "DrainSkipped"));
+    assert_eq!(
+        (rest.tally.skipped, rest.tally.done, rest.tally.waiting),
+        (1, 1, 0)
+    );
+    assert!(created(&world.step()).is_empty());
+    // Retried by request: it runs again.
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "all"});
+    let retried = world.step();
+    assert_eq!(created(&retried), [node.clone()]);
+    assert!(reasons(&retried).contains(&"Retrying"));
+    // A new hash forgets the skip too (checked by the entry's Job name).
+    world.plan["spec"]["version"] = json!("v1.31.0+k3s1");
+    let bumped = world.step();
+    assert!(
+        bumped
+            .status
+            .nodes
+            .iter()
+            .flatten()
+            .all(|e| e.phase != "Skipped")
+    );
+}
