@@ -33,6 +33,8 @@ pub enum Error {
     #[error("building the channel client: {0}")]
     ChannelClient(#[from] ChannelError),
     #[error("{0}")]
+    QueryClient(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 

@@ -72,6 +72,11 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
 
+    /// Health checks between nodes: a closed gate holds the rollout (nothing new starts; what
+    /// runs finishes) and says why in status and events; it never fails the Plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_gates: Option<HealthGates>,
+
     /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
     /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
     /// when unset the controller default (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) is used.
@@ -404,6 +409,37 @@ pub struct RetrySpec {
     /// it is longer), as a duration such as `30s` or `5m`. Default `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<String>,
+}
+
+/// Health checks a rollout waits for between nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthGates {
+    /// After its Job succeeds (and after `postCompleteDelay`), a node must be Ready and
+    /// schedulable for this long (e.g. `2m`, the reboot case) before it counts as done and frees
+    /// its slot; a NotReady spell starts the count again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ready_for: Option<String>,
+    /// No node starts while a node the Plan selects is not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_nodes_ready: Option<bool>,
+    /// No node starts while this Prometheus query returns any series (kured's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+}
+
+/// A Prometheus instant query that must return no series.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus-operated.monitoring:9090`.
+    pub url: String,
+    /// PromQL, e.g. `ALERTS{alertstate="firing",severity="critical"}`.
+    pub query: String,
+    /// How long one query may take (default `10s`, at most `1m`); a query that fails or times
+    /// out keeps the gate closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// A Secret mounted into the upgrade pods.

@@ -68,6 +68,9 @@ wire_words! {
         Upgrading,
         /// The Job succeeded; the node is labelled done after `postCompleteDelay`.
         WaitingDelay,
+        /// The Job succeeded; the node is labelled done once it has been Ready and schedulable
+        /// for `healthGates.nodeReadyFor`.
+        WaitingHealthy,
         /// The Job failed, or the node could not be drained.
         Failed,
         /// The drain timed out with `onTimeout: Skip`: the node is left as it was (uncordoned,
@@ -124,6 +127,8 @@ wire_words! {
         Paused,
         /// Event: the Plan was paused and starts nodes again.
         Resumed,
+        /// Condition and event: a health gate (`spec.healthGates`) holds the rollout.
+        WaitingForHealth,
         /// Condition and event: a failed node is tried again (now, or after its backoff).
         Retrying,
         // Nodes and Jobs

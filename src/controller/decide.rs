@@ -60,6 +60,22 @@ pub enum Resolution {
     Missing,
 }
 
+/// The answer of a Plan's Prometheus health gate (asked by the caller: it needs the network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryOutcome {
+    /// No series: the gate is open.
+    Clear,
+    /// The series returned, summarised.
+    Firing(String),
+    /// The query could not be answered; why.
+    Failed(String),
+}
+
+/// How often a Plan held by a health gate looks again.
+pub const GATE_RETRY: Duration = Duration::from_secs(15);
+/// How often a node waiting to be Ready for `nodeReadyFor` is looked at while it is not.
+const NOT_READY_RETRY: Duration = Duration::from_secs(10);
+
 /// How a node's drain is going, as the reconcile sees it (kept by the drain registry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DrainProgress {
@@ -306,6 +322,8 @@ pub struct Observed<'a> {
     pub pods: &'a [&'a Pod],
     /// Drains in progress or finished, by the UID of the Job they are for.
     pub drains: &'a BTreeMap<String, DrainProgress>,
+    /// The Prometheus health gate's answer; `None` without such a gate.
+    pub query: Option<QueryOutcome>,
 }
 
 /// Decides one pass for a Plan.
@@ -324,6 +342,9 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     pass.handle_jobs();
     pass.carry_skipped();
     let ready = pass.ready();
+    if ready {
+        pass.health_gates();
+    }
     let selected = if ready {
         pass.select()
     } else {
@@ -409,6 +430,8 @@ struct Pass<'a> {
     retried_on_request: BTreeSet<String>,
     /// Nodes whose drain timed out with `onTimeout: Skip` (for the current hash).
     skipped: BTreeSet<String>,
+    /// Why a health gate holds new starts, if one does.
+    gate: Option<String>,
     tally: Tally,
 }
 
@@ -474,6 +497,7 @@ impl<'a> Pass<'a> {
                 .cloned(),
             retried_on_request: BTreeSet::new(),
             skipped: BTreeSet::new(),
+            gate: None,
             tally: Tally::default(),
         }
     }
@@ -802,15 +826,10 @@ impl<'a> Pass<'a> {
             self.entries.insert(node_name, entry);
             return;
         }
-        let mut labels = completion_labels(self.plan, &self.version, &self.hash);
-        labels.insert(self.plan_label.clone(), job_hash.to_owned());
-        self.before.push(Change::LabelNode {
-            node: node_name.clone(),
-            labels,
-        });
-        if job_hash == self.hash {
-            self.done_now.insert(node_name.clone());
+        if self.wait_until_healthy(node, &job_name, ready_at) {
+            return;
         }
+        self.label_done(&node_name, job_hash);
         self.notes.push(Note::new(
             Target::Node(node_name.clone()),
             false,
@@ -821,6 +840,127 @@ impl<'a> Pass<'a> {
             ),
         ));
         self.completed.push(node_name);
+    }
+
+    /// Labels a node done with `job_hash` (and the Plan's postCompleteLabels).
+    fn label_done(&mut self, node_name: &str, job_hash: &str) {
+        let mut labels = completion_labels(self.plan, &self.version, &self.hash);
+        labels.insert(self.plan_label.clone(), job_hash.to_owned());
+        self.before.push(Change::LabelNode {
+            node: node_name.to_owned(),
+            labels,
+        });
+        if job_hash == self.hash {
+            self.done_now.insert(node_name.to_owned());
+        }
+    }
+
+    /// `healthGates.nodeReadyFor`: a node whose Job succeeded (its delay over at `from`) keeps
+    /// its slot, as `WaitingHealthy`, until it has been Ready and schedulable for that long;
+    /// returns whether it waits.
+    fn wait_until_healthy(&mut self, node: &Node, job_name: &str, from: Timestamp) -> bool {
+        let Some((message, recheck)) = self.ready_gate(node, from) else {
+            return false;
+        };
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        self.requeue = self.requeue.min(recheck);
+        if self.old_phase(&node_name) != Some(Phase::WaitingHealthy) {
+            let text = format!("Job {job_name} completed on Node {node_name}; {message}");
+            self.notes.push(
+                Note::new(
+                    Target::Node(node_name.clone()),
+                    false,
+                    Reason::WaitingForHealth,
+                    text,
+                )
+                .once(format!("WaitingForHealth/{job_name}/{}", stamp(from))),
+            );
+        }
+        let entry = self.entry(&node_name, Phase::WaitingHealthy, job_name, &message);
+        self.entries.insert(node_name, entry);
+        true
+    }
+
+    /// Why a node does not pass `healthGates.nodeReadyFor` yet (and when to look again), or
+    /// `None` when it does: Ready and schedulable now, and Ready since `from` or later for the
+    /// whole time.
+    fn ready_gate(&self, node: &Node, from: Timestamp) -> Option<(String, Duration)> {
+        let needed = self
+            .plan
+            .spec
+            .health_gates
+            .as_ref()
+            .and_then(|g| g.node_ready_for.as_deref())
+            .and_then(|d| duration::parse(d).ok())
+            .filter(|n| *n > 0)?;
+        let wanted = format!(
+            "Ready and schedulable for {} (healthGates.nodeReadyFor)",
+            duration::format(needed)
+        );
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let Some(ready_since) = ready_since(node) else {
+            return Some((
+                format!("waiting for the node to be {wanted}; it is not Ready"),
+                NOT_READY_RETRY,
+            ));
+        };
+        let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+            && !self.released.contains(name);
+        if cordoned {
+            return Some((
+                format!("waiting for the node to be {wanted}; it is cordoned"),
+                NOT_READY_RETRY,
+            ));
+        }
+        let open = from
+            .max(ready_since)
+            .checked_add(jiff::SignedDuration::from_nanos(needed))
+            .unwrap_or(from);
+        (self.obs.now < open).then(|| {
+            (
+                format!("waiting until {} for the node to be {wanted}", stamp(open)),
+                until(self.obs.now, open),
+            )
+        })
+    }
+
+    /// The health gates that hold new starts: every selected node Ready
+    /// (`healthGates.allNodesReady`), and the Prometheus query without series.
+    fn health_gates(&mut self) {
+        let Some(gates) = &self.plan.spec.health_gates else {
+            return;
+        };
+        let mut closed = Vec::new();
+        if gates.all_nodes_ready == Some(true)
+            && let Ok(Some(selector)) = select::node_selector(self.plan)
+        {
+            let not_ready: Vec<&str> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| select::eligible(&self.plan_name, &selector, n))
+                .filter(|(_, n)| ready_since(n).is_none())
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if !not_ready.is_empty() {
+                closed.push(format!(
+                    "{} not Ready (healthGates.allNodesReady)",
+                    listed("node", &not_ready)
+                ));
+            }
+        }
+        match &self.obs.query {
+            Some(QueryOutcome::Firing(series)) => closed.push(format!(
+                "the Prometheus query returns {series} (healthGates.prometheus)"
+            )),
+            Some(QueryOutcome::Failed(error)) => closed.push(format!(
+                "the Prometheus query failed: {error} (healthGates.prometheus)"
+            )),
+            Some(QueryOutcome::Clear) | None => {}
+        }
+        if !closed.is_empty() {
+            self.gate = Some(closed.join("; "));
+            self.requeue = self.requeue.min(GATE_RETRY);
+        }
     }
 
     /// The nodes that apply or finish the Plan now: those already applying, or still finishing
@@ -845,7 +985,7 @@ impl<'a> Pass<'a> {
                 !self.done_now.contains(name) && !self.skipped.contains(name)
             })
             .collect();
-        let concurrency = if self.plan.spec.paused == Some(true) {
+        let concurrency = if self.plan.spec.paused == Some(true) || self.gate.is_some() {
             0
         } else {
             self.plan
@@ -979,6 +1119,25 @@ impl<'a> Pass<'a> {
         let desired_name = desired.metadata.name.clone().unwrap_or_default();
         let template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
         let previous = self.old_entries.get(node_name).cloned();
+        if let Some(waiting) = previous.as_ref().filter(|p| {
+            p.phase == Phase::WaitingHealthy.as_str()
+                && p.job.as_deref() == Some(desired_name.as_str())
+        }) {
+            // Its Job succeeded and expired while the node waited to be healthy: it never runs
+            // again for this hash; it is labelled once healthy.
+            let from = waiting
+                .since
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(self.obs.now);
+            if let Some(node) = self.nodes.get(node_name).copied()
+                && !self.wait_until_healthy(node, &desired_name, from)
+            {
+                let hash = self.hash.clone();
+                self.label_done(node_name, &hash);
+            }
+            return;
+        }
         let mut retries = None;
         if let Some(failed) = previous.as_ref().filter(|p| {
             p.phase == Phase::Failed.as_str()
@@ -1518,14 +1677,20 @@ impl<'a> Pass<'a> {
         let reason_before = status::get(&self.conditions, COMPLETE).and_then(|c| c.reason.clone());
         let was_paused = reason_before.as_deref() == Some(Reason::Paused.as_str());
         let paused = self.plan.spec.paused == Some(true);
-        let held =
-            (paused && self.tally.waiting > 0) || (applying.is_empty() && self.tally.held > 0);
+        let label_held = applying.is_empty() && self.tally.held > 0;
+        let gated = self.gate.is_some() && self.tally.waiting > self.tally.held;
+        let held = (paused && self.tally.waiting > 0) || label_held || gated;
         if ready && held && self.failure.is_none() {
             if !applying.is_empty() && self.status.applying.as_deref() != Some(applying.as_slice())
             {
                 self.note_sync(&applying);
             }
-            self.pause_condition(paused, was_paused, &applying);
+            match self.gate.clone() {
+                Some(gate) if !paused && gated => {
+                    self.gate_condition(&gate, &reason_before, &applying);
+                }
+                _ => self.pause_condition(paused, was_paused, &applying),
+            }
             return;
         }
         if ready && was_paused {
@@ -1568,9 +1733,15 @@ impl<'a> Pass<'a> {
             self.set_condition(COMPLETE, "False", Reason::Retrying, &message);
         } else if status::is(&self.conditions, COMPLETE, "True")
             || was_paused
-            || reason_before
-                .as_deref()
-                .is_some_and(|r| r == Reason::JobFailed.as_str() || r == Reason::Retrying.as_str())
+            || reason_before.as_deref().is_some_and(|r| {
+                [
+                    Reason::JobFailed,
+                    Reason::Retrying,
+                    Reason::WaitingForHealth,
+                ]
+                .iter()
+                .any(|x| x.as_str() == r)
+            })
         {
             // Applying again (after a failure was retried, or a pause): not complete.
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
@@ -1610,6 +1781,23 @@ impl<'a> Pass<'a> {
         if !was_paused {
             // Told when the rollout becomes paused, not on every change of the counts.
             self.note(false, Reason::Paused, message);
+        }
+    }
+
+    /// Complete is False with reason WaitingForHealth, saying which gate holds the rollout; told
+    /// when it closes.
+    fn gate_condition(&mut self, gate: &str, reason_before: &Option<String>, applying: &[String]) {
+        let waiting = self.tally.waiting;
+        let mut message = format!("{waiting} node(s) wait: {gate}");
+        if !applying.is_empty() {
+            message.push_str(&format!(
+                "; the upgrades running on {} go on",
+                applying.join(",")
+            ));
+        }
+        self.set_condition(COMPLETE, "False", Reason::WaitingForHealth, &message);
+        if reason_before.as_deref() != Some(Reason::WaitingForHealth.as_str()) {
+            self.note(false, Reason::WaitingForHealth, message);
         }
     }
 
@@ -1707,6 +1895,37 @@ impl<'a> Pass<'a> {
             template: None,
             retries,
         }
+    }
+}
+
+/// Since when a node has been Ready, if it is.
+fn ready_since(node: &Node) -> Option<Timestamp> {
+    let ready = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+    )
+}
+
+/// "node a", "nodes a,b,c", "nodes a,b,c,d,e and 3 more".
+fn listed(what: &str, names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    match names {
+        [one] => format!("{what} {one}"),
+        _ if names.len() <= SHOWN => format!("{what}s {}", names.join(",")),
+        _ => format!(
+            "{what}s {} and {} more",
+            names[..SHOWN].join(","),
+            names.len() - SHOWN
+        ),
     }
 }
 

@@ -128,15 +128,18 @@ pub fn active_deadline(plan_value: Option<i64>, settings: &JobSettings) -> Optio
     }
 }
 
-/// ttlSecondsAfterFinished: the setting, raised to postCompleteDelay + 60s when shorter.
+/// ttlSecondsAfterFinished: the setting, raised to postCompleteDelay (plus the health gate's
+/// nodeReadyFor) + 60s when shorter, so a Job stays while its node waits to be labelled.
 pub fn ttl_seconds(plan: &Plan, settings: &JobSettings) -> i32 {
     let ttl = settings.ttl_seconds_after_finished;
-    let delay_nanos = plan
+    let nanos = |d: Option<&str>| d.and_then(|d| duration::parse(d).ok()).unwrap_or(0).max(0);
+    let ready_for = plan
         .spec
-        .post_complete_delay
-        .as_deref()
-        .and_then(|d| duration::parse(d).ok())
-        .unwrap_or(0);
+        .health_gates
+        .as_ref()
+        .and_then(|g| g.node_ready_for.as_deref());
+    let delay_nanos =
+        nanos(plan.spec.post_complete_delay.as_deref()).saturating_add(nanos(ready_for));
     if delay_nanos <= 0 {
         return ttl;
     }

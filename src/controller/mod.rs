@@ -14,6 +14,7 @@ pub mod expect;
 pub mod hash;
 pub mod job;
 pub mod poll;
+pub mod query;
 pub mod reconcile;
 pub mod resolve;
 pub mod select;
@@ -41,6 +42,7 @@ use drain::{DrainHandle, Wake};
 use drains::Drains;
 use events::{Events, Reporter};
 use poll::Channels;
+use query::Queries;
 use reconcile::{Context, ReconcileError, Settings};
 use watches::Watches;
 
@@ -87,13 +89,14 @@ pub async fn run(
     });
     let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))?;
     let channels = Channels::new(channel_client, cluster_id, settings.polling_interval);
+    let queries = Queries::new().map_err(crate::Error::QueryClient)?;
     let context = Arc::new(Context::new(
         client.clone(),
         settings.clone(),
         watches.caches.clone(),
         events,
         drains,
-        channels,
+        (channels, queries),
         metrics,
         wake,
     ));
@@ -210,6 +213,7 @@ async fn janitor(
                     tracing::info!(%plan, "Plan deleted; stopping its drains and returning the nodes it cordoned");
                     ctx.drains.forget(&uid, &[]);
                     ctx.expect.forget(&uid);
+                    ctx.queries.forget(&uid);
                     release_orphaned_claims(&ctx).await;
                 }
                 None => return,

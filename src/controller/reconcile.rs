@@ -27,6 +27,7 @@ use crate::controller::events::Events;
 use crate::controller::expect::{Expectations, Shown};
 use crate::controller::job::JobSettings;
 use crate::controller::poll::Channels;
+use crate::controller::query::Queries;
 use crate::controller::status::{self, stamp};
 use crate::metrics::Metrics;
 
@@ -57,6 +58,8 @@ pub struct Context {
     pub events: Arc<Events>,
     pub drains: Drains,
     pub channels: Channels,
+    /// The Prometheus health gates' answers.
+    pub queries: Queries,
     pub metrics: Arc<Metrics>,
     /// Asks for a Plan to be reconciled.
     pub wake: Wake,
@@ -126,7 +129,7 @@ impl Context {
         caches: Caches,
         events: Arc<Events>,
         drains: Drains,
-        channels: Channels,
+        (channels, queries): (Channels, Queries),
         metrics: Arc<Metrics>,
         wake: Wake,
     ) -> Self {
@@ -137,6 +140,7 @@ impl Context {
             events,
             drains,
             channels,
+            queries,
             metrics,
             wake,
             caches_synced: AtomicBool::new(false),
@@ -260,6 +264,7 @@ impl Snapshot {
 
 async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, ReconcileError> {
     let resolution = ctx.channels.resolve(plan).await;
+    let query = ctx.queries.check(plan).await;
     let seen = Snapshot::of(plan, ctx);
     let nodes: Vec<&Node> = seen.nodes.iter().map(AsRef::as_ref).collect();
     let jobs: Vec<&Job> = seen.jobs.iter().map(AsRef::as_ref).collect();
@@ -294,6 +299,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     ctx.drains.forget(&plan_uid, &decide::drainable_jobs(&jobs));
     let drains = ctx.drains.of(&plan_uid);
     let decision = decide::decide(&Observed {
+        query,
         plan,
         nodes: &nodes,
         jobs: &jobs,
@@ -729,8 +735,16 @@ mod tests {
             polling_interval: Duration::from_secs(900),
         };
         let channels = Channels::new(channel, "cluster".into(), settings.polling_interval);
+        let queries = Queries::new().unwrap();
         let ctx = Context::new(
-            client, settings, caches, events, drains, channels, metrics, wake,
+            client,
+            settings,
+            caches,
+            events,
+            drains,
+            (channels, queries),
+            metrics,
+            wake,
         );
         ctx.caches_filled();
         (ctx, server)

@@ -317,7 +317,7 @@ fn slim_pod(pod: &mut Pod) {
     });
 }
 
-/// What about a Node matters to Plans: labels, our annotations, schedulability.
+/// What about a Node matters to Plans: labels, our annotations, schedulability, readiness.
 fn node_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -335,6 +335,13 @@ fn node_fingerprint(node: &Node) -> u64 {
         .and_then(|s| s.unschedulable)
         .hash(&mut hasher);
     node.metadata.uid.hash(&mut hasher);
+    // Readiness: health gates wait for it.
+    node.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+        .hash(&mut hasher);
     hasher.finish()
 }
 

@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, IntOrDuration, IntOrPercent,
-    LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec, RetrySpec, SecretSpec,
-    TimeWindowSpec,
+    ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, HealthGates, IntOrDuration,
+    IntOrPercent, LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec,
+    RetrySpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -266,6 +266,66 @@ fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report) {
     }
 }
 
+/// A duration field: it parses and is not negative (and at most `max` seconds when given).
+fn check_duration(field: &str, text: &str, max: Option<i64>, report: &mut Report) {
+    match duration::parse(text) {
+        Ok(nanos) if nanos < 0 => report.problem(
+            field,
+            format!("{text:?} is negative; use a duration such as 30s or 5m"),
+        ),
+        Ok(nanos) if max.is_some_and(|m| nanos > m * 1_000_000_000) => report.problem(
+            field,
+            format!(
+                "{text:?} is longer than {}; use a shorter duration",
+                duration::format(max.unwrap_or_default() * 1_000_000_000)
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) => report.problem(
+            field,
+            format!("{text:?} is not a duration ({e}); use e.g. 30s, 5m or 1h"),
+        ),
+    }
+}
+
+/// Health gates: durations that parse, and a Prometheus gate with an http(s) URL and a query.
+fn check_health_gates(gates: &HealthGates, report: &mut Report) {
+    if let Some(ready_for) = &gates.node_ready_for {
+        check_duration("spec.healthGates.nodeReadyFor", ready_for, None, report);
+    }
+    let Some(prometheus) = &gates.prometheus else {
+        return;
+    };
+    let valid = url::Url::parse(&prometheus.url).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if valid.is_none() {
+        report.problem(
+            "spec.healthGates.prometheus.url",
+            format!(
+                "{:?} is not an absolute http or https URL with a host (e.g. \
+                 http://prometheus-operated.monitoring:9090)",
+                prometheus.url
+            ),
+        );
+    }
+    if prometheus.query.trim().is_empty() {
+        report.problem(
+            "spec.healthGates.prometheus.query",
+            "is empty; give a PromQL query that returns series while the cluster is unhealthy, \
+             e.g. ALERTS{alertstate=\"firing\",severity=\"critical\"}",
+        );
+    }
+    if let Some(timeout) = &prometheus.timeout {
+        check_duration(
+            "spec.healthGates.prometheus.timeout",
+            timeout,
+            Some(60),
+            report,
+        );
+    }
+}
+
 /// Retries: a limit from 0 to 100 and a backoff that is a duration of at least 0s.
 fn check_retry(retry: &RetrySpec, report: &mut Report) {
     if let Some(limit) = retry.limit
@@ -312,6 +372,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     }
     if let Some(retry) = &spec.retry {
         check_retry(retry, report);
+    }
+    if let Some(gates) = &spec.health_gates {
+        check_health_gates(gates, report);
     }
     if spec.paused == Some(true) {
         report.warn(

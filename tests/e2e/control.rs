@@ -463,3 +463,178 @@ pub fn failed_nodes_are_retried_automatically_and_on_request(ctx: &Ctx) {
     });
     s.cleanup();
 }
+
+/// `healthGates.nodeReadyFor`: a node whose Job succeeded keeps its slot, as WaitingHealthy,
+/// until it has been Ready and schedulable that long; only then does the next node start.
+pub fn a_node_must_be_healthy_for_a_while_before_the_next_starts(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "ready", 2);
+    let watch = JobWatch::start(ctx, "ready");
+    let mut plan = spec();
+    plan["healthGates"] = json!({"nodeReadyFor": "8s"});
+    s.apply_plan("ready", plan, json!({}));
+    let entry = wait("a node waiting to be healthy", MINUTE, || {
+        let plan = s.plan_json("ready");
+        plan["status"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["phase"] == "WaitingHealthy")
+            .cloned()
+    });
+    let first = entry["name"].as_str().unwrap().to_owned();
+    assert!(
+        entry["message"]
+            .as_str()
+            .unwrap()
+            .contains("for the node to be Ready and schedulable for 8s (healthGates.nodeReadyFor)"),
+        "{entry}"
+    );
+    assert!(
+        s.node_label(&first, "plan.upgrade.cattle.io/ready")
+            .is_none()
+    );
+    assert_eq!(s.jobs("ready").len(), 1, "the next node waits");
+    s.wait_condition("ready", "Complete", "True", "Complete", 2 * MINUTE);
+    assert_rollout_kept_its_promises(&s, &watch, 1);
+    // The second Job was created no sooner than 8 s after the first completed.
+    let jobs = s.jobs("ready");
+    let completed = jobs
+        .iter()
+        .find(|j| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"] == first)
+        .and_then(|j| j.status.as_ref()?.completion_time.clone())
+        .unwrap()
+        .0;
+    let second = jobs
+        .iter()
+        .find(|j| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"] != first)
+        .and_then(|j| j.metadata.creation_timestamp.clone())
+        .unwrap()
+        .0;
+    let gap = second.duration_since(completed).as_secs_f64();
+    assert!(
+        gap >= 7.0,
+        "the next node started {gap:.1}s after the first completed"
+    );
+    assert!(
+        s.node_events(&first)
+            .iter()
+            .any(|e| e.starts_with("WaitingForHealth:")),
+        "{:?}",
+        s.node_events(&first)
+    );
+    s.cleanup();
+}
+
+/// A minimal Prometheus HTTP API: `/api/v1/query` answers one firing alert while `firing` is
+/// set, no series otherwise, and records the queries it was asked.
+struct Prometheus {
+    url: String,
+    firing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Prometheus {
+    fn start(ctx: &Ctx) -> Prometheus {
+        use std::sync::atomic::Ordering;
+        let firing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = ctx
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (state_firing, state_asked) = (firing.clone(), asked.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/query",
+            axum::routing::get(
+                move |axum::extract::RawQuery(raw): axum::extract::RawQuery| {
+                    let (firing, asked) = (state_firing.clone(), state_asked.clone());
+                    async move {
+                        let query = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                            .find(|(k, _)| k == "query")
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default();
+                        asked.lock().unwrap().push(query);
+                        let result = if firing.load(Ordering::SeqCst) {
+                            json!([{"metric": {"__name__": "ALERTS", "alertname": "NodeDown", "alertstate": "firing"}, "value": [1, "1"]}])
+                        } else {
+                            json!([])
+                        };
+                        axum::Json(json!({"status": "success", "data": {"resultType": "vector", "result": result}}))
+                    }
+                },
+            ),
+        );
+        ctx.runtime.spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Prometheus { url, firing, asked }
+    }
+}
+
+/// `healthGates.allNodesReady` and `healthGates.prometheus` hold new starts while a selected
+/// node is not Ready or the query returns series, say so in Complete and an event, and never fail
+/// the Plan; once open, the rollout goes on.
+pub fn closed_health_gates_hold_the_rollout_until_they_open(ctx: &Ctx) {
+    use std::sync::atomic::Ordering;
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "gate", 2);
+    // A node that no kubelet (nor kwok) runs: NotReady for as long as the test says.
+    let sick = "gate-sick";
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": sick, "labels": {
+        "kubernetes.io/hostname": sick, "kubernetes.io/os": "linux", crate::scenario::SCENARIO_LABEL: "gate"}}});
+    ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&node.to_string()))
+        .expect_ok();
+    let prometheus = Prometheus::start(ctx);
+    let query = r#"ALERTS{alertstate="firing",severity="critical"}"#;
+    let mut plan = spec();
+    plan["healthGates"] = json!({"allNodesReady": true, "prometheus": {"url": prometheus.url, "query": query, "timeout": "5s"}});
+    s.apply_plan("gate", plan, json!({}));
+    let message = s.wait_condition("gate", "Complete", "False", "WaitingForHealth", MINUTE);
+    assert!(
+        message.contains(&format!(
+            "node {sick} not Ready (healthGates.allNodesReady)"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            r#"the Prometheus query returns 1 series: ALERTS{alertname="NodeDown",alertstate="firing"}"#
+        ),
+        "{message}"
+    );
+    assert!(prometheus.asked.lock().unwrap().iter().all(|q| q == query));
+    assert!(!prometheus.asked.lock().unwrap().is_empty());
+    assert!(s.jobs("gate").is_empty());
+    assert_eq!(s.condition("gate", "Stalled").unwrap().0, "False");
+    assert_eq!(s.condition("gate", "Reconciling").unwrap().0, "True");
+    assert!(
+        s.plan_events("gate")
+            .iter()
+            .any(|e| e.starts_with("WaitingForHealth: 3 node(s) wait")),
+        "{:?}",
+        s.plan_events("gate")
+    );
+    // The sick node opts out: only the query holds now.
+    ctx.kubectl(&[
+        "label",
+        "node",
+        sick,
+        "plan.upgrade.cattle.io/gate=disabled",
+    ])
+    .expect_ok();
+    wait("only the query to hold the rollout", MINUTE, || {
+        s.condition("gate", "Complete")
+            .filter(|(_, r, m)| r == "WaitingForHealth" && !m.contains("not Ready"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.jobs("gate").is_empty());
+    // The alert clears: the rollout goes on (the answer is reused for at most 15 s).
+    prometheus.firing.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    s.wait_condition("gate", "Complete", "True", "Complete", 2 * MINUTE);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(s.labelled("gate"), 2);
+    ctx.kubectl(&["delete", "node", sick]).expect_ok();
+    s.cleanup();
+}

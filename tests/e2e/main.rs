@@ -93,6 +93,8 @@ const TESTS: &[Test] = tests! {
     cluster control::percentage_concurrency_counts_the_selected_nodes,
     cluster control::status_lets_gitops_tools_tell_an_edit_from_its_completion,
     cluster control::failed_nodes_are_retried_automatically_and_on_request,
+    cluster control::a_node_must_be_healthy_for_a_while_before_the_next_starts,
+    cluster control::closed_health_gates_hold_the_rollout_until_they_open,
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,
     cluster resolution::plans_that_bypassed_the_webhook_are_validated,

@@ -23,6 +23,8 @@ struct World {
     now: String,
     /// Overrides the resolution, which otherwise follows spec.version.
     resolution: Option<Resolution>,
+    /// The Prometheus gate's answer.
+    query: Option<QueryOutcome>,
 }
 
 impl World {
@@ -44,6 +46,7 @@ impl World {
             secrets: Vec::new(),
             now: NOW.into(),
             resolution: None,
+            query: None,
         }
     }
 
@@ -106,6 +109,7 @@ impl World {
             settings: &settings,
             pods: &pod_refs,
             drains: &self.drains,
+            query: self.query.clone(),
         })
     }
 
@@ -2102,7 +2106,7 @@ fn a_skipped_drain_lets_the_rollout_go_on_without_the_node() {
     // Retried by request: it runs again.
     world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "all"});
     let retried = world.step();
-    assert_eq!(created(&retried), [node.clone()]);
+    assert_eq!(created(&retried), std::slice::from_ref(&node));
     assert!(reasons(&retried).contains(&"Retrying"));
     // A new hash forgets the skip too (checked by the entry's Job name).
     world.plan["spec"]["version"] = json!("v1.31.0+k3s1");
@@ -2115,4 +2119,143 @@ fn a_skipped_drain_lets_the_rollout_go_on_without_the_node() {
             .flatten()
             .all(|e| e.phase != "Skipped")
     );
+}
+
+fn set_ready(world: &mut World, node: &str, ready: bool, since: &str) {
+    world.node_mut(node)["status"] = json!({"conditions": [
+        {"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": since}
+    ]});
+}
+
+#[test]
+fn a_node_must_be_ready_for_a_while_before_the_next_starts() {
+    let mut s = spec();
+    s["healthGates"] = json!({"nodeReadyFor": "2m"});
+    let mut world = World::new(s).nodes(&["a", "b"]);
+    for n in ["a", "b"] {
+        set_ready(&mut world, n, true, "2026-11-20T00:00:00Z");
+    }
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    let other = if node == "a" { "b" } else { "a" };
+    world.finish_job(&node, true, NOW);
+    let done = world.step();
+    let waiting = entry(&done, &node);
+    assert_eq!(waiting.phase, "WaitingHealthy");
+    assert!(
+        waiting
+            .message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("waiting until {}", at(2))),
+        "{waiting:?}"
+    );
+    assert!(created(&done).is_empty(), "the slot is held");
+    assert!(reasons(&done).contains(&"WaitingForHealth"));
+    assert_eq!(done.requeue, Duration::from_secs(120));
+    assert!(
+        world
+            .node_label(&node, "plan.upgrade.cattle.io/p")
+            .is_none()
+    );
+    // The node reboots: NotReady, then Ready again; the count starts over from then.
+    world.now = at(1);
+    set_ready(&mut world, &node, false, &at(1));
+    let rebooting = world.step();
+    assert!(
+        entry(&rebooting, &node)
+            .message
+            .unwrap()
+            .ends_with("it is not Ready")
+    );
+    set_ready(&mut world, &node, true, &at(1));
+    world.now = at(2);
+    let soon = world.step();
+    assert!(
+        entry(&soon, &node)
+            .message
+            .unwrap()
+            .contains(&format!("waiting until {}", at(3)))
+    );
+    world.now = at(3);
+    let labelled = world.step();
+    assert!(
+        world
+            .node_label(&node, "plan.upgrade.cattle.io/p")
+            .is_some()
+    );
+    assert_eq!(
+        created(&labelled),
+        [other.to_owned()],
+        "the next node starts at once"
+    );
+}
+
+#[test]
+fn a_node_waiting_to_be_healthy_is_never_rerun_when_its_job_expires() {
+    let mut s = spec();
+    s["healthGates"] = json!({"nodeReadyFor": "1m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    set_ready(&mut world, "a", false, NOW);
+    world.finish_job("a", true, NOW);
+    world.step();
+    // The Job is gone (the TTL controller), the node still NotReady.
+    world.jobs.clear();
+    world.now = at(30);
+    let gone = world.step();
+    assert!(created(&gone).is_empty(), "not run again");
+    assert_eq!(entry(&gone, "a").phase, "WaitingHealthy");
+    set_ready(&mut world, "a", true, &at(30));
+    world.now = at(31);
+    world.step();
+    assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
+}
+
+#[test]
+fn closed_gates_hold_new_starts_and_never_fail_the_plan() {
+    let mut s = spec();
+    s["concurrency"] = json!(2);
+    s["healthGates"] =
+        json!({"allNodesReady": true, "prometheus": {"url": "http://p:9090", "query": "up == 0"}});
+    let mut world = World::new(s).nodes(&["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        set_ready(&mut world, n, true, "2026-11-20T00:00:00Z");
+    }
+    set_ready(&mut world, "c", false, NOW);
+    world.query = Some(QueryOutcome::Firing("1 series: up{job=\"db\"}".into()));
+    let held = world.step();
+    assert!(created(&held).is_empty());
+    let (status, reason, message) = condition(&held, COMPLETE);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WaitingForHealth")
+    );
+    assert!(
+        message.contains("node c not Ready (healthGates.allNodesReady)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the Prometheus query returns 1 series"),
+        "{message}"
+    );
+    assert!(reasons(&held).contains(&"WaitingForHealth"));
+    assert_eq!(held.requeue, GATE_RETRY);
+    assert_eq!(short(&held, RECONCILING), pair("True", "WaitingForHealth"));
+    assert_eq!(short(&held, STALLED).0, "False");
+    assert!(world.step().notes.is_empty(), "told once");
+    // A failing query holds too.
+    set_ready(&mut world, "c", true, NOW);
+    world.query = Some(QueryOutcome::Failed("connection refused".into()));
+    let failing = world.step();
+    assert!(
+        condition(&failing, COMPLETE)
+            .2
+            .contains("query failed: connection refused")
+    );
+    // Open: nodes start.
+    world.query = Some(QueryOutcome::Clear);
+    let open = world.step();
+    assert_eq!(created(&open).len(), 2);
+    assert_eq!(short(&open, COMPLETE), pair("False", "SyncJob"));
 }
