@@ -89,7 +89,7 @@ pub async fn run(
     });
     let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))?;
     let channels = Channels::new(channel_client, cluster_id, settings.polling_interval);
-    let queries = Queries::new().map_err(crate::Error::QueryClient)?;
+    let queries = Queries::new().map_err(crate::error::Error::QueryClient)?;
     let context = Arc::new(Context::new(
         client.clone(),
         settings.clone(),
