@@ -21,11 +21,7 @@ pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
     for file in files {
         let file = file.as_ref();
         let name = file.display().to_string();
-        let text = if name == "-" {
-            read_bounded(std::io::stdin())
-        } else {
-            std::fs::File::open(file).and_then(read_bounded)
-        };
+        let text = read(file);
         let text = match text {
             Ok(text) => text,
             Err(e) => {
@@ -46,6 +42,15 @@ pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
     };
     output.push_str(&format!("{plans} Plan(s) checked: {verdict}\n"));
     Outcome { output, valid }
+}
+
+/// A file's text (`-` is standard input), up to [`MAX_FILE`] bytes.
+pub fn read(file: &Path) -> std::io::Result<String> {
+    if file.as_os_str() == "-" {
+        read_bounded(std::io::stdin())
+    } else {
+        std::fs::File::open(file).and_then(read_bounded)
+    }
 }
 
 /// Largest file read: a Plan is at most 1.5 MiB once stored, and reading YAML takes several

@@ -2,10 +2,12 @@
 //! Go controller reads (`SYSTEM_UPGRADE_CONTROLLER_*`) keep their meaning.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
 
 /// The version `--version` prints: the crate's version and the git commit it was built from.
 pub const VERSION: &str = concat!(
@@ -52,6 +54,9 @@ pub enum Command {
     Crd,
     /// Check Plan files offline with the webhook's rules (exit status 1 when a Plan is invalid).
     Check(CheckConfig),
+    /// Show what a Plan would do, changing nothing: its version, its nodes (done, opted out,
+    /// held) and the order in which the rest would be upgraded.
+    Preview(PreviewConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -262,6 +267,39 @@ fn parse_polling_interval(text: &str) -> Result<PollingInterval, String> {
         configured,
         effective,
     })
+}
+
+/// A client configuration as kubectl finds one: the given kubeconfig file, else `KUBECONFIG`,
+/// `~/.kube/config` or the in-cluster service account.
+pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
+    match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string())),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreviewConfig {
+    /// Plan files (multi-document YAML; `-` reads standard input), as they would be applied.
+    #[arg(short = 'f', long = "filename", num_args = 1.., conflicts_with = "plan")]
+    pub files: Vec<PathBuf>,
+    /// A Plan in the cluster: `plan/NAME` or `NAME`.
+    #[arg(required_unless_present = "files")]
+    pub plan: Option<String>,
+    /// Namespace of the Plan (a file's Plan keeps its own namespace when it names one).
+    #[arg(short = 'n', long = "namespace", default_value = "system-upgrade")]
+    pub namespace: String,
+    /// Path to a kubeconfig file; by default as kubectl finds one.
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

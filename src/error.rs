@@ -34,6 +34,9 @@ pub enum Error {
     ChannelClient(#[from] ChannelError),
     #[error("{0}")]
     QueryClient(String),
+    /// The preview command could not read what it needs.
+    #[error("{0}")]
+    Preview(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod preview;
 pub mod retry;
 pub mod server;
 pub mod syntax;
@@ -30,21 +31,7 @@ use server::tls::{self, CertResolver};
 
 /// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
 async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
-    let mut client_config = match &config.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
-    };
+    let mut client_config = config::kube_config(config.kubeconfig.as_deref()).await?;
     // No silent retries inside the client: a 429 from the Eviction API is a PodDisruptionBudget
     // answering, which the drain reports and retries itself; reconciles have their own backoff.
     client_config.default_retry = false;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use system_upgrade_controller::config::{Cli, Command};
-use system_upgrade_controller::{api, check, run, shutdown_on_signals, telemetry};
+use system_upgrade_controller::{api, check, preview, run, shutdown_on_signals, telemetry};
 
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (server, kube client).
@@ -30,6 +30,28 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Preview(config) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(preview::run(&config)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Run(config) => {

@@ -1,6 +1,7 @@
 //! Rollout control beyond the Go controller: pausing a Plan or a node, concurrency as a
 //! percentage, and a status GitOps tools can trust (kstatus, `kubectl wait`, Argo CD's health).
 
+use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -637,4 +638,105 @@ pub fn closed_health_gates_hold_the_rollout_until_they_open(ctx: &Ctx) {
     assert_eq!(s.labelled("gate"), 2);
     ctx.kubectl(&["delete", "node", sick]).expect_ok();
     s.cleanup();
+}
+
+/// `preview` with the test cluster's kubeconfig: the output of the command as run.
+fn preview(ctx: &Ctx, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+        .arg("preview")
+        .args(args)
+        .env("KUBECONFIG", &ctx.cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preview failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `preview -f` changes nothing and sorts the nodes as the controller would; `preview plan/NAME`
+/// names, in its first batch, exactly the nodes the controller then starts.
+pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "pv", 5);
+    let (out_node, held_node) = (&s.nodes[0], &s.nodes[1]);
+    ctx.kubectl(&[
+        "label",
+        "node",
+        out_node,
+        "plan.upgrade.cattle.io/pv=disabled",
+    ])
+    .expect_ok();
+    ctx.kubectl(&["label", "node", held_node, "upgrade.cattle.io/pause=true"])
+        .expect_ok();
+    let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": "pv", "namespace": NAMESPACE, "annotations": {"suc-test/duration": "60s"}},
+        "spec": {"concurrency": 2, "version": "v1.30.4+k3s1", "paused": true,
+            "nodeSelector": {"matchLabels": {crate::scenario::SCENARIO_LABEL: "pv"}},
+            "upgrade": {"image": "rancher/k3s-upgrade"}}});
+    let file = std::env::temp_dir().join("suc-e2e-preview.yaml");
+    std::fs::write(&file, plan.to_string()).unwrap();
+    let text = preview(ctx, &["-f", file.to_str().unwrap()]);
+    assert!(text.starts_with("Plan system-upgrade/pv\n"), "{text}");
+    assert!(
+        text.contains("version:     v1.30.4-k3s1 (from spec.version)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("5 match spec.nodeSelector; 4 selected, 0 done"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "opted out (plan.upgrade.cattle.io/pv=disabled) (1): {out_node}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "held (upgrade.cattle.io/pause=true) (1): {held_node}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("hold:        spec.paused is true"), "{text}");
+    assert!(
+        text.contains("3 node(s) to start, at most 2 running at once"),
+        "{text}"
+    );
+    assert!(text.contains("depends on the UID it gets"), "{text}");
+    // It changed nothing.
+    assert!(s.plan("pv").is_none());
+    assert!(s.jobs("pv").is_empty());
+
+    // In the cluster (paused): the first batch is what the controller starts once resumed.
+    s.apply_plan("pv", plan["spec"].clone(), plan["metadata"].clone());
+    s.wait_condition("pv", "Complete", "False", "Paused", MINUTE);
+    let text = preview(ctx, &["plan/pv"]);
+    assert!(!text.contains("depends on the UID"), "{text}");
+    let hash = s.plan_json("pv")["status"]["latestHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains(&format!("hash:        {hash}")), "{text}");
+    let first: BTreeSet<String> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("1: "))
+        .unwrap()
+        .split(", ")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(first.len(), 2, "{text}");
+    patch_plan(ctx, "pv", json!({"spec": {"paused": false}}));
+    let started: BTreeSet<String> = wait("two Jobs", MINUTE, || {
+        let jobs = s.jobs("pv");
+        (jobs.len() == 2).then(|| {
+            jobs.iter()
+                .map(|j| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone())
+                .collect()
+        })
+    });
+    assert_eq!(started, first, "preview said:\n{text}");
+    s.cleanup(); // the scenario's nodes go, labels and all
 }
