@@ -75,6 +75,11 @@ pub struct RunConfig {
     #[arg(long, env = "SYSTEM_UPGRADE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
+    /// Also serve /metrics (and /healthz) over plain HTTP on this address, e.g. 0.0.0.0:8080, for
+    /// scrapers that do not speak the webhook's TLS.
+    #[arg(long, env = "SYSTEM_UPGRADE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Serve tls.crt and tls.key from this directory, reloading them when they change. Without it,
     /// certificates are bootstrapped in the cluster (or self-signed in memory with --webhook-only).
     #[arg(long, env = "SYSTEM_UPGRADE_CERT_DIR")]

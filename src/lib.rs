@@ -91,6 +91,16 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     )?;
     tracing::info!(%address, "listening on https://{address} (/mutate, /validate, /healthz, /readyz, /metrics)");
     let serving_task = tokio::spawn(serve);
+    if let Some(listen) = config.metrics_listen {
+        let app = server::metrics_router(metrics.clone(), readiness.clone());
+        let (address, serve) = server::bind_plain(listen, app, stop.clone())?;
+        tracing::info!(%address, "listening on http://{address} (/metrics, /healthz)");
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
 
     let mut controller = None;
     if !config.webhook_only {

@@ -1,5 +1,7 @@
 //! Prometheus metrics, served on `/metrics`. Labels are bounded: webhook names, admission
-//! operations and decisions, never object names.
+//! operations and decisions; object names only in the per-Plan gauges (a series per Plan and
+//! state, removed with the Plan). Process metrics (`process_*`) are read from `/proc` when the
+//! metrics are encoded.
 
 use std::sync::Arc;
 
@@ -38,6 +40,29 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    pub namespace: String,
+    pub plan: String,
+    pub state: &'static str,
+}
+
+/// What a failed reconcile's `error` label says (`ReconcileError::kind`).
+pub const RECONCILE_ERRORS: [&str; 7] = [
+    "conflict",
+    "write_status",
+    "job",
+    "label_node",
+    "clear_retry",
+    "cordon",
+    "blocked",
+];
+
+/// The states `suc_plan_nodes` counts, as `decide::Tally` names them.
+pub const PLAN_NODE_STATES: [&str; 9] = [
+    "selected", "done", "applying", "failed", "waiting", "held", "skipped", "gated", "cordoned",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     commit: &'static str,
@@ -54,13 +79,64 @@ pub struct Metrics {
     pub jobs: Family<ActionLabels, Counter>,
     pub nodes_upgraded: Counter,
     pub evictions: Family<ResultLabels, Counter>,
-    pub drain_duration: Histogram,
+    pub drain_duration: Family<ResultLabels, Histogram>,
+    pub job_duration: Family<ResultLabels, Histogram>,
+    pub channel_resolutions: Family<ResultLabels, Counter>,
+    pub plan_nodes: Family<PlanLabels, Gauge>,
     pub leader: Gauge,
+    process: Process,
+}
+
+/// The process metrics, refreshed from `/proc/self` when the metrics are encoded.
+#[derive(Default)]
+struct Process {
+    /// A counter, as the name `process_cpu_seconds_total` promises: raised by what /proc adds.
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    cpu_seen: std::sync::Mutex<f64>,
+    resident_memory: Gauge,
+    virtual_memory: Gauge,
+    open_fds: Gauge,
+    start_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    threads: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("suc");
+        let mut root = Registry::default();
+        let process = Process::default();
+        process.start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        // The usual names of the Prometheus client libraries' process collector.
+        root.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            process.cpu_seconds.clone(),
+        );
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes",
+            process.resident_memory.clone(),
+        );
+        root.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size, in bytes",
+            process.virtual_memory.clone(),
+        );
+        root.register(
+            "process_open_fds",
+            "Open file descriptors",
+            process.open_fds.clone(),
+        );
+        root.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            process.start_time.clone(),
+        );
+        root.register("process_threads", "OS threads", process.threads.clone());
+        let registry = root.sub_registry_with_prefix("suc");
         let admission_requests = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_requests",
@@ -120,14 +196,39 @@ impl Metrics {
         let evictions = Family::<ResultLabels, Counter>::default();
         registry.register(
             "evictions",
-            "Pods evicted or deleted by drains, by result (evicted, deleted, blocked by a PodDisruptionBudget, error)",
+            "Pods evicted or deleted by drains, by result (evicted, deleted, blocked by a PodDisruptionBudget (once per pod and drain), error)",
             evictions.clone(),
         );
-        let drain_duration = Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        let drain_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.5, 2.0, 14))
+        });
         registry.register(
             "drain_duration_seconds",
-            "Time to drain a node",
+            "Time a node's drain took, by result (drained, failed, skipped)",
             drain_duration.clone(),
+        );
+        let job_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 14))
+        });
+        registry.register(
+            "job_duration_seconds",
+            "Time from an upgrade Job's start to its end, by result (succeeded, failed)",
+            job_duration.clone(),
+        );
+        let channel_resolutions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "channel_resolutions",
+            "Channel polls, by result (resolved, failed)",
+            channel_resolutions.clone(),
+        );
+        let plan_nodes = Family::<PlanLabels, Gauge>::default();
+        registry.register(
+            "plan_nodes",
+            "A Plan's nodes by state: selected, done (with the latest hash), applying, failed, \
+             waiting, held (pause label), skipped (drain timeout) and gated (waiting while a \
+             health gate or spec.paused holds the rollout, or waiting to be healthy), and \
+             cordoned (kept cordoned by the Plan)",
+            plan_nodes.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -135,8 +236,43 @@ impl Metrics {
             "1 while this replica runs the controller (leads, or runs without leader election), else 0",
             leader.clone(),
         );
+        // Every known label value starts at zero, so rates and alerts see a series from the start.
+        for webhook in ["mutate", "validate"] {
+            let _ = admission_duration.get_or_create(&WebhookLabels { webhook });
+            for operation in ["CREATE", "UPDATE"] {
+                for result in ["allowed", "patched", "denied", "bad_request"] {
+                    let _ = admission_requests.get_or_create(&AdmissionLabels {
+                        webhook,
+                        operation,
+                        result,
+                    });
+                }
+            }
+        }
+        let known: [(&Family<ResultLabels, Counter>, &[&'static str]); 3] = [
+            (&reconciles, &["ok", "error"]),
+            (&evictions, &["evicted", "deleted", "blocked", "error"]),
+            (&channel_resolutions, &["resolved", "failed"]),
+        ];
+        for (family, results) in known {
+            for &result in results {
+                let _ = family.get_or_create(&ResultLabels { result });
+            }
+        }
+        for error in RECONCILE_ERRORS {
+            let _ = reconcile_errors.get_or_create(&ErrorLabels { error });
+        }
+        for action in ["created", "deleted"] {
+            let _ = jobs.get_or_create(&ActionLabels { action });
+        }
+        for result in ["drained", "failed", "skipped"] {
+            let _ = drain_duration.get_or_create(&ResultLabels { result });
+        }
+        for result in ["succeeded", "failed"] {
+            let _ = job_duration.get_or_create(&ResultLabels { result });
+        }
         Arc::new(Self {
-            registry,
+            registry: root,
             admission_requests,
             admission_duration,
             reconciles,
@@ -146,7 +282,11 @@ impl Metrics {
             nodes_upgraded,
             evictions,
             drain_duration,
+            job_duration,
+            channel_resolutions,
+            plan_nodes,
             leader,
+            process,
         })
     }
 
@@ -180,16 +320,101 @@ impl Metrics {
         self.evictions.get_or_create(&ResultLabels { result }).inc();
     }
 
-    pub fn drain_finished(&self, took: std::time::Duration) {
-        self.drain_duration.observe(took.as_secs_f64());
+    /// A drain ended: `result` is drained, failed or skipped.
+    pub fn drain_finished(&self, result: &'static str, took: std::time::Duration) {
+        self.drain_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An upgrade Job ended: `result` is succeeded or failed.
+    pub fn job_finished(&self, result: &'static str, took: std::time::Duration) {
+        self.job_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A channel was polled: `result` is resolved or failed.
+    pub fn channel_polled(&self, result: &'static str) {
+        self.channel_resolutions
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A Plan's nodes by state (`PLAN_NODE_STATES`, in order).
+    pub fn plan_nodes(&self, namespace: &str, plan: &str, counts: [usize; 9]) {
+        for (state, count) in PLAN_NODE_STATES.into_iter().zip(counts) {
+            let labels = PlanLabels {
+                namespace: namespace.to_owned(),
+                plan: plan.to_owned(),
+                state,
+            };
+            self.plan_nodes
+                .get_or_create(&labels)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A deleted Plan's gauges go.
+    pub fn forget_plan(&self, namespace: &str, plan: &str) {
+        for state in PLAN_NODE_STATES {
+            self.plan_nodes.remove(&PlanLabels {
+                namespace: namespace.to_owned(),
+                plan: plan.to_owned(),
+                state,
+            });
+        }
     }
 
     /// The metrics in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        self.process.refresh();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl Process {
+    /// Reads `/proc/self` (Linux); elsewhere the gauges stay as they are.
+    fn refresh(&self) {
+        // Fields after the command name (which may hold spaces) of /proc/self/stat: utime is
+        // the 12th, stime the 13th, num_threads the 18th, vsize the 21st (from field 3 on).
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            // Linux reports CPU time in ticks of 1/100 s (USER_HZ) on every platform it runs on.
+            if let (Some(user), Some(system)) = (number(11), number(12)) {
+                let now = (user + system) as f64 / 100.0;
+                let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+                if now > *seen {
+                    self.cpu_seconds.inc_by(now - *seen);
+                    *seen = now;
+                }
+            }
+            if let Some(threads) = number(17) {
+                self.threads.set(i64::try_from(threads).unwrap_or(i64::MAX));
+            }
+            if let Some(vsize) = number(20) {
+                self.virtual_memory
+                    .set(i64::try_from(vsize).unwrap_or(i64::MAX));
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            self.resident_memory.set(kib.saturating_mul(1024));
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(entries.count()).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -227,5 +452,33 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn process_and_plan_metrics() {
+        let metrics = Metrics::new();
+        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("suc_plan_nodes{namespace=\"ns\",plan=\"p\",state=\"done\"} 2"),
+            "{text}"
+        );
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{rss}");
+        metrics.forget_plan("ns", "p");
+        assert!(!metrics.encode().contains("plan=\"p\""));
     }
 }

@@ -292,6 +292,28 @@ pub struct Tally {
     /// Selected nodes given up after a drain timeout (`onTimeout: Skip`), neither done nor
     /// applying nor waiting.
     pub skipped: usize,
+    /// Nodes held by a health gate or `spec.paused` (waiting, not label-held), and nodes
+    /// waiting to be healthy after their Job.
+    pub gated: usize,
+    /// Nodes this Plan keeps cordoned (its claim), whether it applies to them or not.
+    pub cordoned: usize,
+}
+
+impl Tally {
+    /// The counts in the order of the metric's states (`metrics::PLAN_NODE_STATES`).
+    pub fn counts(&self) -> [usize; 9] {
+        [
+            self.selected,
+            self.done,
+            self.applying,
+            self.failed,
+            self.waiting,
+            self.held,
+            self.skipped,
+            self.gated,
+            self.cordoned,
+        ]
+    }
 }
 
 /// Everything a reconcile pass decided.
@@ -305,6 +327,8 @@ pub struct Decision {
     pub after: Vec<Change>,
     pub notes: Vec<Note>,
     pub requeue: Duration,
+    /// Jobs this pass saw finished for the first time: succeeded or not, and how long they ran.
+    pub finished_jobs: Vec<(bool, Duration)>,
 }
 
 /// What the reconcile observed.
@@ -432,6 +456,7 @@ struct Pass<'a> {
     skipped: BTreeSet<String>,
     /// Why a health gate holds new starts, if one does.
     gate: Option<String>,
+    finished_jobs: Vec<(bool, Duration)>,
     tally: Tally,
 }
 
@@ -498,6 +523,7 @@ impl<'a> Pass<'a> {
             retried_on_request: BTreeSet::new(),
             skipped: BTreeSet::new(),
             gate: None,
+            finished_jobs: Vec::new(),
             tally: Tally::default(),
         }
     }
@@ -783,6 +809,13 @@ impl<'a> Pass<'a> {
     /// Job's hash) after `postCompleteDelay`, which holds its slot until then.
     fn complete(&mut self, job: &Job, node: &Node, job_hash: &str, at: Timestamp) {
         let node_name = node.metadata.name.clone().unwrap_or_default();
+        let seen = matches!(
+            self.old_phase(&node_name),
+            Some(Phase::WaitingDelay | Phase::WaitingHealthy)
+        );
+        if !seen {
+            self.finished_jobs.push((true, ran_for(job, at)));
+        }
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let claimed = has_claim(node, &self.plan_name) || self.adopted_cordons.contains(&node_name);
         if claimed && self.released.insert(node_name.clone()) {
@@ -1286,6 +1319,9 @@ impl<'a> Pass<'a> {
             .filter(|p| p.job.as_deref() == Some(job_name))
             .and_then(|p| p.retries);
         if previous.is_none() {
+            if let Some((false, at)) = finished_at(job) {
+                self.finished_jobs.push((false, ran_for(job, at)));
+            }
             // Per Job object: a Job replaced under the same name that fails again is told again.
             let key = format!("{reason}/{}", uid_of(job));
             self.notes
@@ -1817,6 +1853,25 @@ impl<'a> Pass<'a> {
             .values()
             .filter(|e| e.phase == Phase::Failed.as_str())
             .count();
+        self.tally.cordoned = self
+            .nodes
+            .iter()
+            .filter(|(name, node)| {
+                (has_claim(node, &self.plan_name) || self.adopted_cordons.contains(*name))
+                    && !self.released.contains(*name)
+            })
+            .count();
+        let holding = self.gate.is_some() || self.plan.spec.paused == Some(true);
+        self.tally.gated = self
+            .entries
+            .values()
+            .filter(|e| e.phase == Phase::WaitingHealthy.as_str())
+            .count()
+            + if holding {
+                self.tally.waiting - self.tally.held
+            } else {
+                0
+            };
         self.status.nodes = entries_list(std::mem::take(&mut self.entries));
         if let Some(selected) = selected {
             let applying = node_names(selected);
@@ -1824,6 +1879,7 @@ impl<'a> Pass<'a> {
         }
         self.status.progress = Some(format!("{}/{}", self.tally.done, self.tally.selected));
         Decision {
+            finished_jobs: self.finished_jobs,
             tally: self.tally,
             status: self.status,
             before: self.before,
@@ -1896,6 +1952,19 @@ impl<'a> Pass<'a> {
             retries,
         }
     }
+}
+
+/// How long a Job ran until `end`: from its start (or creation).
+fn ran_for(job: &Job, end: Timestamp) -> Duration {
+    let start = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(job.metadata.creation_timestamp.as_ref())
+        .map_or(end, |t| t.0);
+    end.duration_since(start)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Since when a node has been Ready, if it is.

@@ -332,7 +332,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
                 return;
             }
             if request.options.is_some() {
-                handle.metrics.drain_finished(started.elapsed());
+                handle.metrics.drain_finished("drained", started.elapsed());
                 let message = format!(
                     "Node {} drained in {}s ({evicted} pods evicted or deleted)",
                     request.node,
@@ -343,12 +343,14 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             set(DrainProgress::Done(request.pod.clone()));
         }
         Err(Undrained::Failed(message)) => {
+            handle.metrics.drain_finished("failed", started.elapsed());
             handle
                 .tell(&request, true, Reason::DrainFailed, message.clone())
                 .await;
             set(DrainProgress::Failed(message));
         }
         Err(Undrained::Skipped(message)) => {
+            handle.metrics.drain_finished("skipped", started.elapsed());
             handle
                 .tell(&request, true, Reason::DrainSkipped, message.clone())
                 .await;
@@ -559,9 +561,10 @@ impl Round {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                handle.metrics.eviction("blocked");
                 let reason = refusal(&key, namespace, &s);
+                // Counted and told once per pod and drain, not once per retry.
                 if self.told_budget.insert(key.clone()) {
+                    handle.metrics.eviction("blocked");
                     let message = format!("Drain of node {node}: {reason}");
                     handle
                         .tell(request, false, Reason::WaitingForBudget, message)

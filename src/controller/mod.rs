@@ -214,6 +214,7 @@ async fn janitor(
                     ctx.drains.forget(&uid, &[]);
                     ctx.expect.forget(&uid);
                     ctx.queries.forget(&uid);
+                    ctx.metrics.forget_plan(&ctx.settings.namespace, &plan);
                     release_orphaned_claims(&ctx).await;
                 }
                 None => return,

@@ -20,7 +20,9 @@ use crate::api::{
     ANNOTATION_TTL, LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, CordonError};
-use crate::controller::decide::{self, Change, Decision, JobFields, Note, Observed, Target};
+use crate::controller::decide::{
+    self, Change, Decision, JobFields, Note, Observed, Resolution, Target,
+};
 use crate::controller::drain::Wake;
 use crate::controller::drains::Drains;
 use crate::controller::events::Events;
@@ -264,6 +266,11 @@ impl Snapshot {
 
 async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, ReconcileError> {
     let resolution = ctx.channels.resolve(plan).await;
+    match &resolution {
+        Resolution::Channel(_) => ctx.metrics.channel_polled("resolved"),
+        Resolution::ChannelFailed { .. } => ctx.metrics.channel_polled("failed"),
+        _ => {}
+    }
     let query = ctx.queries.check(plan).await;
     let seen = Snapshot::of(plan, ctx);
     let nodes: Vec<&Node> = seen.nodes.iter().map(AsRef::as_ref).collect();
@@ -312,6 +319,16 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     });
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
     act(ctx, plan, &decision).await?;
+    // Only for a pass whose status was written: a retried pass would count its Jobs again.
+    for (succeeded, took) in &decision.finished_jobs {
+        let result = if *succeeded { "succeeded" } else { "failed" };
+        ctx.metrics.job_finished(result, *took);
+    }
+    ctx.metrics.plan_nodes(
+        &plan.namespace().unwrap_or_default(),
+        &plan.name_any(),
+        decision.tally.counts(),
+    );
     Ok(Action::requeue(decision.requeue))
 }
 
@@ -835,6 +852,7 @@ mod tests {
         let decision = Decision {
             status: plan.status.clone().unwrap_or_default(),
             tally: Default::default(),
+            finished_jobs: Vec::new(),
             before: vec![
                 Change::DeleteJob {
                     name: "old".into(),

@@ -227,6 +227,52 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
         .layer(CatchPanicLayer::new())
 }
 
+/// The plain-HTTP metrics listener's routes (`--metrics-listen`): `/metrics` and `/healthz`.
+pub fn metrics_router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+    let state = AppState {
+        metrics,
+        readiness,
+        body_budget: Arc::new(Semaphore::new(0)),
+        reviewers: Arc::new(Semaphore::new(0)),
+    };
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(CatchPanicLayer::new())
+}
+
+/// Binds a plain-HTTP listener for `app` (the metrics one), with the HTTPS listener's connection
+/// cap and timeouts; it stops with `stop`.
+pub fn bind_plain(
+    listen: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        shutdown.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let mut server = axum_server::from_tcp(listener)?
+        .acceptor(conn::Capped::new(conn::MAX_CONNECTIONS, conn::IDLE_TIMEOUT))
+        .handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    Ok((address, server.serve(app.into_make_service())))
+}
+
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     review(state, Webhook::Mutate, request).await
 }

@@ -31,11 +31,11 @@ fn patch_plan(ctx: &Ctx, plan: &str, patch: Value) {
     .expect_ok();
 }
 
-/// The kstatus probe (tests/testbin/kstatus), built once.
+/// The test probe (tests/testbin/probe), built once.
 fn probe() -> &'static str {
     static PROBE: OnceLock<String> = OnceLock::new();
     PROBE.get_or_init(|| {
-        script("tests/testbin/build-kstatus.sh", &[])
+        script("tests/testbin/build-probe.sh", &[])
             .trim()
             .to_owned()
     })

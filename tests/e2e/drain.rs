@@ -114,6 +114,19 @@ fn drain_plan(
     s.apply_plan(name, spec, json!({"annotations": annotations}));
 }
 
+/// Evictions the API server refused (429) so far, by its own metrics.
+fn refused_evictions(ctx: &Ctx) -> f64 {
+    let text = ctx
+        .kubectl(&["get", "--raw", "/metrics"])
+        .expect_ok()
+        .stdout;
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("code=\"429\"") && l.contains("subresource=\"eviction\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn time(value: &serde_json::Value) -> Timestamp {
     value
         .as_str()
@@ -668,19 +681,32 @@ pub fn a_drain_stops_when_its_job_fails(ctx: &Ctx) {
         "drain": {}, "upgrade": {"image": "rancher/k3s-upgrade"},
     });
     s.apply_plan("stop", spec, json!({}));
+    // Our counter counts a pod a budget holds once per drain; the API server counts every refusal.
     let blocked = "suc_evictions_total{result=\"blocked\"}";
     let before = server.sample(blocked);
     wait("evictions refused by the budget", MINUTE, || {
         (server.sample(blocked) > before).then_some(())
     });
+    let refusals = wait("the API server to count refusals", MINUTE, || {
+        let n = refused_evictions(ctx);
+        (n > 0.0).then_some(n)
+    });
+    wait("the drain to retry", MINUTE, || {
+        (refused_evictions(ctx) > refusals).then_some(())
+    });
+    assert_eq!(
+        server.sample(blocked),
+        before + 1.0,
+        "counted once, not per retry"
+    );
     let message = s.wait_condition("stop", "Complete", "False", "JobFailed", MINUTE);
     assert!(message.contains("DeadlineExceeded"), "{message}");
     // The drain retries at least every 5 s while it runs; once stopped, no more refusals.
     std::thread::sleep(Duration::from_secs(3));
-    let after_failure = server.sample(blocked);
+    let after_failure = refused_evictions(ctx);
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(
-        server.sample(blocked),
+        refused_evictions(ctx),
         after_failure,
         "the drain went on after its Job failed"
     );

@@ -17,6 +17,7 @@
 mod control;
 mod drain;
 mod install;
+mod monitoring;
 mod real_node;
 mod resilience;
 mod resolution;
@@ -73,6 +74,7 @@ const TESTS: &[Test] = tests! {
     cluster webhook::metrics_count_the_reviews_the_api_server_sent,
     cluster webhook::ca_bundle_is_reasserted,
     alone install::chart_renders_the_same_objects_as_deploy,
+    alone monitoring::dashboards_and_alerts_query_metrics_that_exist,
     cluster install::chart_values_are_applied_and_checked,
     cluster install::release_manifests_install_the_tagged_image,
     cluster install::examples_are_checked_and_accepted_by_the_api_server,

@@ -1,9 +1,11 @@
-// Command kstatus reads one Kubernetes object as JSON on stdin and prints, tab-separated, the
-// status and message that sigs.k8s.io/cli-utils' kstatus computes for it (the rules Flux's
-// health checks follow).
+// Command probe checks what the end-to-end tests cannot check with Rust alone, reading stdin:
 //
-// With -lua FILE it runs FILE as an Argo CD resource health check instead (Lua, with the object
-// as the global `obj`, returning a table with `status` and `message`) and prints those.
+//   - by default, one Kubernetes object as JSON: prints, tab-separated, the status and message
+//     that sigs.k8s.io/cli-utils' kstatus computes for it (the rules Flux's health checks follow);
+//   - with -lua FILE, the same object through FILE as an Argo CD resource health check (Lua, the
+//     object as the global `obj`, returning a table with `status` and `message`): prints those;
+//   - with -promql, PromQL expressions separated by NUL bytes: prints, per expression, "ok" and
+//     the metric names it selects, or the parser's error.
 package main
 
 import (
@@ -12,7 +14,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
+	"github.com/prometheus/prometheus/promql/parser"
 	lua "github.com/yuin/gopher-lua"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -25,10 +29,15 @@ func fail(err error) {
 
 func main() {
 	script := flag.String("lua", "", "an Argo CD health check script to run instead of kstatus")
+	promql := flag.Bool("promql", false, "parse PromQL expressions instead")
 	flag.Parse()
 	data, err := io.ReadAll(os.Stdin)
 	if err != nil {
 		fail(err)
+	}
+	if *promql {
+		parsePromQL(data)
+		return
 	}
 	if *script != "" {
 		runLua(*script, data)
@@ -64,6 +73,29 @@ func runLua(path string, data []byte) {
 		fail(fmt.Errorf("%s returned no table", path))
 	}
 	fmt.Printf("%s\t%s\n", lua.LVAsString(result.RawGetString("status")), lua.LVAsString(result.RawGetString("message")))
+}
+
+// parsePromQL parses NUL-separated expressions and prints, one line each, "ok" and the metric
+// names the expression selects, or "error" and why.
+func parsePromQL(data []byte) {
+	for _, expr := range strings.Split(string(data), "\x00") {
+		if strings.TrimSpace(expr) == "" {
+			continue
+		}
+		parsed, err := parser.ParseExpr(expr)
+		if err != nil {
+			fmt.Printf("error\t%s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+			continue
+		}
+		var names []string
+		parser.Inspect(parsed, func(node parser.Node, _ []parser.Node) error {
+			if selector, ok := node.(*parser.VectorSelector); ok {
+				names = append(names, selector.Name)
+			}
+			return nil
+		})
+		fmt.Printf("ok\t%s\n", strings.Join(names, " "))
+	}
 }
 
 func toLua(state *lua.LState, value interface{}) lua.LValue {
