@@ -148,6 +148,22 @@ pub fn paused_plans_and_nodes_hold_the_rollout(ctx: &Ctx) {
         s.node_label(&first_node, "plan.upgrade.cattle.io/pause")
             .is_some()
     );
+    // The per-Plan gauges say the same.
+    let server = ctx.ensure_server();
+    let gauge = |state: &str| {
+        server.sample(&format!(
+            "suc_plan_nodes{{namespace=\"{NAMESPACE}\",plan=\"pause\",state=\"{state}\"}}"
+        ))
+    };
+    assert_eq!(
+        (
+            gauge("selected"),
+            gauge("done"),
+            gauge("waiting"),
+            gauge("gated")
+        ),
+        (3.0, 1.0, 2.0, 2.0)
+    );
     let paused_row = row(ctx, "pause");
     assert_eq!(column(&paused_row, "REASON"), "Paused", "{paused_row:?}");
     assert_eq!(column(&paused_row, "PROGRESS"), "1/3", "{paused_row:?}");
@@ -200,7 +216,11 @@ pub fn paused_plans_and_nodes_hold_the_rollout(ctx: &Ctx) {
     s.wait_condition("pause", "Complete", "True", "Complete", MINUTE);
     assert_rollout_kept_its_promises(&s, &watch, 1);
     assert_eq!(column(&row(ctx, "pause"), "PROGRESS"), "3/3");
+    assert_eq!((gauge("done"), gauge("applying")), (3.0, 0.0));
     s.cleanup();
+    wait("the deleted Plan's gauges to go", MINUTE, || {
+        (!server.metrics().contains("plan=\"pause\"")).then_some(())
+    });
 }
 
 /// `concurrency: "25%"` runs a quarter of the selected nodes at a time (8 nodes: 2), and the

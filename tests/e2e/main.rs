@@ -75,6 +75,7 @@ const TESTS: &[Test] = tests! {
     cluster webhook::ca_bundle_is_reasserted,
     alone install::chart_renders_the_same_objects_as_deploy,
     alone monitoring::dashboards_and_alerts_query_metrics_that_exist,
+    alone monitoring::metrics_are_served_over_plain_http_when_asked,
     cluster install::chart_values_are_applied_and_checked,
     cluster install::release_manifests_install_the_tagged_image,
     cluster install::examples_are_checked_and_accepted_by_the_api_server,

@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use system_upgrade_controller::metrics::Metrics;
 
-use crate::support::{repo, script};
+use std::time::Duration;
+
+use crate::support::{free_port, repo, script, wait};
 
 /// The dashboard's queries, with Grafana's variables replaced by what PromQL accepts.
 fn dashboard_queries() -> Vec<String> {
@@ -141,4 +143,45 @@ pub fn dashboards_and_alerts_query_metrics_that_exist() {
         );
     }
     assert!(selected.contains("suc_plan_nodes") && selected.contains("process_cpu_seconds_total"));
+}
+
+/// `--metrics-listen`: `/metrics` (and `/healthz`) over plain HTTP, nothing else.
+pub fn metrics_are_served_over_plain_http_when_asked() {
+    let (https, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+        .args([
+            "run",
+            "--webhook-only",
+            "--listen",
+            &format!("127.0.0.1:{https}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| {
+        Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{http}{path}"))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let metrics = wait("the plain-HTTP listener", Duration::from_secs(20), || {
+        get("/metrics").filter(|m| m.ends_with("200"))
+    });
+    assert!(metrics.contains("\nsuc_leader 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nprocess_resident_memory_bytes "),
+        "{metrics}"
+    );
+    assert!(get("/healthz").unwrap().ends_with("200"));
+    assert!(
+        get("/validate").unwrap().ends_with("404"),
+        "the webhook is not on this port"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
