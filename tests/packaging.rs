@@ -45,6 +45,17 @@ fn chart_and_kustomization_ship_this_version_and_crd() {
 }
 
 #[test]
+fn chart_ships_deploys_alerts_and_dashboard() {
+    for file in ["prometheusrule.yaml", "grafana-dashboard.json"] {
+        assert!(
+            read(&format!("charts/system-upgrade-controller/files/{file}"))
+                == read(&format!("deploy/monitoring/{file}")),
+            "the chart's {file} differs from deploy/monitoring/'s; copy it: cp deploy/monitoring/{file} charts/system-upgrade-controller/files/"
+        );
+    }
+}
+
+#[test]
 fn crd_is_structural_with_the_go_controllers_shape() {
     let crd = system_upgrade_controller::api::crd();
     assert_eq!(

@@ -241,6 +241,158 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
     );
 }
 
+/// Objects as one `kubectl apply -f -` input.
+fn list(objects: &BTreeMap<String, Value>) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.values().collect::<Vec<_>>()})
+        .to_string()
+}
+
+/// The container's value of an environment variable set in the Deployment itself.
+fn container_env<'a>(objects: &'a BTreeMap<String, Value>, name: &str) -> Option<&'a Value> {
+    objects[&format!("Deployment {NAMESPACE}/system-upgrade-controller")]["spec"]["template"]
+        ["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| &e["value"])
+}
+
+pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
+    ctx.ensure_server(); // the namespace exists
+    // prometheus-operator's own CRDs, so the API server checks ServiceMonitors and PrometheusRules
+    // against their schemas (strict field validation: a misspelt field is refused).
+    let crds = script("tests/testbin/monitoring-crds.sh", &[])
+        .trim()
+        .to_owned();
+    for kind in ["servicemonitors", "prometheusrules"] {
+        let file = format!("{crds}/monitoring.coreos.com_{kind}.yaml");
+        ctx.kubectl(&["apply", "--server-side", "-f", &file])
+            .expect_ok();
+        let crd = format!("crd/{kind}.monitoring.coreos.com");
+        ctx.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &crd])
+            .expect_ok();
+    }
+
+    // deploy/monitoring/ as the README applies it.
+    for file in ["servicemonitor.yaml", "prometheusrule.yaml"] {
+        let file = repo(&format!("deploy/monitoring/{file}"));
+        ctx.kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            path(&file),
+        ])
+        .expect_ok();
+    }
+    let deploy_rule = &system_upgrade_controller::yaml::documents(
+        &std::fs::read_to_string(repo("deploy/monitoring/prometheusrule.yaml")).unwrap(),
+    )
+    .unwrap()[0];
+    let deploy_dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+
+    // The chart with every monitoring object, scraped over HTTPS with the controller's CA.
+    let (ok, https, stderr) = render(&[
+        "--set",
+        "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.grafanaDashboard.enabled=true,monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+    ]);
+    assert!(ok, "{stderr}");
+    let https = objects(&https);
+    let endpoint = &https[&format!("ServiceMonitor {NAMESPACE}/system-upgrade-controller")]["spec"]
+        ["endpoints"][0];
+    assert_eq!(endpoint["port"], "https");
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"]["secret"]["name"],
+        "system-upgrade-controller-webhook-ca"
+    );
+    assert_eq!(container_env(&https, "SYSTEM_UPGRADE_METRICS_LISTEN"), None);
+    let rule = &https[&format!("PrometheusRule {NAMESPACE}/system-upgrade-controller")];
+    assert_eq!(
+        rule["spec"], deploy_rule["spec"],
+        "the chart's alerts differ from deploy/'s"
+    );
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let dashboard = &https[&format!("ConfigMap {NAMESPACE}/system-upgrade-controller-dashboard")];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(
+        dashboard["data"]["system-upgrade-controller.json"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        shipped, deploy_dashboard,
+        "the chart's dashboard differs from deploy/'s"
+    );
+    ctx.kubectl_with_input(
+        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+        Some(&list(&https)),
+    )
+    .expect_ok();
+
+    // With a plain-HTTP metrics port: the controller is told to listen there, the pod and the
+    // Service name the port, the ServiceMonitor scrapes it without TLS, and the NetworkPolicy lets
+    // only the monitoring namespace reach it.
+    let (ok, plain, stderr) = render(&[
+        "--set",
+        "monitoring.metricsPort=8080,monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.apiServerCIDRs={10.0.0.1/32}",
+    ]);
+    assert!(ok, "{stderr}");
+    let plain = objects(&plain);
+    assert_eq!(
+        container_env(&plain, "SYSTEM_UPGRADE_METRICS_LISTEN"),
+        Some(&Value::from("0.0.0.0:8080"))
+    );
+    let ports = &plain[&format!("Deployment {NAMESPACE}/system-upgrade-controller")]["spec"]["template"]
+        ["spec"]["containers"][0]["ports"];
+    assert!(
+        ports.as_array().unwrap().contains(
+            &serde_json::json!({"name": "metrics", "containerPort": 8080, "protocol": "TCP"})
+        ),
+        "{ports}"
+    );
+    let service =
+        &plain[&format!("Service {NAMESPACE}/system-upgrade-controller")]["spec"]["ports"];
+    assert!(
+        service.as_array().unwrap().contains(
+            &serde_json::json!({"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"})
+        ),
+        "{service}"
+    );
+    let endpoint = &plain[&format!("ServiceMonitor {NAMESPACE}/system-upgrade-controller")]["spec"]
+        ["endpoints"];
+    assert_eq!(
+        endpoint,
+        &serde_json::json!([{"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}])
+    );
+    let ingress =
+        &plain[&format!("NetworkPolicy {NAMESPACE}/system-upgrade-controller")]["spec"]["ingress"];
+    assert_eq!(
+        ingress[1],
+        serde_json::json!({
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        })
+    );
+    ctx.kubectl_with_input(
+        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+        Some(&list(&plain)),
+    )
+    .expect_ok();
+}
+
 pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
     ctx.ensure_server(); // the webhooks answer the dry runs
     let mut files: Vec<_> = std::fs::read_dir(repo("examples"))

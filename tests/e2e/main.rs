@@ -77,6 +77,7 @@ const TESTS: &[Test] = tests! {
     alone monitoring::dashboards_and_alerts_query_metrics_that_exist,
     alone monitoring::metrics_are_served_over_plain_http_when_asked,
     cluster install::chart_values_are_applied_and_checked,
+    cluster install::monitoring_objects_fit_prometheus_operators_schemas,
     cluster install::release_manifests_install_the_tagged_image,
     cluster install::examples_are_checked_and_accepted_by_the_api_server,
     cluster webhook::replicas_share_one_ca_that_survives_restarts,
