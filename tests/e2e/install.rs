@@ -111,6 +111,28 @@ pub fn chart_renders_the_same_objects_as_deploy() {
     );
 }
 
+/// The API server's server-side dry run of these objects, with strict field validation.
+fn dry_run<'a>(ctx: &Ctx, objects: impl IntoIterator<Item = &'a Value>) {
+    let items: Vec<&Value> = objects.into_iter().collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    ctx.kubectl_with_input(
+        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
+        Some(&list),
+    )
+    .expect_ok();
+}
+
+/// The container's value of an environment variable set in the Deployment itself.
+fn container_env<'a>(objects: &'a BTreeMap<String, Value>, name: &str) -> Option<&'a Value> {
+    objects[&format!("Deployment {NAMESPACE}/system-upgrade-controller")]["spec"]["template"]
+        ["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| &e["value"])
+}
+
 pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
     ctx.ensure_server(); // the namespace, the CRD and the webhooks exist
     let (ok, defaults, stderr) = render(&[]);
@@ -148,13 +170,10 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
     let pod = &deployment["template"]["spec"];
     assert_eq!(pod["containers"][0]["image"], "registry.local/suc:v9");
     assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "arm64");
-    let leader_elect = pod["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT")
-        .unwrap();
-    assert_eq!(leader_elect["value"], "false");
+    assert_eq!(
+        container_env(&objects, "SYSTEM_UPGRADE_CONTROLLER_LEADER_ELECT"),
+        Some(&Value::from("false"))
+    );
     assert_eq!(
         objects["ConfigMap system-upgrade/default-controller-env"]["data"]["SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT"],
         "3"
@@ -179,17 +198,13 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
         "system-upgrade-controller.system-upgrade.svc"
     );
     // The API server takes all of it but the ServiceMonitor, whose CRD this cluster lacks.
-    let without_monitor: Vec<String> = objects
-        .iter()
-        .filter(|(key, _)| !key.starts_with("ServiceMonitor "))
-        .map(|(_, o)| serde_json::to_string(o).unwrap())
-        .collect();
-    let list = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}",
-        without_monitor.join(",")
+    dry_run(
+        ctx,
+        objects
+            .iter()
+            .filter(|(key, _)| !key.starts_with("ServiceMonitor "))
+            .map(|(_, o)| o),
     );
-    ctx.kubectl_with_input(&["apply", "--dry-run=server", "-f", "-"], Some(&list))
-        .expect_ok();
 
     // The NetworkPolicy: refused without the API server's addresses, else only those and the
     // monitoring namespace reach port 8443, and the API server accepts it; deploy/'s example too.
@@ -239,23 +254,6 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
         stderr.contains("set replicas: 1 or leaderElection: true"),
         "{stderr}"
     );
-}
-
-/// Objects as one `kubectl apply -f -` input.
-fn list(objects: &BTreeMap<String, Value>) -> String {
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.values().collect::<Vec<_>>()})
-        .to_string()
-}
-
-/// The container's value of an environment variable set in the Deployment itself.
-fn container_env<'a>(objects: &'a BTreeMap<String, Value>, name: &str) -> Option<&'a Value> {
-    objects[&format!("Deployment {NAMESPACE}/system-upgrade-controller")]["spec"]["template"]
-        ["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .map(|e| &e["value"])
 }
 
 pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
@@ -334,11 +332,7 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
         shipped, deploy_dashboard,
         "the chart's dashboard differs from deploy/'s"
     );
-    ctx.kubectl_with_input(
-        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
-        Some(&list(&https)),
-    )
-    .expect_ok();
+    dry_run(ctx, https.values());
 
     // With a plain-HTTP metrics port: the controller is told to listen there, the pod and the
     // Service name the port, the ServiceMonitor scrapes it without TLS, and the NetworkPolicy lets
@@ -386,11 +380,7 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
             "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
         })
     );
-    ctx.kubectl_with_input(
-        &["apply", "--dry-run=server", "--validate=strict", "-f", "-"],
-        Some(&list(&plain)),
-    )
-    .expect_ok();
+    dry_run(ctx, plain.values());
 }
 
 pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
