@@ -58,8 +58,9 @@ pub const RECONCILE_ERRORS: [&str; 7] = [
 ];
 
 /// The states `suc_plan_nodes` counts, as `decide::Tally` names them.
-pub const PLAN_NODE_STATES: [&str; 9] = [
+pub const PLAN_NODE_STATES: [&str; 10] = [
     "selected", "done", "applying", "failed", "waiting", "held", "skipped", "gated", "cordoned",
+    "refused",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -342,7 +343,7 @@ impl Metrics {
     }
 
     /// A Plan's nodes by state (`PLAN_NODE_STATES`, in order).
-    pub fn plan_nodes(&self, namespace: &str, plan: &str, counts: [usize; 9]) {
+    pub fn plan_nodes(&self, namespace: &str, plan: &str, counts: [usize; 10]) {
         for (state, count) in PLAN_NODE_STATES.into_iter().zip(counts) {
             let labels = PlanLabels {
                 namespace: namespace.to_owned(),
@@ -457,7 +458,7 @@ mod tests {
     #[test]
     fn process_and_plan_metrics() {
         let metrics = Metrics::new();
-        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1]);
+        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1, 0]);
         let text = metrics.encode();
         assert!(
             text.contains("suc_plan_nodes{namespace=\"ns\",plan=\"p\",state=\"done\"} 2"),

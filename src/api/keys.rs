@@ -41,16 +41,21 @@ pub const ANNOTATION_TTL: &str = "upgrade.cattle.io/ttl-seconds-after-finished";
 /// Job annotation: digest of the pod template a Job was created with; a Plan edit that changes
 /// the template replaces the Job.
 pub const ANNOTATION_TEMPLATE: &str = "upgrade.cattle.io/template-hash";
+/// Job annotation: digest of what a Job's upgrade runs (the Plan's `prepare`, `upgrade`,
+/// `secrets` and `serviceAccountName`). Once the upgrade may have begun, only a change of it
+/// replaces the Job; other edits (drain settings, tolerations) wait for the next Job.
+pub const ANNOTATION_RUN: &str = "upgrade.cattle.io/run-hash";
 /// Pod annotation by which the controller lets the upgrade start once the node is drained.
 pub const ANNOTATION_DRAINED: &str = "upgrade.cattle.io/drained";
-/// Job annotation: when the drain for this Job began (its timeout counts from there).
+/// Pod annotation: when the drain for this pod began (its timeout counts from there; a Job's
+/// next pod, after a reboot, is drained with a timeout of its own).
 pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
 /// Job annotation recording why the node's drain failed (the Job is then suspended).
 pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
 /// Job annotation recording when this controller took over a Job the Go controller created.
 pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
 /// Node annotation prefix recording that a Plan cordoned the node
-/// (`cordoned.upgrade.cattle.io/<plan>`, valued with when).
+/// (`cordoned.upgrade.cattle.io/<plan>`, valued `<namespace>/<controller> <time>`).
 pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
 /// The annotation the kubelet puts on the mirror of a static pod (drains skip them).
 pub const ANNOTATION_MIRROR_POD: &str = "kubernetes.io/config.mirror";

@@ -62,6 +62,9 @@ wire_words! {
     Phase {
         /// The Job exists; its pod is not on the node yet, or `prepare` runs.
         Preparing,
+        /// The node's failed Job was deleted to try it again (automatically, or on request); the
+        /// next pass creates it anew, whatever holds the rollout meanwhile.
+        Retrying,
         /// The controller cordons and drains the node.
         Draining,
         /// The upgrade container runs (or the Job is followed to its end).
@@ -122,6 +125,9 @@ wire_words! {
         JobFailed,
         /// Condition and event: a node could not be drained.
         DrainFailed,
+        /// Condition and event: the API server refused a node's Job, or the Job controller cannot
+        /// create its pod (a quota, Pod Security admission, an admission webhook, the pod's shape).
+        JobRefused,
         /// Condition and event: `spec.paused`, or the pause label on every node left, holds the
         /// rollout.
         Paused,

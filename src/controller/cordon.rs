@@ -1,6 +1,8 @@
 //! Cordon claims: a Plan that cordons a node records a claim annotation
-//! (`cordoned.upgrade.cattle.io/<plan>`), and the node is uncordoned only when the last claim is
-//! released. A node cordoned by someone else is never claimed, so never uncordoned by us.
+//! (`cordoned.upgrade.cattle.io/<plan>`, valued `<namespace>/<controller> <time>`), and the node
+//! is uncordoned only when the last claim is released. A node cordoned by someone else is never
+//! claimed, so never uncordoned by us; a claim of another controller instance (another
+//! namespace or name) is never released by this one.
 //!
 //! The decisions are pure functions of the node ([`cordon_patch`], [`adopt_patch`]); [`cordon`]
 //! and [`adopt`] apply them read-modify-write with the node's resourceVersion, so Plans acting
@@ -12,18 +14,53 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{CORDON_CLAIM_PREFIX, Reason};
 
-/// The Plans holding a cordon claim on a node.
-pub fn claims(node: &Node) -> impl Iterator<Item = &str> {
+/// Who writes claims: one controller instance, `<namespace>/<controller name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant(String);
+
+impl Claimant {
+    pub fn new(namespace: &str, controller: &str) -> Self {
+        Claimant(format!("{namespace}/{controller}"))
+    }
+
+    /// Whether a claim's value is this instance's. A value without an owner was written by an
+    /// earlier version of this controller, which knew no other instance: it counts as ours.
+    pub fn owns(&self, value: &str) -> bool {
+        value
+            .split_once(' ')
+            .is_none_or(|(owner, _)| owner == self.0)
+    }
+
+    /// A claim's value: the owner, then the time of the claim.
+    fn value(&self, now: &str) -> String {
+        format!("{} {now}", self.0)
+    }
+}
+
+/// The claims on a node: the Plan, and the claim's value.
+fn claim_values(node: &Node) -> impl Iterator<Item = (&str, &str)> {
     node.metadata
         .annotations
         .iter()
         .flatten()
-        .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
+        .filter_map(|(k, v)| Some((k.strip_prefix(CORDON_CLAIM_PREFIX)?, v.as_str())))
 }
 
-/// Whether a node carries this Plan's cordon claim.
-pub fn has_claim(node: &Node, plan: &str) -> bool {
-    claims(node).any(|p| p == plan)
+/// The Plans holding a cordon claim on a node, whoever's they are.
+pub fn claims(node: &Node) -> impl Iterator<Item = &str> {
+    claim_values(node).map(|(plan, _)| plan)
+}
+
+/// The Plans of this controller instance holding a claim on a node.
+pub fn claims_of<'a>(node: &'a Node, who: &'a Claimant) -> impl Iterator<Item = &'a str> {
+    claim_values(node)
+        .filter(|(_, value)| who.owns(value))
+        .map(|(plan, _)| plan)
+}
+
+/// Whether a node carries this Plan's cordon claim, made by this controller instance.
+pub fn has_claim(node: &Node, plan: &str, who: &Claimant) -> bool {
+    claims_of(node, who).any(|p| p == plan)
 }
 
 fn unschedulable(node: &Node) -> bool {
@@ -38,24 +75,27 @@ pub struct Outcome {
 }
 
 /// The merge patch that claims (`claim`) or releases a node for `plan`, and what it does; `None`
-/// when nothing is to change: the claim is there already (or, releasing, is not), or the node
-/// is cordoned by someone else. `now` is the claim's value.
+/// when nothing is to change: the claim is there already (or, releasing, is not), the node is
+/// cordoned by someone else, or another controller instance holds a claim of that name. `now`
+/// is the claim's time.
 pub fn cordon_patch(
     node: &Node,
     plan: &str,
     claim: bool,
+    who: &Claimant,
     now: &str,
 ) -> Option<(serde_json::Value, Outcome)> {
     let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
     let held = claims(node).count();
-    let mine = has_claim(node, plan);
+    let mine = has_claim(node, plan, who);
     let version = node.resource_version();
     if claim {
-        if mine || (unschedulable(node) && held == 0) {
+        let taken = claims(node).any(|p| p == plan);
+        if mine || taken || (unschedulable(node) && held == 0) {
             return None;
         }
         let patch = serde_json::json!({
-            "metadata": {"resourceVersion": version, "annotations": {&key: now}},
+            "metadata": {"resourceVersion": version, "annotations": {&key: who.value(now)}},
             "spec": {"unschedulable": true},
         });
         let message = format!("Cordoned for Plan {plan}");
@@ -91,14 +131,19 @@ pub fn cordon_patch(
 /// The merge patch that records a node's cordon (made by a Go controller's Job) as `plan`'s
 /// claim without changing its schedulability: only when the node is cordoned and nobody
 /// claims it.
-pub fn adopt_patch(node: &Node, plan: &str, now: &str) -> Option<serde_json::Value> {
+pub fn adopt_patch(
+    node: &Node,
+    plan: &str,
+    who: &Claimant,
+    now: &str,
+) -> Option<serde_json::Value> {
     if !unschedulable(node) || claims(node).next().is_some() {
         return None;
     }
     let key = format!("{CORDON_CLAIM_PREFIX}{plan}");
     Some(serde_json::json!({"metadata": {
         "resourceVersion": node.resource_version(),
-        "annotations": {&key: now},
+        "annotations": {&key: who.value(now)},
     }}))
 }
 
@@ -121,6 +166,7 @@ const ATTEMPTS: usize = 5;
 /// Logged within the caller's span, which names the Plan and the node.
 pub async fn cordon(
     client: &Client,
+    who: &Claimant,
     plan: &str,
     node: &str,
     claim: bool,
@@ -131,7 +177,7 @@ pub async fn cordon(
             return Ok(None);
         };
         let now = crate::controller::status::stamp(jiff::Timestamp::now());
-        let Some((patch, outcome)) = cordon_patch(&current, plan, claim, &now) else {
+        let Some((patch, outcome)) = cordon_patch(&current, plan, claim, who, &now) else {
             return Ok(None);
         };
         match patch_node(&nodes, node, &patch).await? {
@@ -148,13 +194,18 @@ pub async fn cordon(
 
 /// Records the cordon of a node as this Plan's claim (see [`adopt_patch`]); a node that changed
 /// meanwhile is a conflict, retried by the next reconcile.
-pub async fn adopt(client: &Client, plan: &str, node: &str) -> Result<(), CordonError> {
+pub async fn adopt(
+    client: &Client,
+    who: &Claimant,
+    plan: &str,
+    node: &str,
+) -> Result<(), CordonError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let Some(current) = read(&nodes, node).await? else {
         return Ok(());
     };
     let now = crate::controller::status::stamp(jiff::Timestamp::now());
-    let Some(patch) = adopt_patch(&current, plan, &now) else {
+    let Some(patch) = adopt_patch(&current, plan, who, &now) else {
         return Ok(());
     };
     match patch_node(&nodes, node, &patch).await? {
@@ -207,10 +258,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn us() -> Claimant {
+        Claimant::new("system-upgrade", "suc")
+    }
+
+    /// A node with claims, each `plan` (ours) or `plan=value`.
     fn node(unschedulable: bool, claims: &[&str]) -> Node {
         let annotations: serde_json::Map<String, serde_json::Value> = claims
             .iter()
-            .map(|p| (format!("{CORDON_CLAIM_PREFIX}{p}"), json!("t")))
+            .map(|c| {
+                let (plan, value) = c.split_once('=').unwrap_or((c, "system-upgrade/suc t"));
+                (format!("{CORDON_CLAIM_PREFIX}{plan}"), json!(value))
+            })
             .collect();
         serde_json::from_value(json!({
             "metadata": {"name": "n", "resourceVersion": "7", "annotations": annotations},
@@ -221,11 +280,11 @@ mod tests {
 
     #[test]
     fn a_schedulable_node_is_claimed_and_cordoned() {
-        let (patch, outcome) = cordon_patch(&node(false, &[]), "p", true, "now").unwrap();
+        let (patch, outcome) = cordon_patch(&node(false, &[]), "p", true, &us(), "now").unwrap();
         assert_eq!(
             patch,
             json!({
-                "metadata": {"resourceVersion": "7", "annotations": {"cordoned.upgrade.cattle.io/p": "now"}},
+                "metadata": {"resourceVersion": "7", "annotations": {"cordoned.upgrade.cattle.io/p": "system-upgrade/suc now"}},
                 "spec": {"unschedulable": true},
             })
         );
@@ -234,31 +293,40 @@ mod tests {
 
     #[test]
     fn a_node_cordoned_by_someone_else_is_left_to_them() {
-        assert_eq!(cordon_patch(&node(true, &[]), "p", true, "now"), None);
-        assert_eq!(cordon_patch(&node(true, &[]), "p", false, "now"), None);
+        assert_eq!(
+            cordon_patch(&node(true, &[]), "p", true, &us(), "now"),
+            None
+        );
+        assert_eq!(
+            cordon_patch(&node(true, &[]), "p", false, &us(), "now"),
+            None
+        );
     }
 
     #[test]
     fn a_node_cordoned_by_another_plan_is_claimed_too() {
-        let (patch, _) = cordon_patch(&node(true, &["other"]), "p", true, "now").unwrap();
+        let (patch, _) = cordon_patch(&node(true, &["other"]), "p", true, &us(), "now").unwrap();
         assert_eq!(
             patch["metadata"]["annotations"],
-            json!({"cordoned.upgrade.cattle.io/p": "now"})
+            json!({"cordoned.upgrade.cattle.io/p": "system-upgrade/suc now"})
         );
     }
 
     #[test]
     fn claiming_twice_or_releasing_what_is_not_held_changes_nothing() {
-        assert_eq!(cordon_patch(&node(true, &["p"]), "p", true, "now"), None);
         assert_eq!(
-            cordon_patch(&node(true, &["other"]), "p", false, "now"),
+            cordon_patch(&node(true, &["p"]), "p", true, &us(), "now"),
+            None
+        );
+        assert_eq!(
+            cordon_patch(&node(true, &["other"]), "p", false, &us(), "now"),
             None
         );
     }
 
     #[test]
     fn the_last_claim_released_uncordons() {
-        let (patch, outcome) = cordon_patch(&node(true, &["p"]), "p", false, "now").unwrap();
+        let (patch, outcome) = cordon_patch(&node(true, &["p"]), "p", false, &us(), "now").unwrap();
         assert_eq!(
             patch,
             json!({
@@ -272,7 +340,7 @@ mod tests {
     #[test]
     fn a_release_with_other_claims_keeps_the_node_cordoned() {
         let (patch, outcome) =
-            cordon_patch(&node(true, &["p", "other"]), "p", false, "now").unwrap();
+            cordon_patch(&node(true, &["p", "other"]), "p", false, &us(), "now").unwrap();
         assert!(patch.get("spec").is_none());
         assert_eq!(outcome.reason, Reason::CordonReleased);
     }
@@ -280,21 +348,47 @@ mod tests {
     #[test]
     fn only_an_unclaimed_cordon_is_adopted() {
         assert_eq!(
-            adopt_patch(&node(true, &[]), "p", "now"),
+            adopt_patch(&node(true, &[]), "p", &us(), "now"),
             Some(json!({"metadata": {
                 "resourceVersion": "7",
-                "annotations": {"cordoned.upgrade.cattle.io/p": "now"},
+                "annotations": {"cordoned.upgrade.cattle.io/p": "system-upgrade/suc now"},
             }}))
         );
-        assert_eq!(adopt_patch(&node(false, &[]), "p", "now"), None);
-        assert_eq!(adopt_patch(&node(true, &["other"]), "p", "now"), None);
+        assert_eq!(adopt_patch(&node(false, &[]), "p", &us(), "now"), None);
+        assert_eq!(
+            adopt_patch(&node(true, &["other"]), "p", &us(), "now"),
+            None
+        );
     }
 
     #[test]
     fn claims_are_read_from_annotations() {
         let n = node(true, &["a", "b"]);
         assert_eq!(claims(&n).collect::<Vec<_>>(), ["a", "b"]);
-        assert!(has_claim(&n, "a"));
-        assert!(!has_claim(&n, "c"));
+        assert!(has_claim(&n, "a", &us()));
+        assert!(!has_claim(&n, "c", &us()));
+    }
+
+    #[test]
+    fn another_instances_claims_are_never_ours() {
+        let theirs = node(true, &["p=rancher/suc 2026-12-01T00:00:00Z"]);
+        assert!(!has_claim(&theirs, "p", &us()), "another namespace's claim");
+        assert_eq!(claims(&theirs).collect::<Vec<_>>(), ["p"]);
+        assert_eq!(claims_of(&theirs, &us()).count(), 0);
+        assert_eq!(
+            cordon_patch(&theirs, "p", false, &us(), "now"),
+            None,
+            "never released by us"
+        );
+        assert_eq!(
+            cordon_patch(&theirs, "p", true, &us(), "now"),
+            None,
+            "never overwritten by our claim of the same name"
+        );
+        let legacy = node(true, &["p=2026-11-01T00:00:00Z"]);
+        assert!(
+            has_claim(&legacy, "p", &us()),
+            "an earlier version's claim is ours"
+        );
     }
 }

@@ -19,11 +19,11 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{
     ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_RETRY,
-    ANNOTATION_TEMPLATE, ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE, LABEL_PAUSE,
-    LABEL_VERSION, LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan,
-    PlanStatus, Reason,
+    ANNOTATION_RUN, ANNOTATION_TEMPLATE, ANNOTATION_TTL, Condition, LABEL_HOSTNAME, LABEL_NODE,
+    LABEL_PAUSE, LABEL_VERSION, LATEST_HASH_VAR, LATEST_VERSION_VAR, NodeStatus, PLAN_LABEL_PREFIX,
+    Phase, Plan, PlanStatus, Reason,
 };
-use crate::controller::cordon::{claims, has_claim};
+use crate::controller::cordon::{Claimant, claims, has_claim};
 use crate::controller::job::{self, JobSettings};
 use crate::controller::status::{
     self, COMPLETE, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED, Wanted, stamp,
@@ -87,6 +87,21 @@ pub enum DrainProgress {
     Failed(String),
     /// Timed out with `onTimeout: Skip`: the rollout goes on without the node; why.
     Skipped(String),
+}
+
+/// Why the API server would not take a node's Job, or its pod (kept by the reconcile's shell,
+/// by Job name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Creating the Job was refused: the template digest it had, the API server's words, and
+    /// when to try again (at once when the Plan's pod template changes).
+    Job {
+        template: String,
+        message: String,
+        retry_at: Timestamp,
+    },
+    /// The Job exists but the Job controller cannot create its pod (its `FailedCreate` event).
+    Pod { message: String },
 }
 
 /// Who an event is about.
@@ -196,11 +211,13 @@ pub enum Change {
         why: String,
     },
     CreateJob(Box<Job>),
-    /// Take over a Job the Go controller created: record the pod template it stands for (the
-    /// Plan's as it is now), so a later edit of the Plan replaces it like one of ours.
-    AdoptJob {
+    /// Set annotations on a Job: take over one the Go controller created (the pod template and
+    /// run it stands for, the Plan's as they are now, so a later edit replaces it like one of
+    /// ours), or record that a begun upgrade's Job stands for the Plan as edited when the edit
+    /// did not change what the upgrade runs.
+    AnnotateJob {
         name: String,
-        template: String,
+        annotations: BTreeMap<String, String>,
     },
     /// Bring the settings of an existing Job in line with the Plan and the controller's settings.
     UpdateJob {
@@ -245,7 +262,7 @@ impl Change {
     pub fn job(&self) -> Option<&str> {
         match self {
             Change::DeleteJob { name, .. }
-            | Change::AdoptJob { name, .. }
+            | Change::AnnotateJob { name, .. }
             | Change::UpdateJob { name, .. } => Some(name),
             Change::CreateJob(job) => job.metadata.name.as_deref(),
             Change::Drain { job, .. } | Change::FailDrain { job, .. } => Some(job),
@@ -297,11 +314,13 @@ pub struct Tally {
     pub gated: usize,
     /// Nodes this Plan keeps cordoned (its claim), whether it applies to them or not.
     pub cordoned: usize,
+    /// Applying nodes whose Job the API server refused, or whose pod cannot be created.
+    pub refused: usize,
 }
 
 impl Tally {
     /// The counts in the order of the metric's states (`metrics::PLAN_NODE_STATES`).
-    pub fn counts(&self) -> [usize; 9] {
+    pub fn counts(&self) -> [usize; 10] {
         [
             self.selected,
             self.done,
@@ -312,6 +331,7 @@ impl Tally {
             self.skipped,
             self.gated,
             self.cordoned,
+            self.refused,
         ]
     }
 }
@@ -348,6 +368,8 @@ pub struct Observed<'a> {
     pub drains: &'a BTreeMap<String, DrainProgress>,
     /// The Prometheus health gate's answer; `None` without such a gate.
     pub query: Option<QueryOutcome>,
+    /// Jobs (by name) the API server refused, or whose pods cannot be created.
+    pub refusals: &'a BTreeMap<String, Refusal>,
 }
 
 /// Decides one pass for a Plan.
@@ -356,6 +378,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     pass.validate();
     pass.resolve();
     pass.hash();
+    pass.ready = pass.problems.is_empty() && pass.resolved && !pass.hash.is_empty();
     if pass.version.is_empty() || pass.hash.is_empty() {
         // Never resolved: no Job of this Plan can be judged yet.
         let continuing = pass.continuing();
@@ -365,7 +388,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     }
     pass.handle_jobs();
     pass.carry_skipped();
-    let ready = pass.ready();
+    let ready = pass.ready;
     if ready {
         pass.health_gates();
     }
@@ -380,6 +403,10 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         return pass.finish(None);
     }
     pass.track(&selected, ready);
+    if ready {
+        // Only a pass that could act on the retry annotation consumes it.
+        pass.consume_retry_request();
+    }
     let mut selected = selected;
     selected.retain(|n| {
         !pass
@@ -410,6 +437,10 @@ struct Pass<'a> {
     obs: &'a Observed<'a>,
     plan: &'a Plan,
     plan_name: String,
+    /// This controller instance, whose cordon claims are this Plan's.
+    who: Claimant,
+    /// New nodes may start: the Plan is valid and resolved (set once hashed).
+    ready: bool,
     namespace: String,
     plan_label: String,
     /// This pass's time, as written into conditions and node entries.
@@ -456,6 +487,11 @@ struct Pass<'a> {
     skipped: BTreeSet<String>,
     /// Why a health gate holds new starts, if one does.
     gate: Option<String>,
+    /// Applying nodes whose Job waits to be created, or whose retry waits, because a pause or a
+    /// closed gate holds them: the reason and what it says.
+    held: BTreeMap<String, (Reason, String)>,
+    /// Applying nodes whose Job the API server refused (or whose pod cannot be created): why.
+    refused: BTreeMap<String, String>,
     finished_jobs: Vec<(bool, Duration)>,
     tally: Tally,
 }
@@ -484,12 +520,15 @@ impl<'a> Pass<'a> {
             .into_iter()
             .map(|e| (e.name.clone(), e))
             .collect();
+        let namespace = plan.metadata.namespace.clone().unwrap_or_default();
         Pass {
             obs,
             plan,
             plan_label: format!("{PLAN_LABEL_PREFIX}{plan_name}"),
             plan_name,
-            namespace: plan.metadata.namespace.clone().unwrap_or_default(),
+            who: Claimant::new(&namespace, &obs.settings.controller_name),
+            ready: false,
+            namespace,
             now,
             status,
             conditions,
@@ -523,6 +562,8 @@ impl<'a> Pass<'a> {
             retried_on_request: BTreeSet::new(),
             skipped: BTreeSet::new(),
             gate: None,
+            held: BTreeMap::new(),
+            refused: BTreeMap::new(),
             finished_jobs: Vec::new(),
             tally: Tally::default(),
         }
@@ -642,11 +683,6 @@ impl<'a> Pass<'a> {
                 Some(hash::plan_hash(&hash::go_shape(&with_version), &secrets));
         }
         self.hash = self.status.latest_hash.clone().unwrap_or_default();
-    }
-
-    /// Whether new nodes may start: the Plan is valid and resolved.
-    fn ready(&self) -> bool {
-        self.problems.is_empty() && self.resolved && !self.hash.is_empty()
     }
 
     /// The Jobs of the Plan: malformed ones and those of deleted nodes go; finished ones complete
@@ -817,7 +853,8 @@ impl<'a> Pass<'a> {
             self.finished_jobs.push((true, ran_for(job, at)));
         }
         let job_name = job.metadata.name.clone().unwrap_or_default();
-        let claimed = has_claim(node, &self.plan_name) || self.adopted_cordons.contains(&node_name);
+        let claimed = has_claim(node, &self.plan_name, &self.who)
+            || self.adopted_cordons.contains(&node_name);
         if claimed && self.released.insert(node_name.clone()) {
             self.before.push(Change::Release {
                 node: node_name.clone(),
@@ -937,11 +974,18 @@ impl<'a> Pass<'a> {
                 NOT_READY_RETRY,
             ));
         };
+        // A cordon some Plan holds is waited out (it is released when that Plan is done with
+        // the node); a cordon nobody claims is someone else's (an administrator, kured) and not
+        // the rollout's to wait for: the node is judged on its readiness alone.
         let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
             && !self.released.contains(name);
-        if cordoned {
+        let holders: Vec<&str> = claims(node).collect();
+        if cordoned && !holders.is_empty() {
             return Some((
-                format!("waiting for the node to be {wanted}; it is cordoned"),
+                format!(
+                    "waiting for the node to be {wanted}; it is cordoned for {}",
+                    listed("Plan", &holders)
+                ),
                 NOT_READY_RETRY,
             ));
         }
@@ -1153,22 +1197,12 @@ impl<'a> Pass<'a> {
         let template = annotation(&desired, ANNOTATION_TEMPLATE).unwrap_or_default();
         let previous = self.old_entries.get(node_name).cloned();
         if let Some(waiting) = previous.as_ref().filter(|p| {
-            p.phase == Phase::WaitingHealthy.as_str()
-                && p.job.as_deref() == Some(desired_name.as_str())
+            matches!(
+                Phase::parse(&p.phase),
+                Some(Phase::WaitingDelay | Phase::WaitingHealthy)
+            ) && p.job.as_deref() == Some(desired_name.as_str())
         }) {
-            // Its Job succeeded and expired while the node waited to be healthy: it never runs
-            // again for this hash; it is labelled once healthy.
-            let from = waiting
-                .since
-                .as_deref()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(self.obs.now);
-            if let Some(node) = self.nodes.get(node_name).copied()
-                && !self.wait_until_healthy(node, &desired_name, from)
-            {
-                let hash = self.hash.clone();
-                self.label_done(node_name, &hash);
-            }
+            self.completed_without_job(node_name, &desired_name, waiting);
             return;
         }
         let mut retries = None;
@@ -1190,13 +1224,68 @@ impl<'a> Pass<'a> {
                     self.entries.insert(node_name.to_owned(), failed.clone());
                     return;
                 }
+                RetryDue::Held((reason, why)) => {
+                    let mut entry = failed.clone();
+                    let shown = format!("{message}; its retry waits while {why}");
+                    entry.message = Some(shown.clone());
+                    self.held.insert(node_name.to_owned(), (reason, shown));
+                    self.entries.insert(node_name.to_owned(), entry);
+                    return;
+                }
                 RetryDue::Never => {
                     self.record_failure(Reason::JobFailed, message);
                     self.entries.insert(node_name.to_owned(), failed.clone());
                     return;
                 }
             }
+        } else if !self.retried_on_request.contains(node_name)
+            && previous.as_ref().is_none_or(|p| {
+                // A retry decided last pass (on request, or when nothing held it) goes on.
+                p.phase != Phase::Retrying.as_str()
+                    || p.job.as_deref() != Some(desired_name.as_str())
+            })
+            && let Some((reason, why)) = self.hold(node_name)
+        {
+            // Its Job went away (deleted by hand, or retried) while a pause or a gate holds the
+            // node: it keeps its slot, and nothing of this Plan keeps it cordoned meanwhile.
+            let message = format!("its Job is created once nothing holds the node: {why}");
+            let entry = self.entry(node_name, Phase::Preparing, &desired_name, &message);
+            self.entries.insert(node_name.to_owned(), entry);
+            self.held.insert(
+                node_name.to_owned(),
+                (reason, format!("node {node_name}: {message}")),
+            );
+            if let Some(node) = self.nodes.get(node_name).copied()
+                && has_claim(node, &self.plan_name, &self.who)
+                && self.released.insert(node_name.to_owned())
+            {
+                self.before.push(Change::Release {
+                    node: node_name.to_owned(),
+                });
+            }
+            return;
         }
+        if let Some(Refusal::Job {
+            template: refused,
+            message,
+            retry_at,
+        }) = self.obs.refusals.get(&desired_name)
+            && *refused == template
+            && self.obs.now < *retry_at
+        {
+            let text = format!("the API server refused Job {desired_name}: {message}");
+            self.refuse(node_name, &desired_name, text);
+            if let Some(entry) = self.entries.get_mut(node_name) {
+                entry.message = Some(format!(
+                    "{}; trying again at {}",
+                    entry.message.clone().unwrap_or_default(),
+                    stamp(*retry_at)
+                ));
+            }
+            self.requeue = self.requeue.min(until(self.obs.now, *retry_at));
+            return;
+        }
+        self.adopt_go_applying_cordon(node_name, gated);
         self.after.push(Change::CreateJob(Box::new(desired)));
         if previous.is_none() {
             self.notes.push(
@@ -1222,31 +1311,91 @@ impl<'a> Pass<'a> {
         self.entries.insert(node_name.to_owned(), entry);
     }
 
+    /// A node whose Job succeeded and went away (deleted by hand, or expired) while it waited out
+    /// `postCompleteDelay` or `healthGates.nodeReadyFor`: it never runs again for this hash; it
+    /// is labelled done once both are over.
+    fn completed_without_job(&mut self, node_name: &str, job_name: &str, waiting: &NodeStatus) {
+        let since: Timestamp = waiting
+            .since
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(self.obs.now);
+        let from = if waiting.phase == Phase::WaitingDelay.as_str() {
+            let delay = post_complete_delay(self.plan).unwrap_or(0);
+            let ready_at = since
+                .checked_add(jiff::SignedDuration::from_nanos(delay))
+                .unwrap_or(since);
+            if self.obs.now < ready_at {
+                self.requeue = self.requeue.min(until(self.obs.now, ready_at));
+                self.entries.insert(node_name.to_owned(), waiting.clone());
+                return;
+            }
+            ready_at
+        } else {
+            since
+        };
+        if let Some(node) = self.nodes.get(node_name).copied()
+            && !self.wait_until_healthy(node, job_name, from)
+        {
+            let hash = self.hash.clone();
+            self.label_done(node_name, &hash);
+        }
+    }
+
+    /// A node the Go controller named in `applying` (no entry of ours) and that is cordoned with
+    /// no claim: its Go Job cordoned it and went away before the takeover. The Go controller
+    /// would uncordon it when the upgrade succeeds, so the cordon becomes this Plan's claim.
+    fn adopt_go_applying_cordon(&mut self, node_name: &str, gated: bool) {
+        let Some(node) = self.nodes.get(node_name).copied() else {
+            return;
+        };
+        let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        if gated
+            && unschedulable
+            && self.applying_before.iter().any(|n| n == node_name)
+            && !self.old_entries.contains_key(node_name)
+            && claims(node).next().is_none()
+            && self.adopted_cordons.insert(node_name.to_owned())
+        {
+            self.before.push(Change::AdoptCordon {
+                node: node_name.to_owned(),
+            });
+        }
+    }
+
     /// A selected node with a Job of the current hash. `desired` is the Job the Plan asks for now
     /// (`None` while the Plan is not ready: then the Job is only followed, never replaced).
     fn follow(&mut self, node_name: &str, job: &'a Job, desired: Option<&Job>, gated: bool) {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let desired_template = desired.and_then(|d| annotation(d, ANNOTATION_TEMPLATE));
+        let desired_run = desired.and_then(|d| annotation(d, ANNOTATION_RUN));
         let mut template = annotation(job, ANNOTATION_TEMPLATE);
         let finished = finished_at(job);
-        if template.is_none()
-            && let Some(desired_template) = &desired_template
+        let begun = finished.is_none() && pods::upgrade_may_have_started(job, self.obs.pods);
+        if let (Some(desired_template), Some(desired_run)) = (&desired_template, &desired_run)
+            && template.as_ref() != Some(desired_template)
         {
-            // A Go controller's Job. Not begun: this controller's own Job replaces it (native
-            // drain, the gate). Begun or failed: adopted as the Plan is now.
-            if finished.is_none() && !pods::upgrade_may_have_started(job, self.obs.pods) {
-                self.replace(
-                    node_name,
-                    &job_name,
-                    "replacing the Go controller's Job, whose upgrade had not begun",
-                );
-                return;
+            let run = annotation(job, ANNOTATION_RUN);
+            if template.is_none() {
+                // A Go controller's Job. Not begun: this controller's own Job replaces it
+                // (native drain, the gate). Begun or failed: adopted as the Plan is now.
+                if finished.is_none() && !begun {
+                    self.replace(
+                        node_name,
+                        &job_name,
+                        "replacing the Go controller's Job, whose upgrade had not begun",
+                    );
+                    return;
+                }
+                self.restamp(&job_name, desired_template, desired_run, true);
+                template = Some(desired_template.clone());
+            } else if begun && run.as_ref().is_none_or(|r| r == desired_run) {
+                // Once the upgrade may have begun, only a change of what it runs ends it: an
+                // edit of the drain, tolerations or the Job's rendering (a Job of an earlier
+                // version of this controller, without a run digest) is recorded, not applied.
+                self.restamp(&job_name, desired_template, desired_run, false);
+                template = Some(desired_template.clone());
             }
-            self.before.push(Change::AdoptJob {
-                name: job_name.clone(),
-                template: desired_template.clone(),
-            });
-            template = Some(desired_template.clone());
         }
         let changed = matches!((&template, &desired_template), (Some(t), Some(d)) if t != d);
         if let Some((reason, message)) = self.failure_of(job, node_name) {
@@ -1263,6 +1412,13 @@ impl<'a> Pass<'a> {
             self.replace(node_name, &job_name, "replacing the Job after a Plan edit");
             return;
         }
+        if finished.is_none()
+            && let Some(Refusal::Pod { message }) = self.obs.refusals.get(&job_name)
+        {
+            let text = format!("the pod of Job {job_name} cannot be created: {message}");
+            self.refuse(node_name, &job_name, text);
+            return;
+        }
         let (phase, message) = if gated && finished.is_none() {
             self.gate_phase(node_name, job, desired.is_some())
         } else {
@@ -1270,6 +1426,60 @@ impl<'a> Pass<'a> {
         };
         let entry = self.entry(node_name, phase, &job_name, &message);
         self.entries.insert(node_name.to_owned(), entry);
+    }
+
+    /// A node whose Job the API server refused, or whose pod cannot be created: its entry says
+    /// why, and each distinct message is told once in a warning event on the Plan and the node.
+    fn refuse(&mut self, node_name: &str, job_name: &str, text: String) {
+        let entry = self.entry(node_name, Phase::Preparing, job_name, &text);
+        self.entries.insert(node_name.to_owned(), entry);
+        let key = format!("{}/{job_name}/{text}", Reason::JobRefused);
+        let message = format!("Node {node_name}: {text}");
+        self.notes.push(
+            Note::new(Target::Plan, true, Reason::JobRefused, message.clone()).once(key.clone()),
+        );
+        self.notes.push(
+            Note::new(
+                Target::Node(node_name.to_owned()),
+                true,
+                Reason::JobRefused,
+                message,
+            )
+            .once(format!("{key}/node")),
+        );
+        self.refused.insert(node_name.to_owned(), text);
+    }
+
+    /// Records on a Job the pod template and run of the Plan as it is now (`adopted`: a Go
+    /// controller's Job taken over).
+    fn restamp(&mut self, job_name: &str, template: &str, run: &str, adopted: bool) {
+        let mut annotations = BTreeMap::from([
+            (ANNOTATION_TEMPLATE.to_owned(), template.to_owned()),
+            (ANNOTATION_RUN.to_owned(), run.to_owned()),
+        ]);
+        if adopted {
+            annotations.insert(ANNOTATION_ADOPTED.to_owned(), self.now.clone());
+        }
+        self.before.push(Change::AnnotateJob {
+            name: job_name.to_owned(),
+            annotations,
+        });
+    }
+
+    /// What holds a node whose Job would be created now (a retry, or a Job that went away):
+    /// `spec.paused`, the node's pause label, or a closed health gate; the reason for the
+    /// Complete condition and what to say. Jobs that exist are never held.
+    fn hold(&self, node_name: &str) -> Option<(Reason, String)> {
+        if self.plan.spec.paused == Some(true) {
+            return Some((Reason::Paused, "spec.paused is true".into()));
+        }
+        if self.nodes.get(node_name).is_some_and(|n| select::paused(n)) {
+            let why = format!("node {node_name} is labelled {LABEL_PAUSE}=true");
+            return Some((Reason::Paused, why));
+        }
+        self.gate
+            .clone()
+            .map(|gate| (Reason::WaitingForHealth, gate))
     }
 
     /// Deletes a node's Job so the next pass creates the one the Plan asks for now.
@@ -1350,6 +1560,15 @@ impl<'a> Pass<'a> {
                 self.wait_for_retry(at, &shown);
                 shown
             }
+            RetryDue::Held((reason, why)) => {
+                let shown = format!(
+                    "{message}; retry {} waits while {why}",
+                    retry_ordinal(self.plan, retries)
+                );
+                self.held
+                    .insert(node_name.to_owned(), (reason, shown.clone()));
+                shown
+            }
             RetryDue::Never => {
                 self.record_failure(reason, message.clone());
                 message
@@ -1371,9 +1590,11 @@ impl<'a> Pass<'a> {
 
     /// When a failed node (failed since `since`, retried `retries` times) is tried again: now
     /// when the retry annotation names it (its count starts over), or automatically
-    /// (`spec.retry`) once its backoff has passed; never when its retries are used up.
+    /// (`spec.retry`) once its backoff has passed and nothing holds the node (a pause, a closed
+    /// gate); never when its retries are used up.
     fn retry_due(&mut self, node_name: &str, since: &str, retries: i32) -> RetryDue {
-        if let Some(request) = &self.retry_request
+        if self.ready
+            && let Some(request) = &self.retry_request
             && retry_requested(request, node_name)
         {
             self.retried_on_request.insert(node_name.to_owned());
@@ -1387,6 +1608,9 @@ impl<'a> Pass<'a> {
         };
         if retries >= limit {
             return RetryDue::Never;
+        }
+        if let Some(hold) = self.hold(node_name) {
+            return RetryDue::Held(hold);
         }
         let failed_at: Timestamp = since.parse().unwrap_or(self.obs.now);
         let due = failed_at
@@ -1421,7 +1645,7 @@ impl<'a> Pass<'a> {
             node_name.to_owned(),
             NodeStatus {
                 name: node_name.to_owned(),
-                phase: Phase::Preparing.as_str().into(),
+                phase: Phase::Retrying.as_str().into(),
                 job: Some(job_name.to_owned()),
                 message: Some(format!("{why}: the Job is created again")),
                 since: Some(self.now.clone()),
@@ -1489,13 +1713,21 @@ impl<'a> Pass<'a> {
             .filter(|e| e.phase == Phase::Skipped.as_str())
             .cloned()
             .collect();
+        let selector = select::node_selector(self.plan).ok().flatten();
         for entry in skipped {
             let node = entry.name.clone();
             let current = job::job_name(&self.plan_name, &node, &self.hash);
-            if !self.nodes.contains_key(&node) || entry.job.as_deref() != Some(current.as_str()) {
-                continue; // gone, or the Plan changed: it runs like any other node
+            let eligible = self.nodes.get(&node).is_some_and(|n| {
+                selector
+                    .as_ref()
+                    .is_some_and(|s| select::eligible(&self.plan_name, s, n))
+            });
+            if !eligible || entry.job.as_deref() != Some(current.as_str()) {
+                // Gone, deselected or opted out; or the Plan changed: it runs like any other node.
+                continue;
             }
-            if let Some(request) = &self.retry_request
+            if self.ready
+                && let Some(request) = &self.retry_request
                 && retry_requested(request, &node)
             {
                 self.retried_on_request.insert(node.clone());
@@ -1660,7 +1892,8 @@ impl<'a> Pass<'a> {
             .nodes
             .iter()
             .filter(|(name, node)| {
-                (has_claim(node, &self.plan_name) || self.adopted_cordons.contains(*name))
+                (has_claim(node, &self.plan_name, &self.who)
+                    || self.adopted_cordons.contains(*name))
                     && !selected.contains(name.as_str())
                     && !self.released.contains(*name)
             })
@@ -1715,7 +1948,8 @@ impl<'a> Pass<'a> {
         let paused = self.plan.spec.paused == Some(true);
         let label_held = applying.is_empty() && self.tally.held > 0;
         let gated = self.gate.is_some() && self.tally.waiting > self.tally.held;
-        let held = (paused && self.tally.waiting > 0) || label_held || gated;
+        let held =
+            (paused && (self.tally.waiting > 0 || !self.held.is_empty())) || label_held || gated;
         if ready && held && self.failure.is_none() {
             if !applying.is_empty() && self.status.applying.as_deref() != Some(applying.as_slice())
             {
@@ -1764,6 +1998,11 @@ impl<'a> Pass<'a> {
             self.set_condition(COMPLETE, "False", Reason::SyncJob, "");
             self.note_sync(&applying);
         } else if let Some((reason, message)) = self.failure.clone() {
+            self.set_condition(COMPLETE, "False", reason, &message);
+        } else if let Some((node, message)) = self.refused.iter().next() {
+            let message = format!("node {node}: {message}");
+            self.set_condition(COMPLETE, "False", Reason::JobRefused, &message);
+        } else if let Some((reason, message)) = self.held.values().next().cloned() {
             self.set_condition(COMPLETE, "False", reason, &message);
         } else if let Some(message) = self.retrying.clone() {
             self.set_condition(COMPLETE, "False", Reason::Retrying, &message);
@@ -1840,7 +2079,6 @@ impl<'a> Pass<'a> {
     /// The one way a pass ends: the conditions, the node entries and (unless `None`, which keeps
     /// it as stored) `applying` go into the status, and the Decision is returned.
     fn finish(mut self, selected: Option<&[&Node]>) -> Decision {
-        self.consume_retry_request();
         self.kstatus_conditions();
         let generation = self.plan.metadata.generation;
         for condition in &mut self.conditions {
@@ -1853,11 +2091,13 @@ impl<'a> Pass<'a> {
             .values()
             .filter(|e| e.phase == Phase::Failed.as_str())
             .count();
+        self.tally.refused = self.refused.len();
         self.tally.cordoned = self
             .nodes
             .iter()
             .filter(|(name, node)| {
-                (has_claim(node, &self.plan_name) || self.adopted_cordons.contains(*name))
+                (has_claim(node, &self.plan_name, &self.who)
+                    || self.adopted_cordons.contains(*name))
                     && !self.released.contains(*name)
             })
             .count();
@@ -1903,9 +2143,12 @@ impl<'a> Pass<'a> {
         let (reconciling, stalled) = match reason {
             _ if complete_true => (None, None),
             Some(Reason::Paused) => (None, None),
-            Some(failed @ (Reason::JobFailed | Reason::DrainFailed | Reason::DrainSkipped)) => {
-                (None, Some(failed))
-            }
+            Some(
+                failed @ (Reason::JobFailed
+                | Reason::DrainFailed
+                | Reason::DrainSkipped
+                | Reason::JobRefused),
+            ) => (None, Some(failed)),
             _ if invalid => (None, Some(Reason::ValidateFailed)),
             Some(other) => (Some(other), None),
             None => (Some(Reason::SyncJob), None),
@@ -2002,7 +2245,12 @@ fn listed(what: &str, names: &[&str]) -> String {
 enum RetryDue {
     Never,
     At(Timestamp),
-    Now { retries: i32, why: String },
+    /// Automatically, once nothing holds the node: the hold's reason and what it says.
+    Held((Reason, String)),
+    Now {
+        retries: i32,
+        why: String,
+    },
 }
 
 /// Longest wait between automatic retries (unless the Plan's backoff is longer).

@@ -262,6 +262,8 @@ impl Wake {
 #[derive(Clone)]
 pub struct DrainHandle {
     pub client: Client,
+    /// This controller instance, whose cordon claims the drains write.
+    pub claimant: cordon::Claimant,
     pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
     pub wake: Wake,
@@ -294,7 +296,8 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         *current = state;
         changed
     };
-    match cordon::cordon(&handle.client, &request.plan.name, &request.node, true).await {
+    let who = &handle.claimant;
+    match cordon::cordon(&handle.client, who, &request.plan.name, &request.node, true).await {
         Ok(Some((node, outcome))) => {
             let target = Target::Node(request.node.clone());
             let note = Note::new(target, false, outcome.reason, outcome.message);

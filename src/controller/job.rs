@@ -17,9 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN, ContainerSpec, KUBECTL_DOMAIN,
-    LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE, LABEL_OS, LABEL_PLAN,
-    LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX, Plan, TAINT_UNSCHEDULABLE,
+    ANNOTATION_RUN, ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN, ContainerSpec,
+    KUBECTL_DOMAIN, LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE, LABEL_OS,
+    LABEL_PLAN, LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX, Plan,
+    TAINT_UNSCHEDULABLE,
 };
 use crate::controller::hash::hex;
 use crate::syntax::{duration, image};
@@ -296,6 +297,7 @@ fn job(
         ANNOTATION_TEMPLATE.into(),
         template_hash(&template, plan.spec.drain.as_ref()),
     );
+    annotations.insert(ANNOTATION_RUN.into(), run_hash(plan));
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(&parts.plan_name, node_name, &parts.hash)),
@@ -579,6 +581,21 @@ fn gate_image(settings: &JobSettings, upgrade_image: &str, version: &str) -> Str
         Some(image) => image.to_owned(),
         None => image_with_version(upgrade_image, version),
     }
+}
+
+/// A short digest of what the upgrade runs, from the Plan itself (not from how this controller
+/// renders it, so a controller upgrade never changes it): `prepare`, `upgrade`, `secrets` and
+/// `serviceAccountName`. The version and the rest of the hash are in the Job's name.
+pub fn run_hash(plan: &Plan) -> String {
+    let spec = &plan.spec;
+    let json = serde_json::to_vec(&(
+        &spec.prepare,
+        &spec.upgrade,
+        &spec.secrets,
+        &spec.service_account_name,
+    ))
+    .unwrap_or_default();
+    hex(&Sha256::digest(&json))[..16].to_owned()
 }
 
 /// A short digest of a pod template, to notice Plan edits that change it.

@@ -16,6 +16,7 @@ pub mod job;
 pub mod poll;
 pub mod query;
 pub mod reconcile;
+pub mod refusals;
 pub mod resolve;
 pub mod select;
 pub mod status;
@@ -35,7 +36,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::api::{CORDON_CLAIM_PREFIX, LABEL_PLAN, Plan, Reason};
+use crate::api::{LABEL_PLAN, Plan, Reason};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 use drain::{DrainHandle, Wake};
@@ -83,6 +84,7 @@ pub async fn run(
     ));
     let drains = Drains::new(DrainHandle {
         client: client.clone(),
+        claimant: settings.claimant(),
         events: events.clone(),
         metrics: metrics.clone(),
         wake: wake.clone(),
@@ -214,6 +216,7 @@ async fn janitor(
                     ctx.drains.forget(&uid, &[]);
                     ctx.expect.forget(&uid);
                     ctx.queries.forget(&uid);
+                    ctx.refusals.forget(&uid);
                     ctx.metrics.forget_plan(&ctx.settings.namespace, &plan);
                     release_orphaned_claims(&ctx).await;
                 }
@@ -293,7 +296,8 @@ fn plans_using_secret(plans: &Store<Plan>, secret: &str) -> Vec<ObjectRef<Plan>>
         .collect()
 }
 
-/// Drops the cordon claims of Plans that no longer exist, uncordoning nodes nobody else holds.
+/// Drops this instance's cordon claims of Plans that no longer exist, uncordoning nodes nobody
+/// else holds. Claims of another instance (another namespace or controller name) are theirs.
 async fn release_orphaned_claims(ctx: &Context) {
     let existing: Vec<String> = ctx
         .caches
@@ -302,13 +306,9 @@ async fn release_orphaned_claims(ctx: &Context) {
         .iter()
         .map(|p| p.name_any())
         .collect();
+    let who = ctx.settings.claimant();
     for node in ctx.caches.nodes.state() {
-        let orphaned: Vec<String> = node
-            .metadata
-            .annotations
-            .iter()
-            .flatten()
-            .filter_map(|(k, _)| k.strip_prefix(CORDON_CLAIM_PREFIX))
+        let orphaned: Vec<String> = cordon::claims_of(&node, &who)
             .filter(|plan| !existing.iter().any(|e| e == plan))
             .map(str::to_owned)
             .collect();

@@ -16,10 +16,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_RETRY, ANNOTATION_TEMPLATE,
-    ANNOTATION_TTL, LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
+    ANNOTATION_DRAIN_FAILED, ANNOTATION_RETRY, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
+    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
-use crate::controller::cordon::{self, CordonError};
+use crate::controller::cordon::{self, Claimant, CordonError};
 use crate::controller::decide::{
     self, Change, Decision, JobFields, Note, Observed, Resolution, Target,
 };
@@ -30,7 +30,8 @@ use crate::controller::expect::{Expectations, Shown};
 use crate::controller::job::JobSettings;
 use crate::controller::poll::Channels;
 use crate::controller::query::Queries;
-use crate::controller::status::{self, stamp};
+use crate::controller::refusals::{self, Refusals};
+use crate::controller::status;
 use crate::metrics::Metrics;
 
 /// Controller-wide settings.
@@ -39,6 +40,13 @@ pub struct Settings {
     pub namespace: String,
     pub job: JobSettings,
     pub polling_interval: Duration,
+}
+
+impl Settings {
+    /// This controller instance, as its cordon claims name it.
+    pub fn claimant(&self) -> Claimant {
+        Claimant::new(&self.namespace, &self.job.controller_name)
+    }
 }
 
 /// The watch caches: Plans, this controller's Jobs and their pods, Nodes, Secrets.
@@ -74,6 +82,8 @@ pub struct Context {
     backoff: Backoff,
     /// What each Plan's last pass wrote that the caches may not show yet.
     pub expect: Expectations,
+    /// Jobs the API server refused, and Jobs whose pod cannot be created.
+    pub refusals: Refusals,
 }
 
 /// Why a reconcile did not finish; it is retried with backoff. Each names what failed.
@@ -149,6 +159,7 @@ impl Context {
             nodes_pruned: AtomicBool::new(false),
             backoff: Backoff::default(),
             expect: Expectations::default(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -305,6 +316,8 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     // Drains of Jobs that finished, failed, were suspended or deleted stop.
     ctx.drains.forget(&plan_uid, &decide::drainable_jobs(&jobs));
     let drains = ctx.drains.of(&plan_uid);
+    look_up_pod_refusals(ctx, &plan_uid, &jobs, &pods).await;
+    let refusals = ctx.refusals.of(&plan_uid);
     let decision = decide::decide(&Observed {
         query,
         plan,
@@ -316,6 +329,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         settings: &ctx.settings.job,
         pods: &pods,
         drains: &drains,
+        refusals: &refusals,
     });
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
     act(ctx, plan, &decision).await?;
@@ -330,6 +344,65 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         decision.tally.counts(),
     );
     Ok(Action::requeue(decision.requeue))
+}
+
+/// For the Plan's Jobs that have had no pod for a while, why: the Job controller's newest
+/// `FailedCreate` event (a quota, Pod Security admission, a webhook). Read at most every
+/// [`refusals::LOOKUP_EVERY`] per Job; a Job with a pod has no such refusal.
+async fn look_up_pod_refusals(ctx: &Context, plan_uid: &str, jobs: &[&Job], pods: &[&Pod]) {
+    let now = jiff::Timestamp::now();
+    for job in jobs {
+        let (Some(name), Some(uid)) = (job.metadata.name.as_deref(), job.metadata.uid.as_deref())
+        else {
+            continue;
+        };
+        let has_pod = pods.iter().any(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        });
+        if has_pod {
+            ctx.refusals.clear(plan_uid, name);
+            continue;
+        }
+        let age = job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Duration::ZERO, |t| {
+                now.duration_since(t.0).try_into().unwrap_or(Duration::ZERO)
+            });
+        let waiting = job.metadata.deletion_timestamp.is_none()
+            && decide::finished_at(job).is_none()
+            && job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
+            && job.spec.as_ref().and_then(|s| s.parallelism) != Some(0);
+        if !waiting || age < refusals::NO_POD_GRACE || !ctx.refusals.lookup_due(uid, Instant::now())
+        {
+            continue;
+        }
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        let fields = format!("involvedObject.uid={uid},reason=FailedCreate");
+        match events
+            .list(&kube::api::ListParams::default().fields(&fields))
+            .await
+        {
+            Ok(list) => {
+                let newest = list.items.into_iter().max_by_key(|e| {
+                    e.last_timestamp
+                        .as_ref()
+                        .map(|t| t.0)
+                        .or(e.event_time.as_ref().map(|t| t.0))
+                });
+                if let Some(message) = newest.and_then(|e| e.message) {
+                    ctx.refusals.pod_refused(plan_uid, name, &message);
+                }
+            }
+            Err(e) => tracing::debug!(job = name, error = %e, "cannot read the Job's events"),
+        }
+    }
 }
 
 /// Carries out a decision: the changes that need no new status, the status, the changes that
@@ -477,28 +550,45 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
             match jobs.create(&PostParams::default(), job).await {
                 Ok(_) => {
                     ctx.expect.job_created(&uid(plan), &name);
+                    ctx.refusals.clear(&uid(plan), &name);
                     tracing::info!("created Job");
                     ctx.metrics.job_changed("created");
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     return foreign_job(ctx, plan, &jobs, &name).await;
                 }
+                // The API server's answer (invalid, forbidden, a quota, a webhook): shown in the
+                // node's entry and the Plan's conditions by the next pass, and tried again later.
+                Err(kube::Error::Api(s)) if s.code != 429 => {
+                    tracing::warn!(code = s.code, message = %s.message, "the API server refused the Job");
+                    let template = job
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_TEMPLATE))
+                        .cloned()
+                        .unwrap_or_default();
+                    let now = jiff::Timestamp::now();
+                    (ctx.refusals).job_refused(&uid(plan), &name, &template, &s.message, now);
+                    ctx.wake
+                        .plan(&plan.namespace().unwrap_or_default(), &plan.name_any());
+                }
                 Err(e) => return Err(ReconcileError::job("creating", &name, e)),
             }
         }
-        Change::AdoptJob { name, template } => {
-            tracing::info!("adopting a Job of the Go controller");
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                ANNOTATION_TEMPLATE: template,
-                ANNOTATION_ADOPTED: stamp(jiff::Timestamp::now()),
-            }}});
+        Change::AnnotateJob { name, annotations } => {
+            tracing::info!(?annotations, "annotating Job");
+            let patch = serde_json::json!({"metadata": {"annotations": annotations}});
             patch_job(&jobs, name, &patch).await?;
         }
         Change::UpdateJob { name, fields } => {
             tracing::info!(?fields, "updating the Job's settings");
             patch_job(&jobs, name, &job_fields_patch(fields)).await?;
         }
-        Change::AdoptCordon { node } => cordon::adopt(&ctx.client, &plan.name_any(), node).await?,
+        Change::AdoptCordon { node } => {
+            let who = ctx.settings.claimant();
+            cordon::adopt(&ctx.client, &who, &plan.name_any(), node).await?
+        }
         Change::LabelNode { node, labels } => label_node(ctx, plan, node, labels).await?,
         Change::Drain {
             node,
@@ -599,7 +689,8 @@ async fn label_node(
 /// Drops a Plan's cordon claim on a node (uncordoning it when no claim is left) and tells so
 /// on the node.
 pub async fn release(ctx: &Context, plan: &str, node: &str) -> Result<(), CordonError> {
-    if let Some((current, outcome)) = cordon::cordon(&ctx.client, plan, node, false).await? {
+    let who = ctx.settings.claimant();
+    if let Some((current, outcome)) = cordon::cordon(&ctx.client, &who, plan, node, false).await? {
         let note = Note::new(
             Target::Node(node.to_owned()),
             false,
@@ -741,6 +832,7 @@ mod tests {
         let metrics = Metrics::new();
         let drains = Drains::new(DrainHandle {
             client: client.clone(),
+            claimant: Claimant::new("system-upgrade", "system-upgrade-controller"),
             events: events.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
@@ -925,7 +1017,16 @@ mod tests {
     #[tokio::test]
     async fn a_cordon_retries_when_the_node_changed_between_read_and_write() {
         let (client, mut api) = testing::client();
-        let claiming = tokio::spawn(async move { cordon::cordon(&client, "p", "a", true).await });
+        let claiming = tokio::spawn(async move {
+            cordon::cordon(
+                &client,
+                &Claimant::new("system-upgrade", "suc"),
+                "p",
+                "a",
+                true,
+            )
+            .await
+        });
         let node = serde_json::to_value(node("a")).unwrap();
         api.expect("GET", "/api/v1/nodes/a", 200, node.clone())
             .await;
@@ -946,7 +1047,16 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_keeps_changing_is_given_up_as_a_conflict() {
         let (client, mut api) = testing::client();
-        let claiming = tokio::spawn(async move { cordon::cordon(&client, "p", "a", true).await });
+        let claiming = tokio::spawn(async move {
+            cordon::cordon(
+                &client,
+                &Claimant::new("system-upgrade", "suc"),
+                "p",
+                "a",
+                true,
+            )
+            .await
+        });
         let node = serde_json::to_value(node("a")).unwrap();
         for _ in 0..5 {
             api.expect("GET", "/api/v1/nodes/a", 200, node.clone())

@@ -25,6 +25,8 @@ struct World {
     resolution: Option<Resolution>,
     /// The Prometheus gate's answer.
     query: Option<QueryOutcome>,
+    /// Jobs the API server refused, as the shell keeps them.
+    refusals: BTreeMap<String, Refusal>,
 }
 
 impl World {
@@ -47,6 +49,7 @@ impl World {
             now: NOW.into(),
             resolution: None,
             query: None,
+            refusals: BTreeMap::new(),
         }
     }
 
@@ -110,6 +113,7 @@ impl World {
             pods: &pod_refs,
             drains: &self.drains,
             query: self.query.clone(),
+            refusals: &self.refusals,
         })
     }
 
@@ -196,11 +200,11 @@ impl World {
                         json!(message);
                     job["spec"]["suspend"] = json!(true);
                 }
-                Change::AdoptJob { name, template } => {
+                Change::AnnotateJob { name, annotations } => {
                     let job = self.job_mut(name);
-                    job["metadata"]["annotations"]["upgrade.cattle.io/template-hash"] =
-                        json!(template);
-                    job["metadata"]["annotations"]["upgrade.cattle.io/adopted"] = json!("now");
+                    for (k, v) in annotations {
+                        job["metadata"]["annotations"][k] = json!(v);
+                    }
                 }
                 Change::UpdateJob { name, fields } => {
                     let job = self.job_mut(name);
@@ -1028,10 +1032,9 @@ fn make_go_era(world: &mut World, node: &str) {
         .iter_mut()
         .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
         .unwrap();
-    job["metadata"]["annotations"]
-        .as_object_mut()
-        .unwrap()
-        .remove(ANNOTATION_TEMPLATE);
+    let annotations = job["metadata"]["annotations"].as_object_mut().unwrap();
+    annotations.remove(ANNOTATION_TEMPLATE);
+    annotations.remove(ANNOTATION_RUN);
 }
 
 /// The upgrade container of the node's pod runs (the gate was passed).
@@ -1427,7 +1430,7 @@ fn a_go_era_job_whose_upgrade_began_is_adopted_and_an_edit_replaces_it() {
         adopted
             .before
             .iter()
-            .any(|c| matches!(c, Change::AdoptJob { name: n, .. } if *n == name))
+            .any(|c| matches!(c, Change::AnnotateJob { name: n, annotations } if *n == name && annotations.contains_key(ANNOTATION_ADOPTED)))
     );
     assert!(deleted(&adopted).is_empty());
     assert!(world.step().before.is_empty(), "adopted once");
@@ -1447,7 +1450,7 @@ fn a_failed_go_era_job_is_retried_by_one_edit_also_after_it_expired() {
         failed
             .before
             .iter()
-            .any(|c| matches!(c, Change::AdoptJob { .. }))
+            .any(|c| matches!(c, Change::AnnotateJob { annotations, .. } if annotations.contains_key(ANNOTATION_ADOPTED)))
     );
     world.now = "2026-11-23T10:15:01Z".into();
     assert_eq!(deleted(&world.step()).len(), 1, "expired");
@@ -1917,7 +1920,7 @@ fn failed_nodes_are_retried_with_backoff_up_to_the_limit() {
     let marker = entry(&retry, "a");
     assert_eq!(
         (marker.phase.as_str(), marker.retries),
-        ("Preparing", Some(1))
+        ("Retrying", Some(1))
     );
     let again = world.step();
     assert_eq!(created(&again), ["a"]);
@@ -1975,7 +1978,7 @@ fn the_retry_annotation_retries_failed_nodes_now_and_is_consumed() {
             .get("upgrade.cattle.io/retry")
             .is_none()
     );
-    assert_eq!(entry(&one, &running[0]).phase, "Preparing");
+    assert_eq!(entry(&one, &running[0]).phase, "Retrying");
     assert_eq!(entry(&one, &running[1]).phase, "Failed");
     assert_eq!(created(&world.step()), [running[0].clone()]);
     // "all": every failed node; a name that has not failed is reported.
@@ -2258,4 +2261,395 @@ fn closed_gates_hold_new_starts_and_never_fail_the_plan() {
     let open = world.step();
     assert_eq!(created(&open).len(), 2);
     assert_eq!(short(&open, COMPLETE), pair("False", "SyncJob"));
+}
+
+// Safety in everyday operation: what may end a begun upgrade, what a pause holds, takeovers.
+
+/// The node's Job and its pod, for a test that edits them.
+fn job_of<'w>(world: &'w mut World, node: &str) -> &'w mut Value {
+    world
+        .jobs
+        .iter_mut()
+        .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
+        .unwrap()
+}
+
+fn annotated(decision: &Decision) -> Vec<&BTreeMap<String, String>> {
+    decision
+        .before
+        .iter()
+        .filter_map(|c| match c {
+            Change::AnnotateJob { annotations, .. } => Some(annotations),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_drain_edit_never_ends_a_begun_upgrade_but_a_change_of_what_it_runs_does() {
+    let mut s = spec();
+    s["drain"] = json!({"timeout": "5m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    upgrade_runs(&mut world, "a");
+    for edit in [
+        json!({"timeout": "30m", "onTimeout": "Skip"}),
+        json!({"timeout": 600_000_000_000i64, "force": true, "gracePeriod": 5}),
+    ] {
+        world.plan["spec"]["drain"] = edit;
+        let edited = world.step();
+        assert!(
+            deleted(&edited).is_empty(),
+            "a drain edit killed the upgrade"
+        );
+        // The Job now stands for the edited Plan, so a later failure is not retried by it.
+        assert_eq!(annotated(&edited).len(), 1);
+        assert!(world.step().before.is_empty(), "recorded once");
+    }
+    // Tolerations and the cordon/drain choice are not what the upgrade runs either.
+    world.plan["spec"]["tolerations"] =
+        json!([{"key": "CriticalAddonsOnly", "operator": "Exists"}]);
+    world.plan["spec"]["drain"] = Value::Null;
+    assert!(deleted(&world.step()).is_empty());
+    // A change of what it runs replaces it.
+    world.plan["spec"]["upgrade"]["envs"] =
+        json!([{"name": "INSTALL_K3S_SKIP_START", "value": "true"}]);
+    assert_eq!(deleted(&world.step()).len(), 1);
+}
+
+#[test]
+fn a_drain_edit_replaces_a_job_whose_upgrade_has_not_begun() {
+    let mut s = spec();
+    s["drain"] = json!({"timeout": "5m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    let draining = world.settle();
+    assert_eq!(entry(&draining, "a").phase, "Draining");
+    world.plan["spec"]["drain"]["onTimeout"] = json!("Skip");
+    assert_eq!(
+        deleted(&world.step()).len(),
+        1,
+        "nothing began: it follows the edit"
+    );
+}
+
+#[test]
+fn a_begun_job_of_an_earlier_controller_version_is_never_replaced_for_its_rendering() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    upgrade_runs(&mut world, "a");
+    // Created by a version without a run digest, whose rendering differs from this one's.
+    let job = job_of(&mut world, "a");
+    let annotations = job["metadata"]["annotations"].as_object_mut().unwrap();
+    annotations.remove(ANNOTATION_RUN);
+    annotations.insert(ANNOTATION_TEMPLATE.into(), json!("0123456789abcdef"));
+    let pass = world.step();
+    assert!(deleted(&pass).is_empty());
+    assert_eq!(annotated(&pass).len(), 1);
+    assert_eq!(entry(&pass, "a").phase, "Upgrading");
+}
+
+fn failed_with_retries(world: &mut World) {
+    world.settle();
+    world.finish_job("a", false, NOW);
+    let failed = world.step();
+    assert_eq!(short(&failed, COMPLETE).1, "Retrying");
+}
+
+#[test]
+fn automatic_retries_wait_while_the_plan_or_the_node_is_paused() {
+    let mut s = spec();
+    s["retry"] = json!({"limit": 20, "backoff": "10s"});
+    let mut world = World::new(s).nodes(&["a"]);
+    failed_with_retries(&mut world);
+    world.plan["spec"]["paused"] = json!(true);
+    world.now = at(5);
+    let paused = world.step();
+    assert!(deleted(&paused).is_empty() && created(&paused).is_empty());
+    let message = entry(&paused, "a").message.unwrap();
+    assert!(
+        message.contains("retry 1 of 20 waits while spec.paused is true"),
+        "{message}"
+    );
+    assert_eq!(short(&paused, COMPLETE), pair("False", "Paused"));
+    assert_eq!(short(&paused, STALLED).0, "False");
+    // The node in repair: labelled paused, the Plan resumed.
+    world.plan["spec"]["paused"] = json!(false);
+    world.node_mut("a")["metadata"]["labels"]["upgrade.cattle.io/pause"] = json!("true");
+    let held = world.step();
+    assert!(deleted(&held).is_empty() && created(&held).is_empty());
+    let (_, reason, message) = condition(&held, COMPLETE);
+    assert_eq!(reason, "Paused");
+    assert!(
+        message.contains("node a is labelled upgrade.cattle.io/pause=true"),
+        "{message}"
+    );
+    // The retry annotation is the operator's override.
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "a"});
+    assert_eq!(deleted(&world.step()).len(), 1);
+    assert_eq!(
+        created(&world.step()),
+        ["a"],
+        "created while the label holds the node"
+    );
+}
+
+#[test]
+fn a_job_gone_while_the_plan_is_paused_is_created_again_only_on_resume() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    let first = world.settle();
+    let node = first.status.applying.clone().unwrap()[0].clone();
+    world.plan["spec"]["paused"] = json!(true);
+    // Deleted by hand while it waits in its gate; the node was cordoned for it.
+    world.jobs.clear();
+    world.pods.clear();
+    let paused = world.step();
+    assert!(created(&paused).is_empty());
+    assert!(
+        paused
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::Release { node: n } if *n == node)),
+        "not kept cordoned while nothing runs there"
+    );
+    assert!(
+        entry(&paused, &node)
+            .message
+            .unwrap()
+            .contains("spec.paused is true")
+    );
+    assert_eq!(
+        paused.status.applying.as_deref(),
+        Some(std::slice::from_ref(&node)),
+        "its slot kept"
+    );
+    world.plan["spec"]["paused"] = json!(false);
+    assert_eq!(created(&world.step()), [node]);
+}
+
+#[test]
+fn automatic_retries_wait_while_a_health_gate_is_closed() {
+    let mut s = spec();
+    s["retry"] = json!({"limit": 3, "backoff": "10s"});
+    s["healthGates"] = json!({"prometheus": {"url": "http://prometheus:9090", "query": "up == 0"}});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.query = Some(QueryOutcome::Clear);
+    failed_with_retries(&mut world);
+    world.query = Some(QueryOutcome::Firing("1 series".into()));
+    world.now = at(5);
+    let gated = world.step();
+    assert!(deleted(&gated).is_empty());
+    assert_eq!(short(&gated, COMPLETE).1, "WaitingForHealth");
+    world.query = Some(QueryOutcome::Clear);
+    assert_eq!(deleted(&world.step()).len(), 1);
+}
+
+#[test]
+fn a_node_the_go_controller_left_cordoned_without_a_job_is_returned_after_its_upgrade() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    // As the Go controller leaves it when the Job expired before the takeover.
+    world.plan["status"] = json!({"applying": ["a"], "latestVersion": "v1.30.4-k3s1"});
+    world.node_mut("a")["spec"]["unschedulable"] = json!(true);
+    let first = world.step();
+    assert!(
+        first
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::AdoptCordon { node } if node == "a"))
+    );
+    assert_eq!(created(&first), ["a"]);
+    world.settle();
+    world.finish_job("a", true, NOW);
+    let done = world.step();
+    assert!(
+        done.before
+            .iter()
+            .any(|c| matches!(c, Change::Release { node } if node == "a")),
+        "uncordoned as the Go controller would"
+    );
+    // A node an administrator cordoned, never applying under Go, is not adopted.
+    world.node_mut("b")["spec"]["unschedulable"] = json!(true);
+    let next = world.settle();
+    assert!(
+        !next
+            .before
+            .iter()
+            .any(|c| matches!(c, Change::AdoptCordon { node } if node == "b"))
+    );
+}
+
+#[test]
+fn node_ready_for_waits_out_a_plans_cordon_but_not_someone_elses() {
+    let mut s = spec();
+    s["healthGates"] = json!({"nodeReadyFor": "1m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    set_ready(&mut world, "a", true, "2026-11-23T09:00:00Z");
+    world.settle();
+    world.finish_job("a", true, NOW);
+    world.step();
+    // An administrator cordons it meanwhile: nobody claims that cordon.
+    world.node_mut("a")["spec"]["unschedulable"] = json!(true);
+    world.now = at(2);
+    let judged = world.step();
+    assert_eq!(
+        world.node_label("a", "plan.upgrade.cattle.io/p").as_deref(),
+        Some(judged.status.latest_hash.as_deref().unwrap())
+    );
+    // Another Plan's cordon is waited out.
+    let mut world = World::new(spec_with_gate()).nodes(&["a"]);
+    set_ready(&mut world, "a", true, "2026-11-23T09:00:00Z");
+    world.settle();
+    world.finish_job("a", true, NOW);
+    world.step();
+    world.node_mut("a")["spec"]["unschedulable"] = json!(true);
+    world.node_mut("a")["metadata"]["annotations"]["cordoned.upgrade.cattle.io/os"] =
+        json!("system-upgrade/system-upgrade-controller 2026-11-23T10:00:30Z");
+    world.now = at(2);
+    let waiting = world.step();
+    let message = entry(&waiting, "a").message.unwrap();
+    assert!(message.contains("it is cordoned for Plan os"), "{message}");
+}
+
+fn spec_with_gate() -> Value {
+    let mut s = spec();
+    s["healthGates"] = json!({"nodeReadyFor": "1m"});
+    s
+}
+
+#[test]
+fn a_skipped_node_that_is_opted_out_no_longer_stalls_the_plan() {
+    let mut s = spec();
+    s["drain"] = json!({"timeout": "1m", "onTimeout": "Skip"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    world.settle();
+    let uid = world.jobs[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world
+        .drains
+        .insert(uid, DrainProgress::Skipped("timed out".into()));
+    world.step();
+    assert_eq!(short(&world.step(), COMPLETE).1, "DrainSkipped");
+    world.node_mut("a")["metadata"]["labels"]["plan.upgrade.cattle.io/p"] = json!("disabled");
+    let opted_out = world.step();
+    assert_eq!(short(&opted_out, COMPLETE), pair("True", "Complete"));
+    assert_eq!(short(&opted_out, STALLED).0, "False");
+}
+
+#[test]
+fn the_retry_annotation_stays_until_a_pass_can_act_on_it() {
+    let mut s = spec();
+    s["window"] = json!({"days": ["tu"], "startTime": "01:00", "endTime": "02:00"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "all"});
+    let closed = world.step();
+    assert!(
+        !closed
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::ClearRetry { .. })),
+        "a pass that waits for its window did not act on it"
+    );
+    world.plan["spec"]["version"] = Value::Null;
+    let unresolved = world.step();
+    assert!(
+        !unresolved
+            .after
+            .iter()
+            .any(|c| matches!(c, Change::ClearRetry { .. }))
+    );
+}
+
+#[test]
+fn a_job_gone_while_its_node_waits_out_the_delay_never_runs_the_node_again() {
+    let mut s = spec();
+    s["postCompleteDelay"] = json!("30m");
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    world.finish_job("a", true, NOW);
+    let waiting = world.step();
+    assert_eq!(entry(&waiting, "a").phase, "WaitingDelay");
+    world.jobs.clear();
+    world.pods.clear();
+    world.now = at(10);
+    let gone = world.step();
+    assert!(created(&gone).is_empty(), "upgraded twice");
+    assert_eq!(entry(&gone, "a").phase, "WaitingDelay");
+    world.now = at(31);
+    let labelled = world.step();
+    assert!(created(&labelled).is_empty());
+    assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
+}
+
+#[test]
+fn a_refused_job_is_shown_told_once_and_tried_again_after_its_backoff() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    let first = world.decide();
+    let Change::CreateJob(job) = &first.after[0] else {
+        panic!("{:?}", first.after)
+    };
+    let name = job.metadata.name.clone().unwrap();
+    let template = job.metadata.annotations.as_ref().unwrap()[ANNOTATION_TEMPLATE].clone();
+    world.plan["status"] = serde_json::to_value(&first.status).unwrap();
+    let message = "admission webhook \"deny.example.com\" denied the request: no privileged pods";
+    world.refusals.insert(
+        name.clone(),
+        Refusal::Job {
+            template,
+            message: message.into(),
+            retry_at: at(1).parse().unwrap(),
+        },
+    );
+    let refused = world.step();
+    assert!(created(&refused).is_empty());
+    let (status, reason, shown) = condition(&refused, COMPLETE);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "JobRefused"));
+    assert!(shown.contains(message), "{shown}");
+    assert_eq!(short(&refused, STALLED), pair("True", "JobRefused"));
+    assert!(entry(&refused, "a").message.unwrap().contains(message));
+    assert_eq!(refused.tally.refused, 1);
+    let warnings: Vec<&Note> = refused
+        .notes
+        .iter()
+        .filter(|n| n.reason == Reason::JobRefused)
+        .collect();
+    assert_eq!(warnings.len(), 2, "on the Plan and the node");
+    assert!(warnings.iter().all(|n| n.warning && n.once.is_some()));
+    assert_eq!(refused.requeue, Duration::from_secs(60));
+    // Due: created again; an edit of the pod template tries at once.
+    world.now = at(1);
+    assert_eq!(created(&world.decide()), ["a"]);
+    world.now = NOW.into();
+    world.plan["spec"]["upgrade"]["args"] = json!(["--fixed"]);
+    assert_eq!(created(&world.decide()), ["a"]);
+}
+
+#[test]
+fn a_job_whose_pod_cannot_be_created_says_why() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.step();
+    let name = world.jobs[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world.pods.clear();
+    let message =
+        "Error creating: pods \"x\" is forbidden: exceeded quota: pods, requested: pods=1";
+    world.refusals.insert(
+        name,
+        Refusal::Pod {
+            message: message.into(),
+        },
+    );
+    let pass = world.step();
+    let (_, reason, shown) = condition(&pass, COMPLETE);
+    assert_eq!(reason, "JobRefused");
+    assert!(shown.contains("exceeded quota"), "{shown}");
+    assert_eq!(entry(&pass, "a").phase, "Preparing");
+    assert!(
+        deleted(&pass).is_empty(),
+        "the Job stays; its pod may come once the quota allows"
+    );
 }
