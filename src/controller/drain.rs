@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
@@ -285,8 +284,9 @@ impl DrainHandle {
 
 /// Cordons the node, evicts or deletes its pods as the options say, waits for them to go, then
 /// lets the upgrade pod go on. Progress is kept in `progress` and each change wakes the Plan.
-/// Runs until done, failed (a blocking pod, or the timeout) or aborted; starting it again
-/// resumes it, with the timeout counted from when this Job's drain began (see `drain_started`).
+/// Runs until done, failed (a blocking pod, or the timeout) or aborted; a step the API server
+/// does not answer is tried again after a backoff (see [`again`]). Starting it again resumes it,
+/// with the timeout counted from when this pod's drain began (see `drain_started`).
 #[tracing::instrument(name = "drain", skip_all, fields(plan = %request.plan.name, node = %request.node, job = %request.job))]
 pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex<DrainProgress>>) {
     let started = std::time::Instant::now();
@@ -296,28 +296,11 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         *current = state;
         changed
     };
-    let who = &handle.claimant;
-    match cordon::cordon(&handle.client, who, &request.plan.name, &request.node, true).await {
-        Ok(Some((node, outcome))) => {
-            let target = Target::Node(request.node.clone());
-            let note = Note::new(target, false, outcome.reason, outcome.message);
-            handle.events.on_node(&node, &note).await;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            set(DrainProgress::Running(format!("cordoning: {e}; retrying")));
-            handle.wake(&request);
-            return;
-        }
-    }
-    let since = match drain_started(&handle.client, &request).await {
-        Ok(since) => since,
-        Err(e) => {
-            set(DrainProgress::Running(format!(
-                "recording the drain's start: {e}; retrying"
-            )));
-            handle.wake(&request);
-            return;
+    let mut failures = 0;
+    let since = loop {
+        match begin(&handle, &request).await {
+            Ok(since) => break since,
+            Err(what) => again(&handle, &request, &set, &mut failures, what).await,
         }
     };
     let result = match &request.options {
@@ -326,13 +309,9 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     };
     match result {
         Ok(evicted) => {
-            if let Err(e) = open_gate(&handle.client, &request).await {
-                set(DrainProgress::Running(format!(
-                    "telling pod {} to go on: {e}; retrying",
-                    request.pod
-                )));
-                handle.wake(&request);
-                return;
+            while let Err(e) = open_gate(&handle.client, &request).await {
+                let what = format!("telling pod {} to go on: {e}", request.pod);
+                again(&handle, &request, &set, &mut failures, what).await;
             }
             if request.options.is_some() {
                 handle.metrics.drain_finished("drained", started.elapsed());
@@ -363,6 +342,41 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     handle.wake(&request);
 }
 
+/// Cordons the node (told on the node) and reads, or records, when this pod's drain began.
+async fn begin(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp, String> {
+    let who = &handle.claimant;
+    match cordon::cordon(&handle.client, who, &request.plan.name, &request.node, true).await {
+        Ok(Some((node, outcome))) => {
+            let target = Target::Node(request.node.clone());
+            let note = Note::new(target, false, outcome.reason, outcome.message);
+            handle.events.on_node(&node, &note).await;
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("cordoning: {e}")),
+    }
+    drain_started(&handle.client, request)
+        .await
+        .map_err(|e| format!("recording the drain's start: {e}"))
+}
+
+/// Waits before a step that failed (`what`) is tried again: 1 s, doubling up to 30 s. The
+/// progress says so, and the Plan is woken when that changes what it says.
+async fn again(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    set: &impl Fn(DrainProgress) -> bool,
+    failures: &mut u32,
+    what: String,
+) {
+    *failures += 1;
+    let wait = Duration::from_secs(1 << (*failures - 1).min(5)).min(Duration::from_secs(30));
+    tracing::warn!(error = %what, ?wait, "drain step failed; retrying");
+    if set(DrainProgress::Running(format!("{what}; retrying"))) {
+        handle.wake(request);
+    }
+    tokio::time::sleep(wait).await;
+}
+
 /// Lets the upgrade pod go on: the annotation its gate container waits for.
 async fn open_gate(client: &Client, request: &DrainRequest) -> Result<(), kube::Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &request.plan.namespace);
@@ -372,12 +386,13 @@ async fn open_gate(client: &Client, request: &DrainRequest) -> Result<(), kube::
         .map(drop)
 }
 
-/// When this Job's drain began: recorded on the Job the first time, so a controller restarted in
-/// the middle of a drain keeps its timeout, and a replaced Job gets a fresh one.
+/// When this pod's drain began: recorded on the upgrade pod the first time, so a controller
+/// restarted in the middle of a drain keeps its timeout, while the Job's next pod (after a
+/// reboot failed the first) and a replaced Job's pod each get a timeout of their own.
 async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &request.plan.namespace);
-    let job = jobs.get(&request.job).await?;
-    if let Some(since) = job
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &request.plan.namespace);
+    let pod = pods.get(&request.pod).await?;
+    if let Some(since) = pod
         .metadata
         .annotations
         .as_ref()
@@ -389,15 +404,17 @@ async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timest
     let now = Timestamp::now();
     let patch =
         serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: stamp(now)}}});
-    jobs.patch(&request.job, &PatchParams::default(), &Patch::Merge(&patch))
+    pods.patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(now)
 }
 
-/// Evicts (or deletes) the node's pods until none that the drain covers is left. Returns how
-/// many pods were evicted or deleted, or why the drain did not drain the node. At the timeout,
-/// `onTimeout` decides: fail, skip the node, go on evicting, or delete the pods left (once; the
-/// timeout then starts over).
+/// Evicts (or deletes) the node's pods until none that the drain covers is left: those on the
+/// node at its first successful list, as `kubectl drain` does (pods arriving later, say an
+/// operator tolerating every taint, are not waited for). A failed list is tried again like a
+/// failed eviction. Returns how many pods were evicted or deleted, or why the drain did not
+/// drain the node. At the timeout, `onTimeout` decides: fail, skip the node, go on evicting, or
+/// delete the pods left (once; the timeout then starts over).
 async fn evict_all(
     handle: &DrainHandle,
     request: &DrainRequest,
@@ -414,13 +431,27 @@ async fn evict_all(
     handle.tell(request, false, Reason::Draining, message).await;
     let mut round = Round::new(options);
     let mut pause = Duration::from_millis(500);
+    // The UIDs of the pods on the node when the drain began.
+    let mut drained: Option<BTreeSet<String>> = None;
     loop {
-        let pods = all.list(&listing).await.map_err(|e| {
-            Undrained::Failed(format!("drain of node {node}: cannot list its pods: {e}"))
-        })?;
+        let listed = all.list(&listing).await;
         let now = Timestamp::now();
         let mut waiting: Vec<String> = Vec::new();
-        for pod in &pods.items {
+        let pods = match listed {
+            Ok(list) => list.items,
+            Err(e) => {
+                waiting.push(format!("listing the pods of node {node}: {e}"));
+                Vec::new()
+            }
+        };
+        let uid = |pod: &Pod| pod.metadata.uid.clone().unwrap_or_default();
+        if drained.is_none() && waiting.is_empty() {
+            drained = Some(pods.iter().map(uid).collect());
+        }
+        let covered = pods
+            .iter()
+            .filter(|p| drained.as_ref().is_some_and(|d| d.contains(&uid(p))));
+        for pod in covered {
             let key = pod_key(pod);
             match pod_action(pod, options, now) {
                 PodAction::Skip(_) => {}
@@ -767,6 +798,158 @@ mod tests {
             action(deleting, json!({"skipWaitForDeleteTimeout": 60})),
             PodAction::Skip(_)
         ));
+    }
+
+    /// A drain task against a scripted API server; its events go to a server that is gone.
+    fn task(
+        options: serde_json::Value,
+    ) -> (
+        crate::controller::testing::ApiServer,
+        Arc<Mutex<DrainProgress>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use crate::controller::events::{Events, Reporter};
+        let (client, api) = crate::controller::testing::client();
+        let (events_client, _gone) = crate::controller::testing::client();
+        let (nodes, _) = kube::runtime::reflector::store();
+        let reporter = Reporter::new("suc", Some("server-1"));
+        let (wake, _) = tokio::sync::mpsc::unbounded_channel();
+        let handle = DrainHandle {
+            client,
+            claimant: cordon::Claimant::new("system-upgrade", "suc"),
+            events: Arc::new(Events::new(events_client, reporter, nodes)),
+            metrics: Metrics::new(),
+            wake: Wake::new(wake),
+        };
+        let request = DrainRequest {
+            plan: PlanRef {
+                name: "p".into(),
+                namespace: "system-upgrade".into(),
+                uid: "plan-uid".into(),
+            },
+            node: "n".into(),
+            pod: "upgrade-pod".into(),
+            job: "job".into(),
+            options: Some(DrainOptions::from_spec(
+                &serde_json::from_value(options).unwrap(),
+            )),
+        };
+        let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
+        let running = tokio::spawn(run(handle, request, progress.clone()));
+        (api, progress, running)
+    }
+
+    fn listed(pods: &[(&str, bool)]) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = pods
+            .iter()
+            .map(|(name, terminating)| {
+                let mut p = serde_json::to_value(pod(
+                    json!({"metadata": {"name": name, "uid": format!("uid-{name}")}}),
+                ))
+                .unwrap();
+                if *terminating {
+                    p["metadata"]["deletionTimestamp"] = json!("2026-11-26T12:00:00Z");
+                }
+                p
+            })
+            .collect();
+        json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+    }
+
+    const UPGRADE_POD: &str = "/api/v1/namespaces/system-upgrade/pods/upgrade-pod";
+
+    /// The drain's first steps: cordon the node, record the pod's drain start.
+    async fn cordon_and_start(
+        api: &mut crate::controller::testing::ApiServer,
+        started: Option<&str>,
+    ) {
+        let node = json!({"metadata": {"name": "n", "resourceVersion": "1"}, "spec": {}});
+        api.expect("GET", "/api/v1/nodes/n", 200, node.clone())
+            .await;
+        let claim = api.expect("PATCH", "/api/v1/nodes/n", 200, node).await;
+        assert_eq!(
+            claim.body["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"]
+                .as_str()
+                .unwrap()
+                .split_once(' ')
+                .unwrap()
+                .0,
+            "system-upgrade/suc"
+        );
+        let annotations = started.map(|t| json!({"upgrade.cattle.io/drain-started": t}));
+        let upgrade_pod = json!({"metadata": {"name": "upgrade-pod", "annotations": annotations}});
+        api.expect("GET", UPGRADE_POD, 200, upgrade_pod.clone())
+            .await;
+        if started.is_none() {
+            let recorded = api.expect("PATCH", UPGRADE_POD, 200, upgrade_pod).await;
+            assert!(
+                recorded.body["metadata"]["annotations"]["upgrade.cattle.io/drain-started"]
+                    .is_string()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_list_is_retried_and_only_the_pods_found_first_are_waited_for() {
+        let (mut api, progress, running) = task(json!({}));
+        cordon_and_start(&mut api, None).await;
+        api.refuse("GET", "/api/v1/pods?", 500).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        api.expect(
+            "POST",
+            "/api/v1/namespaces/ns/pods/web-1/eviction",
+            201,
+            json!({}),
+        )
+        .await;
+        // An operator tolerating every taint arrives: it is not evicted, nor waited for.
+        api.expect(
+            "GET",
+            "/api/v1/pods?",
+            200,
+            listed(&[("web-1", true), ("operator", false)]),
+        )
+        .await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("operator", false)]))
+            .await;
+        let opened = api.expect("PATCH", UPGRADE_POD, 200, json!({})).await;
+        assert!(opened.body["metadata"]["annotations"]["upgrade.cattle.io/drained"].is_string());
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            *progress.lock().unwrap(),
+            DrainProgress::Done("upgrade-pod".into())
+        );
+        api.done().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_failing_past_the_timeout_fails_as_the_plan_says_and_steps_back_off() {
+        let (mut api, progress, running) = task(json!({"timeout": "1m"}));
+        // The pod's drain began two minutes ago (a restarted controller resumes it).
+        let then = stamp(Timestamp::now() - jiff::SignedDuration::from_secs(120));
+        // The node cannot be read at first: the cordon is tried again after a backoff.
+        api.refuse("GET", "/api/v1/nodes/n", 500).await;
+        let first = tokio::time::Instant::now();
+        cordon_and_start(&mut api, Some(&then)).await;
+        assert!(first.elapsed() >= Duration::from_secs(1), "no backoff");
+        api.refuse("GET", "/api/v1/pods?", 503).await;
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        let DrainProgress::Failed(message) = progress.lock().unwrap().clone() else {
+            panic!("{:?}", progress.lock().unwrap())
+        };
+        assert!(
+            message.contains("timed out after 1m")
+                && message.contains("listing the pods of node n"),
+            "{message}"
+        );
+        api.done().await;
     }
 
     #[test]
