@@ -38,8 +38,8 @@ pub struct Watches {
 }
 
 impl Watches {
-    /// Sets up every watch (they run as the controller polls them). Deleted Plans are also
-    /// sent, by name and UID, to `deleted`.
+    /// Sets up every watch (they run as the controller polls them). Deleted Plans (also those a
+    /// re-list no longer shows) are sent, by name and UID, to `deleted`.
     pub fn new(
         client: &Client,
         settings: &Settings,
@@ -58,10 +58,14 @@ impl Watches {
             readiness.clone(),
         )
         .reflect(plan_writer)
-        .inspect(move |event| {
-            if let Ok(Event::Delete(plan)) = event {
-                let uid = plan.metadata.uid.clone().unwrap_or_default();
-                let _ = deleted.send((plan.name_any(), uid));
+        .inspect({
+            let mut departures = Departures::default();
+            move |event| {
+                if let Ok(event) = event {
+                    for gone in departures.see(event) {
+                        let _ = deleted.send(gone);
+                    }
+                }
             }
         })
         .touched_objects()
@@ -131,6 +135,56 @@ impl Watches {
             nodes: node_stream,
             secrets: secret_stream,
             pods: pod_stream,
+        }
+    }
+}
+
+/// The Plans a watch has shown, to tell which went away: those deleted, and those a re-list
+/// (after the watch broke, or its history was compacted) no longer shows, whose deletion the
+/// watch never delivered.
+#[derive(Default)]
+struct Departures {
+    /// Name by UID of the Plans known now.
+    known: HashMap<String, String>,
+    /// The Plans of a re-list in progress.
+    relisted: Option<HashMap<String, String>>,
+}
+
+impl Departures {
+    /// Takes in a watch event; returns the Plans (name, UID) it shows gone.
+    fn see(&mut self, event: &Event<Plan>) -> Vec<(String, String)> {
+        let id = |plan: &Plan| {
+            let uid = plan.metadata.uid.clone().unwrap_or_default();
+            (uid, plan.name_any())
+        };
+        match event {
+            Event::Apply(plan) => {
+                let (uid, name) = id(plan);
+                self.known.insert(uid, name);
+                Vec::new()
+            }
+            Event::Delete(plan) => {
+                let (uid, name) = id(plan);
+                self.known.remove(&uid);
+                vec![(name, uid)]
+            }
+            Event::Init => {
+                self.relisted = Some(HashMap::new());
+                Vec::new()
+            }
+            Event::InitApply(plan) => {
+                let (uid, name) = id(plan);
+                self.relisted.get_or_insert_default().insert(uid, name);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let now = self.relisted.take().unwrap_or_default();
+                std::mem::replace(&mut self.known, now)
+                    .into_iter()
+                    .filter(|(uid, _)| !self.known.contains_key(uid))
+                    .map(|(uid, name)| (name, uid))
+                    .collect()
+            }
         }
     }
 }
@@ -377,6 +431,47 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    fn plan(name: &str) -> Plan {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}")},
+            "spec": {"upgrade": {"image": "x"}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_gone_are_told_whether_deleted_or_missed_during_a_relist() {
+        let mut departures = Departures::default();
+        let gone = |d: &mut Departures, events: Vec<Event<Plan>>| -> Vec<String> {
+            events
+                .iter()
+                .flat_map(|e| d.see(e))
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let first = vec![
+            Event::Init,
+            Event::InitApply(plan("a")),
+            Event::InitApply(plan("b")),
+            Event::InitDone,
+            Event::Apply(plan("c")),
+        ];
+        assert!(gone(&mut departures, first).is_empty());
+        assert_eq!(gone(&mut departures, vec![Event::Delete(plan("a"))]), ["a"]);
+        // The watch broke; "b" and "c" were deleted before the re-list.
+        let relist = vec![Event::Init, Event::InitApply(plan("d")), Event::InitDone];
+        let mut missed = gone(&mut departures, relist);
+        missed.sort();
+        assert_eq!(missed, ["b", "c"]);
+        assert!(
+            gone(
+                &mut departures,
+                vec![Event::Init, Event::InitApply(plan("d")), Event::InitDone]
+            )
+            .is_empty()
+        );
     }
 
     #[test]
