@@ -393,7 +393,7 @@ pub fn a_go_controller_install_is_taken_over(ctx: &Ctx) {
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         "system-upgrade-controller"
     );
-    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
     assert!(
         deployment["spec"]["template"]["spec"]["containers"][0]["image"]
             .as_str()
