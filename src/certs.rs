@@ -1,7 +1,10 @@
 //! Webhook certificates in the cluster, with no cert-manager needed: a CA kept in a Secret that
 //! every replica shares, a serving certificate issued from it in memory for the Service's DNS
 //! names, and the CA written into the `caBundle` of our webhook configurations. The serving
-//! certificate is renewed well before it expires and the `caBundle` is re-asserted periodically.
+//! certificate is renewed well before it expires and the `caBundle` is re-asserted periodically,
+//! with each webhook's `namespaceSelector`: the webhooks act on Plans of the controller's own
+//! namespace only, so another controller's Plans elsewhere (Rancher's in `cattle-system`) are
+//! never gated by this one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rcgen::{
@@ -24,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::server::tls::CertResolver;
 
+/// The label Kubernetes gives every Namespace, valued with its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 const CA_CERT_KEY: &str = "ca.crt";
 const CA_KEY_KEY: &str = "ca.key";
 const CA_VALIDITY: time::Duration = time::Duration::days(3650);
@@ -194,7 +200,8 @@ impl Bootstrap {
         Ok(not_after)
     }
 
-    /// Writes the CA into every webhook of our two configurations whose caBundle differs.
+    /// Writes the CA, and the namespace served, into every webhook of our two configurations
+    /// where either differs.
     async fn inject_ca_bundle(&self, ca: &Ca) -> Result<(), Error> {
         let bundle = ca.cert_pem.as_bytes();
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
@@ -202,7 +209,10 @@ impl Bootstrap {
             let webhooks = c.webhooks.unwrap_or_default();
             webhooks
                 .into_iter()
-                .map(|w| (w.name, w.client_config.ca_bundle))
+                .map(|w| {
+                    let current = self.current(&w.client_config.ca_bundle, &w.namespace_selector);
+                    (w.name, current(bundle))
+                })
                 .collect()
         });
         self.patch_bundles(&mutating, "MutatingWebhookConfiguration", stale, bundle)
@@ -212,20 +222,42 @@ impl Bootstrap {
             let webhooks = c.webhooks.unwrap_or_default();
             webhooks
                 .into_iter()
-                .map(|w| (w.name, w.client_config.ca_bundle))
+                .map(|w| {
+                    let current = self.current(&w.client_config.ca_bundle, &w.namespace_selector);
+                    (w.name, current(bundle))
+                })
                 .collect()
         });
         self.patch_bundles(&validating, "ValidatingWebhookConfiguration", stale, bundle)
             .await
     }
 
-    /// One strategic merge patch: webhooks merge by name, so only the named caBundles change.
-    /// `webhooks` are the configuration's (name, caBundle) pairs, `None` when it does not exist.
+    /// Whether a webhook trusts `bundle` and selects this controller's namespace (other
+    /// selectors a user added are left as they are).
+    fn current<'a>(
+        &'a self,
+        ca_bundle: &'a Option<ByteString>,
+        selector: &'a Option<LabelSelector>,
+    ) -> impl Fn(&[u8]) -> bool + 'a {
+        move |bundle| {
+            let trusted = ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(bundle);
+            let scoped = selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|l| l.get(NAMESPACE_NAME_LABEL))
+                == Some(&self.namespace);
+            trusted && scoped
+        }
+    }
+
+    /// One strategic merge patch: webhooks merge by name, so only the named webhooks change.
+    /// `webhooks` are the configuration's webhook names with whether each is as wanted, `None`
+    /// when the configuration does not exist.
     async fn patch_bundles<K>(
         &self,
         api: &Api<K>,
         kind: &str,
-        webhooks: Option<Vec<(String, Option<ByteString>)>>,
+        webhooks: Option<Vec<(String, bool)>>,
         bundle: &[u8],
     ) -> Result<(), Error>
     where
@@ -237,7 +269,7 @@ impl Bootstrap {
         };
         let names: Vec<String> = webhooks
             .into_iter()
-            .filter(|(_, b)| b.as_ref().map(|b| b.0.as_slice()) != Some(bundle))
+            .filter(|(_, current)| !current)
             .map(|(n, _)| n)
             .collect();
         if names.is_empty() {
@@ -246,7 +278,13 @@ impl Bootstrap {
         let bundle = ByteString(bundle.to_vec());
         let webhooks: Vec<_> = names
             .iter()
-            .map(|name| serde_json::json!({"name": name, "clientConfig": {"caBundle": bundle}}))
+            .map(|name| {
+                serde_json::json!({
+                    "name": name,
+                    "clientConfig": {"caBundle": bundle},
+                    "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: self.namespace}},
+                })
+            })
             .collect();
         let patch = serde_json::json!({"webhooks": webhooks});
         api.patch(

@@ -13,8 +13,9 @@ pub struct Outcome {
     pub valid: bool,
 }
 
-/// Checks every Plan in the given files (`-` is standard input).
-pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
+/// Checks every Plan in the given files (`-` is standard input), for a controller serving the
+/// Plans of namespace `served`.
+pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
     let mut output = String::new();
     let mut valid = true;
     let mut plans = 0;
@@ -30,7 +31,7 @@ pub fn run(files: &[impl AsRef<Path>]) -> Outcome {
                 continue;
             }
         };
-        let (report, count) = check_text(&name, &text);
+        let (report, count) = check_text(&name, &text, served);
         output.push_str(&report.0);
         valid &= report.1;
         plans += count;
@@ -71,7 +72,7 @@ fn read_bounded(input: impl Read) -> std::io::Result<String> {
 }
 
 /// Checks one file's text: (printed lines, valid) and the number of Plans in it.
-pub fn check_text(name: &str, text: &str) -> ((String, bool), usize) {
+pub fn check_text(name: &str, text: &str, served: &str) -> ((String, bool), usize) {
     let documents = match crate::yaml::documents(text) {
         Ok(documents) => documents,
         Err(e) => return ((format!("{name}: {e}\n"), false), 0),
@@ -104,7 +105,13 @@ pub fn check_text(name: &str, text: &str) -> ((String, bool), usize) {
             valid = false;
             continue;
         }
-        let report = validation::validate_value(document);
+        let mut report = validation::validate_value(document);
+        let namespace = document
+            .pointer("/metadata/namespace")
+            .and_then(|v| v.as_str());
+        report
+            .warnings
+            .extend(validation::foreign_namespace(namespace, served));
         for problem in &report.problems {
             output.push_str(&format!("{place}: error: {problem}\n"));
         }
@@ -141,7 +148,7 @@ kind: Plan
 metadata: {name: bad}
 spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}
 ";
-        let ((output, valid), plans) = check_text("plans.yaml", text);
+        let ((output, valid), plans) = check_text("plans.yaml", text, "system-upgrade");
         assert!(!valid);
         assert_eq!(plans, 2);
         assert!(
@@ -159,12 +166,13 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
 
     #[test]
     fn yaml_errors_and_wrong_versions_are_invalid() {
-        let ((output, valid), _) = check_text("x.yaml", "a: [1\n");
+        let ((output, valid), _) = check_text("x.yaml", "a: [1\n", "system-upgrade");
         assert!(!valid);
         assert!(output.starts_with("x.yaml: YAML: "), "{output}");
         let ((output, valid), plans) = check_text(
             "y.yaml",
             "apiVersion: upgrade.cattle.io/v2\nkind: Plan\nmetadata: {name: p}\n",
+            "system-upgrade",
         );
         assert!(!valid);
         assert_eq!(plans, 1);
@@ -177,11 +185,24 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
     #[test]
     fn warnings_do_not_fail() {
         let text = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: p}\nspec: {version: v1.2.3, upgrade: {image: x}}\n";
-        let ((output, valid), _) = check_text("w.yaml", text);
+        let ((output, valid), _) = check_text("w.yaml", text, "system-upgrade");
         assert!(valid, "{output}");
         assert!(
             output.contains("warning: spec.nodeSelector is not set"),
             "{output}"
         );
+    }
+
+    #[test]
+    fn a_plan_of_another_namespace_is_warned_about() {
+        let text = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: p, namespace: cattle-system}\nspec: {version: v1.2.3, concurrency: 1, nodeSelector: {}, upgrade: {image: x}}\n";
+        let ((output, valid), _) = check_text("r.yaml", text, "system-upgrade");
+        assert!(valid, "{output}");
+        assert!(
+            output.contains("warning: metadata.namespace: this controller serves the Plans of namespace \"system-upgrade\" only"),
+            "{output}"
+        );
+        let ((output, _), _) = check_text("r.yaml", text, "cattle-system");
+        assert!(!output.contains("metadata.namespace"), "{output}");
     }
 }

@@ -312,6 +312,15 @@ pub struct CheckConfig {
     /// Plan files (multi-document YAML); `-` reads standard input.
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+
+    /// The namespace the controller serves: a Plan that names another is warned about.
+    #[arg(
+        short = 'n',
+        long,
+        env = "SYSTEM_UPGRADE_CONTROLLER_NAMESPACE",
+        default_value = "system-upgrade"
+    )]
+    pub namespace: String,
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         tls::self_signed(&resolver)?;
         readiness.expect_certificate();
     }
-    let app = server::router(metrics.clone(), readiness.clone());
+    let app = server::router(&config.namespace, metrics.clone(), readiness.clone());
     let (address, serve) = server::bind(
         config.listen,
         app,

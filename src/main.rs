@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(config) => {
-            let outcome = check::run(&config.files);
+            let outcome = check::run(&config.files, &config.namespace);
             print!("{}", outcome.output);
             if outcome.valid {
                 ExitCode::SUCCESS

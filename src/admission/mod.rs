@@ -194,8 +194,9 @@ impl Response {
 #[error("{0}")]
 pub struct BadRequest(pub String);
 
-/// Handles one AdmissionReview body for the given webhook.
-pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
+/// Handles one AdmissionReview body for the given webhook, on a server whose controller serves
+/// the Plans of namespace `served`.
+pub fn handle(webhook: Webhook, served: &str, body: &[u8]) -> Result<Answer, BadRequest> {
     // Parsed plainly first; only a body that fails is parsed again to say where (tracking the
     // path costs a third of a typical review's time).
     let parsed = serde_json::from_slice::<Review>(body).or_else(|_| {
@@ -238,7 +239,7 @@ pub fn handle(webhook: Webhook, body: &[u8]) -> Result<Answer, BadRequest> {
             ))));
         }
     };
-    let (response, decision) = respond(webhook, &request, operation);
+    let (response, decision) = respond(webhook, served, &request, operation);
     Ok(Answer {
         response,
         operation,
@@ -257,12 +258,26 @@ fn cut(text: &str) -> &str {
 }
 
 #[tracing::instrument(name = "review", skip_all, fields(uid = %request.uid, operation, namespace = cut(&request.namespace), plan = cut(&request.name)))]
-fn respond(webhook: Webhook, request: &Request, operation: &str) -> (Response, Decision) {
+fn respond(
+    webhook: Webhook,
+    served: &str,
+    request: &Request,
+    operation: &str,
+) -> (Response, Decision) {
     let allow = Response::allow(&request.uid);
     let is_plan = request.kind.group == GROUP && request.kind.kind == "Plan";
     let update = operation == "UPDATE";
     if !is_plan || !(update || operation == "CREATE") {
         return (allow, Decision::Allowed);
+    }
+    // Another controller's Plan (a webhook configuration without our namespaceSelector sent it):
+    // neither judged nor changed, only a word that this controller will not run it.
+    if let Some(warning) = validation::foreign_namespace(Some(&request.namespace), served) {
+        let mut response = allow;
+        if webhook == Webhook::Validate {
+            response.warnings = Some(vec![warning]);
+        }
+        return (response, Decision::Allowed);
     }
     let denied = |message: String| (allow.clone().deny(message), Decision::Denied);
     let Some(object) = request.object else {

@@ -49,7 +49,7 @@ fn review_of(
 
 /// The answer as the API server reads it.
 fn answer(webhook: Webhook, body: &[u8]) -> (Value, Decision) {
-    let answer = handle(webhook, body).unwrap();
+    let answer = handle(webhook, "system-upgrade", body).unwrap();
     let json = answer.to_json();
     assert_eq!(json["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(json["kind"], "AdmissionReview");
@@ -299,6 +299,7 @@ fn dry_run_gets_the_same_answer() {
 fn operation_is_reported() {
     let answer = handle(
         Webhook::Validate,
+        "system-upgrade",
         &review("UPDATE", Some(plan(valid_spec())), Some(plan(valid_spec()))),
     )
     .unwrap();
@@ -324,7 +325,7 @@ fn malformed_bodies_are_bad_requests_with_a_reason() {
         ),
     ];
     for (body, want) in cases {
-        let error = handle(Webhook::Mutate, body).unwrap_err();
+        let error = handle(Webhook::Mutate, "system-upgrade", body).unwrap_err();
         assert!(
             error.0.contains(want),
             "{:?}: {error}",
@@ -438,13 +439,13 @@ fn an_equal_spec_written_differently_is_unchanged() {
 fn oversized_uids_and_unknown_operations_are_bad_requests() {
     let body = String::from_utf8(review("CREATE", Some(plan(valid_spec())), None)).unwrap();
     let long = body.replace(UID, &"u".repeat(10_000));
-    let error = handle(Webhook::Validate, long.as_bytes()).unwrap_err();
+    let error = handle(Webhook::Validate, "system-upgrade", long.as_bytes()).unwrap_err();
     assert!(
         error.0.contains("request.uid is 10000 bytes long"),
         "{error}"
     );
     let odd = body.replace("\"CREATE\"", "\"PATCH\"");
-    let error = handle(Webhook::Validate, odd.as_bytes()).unwrap_err();
+    let error = handle(Webhook::Validate, "system-upgrade", odd.as_bytes()).unwrap_err();
     assert!(error.0.contains("\"PATCH\" is not CREATE"), "{error}");
     let huge_kind = body.replace("\"Plan\"", &format!("{:?}", "P".repeat(1_000_000)));
     let (response, decision) = answer(Webhook::Validate, huge_kind.as_bytes());
@@ -453,7 +454,7 @@ fn oversized_uids_and_unknown_operations_are_bad_requests() {
         (json!(true), Decision::Allowed)
     );
     let garbage = format!(r#"{{"apiVersion":{:?}}}"#, "v".repeat(1_000_000));
-    let error = handle(Webhook::Validate, garbage.as_bytes()).unwrap_err();
+    let error = handle(Webhook::Validate, "system-upgrade", garbage.as_bytes()).unwrap_err();
     assert!(error.0.len() < 1200, "{}", error.0.len());
 }
 
@@ -471,4 +472,32 @@ fn overlong_strings_are_denied_before_they_are_read() {
         )),
         "{message}"
     );
+}
+
+#[test]
+fn plans_of_another_namespace_are_left_to_their_controller_with_a_word() {
+    // Rancher's own controller serves cattle-system; a webhook configuration without our
+    // namespaceSelector sends its Plans here.
+    let mut body: Value = serde_json::from_slice(&review(
+        "CREATE",
+        Some(plan(json!({"upgrade": {"image": "x"}}))),
+        None,
+    ))
+    .unwrap();
+    body["request"]["namespace"] = json!("cattle-system");
+    let body = serde_json::to_vec(&body).unwrap();
+    let (validated, decision) = answer(Webhook::Validate, &body);
+    assert_eq!(
+        validated["allowed"], true,
+        "an invalid Plan of another controller passes"
+    );
+    assert_eq!(decision, Decision::Allowed);
+    let warning = validated["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("serves the Plans of namespace \"system-upgrade\" only")
+            && warning.contains("\"cattle-system\""),
+        "{warning}"
+    );
+    let (mutated, _) = answer(Webhook::Mutate, &body);
+    assert!(patch_of(&mutated).is_none(), "not defaulted either");
 }

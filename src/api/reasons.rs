@@ -14,6 +14,8 @@ pub mod conditions {
     pub const LATEST_RESOLVED: &str = "LatestResolved";
     /// Every selected node runs the resolved version.
     pub const COMPLETE: &str = "Complete";
+    /// Written only when False: the Plan CRD in the cluster lacks fields of this controller's.
+    pub const CRD_CURRENT: &str = "CRDCurrent";
 }
 
 /// Declares a fieldless enum whose variants are written on the wire as their own names.
@@ -135,6 +137,9 @@ wire_words! {
         Resumed,
         /// Condition and event: a health gate (`spec.healthGates`) holds the rollout.
         WaitingForHealth,
+        /// Condition and event: the Plan CRD in the cluster lacks fields of this controller's
+        /// (the API server drops them); while spec fields are missing nothing new starts.
+        CRDOutdated,
         /// Condition and event: a failed node is tried again (now, or after its backoff).
         Retrying,
         // Nodes and Jobs

@@ -26,7 +26,7 @@ use crate::api::{
 use crate::controller::cordon::{Claimant, claims, has_claim};
 use crate::controller::job::{self, JobSettings};
 use crate::controller::status::{
-    self, COMPLETE, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED, Wanted, stamp,
+    self, COMPLETE, CRD_CURRENT, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED, Wanted, stamp,
 };
 use crate::controller::{hash, resolve, select};
 use crate::syntax::{duration, window};
@@ -370,12 +370,16 @@ pub struct Observed<'a> {
     pub query: Option<QueryOutcome>,
     /// Jobs (by name) the API server refused, or whose pods cannot be created.
     pub refusals: &'a BTreeMap<String, Refusal>,
+    /// Fields of this controller's Plan CRD that the CRD in the cluster lacks (`spec.paused`,
+    /// `status.nodes`): the API server drops them.
+    pub crd_gaps: &'a [String],
 }
 
 /// Decides one pass for a Plan.
 pub fn decide(obs: &Observed<'_>) -> Decision {
     let mut pass = Pass::new(obs);
     pass.validate();
+    pass.crd_gaps();
     pass.resolve();
     pass.hash();
     pass.ready = pass.problems.is_empty() && pass.resolved && !pass.hash.is_empty();
@@ -485,8 +489,9 @@ struct Pass<'a> {
     retried_on_request: BTreeSet<String>,
     /// Nodes whose drain timed out with `onTimeout: Skip` (for the current hash).
     skipped: BTreeSet<String>,
-    /// Why a health gate holds new starts, if one does.
-    gate: Option<String>,
+    /// Why new starts are held, if they are: a closed health gate, or a Plan CRD that lacks this
+    /// controller's spec fields; with the reason for the Complete condition.
+    gate: Option<(Reason, String)>,
     /// Applying nodes whose Job waits to be created, or whose retry waits, because a pause or a
     /// closed gate holds them: the reason and what it says.
     held: BTreeMap<String, (Reason, String)>,
@@ -609,6 +614,37 @@ impl<'a> Pass<'a> {
                 );
             }
         }
+    }
+
+    /// A Plan CRD in the cluster that lacks fields of this controller's (the Go controller's or
+    /// Rancher's, which rewrite it when they start): the API server drops those fields, so the
+    /// Plan says so (condition CRDCurrent, a warning event), and while spec fields are missing
+    /// nothing new starts, since a pause, gate or retry setting stored in them is lost.
+    fn crd_gaps(&mut self) {
+        let gaps = self.obs.crd_gaps;
+        if gaps.is_empty() {
+            self.conditions.retain(|c| c.type_ != CRD_CURRENT);
+            return;
+        }
+        let mut message = format!(
+            "the Plan CRD in the cluster lacks {}, which the API server then drops (the Go \
+             controller, and Rancher's, rewrite the CRD when they start); apply this controller's \
+             CRD: kubectl apply -f deploy/crd.yaml (or helm upgrade)",
+            gaps.join(", ")
+        );
+        if gaps.iter().any(|g| g.starts_with("spec.")) {
+            message.push_str(
+                "; no node starts until then, since a pause, a gate or a retry setting stored in \
+                 those fields is lost",
+            );
+            let hold = "the Plan CRD in the cluster lacks this controller's spec fields (see the \
+                        CRDCurrent condition)";
+            self.gate = Some((Reason::CRDOutdated, hold.to_owned()));
+        }
+        self.set_condition(CRD_CURRENT, "False", Reason::CRDOutdated, &message);
+        let key = format!("{}/{}", Reason::CRDOutdated, gaps.join(","));
+        self.notes
+            .push(Note::new(Target::Plan, true, Reason::CRDOutdated, message).once(key));
     }
 
     /// Resolution, whatever validation found: `latestVersion` and `LatestResolved`.
@@ -1035,8 +1071,10 @@ impl<'a> Pass<'a> {
             Some(QueryOutcome::Clear) | None => {}
         }
         if !closed.is_empty() {
-            self.gate = Some(closed.join("; "));
             self.requeue = self.requeue.min(GATE_RETRY);
+            if self.gate.is_none() {
+                self.gate = Some((Reason::WaitingForHealth, closed.join("; ")));
+            }
         }
     }
 
@@ -1477,9 +1515,7 @@ impl<'a> Pass<'a> {
             let why = format!("node {node_name} is labelled {LABEL_PAUSE}=true");
             return Some((Reason::Paused, why));
         }
-        self.gate
-            .clone()
-            .map(|gate| (Reason::WaitingForHealth, gate))
+        self.gate.clone()
     }
 
     /// Deletes a node's Job so the next pass creates the one the Plan asks for now.
@@ -1956,8 +1992,8 @@ impl<'a> Pass<'a> {
                 self.note_sync(&applying);
             }
             match self.gate.clone() {
-                Some(gate) if !paused && gated => {
-                    self.gate_condition(&gate, &reason_before, &applying);
+                Some((reason, gate)) if !paused && gated => {
+                    self.gate_condition(reason, &gate, &reason_before, &applying);
                 }
                 _ => self.pause_condition(paused, was_paused, &applying),
             }
@@ -2061,7 +2097,13 @@ impl<'a> Pass<'a> {
 
     /// Complete is False with reason WaitingForHealth, saying which gate holds the rollout; told
     /// when it closes.
-    fn gate_condition(&mut self, gate: &str, reason_before: &Option<String>, applying: &[String]) {
+    fn gate_condition(
+        &mut self,
+        reason: Reason,
+        gate: &str,
+        reason_before: &Option<String>,
+        applying: &[String],
+    ) {
         let waiting = self.tally.waiting;
         let mut message = format!("{waiting} node(s) wait: {gate}");
         if !applying.is_empty() {
@@ -2070,9 +2112,9 @@ impl<'a> Pass<'a> {
                 applying.join(",")
             ));
         }
-        self.set_condition(COMPLETE, "False", Reason::WaitingForHealth, &message);
-        if reason_before.as_deref() != Some(Reason::WaitingForHealth.as_str()) {
-            self.note(false, Reason::WaitingForHealth, message);
+        self.set_condition(COMPLETE, "False", reason, &message);
+        if reason_before.as_deref() != Some(reason.as_str()) {
+            self.note(reason == Reason::CRDOutdated, reason, message);
         }
     }
 
@@ -2147,7 +2189,8 @@ impl<'a> Pass<'a> {
                 failed @ (Reason::JobFailed
                 | Reason::DrainFailed
                 | Reason::DrainSkipped
-                | Reason::JobRefused),
+                | Reason::JobRefused
+                | Reason::CRDOutdated),
             ) => (None, Some(failed)),
             _ if invalid => (None, Some(Reason::ValidateFailed)),
             Some(other) => (Some(other), None),

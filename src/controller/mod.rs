@@ -6,6 +6,7 @@
 //! polling interval and the requeues a reconcile asks for (delays, windows, TTLs, a resync).
 
 pub mod cordon;
+pub mod crd;
 pub mod decide;
 pub mod drain;
 pub mod drains;
@@ -69,8 +70,6 @@ pub async fn run(
     let Some(cluster_id) = cluster_id(&client, &reporter, &stop).await else {
         return Ok(());
     };
-    let crd_lacks_nodes = !check_crd(&client).await;
-
     // Deleted Plans also go to the janitor, which returns the nodes they cordoned.
     let (deleted, deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let watches = Watches::new(&client, &settings, &readiness, deleted);
@@ -99,12 +98,18 @@ pub async fn run(
         events,
         drains,
         (channels, queries),
-        metrics,
+        (metrics, readiness.clone()),
         wake,
     ));
-    if crd_lacks_nodes {
-        context.crd_lacks_nodes();
-    }
+    // The Plan CRD, compared with this controller's whenever it is written.
+    tokio::spawn(crd::watch(
+        client.clone(),
+        {
+            let context = context.clone();
+            move |gaps| context.crd_seen(gaps)
+        },
+        stop.clone(),
+    ));
 
     let plans = watches.caches.plans.clone();
     let plans_for_secrets = plans.clone();
@@ -226,37 +231,8 @@ async fn janitor(
     }
 }
 
-/// Whether the Plan CRD in the cluster has `status.nodes`, which the Go controller's CRD lacks
-/// (and a Go controller rewrites it whenever it starts). Without it the API server prunes the
-/// per-node status; the controller still works, and says what to do. `None`: could not be read.
-pub fn crd_has_node_status(crd: &serde_json::Value) -> Option<bool> {
-    let versions = crd.pointer("/spec/versions")?.as_array()?;
-    let served = versions
-        .iter()
-        .find(|v| v.get("storage") == Some(&serde_json::Value::Bool(true)))
-        .or(versions.first())?;
-    Some(
-        served
-            .pointer("/schema/openAPIV3Schema/properties/status/properties/nodes")
-            .is_some(),
-    )
-}
-
-/// Reads the Plan CRD at start: false when it lacks `status.nodes`.
-async fn check_crd(client: &Client) -> bool {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds.get(crate::api::PLAN_CRD).await {
-        Ok(crd) => {
-            let value = serde_json::to_value(&crd).unwrap_or_default();
-            crd_has_node_status(&value) != Some(false)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the Plan CRD to check it has status.nodes");
-            true
-        }
-    }
-}
+/// Whether the Plan CRD in the cluster has `status.nodes`, which the Go controller's CRD lacks.
+pub use crd::has_node_status as crd_has_node_status;
 
 fn error_policy(plan: Arc<Plan>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let backoff = ctx.backoff(&plan, error);
@@ -320,25 +296,5 @@ async fn release_orphaned_claims(ctx: &Context) {
                 span.in_scope(|| tracing::warn!(error = %e, "could not release a cordon claim"));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn our_crd_has_node_status_and_the_go_controllers_does_not() {
-        let ours = serde_json::to_value(crate::api::crd()).unwrap();
-        assert_eq!(crd_has_node_status(&ours), Some(true));
-        let mut go = ours.clone();
-        for version in go["spec"]["versions"].as_array_mut().unwrap() {
-            version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-                .as_object_mut()
-                .unwrap()
-                .remove("nodes");
-        }
-        assert_eq!(crd_has_node_status(&go), Some(false));
-        assert_eq!(crd_has_node_status(&serde_json::json!({})), None);
     }
 }

@@ -20,6 +20,7 @@ use crate::api::{
     LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, Claimant, CordonError};
+use crate::controller::crd;
 use crate::controller::decide::{
     self, Change, Decision, JobFields, Note, Observed, Resolution, Target,
 };
@@ -33,6 +34,7 @@ use crate::controller::query::Queries;
 use crate::controller::refusals::{self, Refusals};
 use crate::controller::status;
 use crate::metrics::Metrics;
+use crate::server::Readiness;
 
 /// Controller-wide settings.
 #[derive(Debug, Clone)]
@@ -76,9 +78,11 @@ pub struct Context {
     /// Every cache has been filled once. Until then a Plan could look as if none of its Jobs or
     /// nodes existed, and decisions on that would break the concurrency limit after a restart.
     caches_synced: AtomicBool,
-    /// The Plan CRD in the cluster has no `status.nodes` (the Go controller's CRD): the field is
-    /// not written, and the node entries are kept nowhere.
-    nodes_pruned: AtomicBool,
+    /// The fields of this controller's Plan CRD that the CRD in the cluster lacks (the Go
+    /// controller's has no `status.nodes`): the API server drops them.
+    pub crd: crd::Gaps,
+    /// Where `/readyz` tells what the CRD lacks.
+    readiness: Arc<Readiness>,
     backoff: Backoff,
     /// What each Plan's last pass wrote that the caches may not show yet.
     pub expect: Expectations,
@@ -142,7 +146,7 @@ impl Context {
         events: Arc<Events>,
         drains: Drains,
         (channels, queries): (Channels, Queries),
-        metrics: Arc<Metrics>,
+        (metrics, readiness): (Arc<Metrics>, Arc<Readiness>),
         wake: Wake,
     ) -> Self {
         Self {
@@ -156,7 +160,8 @@ impl Context {
             metrics,
             wake,
             caches_synced: AtomicBool::new(false),
-            nodes_pruned: AtomicBool::new(false),
+            crd: crd::Gaps::default(),
+            readiness,
             backoff: Backoff::default(),
             expect: Expectations::default(),
             refusals: Refusals::default(),
@@ -177,17 +182,21 @@ impl Context {
         self.backoff.after_failure(plan, error)
     }
 
-    /// The API server pruned `status.nodes`: the Plan CRD in the cluster is not this
-    /// controller's. Said once; the controller goes on without the per-node status.
-    pub fn crd_lacks_nodes(&self) {
-        if !self.nodes_pruned.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                "the Plan CRD in the cluster has no status.nodes (it is the Go controller's, \
-                 which rewrites it whenever it starts): per-node progress is not shown and a \
-                 failed node is retried once its Job expires; apply this controller's CRD \
-                 (kubectl apply -f deploy/crd.yaml, or kubectl apply -k deploy/) and keep the Go \
-                 controller stopped"
-            );
+    /// The Plan CRD in the cluster lacks these fields of this controller's (none: it is this
+    /// controller's). A change is logged, told in `/readyz` and shown on every Plan (each is
+    /// reconciled again).
+    pub fn crd_seen(&self, gaps: Vec<String>) {
+        let described = crd::describe(&gaps);
+        if !self.crd.set(gaps) {
+            return;
+        }
+        match &described {
+            Some(text) => tracing::error!("{text}"),
+            None => tracing::info!("the Plan CRD in the cluster is this controller's"),
+        }
+        self.readiness.set_notice(described);
+        for plan in self.caches.plans.state() {
+            self.wake.object(ObjectRef::from_obj(plan.as_ref()));
         }
     }
 }
@@ -330,6 +339,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         pods: &pods,
         drains: &drains,
         refusals: &refusals,
+        crd_gaps: &ctx.crd.now(),
     });
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
     act(ctx, plan, &decision).await?;
@@ -495,7 +505,7 @@ async fn write_status(
     decision: &Decision,
 ) -> Result<(), ReconcileError> {
     let wanted = &decision.status;
-    let pruned = ctx.nodes_pruned.load(Ordering::Relaxed);
+    let pruned = ctx.crd.now().iter().any(|g| g == "status.nodes");
     let Some(patch) = status::status_patch(plan, wanted, pruned) else {
         return Ok(());
     };
@@ -518,13 +528,14 @@ async fn write_status(
         }
         Err(e) => return Err(ReconcileError::WriteStatus(e)),
     };
-    if wanted.nodes.is_some() {
-        let kept = stored.status.as_ref().is_some_and(|s| s.nodes.is_some());
-        if !kept {
-            ctx.crd_lacks_nodes();
-        } else if ctx.nodes_pruned.swap(false, Ordering::Relaxed) {
-            tracing::info!("the Plan CRD keeps status.nodes again");
-        }
+    // A CRD the watch could not read shows itself here: the node entries were dropped.
+    if wanted.nodes.is_some()
+        && !pruned
+        && stored.status.as_ref().is_some_and(|s| s.nodes.is_none())
+    {
+        let mut gaps = ctx.crd.now().to_vec();
+        gaps.push("status.nodes".to_owned());
+        ctx.crd_seen(gaps);
     }
     Ok(())
 }
@@ -852,7 +863,7 @@ mod tests {
             events,
             drains,
             (channels, queries),
-            metrics,
+            (metrics, Readiness::new(Arc::default())),
             wake,
         );
         ctx.caches_filled();

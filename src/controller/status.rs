@@ -3,7 +3,9 @@
 
 use jiff::Timestamp;
 
-pub use crate::api::conditions::{COMPLETE, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED};
+pub use crate::api::conditions::{
+    COMPLETE, CRD_CURRENT, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED,
+};
 use crate::api::{Condition, Plan, PlanStatus};
 
 /// RFC 3339 with whole seconds, as condition times, node entries and claims are written.

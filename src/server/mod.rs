@@ -76,6 +76,9 @@ pub struct Readiness {
     /// Watches of the leading controller that fail, by resource, with their last error and when.
     failing_watches: std::sync::Mutex<std::collections::BTreeMap<&'static str, (String, Instant)>>,
     any_watch_failing: AtomicBool,
+    /// Something an operator should fix that does not stop the server from serving (the Plan
+    /// CRD lacks fields): shown in `/readyz`'s text, which stays 200.
+    notice: std::sync::Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -87,6 +90,7 @@ impl Readiness {
             waiting_for_controller: AtomicBool::new(false),
             failing_watches: Default::default(),
             any_watch_failing: AtomicBool::new(false),
+            notice: Default::default(),
         })
     }
 
@@ -165,6 +169,20 @@ impl Readiness {
         self.any_watch_failing.store(false, Ordering::SeqCst);
     }
 
+    /// Sets (or clears) what `/readyz` tells besides readiness.
+    pub fn set_notice(&self, notice: Option<String>) {
+        *self.notice.lock().unwrap_or_else(|e| e.into_inner()) =
+            notice.map(|n| validation::bounded(&n));
+    }
+
+    /// What `/readyz` tells besides readiness, if anything.
+    pub fn notice(&self) -> Option<String> {
+        self.notice
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Why the server is not ready, if it is not.
     pub fn problem(&self) -> Option<String> {
         self.problem_at(Instant::now())
@@ -196,15 +214,19 @@ impl Readiness {
 
 #[derive(Clone)]
 struct AppState {
+    /// The namespace whose Plans this controller serves.
+    served: Arc<str>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     body_budget: Arc<Semaphore>,
     reviewers: Arc<Semaphore>,
 }
 
-/// The server's routes and limits; tests drive this same Router in-process.
-pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+/// The server's routes and limits, for a controller serving the Plans of namespace `served`;
+/// tests drive this same Router in-process.
+pub fn router(served: &str, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
     let state = AppState {
+        served: served.into(),
         metrics,
         readiness,
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET)),
@@ -230,6 +252,7 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
 /// The plain-HTTP metrics listener's routes (`--metrics-listen`): `/metrics` and `/healthz`.
 pub fn metrics_router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
     let state = AppState {
+        served: "".into(),
         metrics,
         readiness,
         body_budget: Arc::new(Semaphore::new(0)),
@@ -298,13 +321,14 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
             // already counted in the budget, and the request timeout still applies.
             let reviewer = state.reviewers.clone().acquire_owned().await;
             if body.len() <= INLINE_REVIEW_LIMIT {
-                let outcome = admission::handle(webhook, &body);
+                let outcome = admission::handle(webhook, &state.served, &body);
                 drop((held, reviewer));
                 Ok(outcome)
             } else {
                 let span = tracing::Span::current();
+                let served = state.served.clone();
                 let work = tokio::task::spawn_blocking(move || {
-                    span.in_scope(|| (admission::handle(webhook, &body), held))
+                    span.in_scope(|| (admission::handle(webhook, &served, &body), held))
                 });
                 let done = work.await;
                 drop(reviewer);
@@ -454,7 +478,10 @@ async fn drain(mut body: Body, mut seen: usize) {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.readiness.problem() {
-        None => (StatusCode::OK, "ok\n").into_response(),
+        None => match state.readiness.notice() {
+            None => (StatusCode::OK, "ok\n").into_response(),
+            Some(notice) => (StatusCode::OK, format!("ok\nwarning: {notice}\n")).into_response(),
+        },
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {problem}\n"),
@@ -523,6 +550,38 @@ pub fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_notice_is_told_by_readyz_which_stays_ready() {
+        let certificate = Arc::new(CertResolver::default());
+        tls::self_signed(&certificate).unwrap();
+        let readiness = Readiness::new(certificate);
+        let app = router("system-upgrade", Metrics::new(), readiness.clone());
+        let readyz = |app: Router| async move {
+            use tower::ServiceExt;
+            let request = http::Request::get("/readyz").body(Body::empty()).unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        assert_eq!(
+            readyz(app.clone()).await,
+            (StatusCode::OK, "ok\n".to_owned())
+        );
+        readiness.set_notice(Some("the Plan CRD in the cluster lacks spec.paused".into()));
+        assert_eq!(
+            readyz(app.clone()).await,
+            (
+                StatusCode::OK,
+                "ok\nwarning: the Plan CRD in the cluster lacks spec.paused\n".to_owned()
+            )
+        );
+        readiness.set_notice(None);
+        assert_eq!(readyz(app).await.1, "ok\n");
+    }
 
     #[test]
     fn readiness_names_what_is_missing_in_order() {

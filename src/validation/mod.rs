@@ -194,6 +194,18 @@ fn shape_problem<E: fmt::Display>(error: serde_path_to_error::Error<E>) -> Repor
     report
 }
 
+/// Why a Plan in `namespace` is not this controller's, which serves `served` only (as the Go
+/// controller, each controller handles the Plans of its own namespace; Rancher runs its own in
+/// `cattle-system`). `None` for a Plan of the served namespace, or one that names none.
+pub fn foreign_namespace(namespace: Option<&str>, served: &str) -> Option<String> {
+    let namespace = namespace.filter(|n| !n.is_empty() && *n != served)?;
+    Some(bounded(&format!(
+        "metadata.namespace: this controller serves the Plans of namespace {served:?} only; a Plan \
+         in {namespace:?} is left to the controller of that namespace (Rancher runs its own in \
+         cattle-system); apply it in {served:?} for this controller to run it"
+    )))
+}
+
 /// Validates a Plan: every problem and every warning.
 pub fn validate(plan: &Plan) -> Report {
     let mut report = Report::default();

@@ -786,5 +786,57 @@ pub fn plans_in_other_namespaces_are_ignored(ctx: &Ctx) {
     assert!(jobs.trim().is_empty());
     ctx.kubectl(&["-n", "default", "delete", "plan", "ns-elsewhere"])
         .expect_ok();
+    // Another controller's Plans (Rancher's, in cattle-system) are not gated by this webhook:
+    // stored as written, not defaulted, even ones this controller would refuse.
+    let foreign = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": "ns-foreign", "namespace": "default"},
+        "spec": {"version": "v1.20", "nodeSelector": {"matchLabels": {SCENARIO_LABEL: "ns"}}, "upgrade": {"image": "x"}}});
+    ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&foreign.to_string()))
+        .expect_ok();
+    let stored = ctx
+        .kubectl(&["-n", "default", "get", "plan", "ns-foreign", "-o", "json"])
+        .expect_ok()
+        .stdout;
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["spec"].get("concurrency").is_none(), "{stored}");
+    ctx.kubectl(&["-n", "default", "delete", "plan", "ns-foreign"])
+        .expect_ok();
+    // A webhook configuration without the selector (an older install) gets it back from the
+    // controller, which keeps it on its own namespace.
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        ctx.kubectl(&[
+            "patch",
+            kind,
+            "system-upgrade-controller",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/webhooks/0/namespaceSelector"}]"#,
+        ])
+        .expect_ok();
+    }
+    wait(
+        "the webhooks' namespaceSelector to be restored",
+        Duration::from_secs(30),
+        || {
+            [
+            "validatingwebhookconfiguration",
+            "mutatingwebhookconfiguration",
+        ]
+        .iter()
+        .all(|kind| {
+            let out = ctx.kubectl(&[
+                "get",
+                kind,
+                "system-upgrade-controller",
+                "-o",
+                "jsonpath={.webhooks[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name}",
+            ]);
+            out.stdout.trim() == NAMESPACE
+        })
+        .then_some(())
+        },
+    );
     drop(s);
 }

@@ -34,15 +34,29 @@ fn go_hash(spec: &Value) -> String {
 
 /// The Plan CRD as the Go controller installs it: this controller's without `status.nodes`.
 fn go_crd() -> Value {
+    crd_without(&["status"])
+}
+
+/// This controller's Plan CRD without the named fields of `status` and `spec`.
+fn crd_without(parts: &[&str]) -> Value {
     let text = std::fs::read_to_string(repo("deploy/crd.yaml")).unwrap();
     let mut crd = system_upgrade_controller::yaml::documents(&text)
         .unwrap()
         .remove(0);
     for version in crd["spec"]["versions"].as_array_mut().unwrap() {
-        version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("nodes");
+        let schema = &mut version["schema"]["openAPIV3Schema"]["properties"];
+        if parts.contains(&"status") {
+            schema["status"]["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("nodes");
+        }
+        if parts.contains(&"spec") {
+            schema["spec"]["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("paused");
+        }
     }
     crd
 }
@@ -523,8 +537,10 @@ pub fn a_go_controller_install_is_taken_over(ctx: &Ctx) {
     ctx.ensure_server();
 }
 
-/// A Go controller started again rewrites the CRD without `status.nodes`: this controller says
-/// so at start, goes on without the node entries, and still records each one-shot event once.
+/// A Go controller (or Rancher's) started again rewrites the CRD without this controller's
+/// fields: this controller says so on each Plan (condition and event) and in `/readyz`, goes on
+/// without the node entries, holds new starts while spec fields are missing (a pause stored
+/// there would be lost), and still records each one-shot event once.
 pub fn a_crd_without_node_status_is_reported_and_events_stay_one_shot(ctx: &Ctx) {
     ctx.ensure_server();
     ctx.stop_server();
@@ -535,13 +551,35 @@ pub fn a_crd_without_node_status_is_reported_and_events_stay_one_shot(ctx: &Ctx)
     wait_with_log("the report of the Go CRD", MINUTE, &server.log, || {
         std::fs::read_to_string(&server.log)
             .unwrap()
-            .contains("has no status.nodes")
+            .contains("the Plan CRD in the cluster lacks status.nodes")
             .then_some(())
     });
+    let readyz = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", &format!("https://127.0.0.1:{}/readyz", server.port)])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let told = readyz();
+    assert!(
+        told.starts_with("ok\nwarning: the Plan CRD in the cluster lacks status.nodes"),
+        "{told}"
+    );
     let spec = json!({"concurrency": 1, "version": VERSION, "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade"}});
     s.apply_plan("gocrd", spec, json!({"labels": {"suc-test/fail": "true"}}));
     s.wait_condition("gocrd", "Complete", "False", "JobFailed", MINUTE);
     assert!(s.plan_json("gocrd")["status"].get("nodes").is_none());
+    let (status, reason, message) = s.condition("gocrd", "CRDCurrent").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CRDOutdated"));
+    assert!(message.contains("lacks status.nodes"), "{message}");
+    assert!(
+        s.plan_events("gocrd")
+            .iter()
+            .any(|e| e.starts_with("CRDOutdated")),
+        "{:?}",
+        s.plan_events("gocrd")
+    );
     // Nudge a few reconciles: node label changes wake every Plan.
     for i in 0..4 {
         ctx.kubectl(&[
@@ -569,7 +607,25 @@ pub fn a_crd_without_node_status_is_reported_and_events_stay_one_shot(ctx: &Ctx)
         1,
         "{node_events:?}"
     );
-    // This controller's CRD back: the node entries come back with the next status change.
+    // A CRD that lacks spec.paused too: the edit that would retry the node starts nothing.
+    ctx.kubectl_with_input(
+        &["replace", "-f", "-"],
+        Some(&crd_without(&["status", "spec"]).to_string()),
+    )
+    .expect_ok();
+    wait_with_log("the spec gap to be told", MINUTE, &server.log, || {
+        let (_, _, message) = s.condition("gocrd", "CRDCurrent")?;
+        message.contains("spec.paused").then_some(())
+    });
+    let fixed = json!({"concurrency": 1, "version": VERSION, "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade", "args": ["--fixed"]}});
+    s.apply_plan("gocrd", fixed.clone(), json!({}));
+    s.wait_condition("gocrd", "Complete", "False", "CRDOutdated", MINUTE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        s.jobs("gocrd").is_empty(),
+        "a Job started while spec fields are dropped"
+    );
+    // This controller's CRD back: the node runs, and the condition and warning go.
     ctx.kubectl(&[
         "apply",
         "-f",
@@ -577,8 +633,10 @@ pub fn a_crd_without_node_status_is_reported_and_events_stay_one_shot(ctx: &Ctx)
     ])
     .expect_ok();
     wait_crd_nodes(ctx, true);
-    s.apply_plan("gocrd", json!({"concurrency": 1, "version": VERSION, "cordon": true, "upgrade": {"image": "rancher/k3s-upgrade", "args": ["--fixed"]}}), json!({}));
+    s.apply_plan("gocrd", fixed, json!({}));
     s.wait_condition("gocrd", "Complete", "True", "Complete", MINUTE);
+    assert!(s.condition("gocrd", "CRDCurrent").is_none());
+    assert_eq!(readyz(), "ok\n");
     s.delete_plan("gocrd");
     drop(server);
     ctx.ensure_server();

@@ -240,6 +240,10 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
             "get",
             "customresourcedefinitions.apiextensions.k8s.io/plans.upgrade.cattle.io",
         ],
+        &[
+            "watch",
+            "customresourcedefinitions.apiextensions.k8s.io/plans.upgrade.cattle.io",
+        ],
     ];
     for args in needed {
         assert!(can(args), "the ServiceAccount must be allowed: {args:?}");
@@ -268,6 +272,7 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         ],
         &["create", "clusterrolebindings"],
         &["update", "customresourcedefinitions"],
+        &["watch", "customresourcedefinitions"],
         &["update", "nodes"],
         &["delete", "nodes"],
         &["get", "namespaces/default"],

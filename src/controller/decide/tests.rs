@@ -27,6 +27,8 @@ struct World {
     query: Option<QueryOutcome>,
     /// Jobs the API server refused, as the shell keeps them.
     refusals: BTreeMap<String, Refusal>,
+    /// Fields the cluster's Plan CRD lacks.
+    crd_gaps: Vec<String>,
 }
 
 impl World {
@@ -50,6 +52,7 @@ impl World {
             resolution: None,
             query: None,
             refusals: BTreeMap::new(),
+            crd_gaps: Vec::new(),
         }
     }
 
@@ -114,6 +117,7 @@ impl World {
             drains: &self.drains,
             query: self.query.clone(),
             refusals: &self.refusals,
+            crd_gaps: &self.crd_gaps,
         })
     }
 
@@ -2652,4 +2656,42 @@ fn a_job_whose_pod_cannot_be_created_says_why() {
         deleted(&pass).is_empty(),
         "the Job stays; its pod may come once the quota allows"
     );
+}
+
+#[test]
+fn a_crd_that_lacks_spec_fields_holds_new_starts_and_says_so_on_the_plan() {
+    let mut world = World::new(spec()).nodes(&["a", "b"]);
+    let first = world.settle();
+    let running = first.status.applying.clone().unwrap()[0].clone();
+    // Rancher's controller rewrote the CRD: spec.paused and status.nodes are gone.
+    world.crd_gaps = vec!["spec.paused".into(), "status.nodes".into()];
+    world.finish_job(&running, true, NOW);
+    let held = world.step();
+    assert!(
+        created(&held).is_empty(),
+        "a pause stored in spec.paused would be lost"
+    );
+    let (status, reason, message) = condition(&held, CRD_CURRENT);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "CRDOutdated"));
+    assert!(
+        message.contains("spec.paused, status.nodes") && message.contains("deploy/crd.yaml"),
+        "{message}"
+    );
+    assert_eq!(short(&held, COMPLETE).1, "CRDOutdated");
+    assert_eq!(short(&held, STALLED), pair("True", "CRDOutdated"));
+    let warning = held
+        .notes
+        .iter()
+        .find(|n| n.reason == Reason::CRDOutdated)
+        .unwrap();
+    assert!(warning.warning && warning.once.is_some());
+    // Only status fields lost: the rollout goes on, and says so.
+    world.crd_gaps = vec!["status.nodes".into()];
+    let goes_on = world.step();
+    assert_eq!(created(&goes_on).len(), 1);
+    assert_eq!(condition(&goes_on, CRD_CURRENT).1, "CRDOutdated");
+    // This controller's CRD again: the condition goes.
+    world.crd_gaps.clear();
+    let current = world.step();
+    assert!(status::get(current.status.conditions.as_deref().unwrap(), CRD_CURRENT).is_none());
 }
