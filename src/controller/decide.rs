@@ -73,6 +73,8 @@ pub enum QueryOutcome {
 
 /// How often a Plan held by a health gate looks again.
 pub const GATE_RETRY: Duration = Duration::from_secs(15);
+/// How often a Plan with a Job that has no pod is looked at (the pod may not be created).
+const NO_POD_RETRY: Duration = Duration::from_secs(10);
 /// How often a node waiting to be Ready for `nodeReadyFor` is looked at while it is not.
 const NOT_READY_RETRY: Duration = Duration::from_secs(10);
 
@@ -1449,6 +1451,11 @@ impl<'a> Pass<'a> {
         if changed {
             self.replace(node_name, &job_name, "replacing the Job after a Plan edit");
             return;
+        }
+        if finished.is_none() && pods::active_pods(job, self.obs.pods).is_empty() {
+            // No pod event wakes the Plan while the Job controller fails to create one: the
+            // reconcile looks again (and reads why, see `Refusal::Pod`).
+            self.requeue = self.requeue.min(NO_POD_RETRY);
         }
         if finished.is_none()
             && let Some(Refusal::Pod { message }) = self.obs.refusals.get(&job_name)

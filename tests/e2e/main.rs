@@ -22,6 +22,7 @@ mod real_node;
 mod resilience;
 mod resolution;
 mod rollout;
+mod safety;
 mod scenario;
 mod servers;
 mod support;
@@ -104,6 +105,10 @@ const TESTS: &[Test] = tests! {
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,
     cluster resolution::plans_that_bypassed_the_webhook_are_validated,
+    cluster safety::editing_the_drain_never_ends_a_running_upgrade,
+    cluster safety::a_pause_holds_automatic_retries,
+    cluster safety::refused_jobs_and_pods_are_reported_and_go_on_once_allowed,
+    cluster safety::a_node_the_go_controller_left_cordoned_without_a_job_is_returned,
     cluster resilience::twenty_nodes_concurrency_three_survive_a_sigkill,
     cluster resilience::replicas_elect_one_leader_and_hand_over,
     cluster resilience::an_api_server_outage_mid_rollout_is_survived,
