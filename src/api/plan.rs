@@ -459,6 +459,25 @@ pub struct SecretSpec {
     pub default_mode: Option<i32>,
 }
 
+/// Where every container of an upgrade pod sees the node's root file system.
+pub const HOST_ROOT_MOUNT: &str = "/host";
+/// Where every container of an upgrade pod reads its own labels and annotations.
+pub const POD_INFO_MOUNT: &str = "/run/system-upgrade/pod";
+/// Where a Secret with a relative `path` is mounted.
+pub const SECRETS_DIR: &str = "/run/system-upgrade/secrets";
+
+impl SecretSpec {
+    /// Where the Secret is mounted: its path when absolute, else under [`SECRETS_DIR`] (its name
+    /// when the path is empty, which only a Plan that bypassed the CRD can have).
+    pub fn mount_path(&self) -> String {
+        match self.path.as_str() {
+            "" => format!("{SECRETS_DIR}/{}", self.name),
+            p if p.starts_with('/') => p.to_owned(),
+            p => format!("{SECRETS_DIR}/{p}"),
+        }
+    }
+}
+
 /// A weekly time window.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{
     ANNOTATION_RUN, ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN, ContainerSpec,
-    KUBECTL_DOMAIN, LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE, LABEL_OS,
-    LABEL_PLAN, LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX, Plan,
-    TAINT_UNSCHEDULABLE,
+    HOST_ROOT_MOUNT, KUBECTL_DOMAIN, LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE,
+    LABEL_OS, LABEL_PLAN, LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX,
+    POD_INFO_MOUNT, Plan, TAINT_UNSCHEDULABLE,
 };
 use crate::controller::hash::hex;
 use crate::syntax::{duration, image};
@@ -37,7 +37,6 @@ const GATE_SCRIPT: &str = "f=/run/system-upgrade/pod/annotations
 echo \"waiting for the controller to prepare node ${SYSTEM_UPGRADE_NODE_NAME} for the upgrade\"
 until grep -q '^upgrade\\.cattle\\.io/drained=' \"$f\" 2>/dev/null; do sleep 0.5 2>/dev/null || sleep 1; done
 echo 'node ready; the upgrade starts'";
-const SECRETS_DIR: &str = "/run/system-upgrade/secrets";
 
 /// Job settings from the controller's configuration (`SYSTEM_UPGRADE_JOB_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,14 +364,9 @@ fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
             }),
             ..Volume::default()
         });
-        let mount_path = match secret.path.as_str() {
-            "" => format!("{SECRETS_DIR}/{}", secret.name),
-            p if p.starts_with('/') => p.to_owned(),
-            p => format!("{SECRETS_DIR}/{p}"),
-        };
         secret_mounts.push(VolumeMount {
             name: volume_name,
-            mount_path,
+            mount_path: secret.mount_path(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
@@ -407,7 +401,7 @@ impl Rendering<'_> {
         let mut mounts = vec![
             VolumeMount {
                 name: "host-root".into(),
-                mount_path: "/host".into(),
+                mount_path: HOST_ROOT_MOUNT.into(),
                 ..VolumeMount::default()
             },
             pod_info_mount(),
@@ -505,7 +499,7 @@ impl Rendering<'_> {
 fn pod_info_mount() -> VolumeMount {
     VolumeMount {
         name: "pod-info".into(),
-        mount_path: "/run/system-upgrade/pod".into(),
+        mount_path: POD_INFO_MOUNT.into(),
         read_only: Some(true),
         ..VolumeMount::default()
     }

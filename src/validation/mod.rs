@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{EnvVar, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, SecurityContext, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
-    ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, HealthGates, IntOrDuration,
-    IntOrPercent, LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX, Plan, PlanSpec,
-    RetrySpec, SecretSpec, TimeWindowSpec,
+    ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, HOST_ROOT_MOUNT, HealthGates,
+    IntOrDuration, IntOrPercent, LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX,
+    POD_INFO_MOUNT, Plan, PlanSpec, RetrySpec, SecretSpec, TimeWindowSpec,
 };
 use crate::syntax::{duration, image, k8s, window};
 
@@ -377,6 +377,7 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
         check_container("spec.prepare", prepare, report);
     }
     check_volume_names(spec, report);
+    check_mount_paths(spec, report);
     check_version_and_channel(spec, report);
 
     if let Some(concurrency) = &spec.concurrency {
@@ -499,6 +500,21 @@ fn check_container(path: &str, container: &ContainerSpec, report: &mut Report) {
         check_env(&format!("{path}.envs[{i}]"), env, report);
         env_names.insert(env.name.as_str());
     }
+    for (i, source) in container.env_from.iter().flatten().enumerate() {
+        let field = format!("{path}.envFrom[{i}]");
+        let config_map = source.config_map_ref.as_ref().map(|r| r.name.as_str());
+        let secret = source.secret_ref.as_ref().map(|r| r.name.as_str());
+        check_object_name(
+            &format!("{field}.configMapRef.name"),
+            config_map,
+            "ConfigMap",
+            report,
+        );
+        check_object_name(&format!("{field}.secretRef.name"), secret, "Secret", report);
+    }
+    if let Some(context) = &container.security_context {
+        check_security_context(&format!("{path}.securityContext"), context, report);
+    }
     for (i, volume) in container.volumes.iter().flatten().enumerate() {
         let field = format!("{path}.volumes[{i}]");
         if let Err(reason) = k8s::dns_label(&volume.name) {
@@ -535,6 +551,135 @@ fn check_container(path: &str, container: &ContainerSpec, report: &mut Report) {
                     volume.destination
                 ),
             );
+        }
+    }
+}
+
+/// What the API server refuses in a container's security context (its pod validation), so an
+/// upgrade Job of the Plan would never be created.
+fn check_security_context(field: &str, context: &SecurityContext, report: &mut Report) {
+    let escalation_off = context.allow_privilege_escalation == Some(false);
+    if escalation_off && context.privileged == Some(true) {
+        report.problem(
+            format!("{field}.allowPrivilegeEscalation"),
+            "cannot be false while privileged is true (the API server refuses such a pod): a \
+             privileged container can always escalate; leave it unset",
+        );
+    }
+    let adds_sys_admin = context
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .is_some_and(|add| add.iter().any(|c| c == "CAP_SYS_ADMIN"));
+    if escalation_off && adds_sys_admin {
+        report.problem(
+            format!("{field}.allowPrivilegeEscalation"),
+            "cannot be false while capabilities.add has CAP_SYS_ADMIN (the API server refuses \
+             such a pod); leave it unset or drop the capability",
+        );
+    }
+    for (name, id) in [
+        ("runAsUser", context.run_as_user),
+        ("runAsGroup", context.run_as_group),
+    ] {
+        if let Some(id) = id.filter(|id| !(0..=i64::from(i32::MAX)).contains(id)) {
+            report.problem(
+                format!("{field}.{name}"),
+                format!("{id} is not a user or group ID: use 0 to 2147483647"),
+            );
+        }
+    }
+    let profiles = [
+        (
+            "seccompProfile",
+            context
+                .seccomp_profile
+                .as_ref()
+                .map(|p| (p.type_.as_str(), p.localhost_profile.as_deref())),
+        ),
+        (
+            "appArmorProfile",
+            context
+                .app_armor_profile
+                .as_ref()
+                .map(|p| (p.type_.as_str(), p.localhost_profile.as_deref())),
+        ),
+    ];
+    for (name, profile) in profiles {
+        let Some((kind, localhost)) = profile else {
+            continue;
+        };
+        match (kind, localhost.filter(|l| !l.is_empty())) {
+            ("RuntimeDefault" | "Unconfined", None) | ("Localhost", Some(_)) => {}
+            ("Localhost", None) => report.problem(
+                format!("{field}.{name}.localhostProfile"),
+                "is required when type is Localhost: the profile's file on the node",
+            ),
+            ("RuntimeDefault" | "Unconfined", Some(_)) => report.problem(
+                format!("{field}.{name}.localhostProfile"),
+                format!("is only allowed with type Localhost, not {kind}"),
+            ),
+            _ => report.problem(
+                format!("{field}.{name}.type"),
+                format!("{kind:?} is not RuntimeDefault, Unconfined or Localhost"),
+            ),
+        }
+    }
+}
+
+/// Every container of an upgrade pod mounts the node's root at /host, its own metadata at
+/// /run/system-upgrade/pod, and each Secret; its own volumes come on top. The API server
+/// refuses a container that mounts two volumes at one path, so no path may repeat.
+fn check_mount_paths(spec: &PlanSpec, report: &mut Report) {
+    fn clean(path: &str) -> &str {
+        match path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        }
+    }
+    let mut shared: BTreeMap<String, String> = BTreeMap::from([
+        (
+            HOST_ROOT_MOUNT.to_owned(),
+            "the controller's host-root volume (the node's /)".to_owned(),
+        ),
+        (
+            POD_INFO_MOUNT.to_owned(),
+            "the controller's pod-info volume (the pod's labels and annotations)".to_owned(),
+        ),
+    ]);
+    for (i, secret) in spec.secrets.iter().flatten().enumerate() {
+        let path = secret.mount_path();
+        let what = format!("Secret {:?}", secret.name);
+        if let Some(taken) = shared.insert(clean(&path).to_owned(), what) {
+            report.problem(
+                format!("spec.secrets[{i}].path"),
+                format!(
+                    "{path:?} is where {taken} is mounted in every container; mount it elsewhere"
+                ),
+            );
+        }
+    }
+    for (field, container) in [
+        ("spec.upgrade", &spec.upgrade),
+        ("spec.prepare", &spec.prepare),
+    ] {
+        let mut taken = shared.clone();
+        for (i, volume) in container
+            .iter()
+            .flat_map(|c| c.volumes.iter().flatten())
+            .enumerate()
+        {
+            let what = format!("volume {:?}", volume.name);
+            if let Some(other) = taken.insert(clean(&volume.destination).to_owned(), what) {
+                report.problem(
+                    format!("{field}.volumes[{i}].destination"),
+                    format!(
+                        "{:?} is where {other} is mounted; the API server refuses two volumes at \
+                         one path, so choose another",
+                        volume.destination
+                    ),
+                );
+            }
         }
     }
 }

@@ -582,3 +582,117 @@ fn resolved_versions_follow_the_version_rules() {
     // Other images' tags need not be SemVer, as for spec.version.
     assert_eq!(resolved_version_problem(&spec("ubuntu"), "22.04"), None);
 }
+
+#[test]
+fn mount_paths_the_api_server_would_refuse() {
+    let upgrade = |volumes: serde_json::Value| {
+        with(
+            "upgrade",
+            serde_json::json!({"image": "x", "volumes": volumes}),
+        )
+    };
+    for (bad, field) in [
+        (
+            serde_json::json!([{"name": "a", "source": "/a", "destination": "/host"}]),
+            "spec.upgrade.volumes[0].destination",
+        ),
+        (
+            serde_json::json!([{"name": "a", "source": "/a", "destination": "/run/system-upgrade/pod/"}]),
+            "spec.upgrade.volumes[0].destination",
+        ),
+        (
+            serde_json::json!([{"name": "a", "source": "/a", "destination": "/x"}, {"name": "b", "source": "/b", "destination": "/x"}]),
+            "spec.upgrade.volumes[1].destination",
+        ),
+    ] {
+        let report = validate_value(&plan(upgrade(bad.clone())));
+        assert_eq!(report.problems.len(), 1, "{bad}: {:?}", report.problems);
+        assert_eq!(report.problems[0].field, field, "{bad}");
+    }
+    // Secrets are mounted in every container: not on the controller's paths, nor on each other,
+    // nor under a volume's destination path.
+    let mut spec = minimal();
+    spec["secrets"] = serde_json::json!([{"name": "a", "path": "/host"}, {"name": "b", "path": "x"},
+        {"name": "c", "path": "/run/system-upgrade/secrets/x"}]);
+    let report = validate_value(&plan(spec.clone()));
+    let fields: Vec<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.secrets[0].path", "spec.secrets[2].path"]);
+    spec["secrets"] = serde_json::json!([{"name": "a", "path": "/etc/a"}]);
+    spec["prepare"] = serde_json::json!({"image": "x", "volumes": [{"name": "v", "source": "/v", "destination": "/etc/a"}]});
+    let report = validate_value(&plan(spec));
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].message.contains("Secret \"a\""),
+        "{}",
+        report.problems[0].message
+    );
+    // Nested paths are fine.
+    assert!(
+        problems(upgrade(
+            serde_json::json!([{"name": "a", "source": "/a", "destination": "/host/var/lib/x"}])
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn security_contexts_the_api_server_would_refuse() {
+    let upgrade = |context: serde_json::Value| {
+        with(
+            "upgrade",
+            serde_json::json!({"image": "x", "securityContext": context}),
+        )
+    };
+    assert!(
+        problems(upgrade(
+            serde_json::json!({"privileged": true, "runAsUser": 0})
+        ))
+        .is_empty()
+    );
+    assert!(problems(upgrade(serde_json::json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["NET_ADMIN"]}}))).is_empty());
+    assert!(problems(upgrade(serde_json::json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}))).is_empty());
+    for (bad, field) in [
+        (
+            serde_json::json!({"privileged": true, "allowPrivilegeEscalation": false}),
+            "spec.upgrade.securityContext.allowPrivilegeEscalation",
+        ),
+        (
+            serde_json::json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["CAP_SYS_ADMIN"]}}),
+            "spec.upgrade.securityContext.allowPrivilegeEscalation",
+        ),
+        (
+            serde_json::json!({"runAsUser": -1}),
+            "spec.upgrade.securityContext.runAsUser",
+        ),
+        (
+            serde_json::json!({"runAsGroup": 4_294_967_296i64}),
+            "spec.upgrade.securityContext.runAsGroup",
+        ),
+        (
+            serde_json::json!({"seccompProfile": {"type": "Localhost"}}),
+            "spec.upgrade.securityContext.seccompProfile.localhostProfile",
+        ),
+        (
+            serde_json::json!({"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "p"}}),
+            "spec.upgrade.securityContext.seccompProfile.localhostProfile",
+        ),
+        (
+            serde_json::json!({"appArmorProfile": {"type": "Strict"}}),
+            "spec.upgrade.securityContext.appArmorProfile.type",
+        ),
+    ] {
+        let report = validate_value(&plan(upgrade(bad.clone())));
+        assert_eq!(report.problems.len(), 1, "{bad}: {:?}", report.problems);
+        assert_eq!(report.problems[0].field, field, "{bad}");
+    }
+    let prepare = with(
+        "prepare",
+        serde_json::json!({"image": "x", "securityContext": {"privileged": true, "allowPrivilegeEscalation": false}}),
+    );
+    assert_eq!(problems(prepare).len(), 1);
+    let env_from = with(
+        "upgrade",
+        serde_json::json!({"image": "x", "envFrom": [{"configMapRef": {"name": "Bad_Name"}}]}),
+    );
+    assert_eq!(problems(env_from).len(), 1);
+}

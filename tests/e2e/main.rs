@@ -69,6 +69,7 @@ const TESTS: &[Test] = tests! {
     cluster webhook::deploy_manifests_are_accepted_by_the_api_server,
     cluster webhook::webhooks_are_registered_with_the_servers_ca,
     cluster webhook::invalid_plans_are_refused_with_our_messages,
+    cluster webhook::job_shapes_the_webhook_refuses_are_those_the_api_server_refuses,
     cluster webhook::valid_plans_are_stored_with_defaults_and_warnings,
     cluster webhook::server_dry_run_reaches_the_webhook_and_stores_nothing,
     cluster webhook::updates_are_validated,

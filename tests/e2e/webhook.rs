@@ -779,3 +779,100 @@ pub fn replicas_share_one_ca_that_survives_restarts(ctx: &Ctx) {
         out.stderr
     );
 }
+
+/// The Job-shape rules match the API server: for each, the Job this controller would build from
+/// a Plan that breaks it (stored without the webhook) is refused by a server-side dry run, and
+/// the same Plan put right gives a Job the API server takes.
+pub fn job_shapes_the_webhook_refuses_are_those_the_api_server_refuses(ctx: &Ctx) {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Node;
+    use system_upgrade_controller::api::Plan;
+    use system_upgrade_controller::controller::job::{self, JobSettings};
+    ctx.ensure_server();
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "agent-1", "labels": {"kubernetes.io/hostname": "agent-1"}}}))
+    .unwrap();
+    let jobs: kube::Api<Job> = kube::Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let build = |upgrade: serde_json::Value, secrets: serde_json::Value| -> Job {
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shape", "namespace": NAMESPACE, "uid": "00000000-0000-0000-0000-000000000001"},
+            "spec": {"concurrency": 1, "version": "v1.30.4", "nodeSelector": {}, "upgrade": upgrade,
+                "prepare": {"image": "busybox"}, "secrets": secrets},
+            "status": {"latestVersion": "v1.30.4", "latestHash": "0123456789abcdef0123456789abcdef0123456789abcdef01234567"},
+        }))
+        .unwrap();
+        let report = system_upgrade_controller::validation::validate(&plan);
+        let mut job = job::build(&plan, &node, &JobSettings::default());
+        job.metadata.owner_references = None;
+        job.metadata.annotations = Some(
+            [(
+                "suc-test/problems".to_owned(),
+                report.problems.len().to_string(),
+            )]
+            .into(),
+        );
+        job
+    };
+    let cases = [
+        (
+            serde_json::json!({"image": "busybox", "securityContext": {"privileged": true, "allowPrivilegeEscalation": false}}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "securityContext": {"privileged": true}}),
+        ),
+        (
+            serde_json::json!({"image": "busybox", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"add": ["CAP_SYS_ADMIN"]}}}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "securityContext": {"capabilities": {"add": ["CAP_SYS_ADMIN"]}}}),
+        ),
+        (
+            serde_json::json!({"image": "busybox", "securityContext": {"runAsUser": -1}}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "securityContext": {"runAsUser": 0}}),
+        ),
+        (
+            serde_json::json!({"image": "busybox", "securityContext": {"seccompProfile": {"type": "Localhost"}}}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}),
+        ),
+        (
+            serde_json::json!({"image": "busybox", "volumes": [{"name": "a", "source": "/a", "destination": "/host"}]}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "volumes": [{"name": "a", "source": "/a", "destination": "/host/a"}]}),
+        ),
+        (
+            serde_json::json!({"image": "busybox", "volumes": [{"name": "a", "source": "/a", "destination": "/x"}, {"name": "b", "source": "/b", "destination": "/x"}]}),
+            serde_json::json!([]),
+            serde_json::json!({"image": "busybox", "volumes": [{"name": "a", "source": "/a", "destination": "/x"}, {"name": "b", "source": "/b", "destination": "/y"}]}),
+        ),
+        (
+            serde_json::json!({"image": "busybox"}),
+            serde_json::json!([{"name": "s", "path": "/run/system-upgrade/pod"}]),
+            serde_json::json!({"image": "busybox"}),
+        ),
+    ];
+    for (bad, secrets, good) in cases {
+        let refused = build(bad.clone(), secrets.clone());
+        assert_ne!(
+            refused.metadata.annotations.as_ref().unwrap()["suc-test/problems"],
+            "0",
+            "the webhook's rules let {bad} {secrets} through"
+        );
+        let answer = ctx.block_on(jobs.create(&dry_run, &refused));
+        assert!(
+            matches!(&answer, Err(kube::Error::Api(s)) if s.code == 422),
+            "the API server took the Job of {bad} {secrets}: {answer:?}"
+        );
+        let right = build(good.clone(), serde_json::json!([]));
+        assert_eq!(
+            right.metadata.annotations.as_ref().unwrap()["suc-test/problems"],
+            "0",
+            "{good}"
+        );
+        ctx.block_on(jobs.create(&dry_run, &right))
+            .unwrap_or_else(|e| panic!("the API server refused the Job of {good}: {e}"));
+    }
+}
