@@ -57,6 +57,9 @@ pub enum Command {
     /// Show what a Plan would do, changing nothing: its version, its nodes (done, opted out,
     /// held) and the order in which the rest would be upgraded.
     Preview(PreviewConfig),
+    /// List what in the cluster must change before the Go controller replaces this one, changing
+    /// nothing (exit status 1 while anything must).
+    SwitchBackCheck(SwitchBackConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,6 +305,28 @@ pub struct PreviewConfig {
     /// Namespace of the Plan (a file's Plan keeps its own namespace when it names one).
     #[arg(short = 'n', long = "namespace", default_value = "system-upgrade")]
     pub namespace: String,
+    /// Path to a kubeconfig file; by default as kubectl finds one.
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SwitchBackConfig {
+    /// The namespace the controller serves.
+    #[arg(
+        short = 'n',
+        long,
+        env = "SYSTEM_UPGRADE_CONTROLLER_NAMESPACE",
+        default_value = "system-upgrade"
+    )]
+    pub namespace: String,
+    /// The controller's name (its Jobs' `upgrade.cattle.io/controller` label).
+    #[arg(
+        long,
+        env = "SYSTEM_UPGRADE_CONTROLLER_NAME",
+        default_value = "system-upgrade-controller"
+    )]
+    pub name: String,
     /// Path to a kubeconfig file; by default as kubectl finds one.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,

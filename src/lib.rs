@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod preview;
 pub mod retry;
 pub mod server;
+pub mod switchback;
 pub mod syntax;
 pub mod telemetry;
 pub mod validation;

@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 use system_upgrade_controller::config::{Cli, Command};
-use system_upgrade_controller::{api, check, preview, run, shutdown_on_signals, telemetry};
+use system_upgrade_controller::{
+    api, check, preview, run, shutdown_on_signals, switchback, telemetry,
+};
 
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (server, kube client).
@@ -47,6 +49,32 @@ fn main() -> ExitCode {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::SwitchBackCheck(config) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(switchback::run(&config)) {
+                Ok((text, clear)) => {
+                    print!("{text}");
+                    if clear {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

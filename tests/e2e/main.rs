@@ -129,6 +129,7 @@ const TESTS: &[Test] = tests! {
     cluster takeover::a_job_name_held_by_another_controller_is_reported,
     cluster takeover::a_crd_without_node_status_is_reported_and_events_stay_one_shot,
     cluster takeover::a_go_controller_install_is_taken_over,
+    cluster takeover::switch_back_check_lists_what_the_go_controller_cannot_take,
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_one_server,
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_three_servers,
 };

@@ -11,7 +11,7 @@ pub const NAMESPACE: &str = "system-upgrade";
 pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade-controller";
 /// The ServiceAccount Plans give their upgrade Jobs.
 pub const JOB_SERVICE_ACCOUNT: &str = "system:serviceaccount:system-upgrade:system-upgrade";
-const BIN: &str = env!("CARGO_BIN_EXE_system-upgrade-controller");
+pub const BIN: &str = env!("CARGO_BIN_EXE_system-upgrade-controller");
 
 /// A path as kubectl's argument (the repository's paths are UTF-8).
 pub fn path(file: &Path) -> &str {

@@ -809,3 +809,44 @@ pub fn job_settings_follow_the_plan_in_place(ctx: &Ctx) {
     drop(server);
     ctx.ensure_server();
 }
+
+/// `switch-back-check` names what the Go controller would choke on (a percentage concurrency)
+/// or run unasked (a paused Plan), with exit status 1, and no longer once they are changed.
+pub fn switch_back_check_lists_what_the_go_controller_cannot_take(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "sback", 1);
+    let base = json!({"version": VERSION, "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchLabels": {SCENARIO_LABEL: "nobody"}}});
+    let mut percent = base.clone();
+    percent["concurrency"] = json!("25%");
+    s.apply_plan("sback-pct", percent, json!({}));
+    let mut paused = base.clone();
+    paused["concurrency"] = json!(1);
+    paused["paused"] = json!(true);
+    s.apply_plan("sback-held", paused, json!({}));
+    let check = || {
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["switch-back-check", "--kubeconfig"])
+            .arg(&ctx.cluster.kubeconfig)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (clear, text) = check();
+    assert!(!clear, "{text}");
+    assert!(
+        text.contains("Plan system-upgrade/sback-pct spec.concurrency is \"25%\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("Plan system-upgrade/sback-held spec.paused is true"),
+        "{text}"
+    );
+    let mut fixed = base;
+    fixed["concurrency"] = json!(1);
+    s.apply_plan("sback-pct", fixed, json!({}));
+    s.delete_plan("sback-held");
+    let (_, text) = check();
+    assert!(!text.contains("sback-"), "{text}");
+    s.delete_plan("sback-pct");
+}
