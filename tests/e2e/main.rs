@@ -137,9 +137,12 @@ const TESTS: &[Test] = tests! {
 /// With `--real-node`: a control plane with one real kubelet node (tests/cluster/real-node.sh),
 /// where the controller runs in-cluster from its image and upgrade pods really run.
 const REAL_NODE_TESTS: &[Test] = tests! {
+    cluster real_node::the_go_controllers_deployment_is_replaced_on_the_only_server,
     cluster real_node::the_controller_runs_in_cluster_from_its_image,
     cluster real_node::a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node,
     cluster real_node::the_leader_pod_killed_mid_rollout_hands_over,
+    cluster real_node::upgrades_that_really_fail_are_reported_and_retried_on_the_real_node,
+    cluster real_node::the_only_server_drained_cordoned_and_upgraded_keeps_its_controller,
 };
 
 /// What the command line asks for, as libtest reads it: names to match (substrings, or whole

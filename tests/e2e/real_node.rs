@@ -19,6 +19,7 @@ use serde_json::json;
 use system_upgrade_controller::api::ANNOTATION_DRAINED;
 
 use crate::scenario::{JobWatch, Scenario, assert_rollout_kept_its_promises};
+use crate::servers;
 use crate::support::{Ctx, NAMESPACE, client_builder_trusting, path, repo, wait};
 
 pub const REAL_NODE: &str = "real-server";
@@ -485,4 +486,331 @@ pub fn the_leader_pod_killed_mid_rollout_hands_over(ctx: &Ctx) {
         "{new} is not running: {survivors:?}"
     );
     s.delete_plan("real-ha");
+}
+
+/// The API server reaches a replica through the Service and is refused a bad Plan with our
+/// message.
+fn webhook_answers(ctx: &Ctx) {
+    let bad = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": "real-bad", "namespace": NAMESPACE},
+        "spec": {"concurrency": -1, "version": "v1.0.0", "nodeSelector": {}, "upgrade": {"image": "suc-busybox"}}});
+    let refused = wait(
+        "the webhook to answer through the Service",
+        Duration::from_secs(60),
+        || {
+            let out = ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&bad.to_string()));
+            (!out.ok && out.stderr.contains("denied the request")).then_some(out.stderr)
+        },
+    );
+    assert!(
+        refused.contains("spec.concurrency: must be at least 1"),
+        "{refused}"
+    );
+}
+
+/// The usual K3s cluster, one server: the Go controller's Deployment (its v0.14+ shape, a
+/// required anti-affinity on its app label) is replaced in place by the README's commands, both
+/// replicas of this controller start on that one server from its image, one leads, and the
+/// webhook answers.
+pub fn the_go_controllers_deployment_is_replaced_on_the_only_server(ctx: &Ctx) {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    assert!(
+        ctx.block_on(nodes.get_opt(REAL_NODE)).unwrap().is_some(),
+        "this cluster has no node {REAL_NODE}"
+    );
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "deployment",
+        "system-upgrade-controller",
+        "--ignore-not-found",
+        "--wait=true",
+    ])
+    .expect_ok();
+    ctx.kubectl(&["apply", "-f", path(&repo("deploy/namespace.yaml"))])
+        .expect_ok();
+    for object in [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade", "namespace": NAMESPACE}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "default-controller-env", "namespace": NAMESPACE},
+            "data": {"SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT": "99"}}),
+        servers::go_deployment("suc-busybox:v1.0.0", "IfNotPresent"),
+    ] {
+        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
+            .expect_ok();
+    }
+    wait(
+        "the Go controller's pod to run on the server",
+        Duration::from_secs(90),
+        || {
+            let pods = servers::controller_pods(ctx);
+            (pods.len() == 1
+                && servers::pod_ready(&pods[0])
+                && pods[0].spec.as_ref()?.node_name.as_deref() == Some(REAL_NODE))
+            .then_some(())
+        },
+    );
+    servers::migrate(ctx, path(&repo("tests/cluster/real-node-deploy")));
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        DEPLOYMENT,
+        "--timeout=180s",
+    ])
+    .expect_ok();
+    servers::two_ready_replicas(ctx, &[REAL_NODE.to_owned()], "both replicas ready");
+    for pod in controller_pods(ctx) {
+        assert_eq!(
+            pod.spec.as_ref().unwrap().containers[0].image.as_deref(),
+            Some("system-upgrade-controller:0.1.0"),
+            "the Go pod is gone"
+        );
+    }
+    wait("a leader", Duration::from_secs(60), || leader(ctx));
+    webhook_answers(ctx);
+}
+
+/// Upgrades that really fail on a kubelet: a container that exits non-zero until the Job's
+/// deadline ends it (the node stays cordoned, the Plan says JobFailed) and is retried by request
+/// once fixed; a drain a PodDisruptionBudget blocks (DrainFailed, the node left cordoned) that
+/// an edit to `onTimeout: Skip` gives up, returning the node.
+pub fn upgrades_that_really_fail_are_reported_and_retried_on_the_real_node(ctx: &Ctx) {
+    install(ctx);
+    let plan = "real-fail";
+    let s = Scenario::new(ctx, plan, 0);
+    ctx.kubectl(&[
+        "label",
+        "node",
+        REAL_NODE,
+        &format!("plan.upgrade.cattle.io/{plan}-"),
+    ])
+    .expect_ok();
+    let dir = ctx.cluster.dir.join(plan);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixed = format!("/host{}/fixed", dir.display());
+    let spec = json!({"concurrency": 1, "serviceAccountName": "system-upgrade", "version": "v1.0.0",
+        "cordon": true, "jobActiveDeadlineSecs": 25,
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": REAL_NODE}},
+        "upgrade": {"image": "suc-busybox", "command": ["sh", "-c"],
+            "args": [format!("if [ -f {fixed} ]; then echo upgraded; else echo 'the upgrade fails'; exit 3; fi")]}});
+    s.apply_plan(plan, spec, json!({}));
+    let message = s.wait_condition(
+        plan,
+        "Complete",
+        "False",
+        "JobFailed",
+        Duration::from_secs(120),
+    );
+    assert!(
+        message.contains(&format!("failed on Node {REAL_NODE}")),
+        "{message}"
+    );
+    assert!(s.unschedulable(REAL_NODE), "a failed node stays cordoned");
+    assert!(
+        s.plan_events(plan)
+            .iter()
+            .any(|e| e.starts_with("JobFailed")),
+        "{:?}",
+        s.plan_events(plan)
+    );
+    // Fixed on the node, retried by request: it runs again, succeeds, and is returned.
+    std::fs::write(dir.join("fixed"), "yes").unwrap();
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        plan,
+        "upgrade.cattle.io/retry=all",
+    ])
+    .expect_ok();
+    s.wait_condition(
+        plan,
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(120),
+    );
+    assert!(!s.unschedulable(REAL_NODE), "left cordoned after success");
+    s.delete_plan(plan);
+
+    // A drain a budget blocks: a workload that can run only on this node, and a budget that
+    // allows no disruption of it.
+    let plan = "real-pdb";
+    let s = Scenario::new(ctx, plan, 0);
+    ctx.kubectl(&[
+        "label",
+        "node",
+        REAL_NODE,
+        &format!("plan.upgrade.cattle.io/{plan}-"),
+    ])
+    .expect_ok();
+    let workload = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "real-pinned", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "real-pinned"}},
+            "template": {"metadata": {"labels": {"app": "real-pinned"}},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                    "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
+                    "containers": [{"name": "c", "image": "suc-busybox:v1.0.0",
+                        "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}}}});
+    let budget = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "real-pinned", "namespace": "default"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "real-pinned"}}}});
+    for object in [&workload, &budget] {
+        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
+            .expect_ok();
+    }
+    ctx.kubectl(&[
+        "-n",
+        "default",
+        "rollout",
+        "status",
+        "deployment/real-pinned",
+        "--timeout=90s",
+    ])
+    .expect_ok();
+    let spec = json!({"concurrency": 1, "serviceAccountName": "system-upgrade", "version": "v1.0.0",
+        "drain": {"timeout": "15s"},
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": REAL_NODE}},
+        "upgrade": {"image": "suc-busybox", "command": ["sh", "-c"], "args": ["echo upgraded"]}});
+    s.apply_plan(plan, spec.clone(), json!({}));
+    let message = s.wait_condition(
+        plan,
+        "Complete",
+        "False",
+        "DrainFailed",
+        Duration::from_secs(120),
+    );
+    assert!(
+        message.contains("blocked by PodDisruptionBudget default/real-pinned"),
+        "{message}"
+    );
+    assert!(
+        s.unschedulable(REAL_NODE),
+        "a failed drain leaves the node cordoned"
+    );
+    // The README's advice after a failed drain: give such a node up with onTimeout: Skip.
+    let mut skip = spec;
+    skip["drain"]["onTimeout"] = json!("Skip");
+    s.apply_plan(plan, skip, json!({}));
+    s.wait_condition(
+        plan,
+        "Complete",
+        "False",
+        "DrainSkipped",
+        Duration::from_secs(120),
+    );
+    wait(
+        "the skipped node to be returned",
+        Duration::from_secs(30),
+        || (!s.unschedulable(REAL_NODE)).then_some(()),
+    );
+    s.delete_plan(plan);
+    for kind in ["deployment", "poddisruptionbudget"] {
+        ctx.kubectl(&[
+            "-n",
+            "default",
+            "delete",
+            kind,
+            "real-pinned",
+            "--ignore-not-found",
+            "--wait=false",
+        ])
+        .expect_ok();
+    }
+}
+
+/// The one server drained, cordoned, and upgraded by a server Plan with `cordon: true`: `kubectl
+/// drain` ends with both replicas back beside it, a leader that dies while the server is cordoned
+/// is replaced there, and the server Plan finishes (and uncordons the server) after its leader
+/// died mid-upgrade.
+pub fn the_only_server_drained_cordoned_and_upgraded_keeps_its_controller(ctx: &Ctx) {
+    install(ctx);
+    let servers = [REAL_NODE.to_owned()];
+    assert!(
+        servers::drain(ctx, REAL_NODE),
+        "kubectl drain {REAL_NODE} did not end"
+    );
+    servers::two_ready_replicas(ctx, &servers, "both replicas back on the drained server");
+    let old = wait("a leader", Duration::from_secs(60), || leader(ctx));
+    webhook_answers(ctx);
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pod",
+        &old,
+        "--force",
+        "--grace-period=0",
+    ])
+    .expect_ok();
+    wait(
+        "a new leader on the cordoned server",
+        Duration::from_secs(90),
+        || leader(ctx).filter(|l| *l != old),
+    );
+    servers::two_ready_replicas(
+        ctx,
+        &servers,
+        "a dead replica replaced on the cordoned server",
+    );
+    ctx.kubectl(&["uncordon", REAL_NODE]).expect_ok();
+
+    // The K3s server Plan's shape: cordon, no drain, the only server.
+    let plan = "real-server-plan";
+    let s = Scenario::new(ctx, plan, 0);
+    ctx.kubectl(&[
+        "label",
+        "node",
+        REAL_NODE,
+        &format!("plan.upgrade.cattle.io/{plan}-"),
+    ])
+    .expect_ok();
+    s.apply_plan(
+        plan,
+        json!({"concurrency": 1, "serviceAccountName": "system-upgrade", "version": "v1.0.0", "cordon": true,
+            "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]},
+            "upgrade": {"image": "suc-busybox", "command": ["sh", "-c"], "args": ["sleep 20; echo upgraded"]}}),
+        json!({}),
+    );
+    wait(
+        "the server cordoned by its Plan, its upgrade running",
+        Duration::from_secs(90),
+        || {
+            let phase = s.plan_json(plan)["status"]["nodes"][0]["phase"].clone();
+            (s.unschedulable(REAL_NODE) && phase == "Upgrading").then_some(())
+        },
+    );
+    let old = leader(ctx).unwrap();
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pod",
+        &old,
+        "--force",
+        "--grace-period=0",
+    ])
+    .expect_ok();
+    wait(
+        "a new leader while the server is cordoned",
+        Duration::from_secs(90),
+        || leader(ctx).filter(|l| *l != old),
+    );
+    s.wait_condition(
+        plan,
+        "Complete",
+        "True",
+        "Complete",
+        Duration::from_secs(180),
+    );
+    assert!(
+        !s.unschedulable(REAL_NODE),
+        "the only server was left cordoned"
+    );
+    servers::two_ready_replicas(ctx, &servers, "both replicas ready after the upgrade");
+    s.delete_plan(plan);
 }
