@@ -229,6 +229,46 @@ fn migrate_drain_and_cordon(ctx: &Ctx, servers: &[String]) {
     );
     ctx.kubectl(&["uncordon", &go]).expect_ok();
 
+    // The K3s server Plan (cordon, one server at a time), run by the suite's own server: a
+    // replica on the server it cordons dies meanwhile and is replaced.
+    ctx.ensure_server();
+    let plan = format!("servers-{}", servers.len());
+    let s = Scenario::new(ctx, &plan, 0);
+    let label = format!("plan.upgrade.cattle.io/{plan}");
+    for server in servers {
+        ctx.kubectl(&["label", "node", server, &format!("{label}-")])
+            .expect_ok();
+    }
+    s.apply_plan(
+        &plan,
+        json!({"concurrency": 1, "version": "v1.30.4+k3s1", "cordon": true,
+            "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]},
+            "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({"annotations": {"suc-test/duration": "8s"}}),
+    );
+    let cordoned = wait("a server cordoned by its Plan", MINUTE, || {
+        servers.iter().find(|n| s.unschedulable(n)).cloned()
+    });
+    if let Some(victim) = controller_pods(ctx)
+        .into_iter()
+        .find(|p| node_of(p) == cordoned)
+        .and_then(|p| p.metadata.name)
+    {
+        ctx.kubectl(&["-n", NAMESPACE, "delete", "pod", &victim, "--wait=true"])
+            .expect_ok();
+    }
+    two_ready_replicas(
+        ctx,
+        servers,
+        "replicas ready while a server Plan cordons a server",
+    );
+    s.wait_condition(&plan, "Complete", "True", "Complete", 3 * MINUTE);
+    assert!(
+        servers.iter().all(|n| !s.unschedulable(n)),
+        "a server left cordoned"
+    );
+    s.delete_plan(&plan);
+
     // Leave the suite's own server in charge again.
     ctx.kubectl(&[
         "-n",
