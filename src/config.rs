@@ -310,8 +310,9 @@ pub struct PreviewConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// The namespace whose Plans the controller serves, for the tools that need it.
 #[derive(Debug, Clone, Args)]
-pub struct SwitchBackConfig {
+pub struct Served {
     /// The namespace the controller serves.
     #[arg(
         short = 'n',
@@ -320,6 +321,12 @@ pub struct SwitchBackConfig {
         default_value = "system-upgrade"
     )]
     pub namespace: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SwitchBackConfig {
+    #[command(flatten)]
+    pub served: Served,
     /// The controller's name (its Jobs' `upgrade.cattle.io/controller` label).
     #[arg(
         long,
@@ -338,14 +345,9 @@ pub struct CheckConfig {
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
 
-    /// The namespace the controller serves: a Plan that names another is warned about.
-    #[arg(
-        short = 'n',
-        long,
-        env = "SYSTEM_UPGRADE_CONTROLLER_NAMESPACE",
-        default_value = "system-upgrade"
-    )]
-    pub namespace: String,
+    /// A Plan that names another namespace is warned about.
+    #[command(flatten)]
+    pub served: Served,
 }
 
 #[cfg(test)]

@@ -299,29 +299,41 @@ fn controller_options(config: &RunConfig) -> controller::ControllerOptions {
     }
 }
 
-/// A token cancelled on SIGTERM or SIGINT: the one shutdown signal every task watches.
+/// A token cancelled on SIGTERM or SIGINT: the one shutdown signal every task watches. The
+/// handlers are installed before this returns, so a signal that comes right after start-up (a
+/// pod deleted as it starts) is a clean shutdown, never the default action that kills the
+/// process without releasing the Lease.
 pub fn shutdown_on_signals() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let cancel = token.clone();
+    let listen = |kind: SignalKind, name: &'static str| {
+        signal(kind)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+            .ok()
+    };
+    let (mut terminate, mut interrupt) = (
+        listen(SignalKind::terminate(), "SIGTERM"),
+        listen(SignalKind::interrupt(), "SIGINT"),
+    );
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
-            _ = terminate => tracing::info!("SIGTERM received, shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            _ = received(terminate.as_mut()) => tracing::info!("SIGTERM received, shutting down"),
+            _ = received(interrupt.as_mut()) => tracing::info!("SIGINT received, shutting down"),
         }
         cancel.cancel();
     });
     token
+}
+
+/// Waits for a signal; forever when it could not be listened for.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,39 @@ use system_upgrade_controller::{
     api, check, preview, run, shutdown_on_signals, switchback, telemetry,
 };
 
+/// Runs a command-line tool that reads the cluster: prints its text, and fails when it says so
+/// (`false`) or cannot run.
+fn tool(
+    work: impl std::future::Future<
+        Output = Result<(String, bool), system_upgrade_controller::error::Error>,
+    >,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok((text, success)) => {
+            print!("{text}");
+            if success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (server, kube client).
     if rustls::crypto::ring::default_provider()
@@ -26,7 +59,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(config) => {
-            let outcome = check::run(&config.files, &config.namespace);
+            let outcome = check::run(&config.files, &config.served.namespace);
             print!("{}", outcome.output);
             if outcome.valid {
                 ExitCode::SUCCESS
@@ -34,54 +67,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Preview(config) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(preview::run(&config)) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::SwitchBackCheck(config) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(switchback::run(&config)) {
-                Ok((text, clear)) => {
-                    print!("{text}");
-                    if clear {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Preview(config) => tool(async {
+            let text = preview::run(&config).await?;
+            Ok((text, true))
+        }),
+        Command::SwitchBackCheck(config) => tool(switchback::run(&config)),
         Command::Run(config) => {
             telemetry::init(config.debug, config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -237,7 +237,7 @@ pub fn report(found: &[Finding], namespace: &str) -> String {
 pub async fn run(config: &SwitchBackConfig) -> Result<(String, bool), Error> {
     let client = Client::try_from(kube_config(config.kubeconfig.as_deref()).await?)
         .map_err(|e| Error::KubeConfig(e.to_string()))?;
-    let namespace = config.namespace.as_str();
+    let namespace = config.served.namespace.as_str();
     let ours = format!("{LABEL_CONTROLLER}={}", config.name);
     let read = |what: &str, e: kube::Error| Error::Preview(format!("listing {what}: {e}"));
     let plans = Api::<Plan>::namespaced(client.clone(), namespace)

@@ -582,6 +582,14 @@ impl<'a> Pass<'a> {
             .push(Note::new(Target::Plan, warning, reason, message));
     }
 
+    /// The same one-shot event on the Plan and on a node, told once per `key`.
+    fn note_once(&mut self, node: &str, warning: bool, reason: Reason, message: String, key: &str) {
+        let on_plan = Note::new(Target::Plan, warning, reason, message.clone());
+        self.notes.push(on_plan.once(key.to_owned()));
+        let on_node = Note::new(Target::Node(node.to_owned()), warning, reason, message);
+        self.notes.push(on_node.once(format!("{key}/node")));
+    }
+
     /// Validation: the webhook's rules, a concurrency that is set, and the Secrets that must
     /// exist. Sets `Validated`.
     fn validate(&mut self) {
@@ -912,24 +920,7 @@ impl<'a> Pass<'a> {
                     duration::format(delay.unwrap_or(0))
                 );
                 let key = format!("JobCompleteWaiting/{}", uid_of(job));
-                self.notes.push(
-                    Note::new(
-                        Target::Plan,
-                        false,
-                        Reason::JobCompleteWaiting,
-                        text.clone(),
-                    )
-                    .once(key.clone()),
-                );
-                self.notes.push(
-                    Note::new(
-                        Target::Node(node_name.clone()),
-                        false,
-                        Reason::JobCompleteWaiting,
-                        text,
-                    )
-                    .once(format!("{key}/node")),
-                );
+                self.note_once(&node_name, false, Reason::JobCompleteWaiting, text, &key);
             }
             self.entries.insert(node_name, entry);
             return;
@@ -1480,18 +1471,7 @@ impl<'a> Pass<'a> {
         self.entries.insert(node_name.to_owned(), entry);
         let key = format!("{}/{job_name}/{text}", Reason::JobRefused);
         let message = format!("Node {node_name}: {text}");
-        self.notes.push(
-            Note::new(Target::Plan, true, Reason::JobRefused, message.clone()).once(key.clone()),
-        );
-        self.notes.push(
-            Note::new(
-                Target::Node(node_name.to_owned()),
-                true,
-                Reason::JobRefused,
-                message,
-            )
-            .once(format!("{key}/node")),
-        );
+        self.note_once(node_name, true, Reason::JobRefused, message, &key);
         self.refused.insert(node_name.to_owned(), text);
     }
 
@@ -1577,17 +1557,7 @@ impl<'a> Pass<'a> {
             }
             // Per Job object: a Job replaced under the same name that fails again is told again.
             let key = format!("{reason}/{}", uid_of(job));
-            self.notes
-                .push(Note::new(Target::Plan, true, reason, message.clone()).once(key.clone()));
-            self.notes.push(
-                Note::new(
-                    Target::Node(node_name.to_owned()),
-                    true,
-                    reason,
-                    message.clone(),
-                )
-                .once(format!("{key}/node")),
-            );
+            self.note_once(node_name, true, reason, message.clone(), &key);
         }
         let shown = match self.retry_due(node_name, &since, retries.unwrap_or(0)) {
             RetryDue::Now { retries, why } => {
@@ -1709,18 +1679,7 @@ impl<'a> Pass<'a> {
     ) {
         let message = format!("Node {node_name}: {why} of Job {job_name}, which failed: {failure}");
         let key = format!("Retrying/{job_name}/{since}");
-        self.notes.push(
-            Note::new(Target::Plan, false, Reason::Retrying, message.clone()).once(key.clone()),
-        );
-        self.notes.push(
-            Note::new(
-                Target::Node(node_name.to_owned()),
-                false,
-                Reason::Retrying,
-                message,
-            )
-            .once(format!("{key}/node")),
-        );
+        self.note_once(node_name, false, Reason::Retrying, message, &key);
     }
 
     /// A failed node waits for its automatic retry: the Plan is not failed (yet), and is looked

@@ -1025,19 +1025,20 @@ mod tests {
         }
     }
 
+    /// Plan p claims node a, in the background.
+    fn claim(
+        client: Client,
+    ) -> tokio::task::JoinHandle<Result<Option<(Node, cordon::Outcome)>, CordonError>> {
+        tokio::spawn(async move {
+            let who = Claimant::new("system-upgrade", "suc");
+            cordon::cordon(&client, &who, "p", "a", true).await
+        })
+    }
+
     #[tokio::test]
     async fn a_cordon_retries_when_the_node_changed_between_read_and_write() {
         let (client, mut api) = testing::client();
-        let claiming = tokio::spawn(async move {
-            cordon::cordon(
-                &client,
-                &Claimant::new("system-upgrade", "suc"),
-                "p",
-                "a",
-                true,
-            )
-            .await
-        });
+        let claiming = claim(client);
         let node = serde_json::to_value(node("a")).unwrap();
         api.expect("GET", "/api/v1/nodes/a", 200, node.clone())
             .await;
@@ -1058,16 +1059,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_keeps_changing_is_given_up_as_a_conflict() {
         let (client, mut api) = testing::client();
-        let claiming = tokio::spawn(async move {
-            cordon::cordon(
-                &client,
-                &Claimant::new("system-upgrade", "suc"),
-                "p",
-                "a",
-                true,
-            )
-            .await
-        });
+        let claiming = claim(client);
         let node = serde_json::to_value(node("a")).unwrap();
         for _ in 0..5 {
             api.expect("GET", "/api/v1/nodes/a", 200, node.clone())

@@ -17,7 +17,7 @@ fn spec() -> Value {
     json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}})
 }
 
-fn patch_plan(ctx: &Ctx, plan: &str, patch: Value) {
+pub fn patch_plan(ctx: &Ctx, plan: &str, patch: Value) {
     ctx.kubectl(&[
         "-n",
         NAMESPACE,

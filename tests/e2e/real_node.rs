@@ -203,13 +203,7 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
         },
     );
     // A node keeps the label of an earlier run, which would mark it done.
-    ctx.kubectl(&[
-        "label",
-        "node",
-        REAL_NODE,
-        &format!("plan.upgrade.cattle.io/{plan}-"),
-    ])
-    .expect_ok();
+    forget_earlier_run(ctx, plan);
     let out = ctx.cluster.dir.join(plan);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
@@ -451,22 +445,8 @@ pub fn the_leader_pod_killed_mid_rollout_hands_over(ctx: &Ctx) {
         (s.labelled("real-ha") >= 2).then_some(())
     });
     let old = leader(ctx).unwrap();
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "pod",
-        &old,
-        "--force",
-        "--grace-period=0",
-    ])
-    .expect_ok();
     let killed_at = Instant::now();
-    let new = wait(
-        "another replica to take the Lease",
-        Duration::from_secs(90),
-        || leader(ctx).filter(|l| *l != old),
-    );
+    let new = kill_leader(ctx);
     let took_over = killed_at.elapsed();
     s.wait_condition(
         "real-ha",
@@ -486,6 +466,35 @@ pub fn the_leader_pod_killed_mid_rollout_hands_over(ctx: &Ctx) {
         "{new} is not running: {survivors:?}"
     );
     s.delete_plan("real-ha");
+}
+
+/// Forgets that the real node ran `plan` before (a kept cluster's earlier run labelled it).
+fn forget_earlier_run(ctx: &Ctx, plan: &str) {
+    ctx.kubectl(&[
+        "label",
+        "node",
+        REAL_NODE,
+        &format!("plan.upgrade.cattle.io/{plan}-"),
+    ])
+    .expect_ok();
+}
+
+/// Kills the leading replica's pod at once; returns the pod that leads next.
+fn kill_leader(ctx: &Ctx) -> String {
+    let old = wait("a leader", Duration::from_secs(60), || leader(ctx));
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pod",
+        &old,
+        "--force",
+        "--grace-period=0",
+    ])
+    .expect_ok();
+    wait("another replica to lead", Duration::from_secs(90), || {
+        leader(ctx).filter(|l| *l != old)
+    })
 }
 
 /// The API server reaches a replica through the Service and is refused a bad Plan with our
@@ -518,27 +527,7 @@ pub fn the_go_controllers_deployment_is_replaced_on_the_only_server(ctx: &Ctx) {
         ctx.block_on(nodes.get_opt(REAL_NODE)).unwrap().is_some(),
         "this cluster has no node {REAL_NODE}"
     );
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "deployment",
-        "system-upgrade-controller",
-        "--ignore-not-found",
-        "--wait=true",
-    ])
-    .expect_ok();
-    ctx.kubectl(&["apply", "-f", path(&repo("deploy/namespace.yaml"))])
-        .expect_ok();
-    for object in [
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade", "namespace": NAMESPACE}}),
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "default-controller-env", "namespace": NAMESPACE},
-            "data": {"SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT": "99"}}),
-        servers::go_deployment("suc-busybox:v1.0.0", "IfNotPresent"),
-    ] {
-        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
-            .expect_ok();
-    }
+    servers::install_go_controller(ctx, "suc-busybox:v1.0.0", "IfNotPresent");
     wait(
         "the Go controller's pod to run on the server",
         Duration::from_secs(90),
@@ -580,13 +569,7 @@ pub fn upgrades_that_really_fail_are_reported_and_retried_on_the_real_node(ctx: 
     install(ctx);
     let plan = "real-fail";
     let s = Scenario::new(ctx, plan, 0);
-    ctx.kubectl(&[
-        "label",
-        "node",
-        REAL_NODE,
-        &format!("plan.upgrade.cattle.io/{plan}-"),
-    ])
-    .expect_ok();
+    forget_earlier_run(ctx, plan);
     let dir = ctx.cluster.dir.join(plan);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -641,13 +624,7 @@ pub fn upgrades_that_really_fail_are_reported_and_retried_on_the_real_node(ctx: 
     // allows no disruption of it.
     let plan = "real-pdb";
     let s = Scenario::new(ctx, plan, 0);
-    ctx.kubectl(&[
-        "label",
-        "node",
-        REAL_NODE,
-        &format!("plan.upgrade.cattle.io/{plan}-"),
-    ])
-    .expect_ok();
+    forget_earlier_run(ctx, plan);
     let workload = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "real-pinned", "namespace": "default"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "real-pinned"}},
@@ -735,23 +712,8 @@ pub fn the_only_server_drained_cordoned_and_upgraded_keeps_its_controller(ctx: &
         "kubectl drain {REAL_NODE} did not end"
     );
     servers::two_ready_replicas(ctx, &servers, "both replicas back on the drained server");
-    let old = wait("a leader", Duration::from_secs(60), || leader(ctx));
     webhook_answers(ctx);
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "pod",
-        &old,
-        "--force",
-        "--grace-period=0",
-    ])
-    .expect_ok();
-    wait(
-        "a new leader on the cordoned server",
-        Duration::from_secs(90),
-        || leader(ctx).filter(|l| *l != old),
-    );
+    kill_leader(ctx);
     servers::two_ready_replicas(
         ctx,
         &servers,
@@ -762,13 +724,7 @@ pub fn the_only_server_drained_cordoned_and_upgraded_keeps_its_controller(ctx: &
     // The K3s server Plan's shape: cordon, no drain, the only server.
     let plan = "real-server-plan";
     let s = Scenario::new(ctx, plan, 0);
-    ctx.kubectl(&[
-        "label",
-        "node",
-        REAL_NODE,
-        &format!("plan.upgrade.cattle.io/{plan}-"),
-    ])
-    .expect_ok();
+    forget_earlier_run(ctx, plan);
     s.apply_plan(
         plan,
         json!({"concurrency": 1, "serviceAccountName": "system-upgrade", "version": "v1.0.0", "cordon": true,
@@ -784,22 +740,8 @@ pub fn the_only_server_drained_cordoned_and_upgraded_keeps_its_controller(ctx: &
             (s.unschedulable(REAL_NODE) && phase == "Upgrading").then_some(())
         },
     );
-    let old = leader(ctx).unwrap();
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "pod",
-        &old,
-        "--force",
-        "--grace-period=0",
-    ])
-    .expect_ok();
-    wait(
-        "a new leader while the server is cordoned",
-        Duration::from_secs(90),
-        || leader(ctx).filter(|l| *l != old),
-    );
+    // Its leader dies while the only server is cordoned: another replica leads and finishes.
+    kill_leader(ctx);
     s.wait_condition(
         plan,
         "Complete",

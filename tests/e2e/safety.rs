@@ -8,24 +8,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::control::patch_plan;
 use crate::scenario::{JobWatch, Scenario};
 use crate::support::{Ctx, NAMESPACE, wait};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn patch_plan(ctx: &Ctx, plan: &str, patch: serde_json::Value) {
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "patch",
-        "plan",
-        plan,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ])
-    .expect_ok();
-}
 
 /// The UIDs of a Plan's Jobs, by node.
 fn job_uids(s: &Scenario, plan: &str) -> BTreeMap<String, String> {

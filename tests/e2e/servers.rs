@@ -52,6 +52,41 @@ pub fn go_deployment(image: &str, pull_policy: &str) -> Value {
                         "envFrom": [{"configMapRef": {"name": "default-controller-env"}}]}]}}}})
 }
 
+/// Deletes the controller's Deployment (the Go controller's or this one's), waiting for it to go.
+pub fn delete_deployment(ctx: &Ctx) {
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "deployment",
+        "system-upgrade-controller",
+        "--ignore-not-found",
+        "--wait=true",
+    ])
+    .expect_ok();
+}
+
+/// The Go controller as its manifests leave a cluster, for this controller to replace: whatever
+/// Deployment of the controller's name was there goes first (without our webhooks in the way).
+pub fn install_go_controller(ctx: &Ctx, image: &str, pull_policy: &str) {
+    delete_deployment(ctx);
+    ctx.kubectl(&[
+        "apply",
+        "-f",
+        &repo("deploy/namespace.yaml").display().to_string(),
+    ])
+    .expect_ok();
+    for object in [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade", "namespace": NAMESPACE}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "default-controller-env", "namespace": NAMESPACE},
+            "data": {"SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT": "99"}}),
+        go_deployment(image, pull_policy),
+    ] {
+        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
+            .expect_ok();
+    }
+}
+
 /// The README's migration: the Go controller's bindings go, then `kubectl apply -k` installs
 /// this controller over it (`deploy/`, or an overlay of it).
 pub fn migrate(ctx: &Ctx, kustomization: &str) {
@@ -142,31 +177,11 @@ pub fn drain(ctx: &Ctx, server: &str) -> bool {
 fn migrate_drain_and_cordon(ctx: &Ctx, servers: &[String]) {
     ctx.stop_server();
     let deploy = repo("deploy").display().to_string();
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "deployment",
-        "system-upgrade-controller",
-        "--ignore-not-found",
-        "--wait=true",
-    ])
-    .expect_ok();
-    ctx.kubectl(&[
-        "apply",
-        "-f",
-        &repo("deploy/namespace.yaml").display().to_string(),
-    ])
-    .expect_ok();
-    for object in [
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "system-upgrade", "namespace": NAMESPACE}}),
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "default-controller-env", "namespace": NAMESPACE},
-            "data": {"SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT": "99"}}),
-        go_deployment("rancher/system-upgrade-controller:v0.16.3", "IfNotPresent"),
-    ] {
-        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
-            .expect_ok();
-    }
+    install_go_controller(
+        ctx,
+        "rancher/system-upgrade-controller:v0.16.3",
+        "IfNotPresent",
+    );
     let go = wait("the Go controller's pod to run", MINUTE, || {
         let pods = controller_pods(ctx);
         (pods.len() == 1 && pod_ready(&pods[0])).then(|| node_of(&pods[0]))
@@ -270,15 +285,7 @@ fn migrate_drain_and_cordon(ctx: &Ctx, servers: &[String]) {
     s.delete_plan(&plan);
 
     // Leave the suite's own server in charge again.
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "deployment",
-        "system-upgrade-controller",
-        "--wait=true",
-    ])
-    .expect_ok();
+    delete_deployment(ctx);
     ctx.ensure_server();
 }
 

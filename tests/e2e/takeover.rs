@@ -215,32 +215,6 @@ fn remove_our_install(ctx: &Ctx) {
     }
 }
 
-/// The README's migration: the Go bindings go first (their roleRef cannot change), then
-/// `kubectl apply -k deploy/` installs this controller over the Go one.
-const MIGRATION: &[&[&str]] = &[
-    &[
-        "delete",
-        "clusterrolebinding",
-        "system-upgrade",
-        "system-upgrade-drainer",
-        "--ignore-not-found",
-    ],
-    &[
-        "-n",
-        "system-upgrade",
-        "delete",
-        "rolebinding",
-        "system-upgrade",
-        "--ignore-not-found",
-    ],
-    &[
-        "delete",
-        "clusterrole",
-        "system-upgrade-controller-drainer",
-        "--ignore-not-found",
-    ],
-];
-
 fn can_as(ctx: &Ctx, account: &str, args: &[&str]) -> bool {
     let mut full = vec!["auth", "can-i"];
     full.extend_from_slice(args);
@@ -373,11 +347,7 @@ pub fn a_go_controller_install_is_taken_over(ctx: &Ctx) {
     ));
 
     // The README's migration.
-    for args in MIGRATION {
-        ctx.kubectl(args).expect_ok();
-    }
-    ctx.kubectl(&["apply", "-k", &repo("deploy").display().to_string()])
-        .expect_ok();
+    crate::servers::migrate(ctx, &repo("deploy").display().to_string());
     wait_crd_nodes(ctx, true);
     for args in [
         &["create", "jobs.batch", "-n", NAMESPACE][..],
@@ -525,14 +495,7 @@ pub fn a_go_controller_install_is_taken_over(ctx: &Ctx) {
 
     s.delete_plan("mig");
     ctx.kubectl(&["uncordon", &admin]).expect_ok();
-    ctx.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "delete",
-        "deployment",
-        "system-upgrade-controller",
-    ])
-    .expect_ok();
+    crate::servers::delete_deployment(ctx);
     drop(server);
     ctx.ensure_server();
 }
