@@ -588,11 +588,13 @@ pub struct PlanStatus {
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
-    /// Preparing (its Job runs `prepare`; the node still serves its workloads), Draining (the
-    /// controller cordons and drains it; the message names what it waits for), Upgrading (the
-    /// upgrade container runs), WaitingDelay (done, waiting postCompleteDelay before the next
-    /// node), Failed (its Job or drain failed; the node keeps its slot until the Plan changes or
-    /// it is retried), or Skipped (its drain timed out with `drain.onTimeout: Skip`).
+    /// Preparing (its Job runs `prepare`, or waits to be created; the node still serves its
+    /// workloads), Draining (the controller cordons and drains it; the message names what it
+    /// waits for), Upgrading (the upgrade container runs), WaitingDelay (done, waiting
+    /// postCompleteDelay before the next node), WaitingHealthy (done, waiting to be Ready for
+    /// healthGates.nodeReadyFor), Failed (its Job or drain failed; the node keeps its slot until
+    /// the Plan changes or it is retried), Retrying (its failed Job was deleted to run it again),
+    /// or Skipped (its drain timed out with `drain.onTimeout: Skip`).
     pub phase: String,
     /// The upgrade Job of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
