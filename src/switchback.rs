@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::api::{ANNOTATION_DRAIN_FAILED, IntOrDuration, IntOrPercent, LABEL_CONTROLLER, Plan};
 use crate::config::{SwitchBackConfig, kube_config};
 use crate::controller::cordon::{Claimant, claims_of};
-use crate::controller::decide::pods::{gate, is_native_gate};
+use crate::controller::decide::pods::is_native_gate;
 use crate::controller::decide::{finished_at, upgrade_may_have_started};
 use crate::error::Error;
 use crate::syntax::duration;
@@ -157,18 +157,8 @@ pub fn findings(
             .and_then(|s| s.init_containers.as_ref())
             .and_then(|c| c.iter().find(|c| c.name == "cordon" || c.name == "drain"))
             .is_some_and(is_native_gate);
-        let owned: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|o| Some(&o.uid) == job.metadata.uid.as_ref())
-            })
-            .collect();
-        let still_gated =
-            owned.iter().all(|p| gate(p).is_some()) && !upgrade_may_have_started(job, &owned);
+        let pods: Vec<&Pod> = pods.iter().collect();
+        let still_gated = !upgrade_may_have_started(job, &pods);
         if native && still_gated {
             found.push(Finding::must(
                 object,

@@ -1443,7 +1443,7 @@ impl<'a> Pass<'a> {
             self.replace(node_name, &job_name, "replacing the Job after a Plan edit");
             return;
         }
-        if finished.is_none() && pods::active_pods(job, self.obs.pods).is_empty() {
+        if finished.is_none() && !pods::has_pod(job, self.obs.pods) {
             // No pod event wakes the Plan while the Job controller fails to create one: the
             // reconcile looks again (and reads why, see `Refusal::Pod`).
             self.requeue = self.requeue.min(NO_POD_RETRY);

@@ -366,14 +366,7 @@ async fn look_up_pod_refusals(ctx: &Context, plan_uid: &str, jobs: &[&Job], pods
         else {
             continue;
         };
-        let has_pod = pods.iter().any(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.uid == uid)
-        });
-        if has_pod {
+        if decide::pods::has_pod(job, pods) {
             ctx.refusals.clear(plan_uid, name);
             continue;
         }

@@ -7,6 +7,20 @@ use k8s_openapi::api::core::v1::{Container, ContainerState, Pod};
 use crate::api::ANNOTATION_DRAINED;
 use crate::controller::job::GATE_NAMES;
 
+/// Whether a Job has any pod (in any phase).
+pub fn has_pod(job: &Job, pods: &[&Pod]) -> bool {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    pods.iter().any(|p| owned_by(p, uid))
+}
+
+fn owned_by(pod: &Pod, uid: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid)
+}
+
 /// The pods of a Job that are neither finished nor being deleted, newest first.
 pub fn active_pods<'a>(job: &Job, pods: &[&'a Pod]) -> Vec<&'a Pod> {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
@@ -14,13 +28,7 @@ pub fn active_pods<'a>(job: &Job, pods: &[&'a Pod]) -> Vec<&'a Pod> {
         .iter()
         .copied()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.uid == uid)
-        })
+        .filter(|p| owned_by(p, uid))
         .filter(|p| !matches!(phase(p), "Succeeded" | "Failed"))
         .collect();
     active.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
