@@ -17,7 +17,8 @@ use crate::scenario::Scenario;
 use crate::support::{Ctx, NAMESPACE, repo, wait};
 
 const MINUTE: Duration = Duration::from_secs(60);
-const CONTROLLER_PODS: &str = "upgrade.cattle.io/controller=system-upgrade-controller";
+/// The controller's pods (this one's and the Go controller's since v0.14), not its Jobs' pods.
+const CONTROLLER_PODS: &str = "app.kubernetes.io/name=system-upgrade-controller";
 
 /// The Go controller's Deployment since v0.14, as its manifests install it.
 pub fn go_deployment(image: &str, pull_policy: &str) -> Value {
