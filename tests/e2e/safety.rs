@@ -87,7 +87,8 @@ pub fn a_pause_holds_automatic_retries(ctx: &Ctx) {
     let message = s.wait_condition("phold", "Complete", "False", "Paused", MINUTE);
     assert!(message.contains("spec.paused is true"), "{message}");
     let jobs = watch.jobs_per_node()[&node];
-    std::thread::sleep(Duration::from_secs(15));
+    // Its retries are 5 s apart: twice that without one shows the pause holds it.
+    std::thread::sleep(Duration::from_secs(10));
     assert_eq!(
         watch.jobs_per_node()[&node],
         jobs,
@@ -111,7 +112,7 @@ pub fn a_pause_holds_automatic_retries(ctx: &Ctx) {
             .contains("upgrade.cattle.io/pause=true")
             .then_some(())
     });
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(10));
     assert_eq!(
         watch.jobs_per_node()[&node],
         jobs,
