@@ -59,9 +59,9 @@ fn compare(served: &Value, ours: &Value, path: &str, missing: &mut Vec<String>) 
 /// Whether the Plan CRD in the cluster has `status.nodes`, which the Go controller's CRD lacks.
 /// `None`: it has no schema to tell.
 pub fn has_node_status(crd: &Value) -> Option<bool> {
-    schema(crd)?;
+    let schema = schema(crd)?;
     Some(
-        schema(crd)?
+        schema
             .pointer("/properties/status/properties/nodes")
             .is_some(),
     )

@@ -172,6 +172,11 @@ impl Context {
     /// skipped while waiting for the caches.
     pub fn caches_filled(&self) {
         self.caches_synced.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Asks for every Plan to be reconciled.
+    fn wake_all(&self) {
         for plan in self.caches.plans.state() {
             self.wake.object(ObjectRef::from_obj(plan.as_ref()));
         }
@@ -195,9 +200,7 @@ impl Context {
             None => tracing::info!("the Plan CRD in the cluster is this controller's"),
         }
         self.readiness.set_notice(described);
-        for plan in self.caches.plans.state() {
-            self.wake.object(ObjectRef::from_obj(plan.as_ref()));
-        }
+        self.wake_all();
     }
 }
 
