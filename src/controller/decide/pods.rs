@@ -147,15 +147,17 @@ fn name(pod: &Pod) -> &str {
 }
 
 /// Whether the upgrade of a Job may have begun on its node, so stopping the Job could interrupt
-/// it. It has not while every active pod is unscheduled, or still runs an init container
-/// (`prepare`, or the gate before the controller opened it): the upgrade container starts only
-/// after all of them. A Job without active pods runs nothing.
+/// it (or undo one that ran: a pod that succeeded while the Job's status has not caught up). It
+/// has not while every pod of the Job is unscheduled, or stopped in an init container (`prepare`,
+/// or the gate before the controller opened it): the upgrade container starts only after all of
+/// them. A Job without pods runs nothing.
 pub fn upgrade_may_have_started(job: &Job, pods: &[&Pod]) -> bool {
-    active_pods(job, pods).into_iter().any(|pod| {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    pods.iter().filter(|p| owned_by(p, uid)).any(|pod| {
         if bound_node(pod).is_none() {
             return false;
         }
-        if phase(pod) == "Running" {
+        if matches!(phase(pod), "Running" | "Succeeded") {
             return true;
         }
         let opened = pod
@@ -172,7 +174,7 @@ pub fn upgrade_may_have_started(job: &Job, pods: &[&Pod]) -> bool {
             .and_then(|s| s.init_containers.as_ref())
             .map(Vec::as_slice)
             .unwrap_or_default();
-        // All init containers done (or none): the upgrade container starts any moment.
+        // All init containers done (or none): the upgrade container starts any moment, or ran.
         inits.iter().all(|c| {
             init_state(pod, &c.name)
                 .and_then(|s| s.terminated.as_ref())
@@ -291,12 +293,15 @@ mod tests {
         opened.metadata.annotations =
             Some([(ANNOTATION_DRAINED.to_owned(), "now".to_owned())].into());
         assert!(upgrade_may_have_started(&job(), &[&opened]));
-        let mut finished = pod(json!({"spec": {"nodeName": "a"}}));
-        finished.status.as_mut().unwrap().phase = Some("Failed".into());
-        assert!(
-            !upgrade_may_have_started(&job(), &[&finished]),
-            "a finished pod runs nothing"
-        );
+        // A finished pod ran its upgrade, unless it stopped in an init container.
+        for phase in ["Succeeded", "Failed"] {
+            let mut finished = pod(json!({"spec": {"nodeName": "a"}}));
+            finished.status.as_mut().unwrap().phase = Some(phase.into());
+            assert!(upgrade_may_have_started(&job(), &[&finished]), "{phase}");
+        }
+        let mut prepare_failed = gated(NATIVE, json!({"terminated": {"exitCode": 1}}), Some("a"));
+        prepare_failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(!upgrade_may_have_started(&job(), &[&prepare_failed]));
         assert!(!upgrade_may_have_started(&job(), &[]));
     }
 }

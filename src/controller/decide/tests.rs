@@ -2321,6 +2321,35 @@ fn a_drain_edit_never_ends_a_begun_upgrade_but_a_change_of_what_it_runs_does() {
     assert_eq!(deleted(&world.step()).len(), 1);
 }
 
+/// Found by the soak (seed 1): a pod that succeeded while its Job's status had not caught up
+/// yet made the Job look as if nothing had begun, so a Plan label edit (copied to the pod
+/// template) replaced it and the node ran the same upgrade again.
+#[test]
+fn a_job_whose_pod_succeeded_before_its_status_caught_up_is_never_replaced() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    upgrade_runs(&mut world, "a");
+    world.pod_mut("a")["status"]["phase"] = json!("Succeeded");
+    world.plan["metadata"]["labels"] = json!({"team": "platform"});
+    let edited = world.step();
+    assert!(
+        deleted(&edited).is_empty(),
+        "the finished upgrade was undone"
+    );
+    assert_eq!(
+        annotated(&edited).len(),
+        1,
+        "the edit is recorded on the Job"
+    );
+    // The same for a pod that failed in its upgrade container: the Job's failure decides.
+    let mut world = World::new(spec()).nodes(&["b"]);
+    world.settle();
+    upgrade_runs(&mut world, "b");
+    world.pod_mut("b")["status"]["phase"] = json!("Failed");
+    world.plan["metadata"]["labels"] = json!({"team": "platform"});
+    assert!(deleted(&world.step()).is_empty());
+}
+
 #[test]
 fn a_drain_edit_replaces_a_job_whose_upgrade_has_not_begun() {
     let mut s = spec();
