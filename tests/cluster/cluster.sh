@@ -12,8 +12,9 @@
 # /tmp/suc-cluster), creates N simulated nodes labelled like a K3s cluster (the first M are
 # control-plane nodes) and waits until they are Ready and untainted. `down` stops every process
 # by PID. A failed start prints the failing component's log tail and exits non-zero.
-# With --audit-policy, kube-apiserver writes the audit events FILE asks for to DIR/logs/audit.log
-# (the benchmark counts the controller's own requests this way).
+# With --audit-policy, kube-apiserver writes the audit events FILE asks for to DIR/logs/audit.log,
+# one file that is never rotated and survives restarts (the benchmark counts the controller's own
+# requests this way; the e2e suite's soak reads its history from it).
 # `restart-apiserver` stops kube-apiserver, waits (default 5 s) and starts it again on the same
 # port: the outage a K3s server upgrade causes.
 set -euo pipefail
@@ -142,7 +143,7 @@ start_apiserver() {
   local network=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
   [[ $real_node == 1 ]] && network=(--bind-address=0.0.0.0 --advertise-address="$real_node_ip" --endpoint-reconciler-type=lease)
   local audit=()
-  [[ -f "$dir/audit-policy.yaml" ]] && audit=(--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log")
+  [[ -f "$dir/audit-policy.yaml" ]] && audit=(--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log" --audit-log-maxsize=8192)
   log "starting kube-apiserver on port $api_port (${network[0]})"
   start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" --secure-port="$api_port" "${network[@]}" \

@@ -16,6 +16,7 @@
 
 mod control;
 mod drain;
+mod history;
 mod install;
 mod monitoring;
 mod real_node;
@@ -25,6 +26,7 @@ mod rollout;
 mod safety;
 mod scenario;
 mod servers;
+mod soak;
 mod support;
 mod takeover;
 mod testbed;
@@ -116,6 +118,10 @@ const TESTS: &[Test] = tests! {
     cluster resilience::a_refused_watch_is_logged_and_shown_in_readyz,
     cluster resilience::a_controller_started_while_the_api_server_is_down_waits_for_it,
     alone scenario::job_watch_counts_a_relist_as_one_snapshot,
+    alone history::audit_events_are_read_with_who_and_when,
+    alone history::the_checker_passes_a_history_that_keeps_the_rules,
+    alone history::the_checker_catches_each_kind_of_violation,
+    alone history::the_end_state_check_catches_what_is_left_behind,
     cluster drain::drains_evict_workloads_between_prepare_and_upgrade,
     cluster drain::bare_and_emptydir_pods_follow_the_drain_flags,
     cluster drain::budgets_block_until_the_timeout,
@@ -132,6 +138,7 @@ const TESTS: &[Test] = tests! {
     cluster takeover::switch_back_check_lists_what_the_go_controller_cannot_take,
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_one_server,
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_three_servers,
+    cluster soak::a_seeded_soak_keeps_the_safety_rules,
 };
 
 /// With `--real-node`: a control plane with one real kubelet node (tests/cluster/real-node.sh),

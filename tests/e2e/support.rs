@@ -59,6 +59,9 @@ impl Cluster {
             .arg(dir.join("cluster"))
             .args(["--nodes", &nodes])
             .args(real_node.then_some("--real-node"))
+            // The soak reads its history from the audit log.
+            .arg("--audit-policy")
+            .arg(repo("tests/cluster/audit-policy.yaml"))
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
