@@ -1807,10 +1807,13 @@ impl<'a> Pass<'a> {
     fn gate_phase(&mut self, node_name: &str, job: &Job, may_drain: bool) -> (Phase, String) {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        let Some(pod) = pods::active_pods(job, self.obs.pods).into_iter().next() else {
+        let Some(pod) = pods::furthest_pod(job, self.obs.pods) else {
             return (Phase::Preparing, "waiting for the Job's pod".into());
         };
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        if pods::bound_node(pod).is_none() {
+            return (Phase::Preparing, pods::not_ready_reason(pod));
+        }
         if pod
             .metadata
             .annotations

@@ -35,6 +35,16 @@ pub fn active_pods<'a>(job: &Job, pods: &[&'a Pod]) -> Vec<&'a Pod> {
     active
 }
 
+/// The active pod of a Job that has got furthest: one on its node before one the scheduler has
+/// not placed, else the newest. A Job has two active pods when the Job controller loses count
+/// (seen after a Job was re-created under the name of one just deleted): the second cannot be
+/// placed beside the first, so waiting for it would hold the node for good.
+pub fn furthest_pod<'a>(job: &Job, pods: &[&'a Pod]) -> Option<&'a Pod> {
+    let active = active_pods(job, pods);
+    let bound = active.iter().find(|p| bound_node(p).is_some()).copied();
+    bound.or_else(|| active.first().copied())
+}
+
 pub fn phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()

@@ -2350,6 +2350,42 @@ fn a_job_whose_pod_succeeded_before_its_status_caught_up_is_never_replaced() {
     assert!(deleted(&world.step()).is_empty());
 }
 
+/// Found by the soak (seed 3): the Job controller gave a Job a second pod while its first still
+/// waited in its gate on the node; the second could never be placed beside the first, and the
+/// node waited on it for good ("prepare is running"). The pod on the node is the one drained for.
+#[test]
+fn a_second_pod_that_cannot_be_placed_does_not_hold_the_drain() {
+    let mut s = spec();
+    s["drain"] = json!({});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    world.step();
+    let mut second = world.pod_mut("a").clone();
+    second["metadata"]["name"] = json!("second-pod");
+    second["metadata"]["creationTimestamp"] = json!("2026-11-23T10:00:05Z");
+    second["spec"]["nodeName"] = Value::Null;
+    second["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+        "message": "0/3 nodes are available: 1 node(s) didn't match pod anti-affinity rules"}]});
+    world.pods.push(second);
+    let pass = world.step();
+    let drained: Vec<&String> = changes(&pass)
+        .filter_map(|c| match c {
+            Change::Drain { pod, .. } => Some(pod),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drained.len(), 1, "{:?}", pass.after);
+    assert_ne!(drained[0], "second-pod");
+    // Alone, an unplaced pod is reported as such, not as a prepare that runs.
+    let first = world.pod_mut("a")["metadata"]["name"].clone();
+    world.pods.retain(|p| p["metadata"]["name"] != first);
+    let message = entry(&world.decide(), "a").message.unwrap_or_default();
+    assert!(
+        message.contains("to be scheduled") && message.contains("anti-affinity"),
+        "{message}"
+    );
+}
+
 #[test]
 fn a_drain_edit_replaces_a_job_whose_upgrade_has_not_begun() {
     let mut s = spec();
