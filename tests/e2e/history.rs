@@ -1490,3 +1490,24 @@ pub fn audit_events_are_read_with_who_and_when() {
         (200, "nodes")
     );
 }
+
+/// A recorded history (the audit log of the soak that found it, trimmed to one node and its
+/// Plan, with managed fields and pod volumes left out): the node's upgrade pod succeeded, its
+/// Job's status had not caught up, and a Plan label edit made the controller of that day delete
+/// the Job, so the upgrade ran again later. The checker names it.
+pub fn the_checker_catches_the_violation_the_soak_found() {
+    let text = std::fs::read_to_string(crate::support::repo(
+        "tests/soak/histories/pod-succeeded-before-its-job.jsonl",
+    ))
+    .unwrap();
+    let writes = read_audit(&text, 0, crate::support::SERVICE_ACCOUNT);
+    let end = writes.last().unwrap().at;
+    let checker = Checker::run(Vec::new(), &[], &writes, end);
+    let rules: Vec<Rule> = checker.violations.iter().map(|v| v.rule).collect();
+    assert_eq!(rules, [Rule::BegunJobEnded], "{:#?}", checker.violations);
+    let found = checker.violations[0].to_string();
+    assert!(
+        found.contains("upgrade may have begun") && found.contains("Job deleted by Controller"),
+        "the trail shows the history that breaks the rule:\n{found}"
+    );
+}

@@ -479,7 +479,7 @@ impl Soak<'_> {
     fn step(&mut self) {
         let plans = self.plans.clone();
         let plan = self.pick(&plans).to_owned();
-        let what: &'static str = match self.rng.random_range(0..20) {
+        let what: &'static str = match self.rng.random_range(0..21) {
             0 | 1 => {
                 let version = self.pick(&VERSIONS);
                 let version = if plan == "soak-os" {
@@ -631,6 +631,11 @@ impl Soak<'_> {
                 self.conflicting_writes();
                 "conflicting writes"
             }
+            19 => {
+                let window = self.window();
+                self.patch_plan(&plan, json!({"spec": {"window": window}}));
+                "window edit"
+            }
             _ => {
                 if self
                     .ctx
@@ -652,6 +657,21 @@ impl Soak<'_> {
             }
         };
         *self.done.entry(what).or_default() += 1;
+    }
+
+    /// A window open all week, one open only yesterday (closed now), or none.
+    fn window(&mut self) -> Value {
+        const DAYS: [&str; 7] = ["su", "mo", "tu", "we", "th", "fr", "sa"];
+        let today = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .weekday()
+            .to_sunday_zero_offset() as usize;
+        let days: Vec<&str> = match self.rng.random_range(0..3) {
+            0 => return Value::Null,
+            1 => DAYS.to_vec(),
+            _ => vec![DAYS[(today + 6) % 7]],
+        };
+        json!({"days": days, "startTime": "00:00:00", "endTime": "23:59:59", "timeZone": "UTC"})
     }
 
     fn kill_leader(&mut self) -> &'static str {
