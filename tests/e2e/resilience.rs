@@ -74,7 +74,7 @@ pub fn twenty_nodes_concurrency_three_survive_a_sigkill(ctx: &Ctx) {
 }
 
 /// Leader election with short timings: a 10 s Lease renewed 6 s after each renewal.
-const ELECTION: &[&str] = &[
+pub const ELECTION: &[&str] = &[
     "--leader-elect",
     "--leader-election-lease-duration",
     "10s",

@@ -23,6 +23,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::history::{self, Checker, Outage, PREFIX};
+use crate::resilience::ELECTION;
 use crate::scenario::{SCENARIO_LABEL, Scenario};
 use crate::support::{Ctx, NAMESPACE, SERVICE_ACCOUNT, Server, free_port, wait};
 
@@ -33,16 +34,6 @@ const VERSIONS: [&str; 4] = [
     "v1.36.5+k3s1",
     "v1.36.6+k3s1",
     "v1.37.0+k3s1",
-];
-/// Leader election as deployed, with shorter timings.
-const ELECTION: &[&str] = &[
-    "--leader-elect",
-    "--leader-election-lease-duration",
-    "10s",
-    "--leader-election-renew-deadline",
-    "6s",
-    "--leader-election-retry-period",
-    "1s",
 ];
 /// How long after a fault the controller may take to act again (the Lease runs out, caches
 /// refill), counted as an outage.
@@ -327,6 +318,11 @@ impl Soak<'_> {
         )
     }
 
+    /// Sets (`key=value`) or removes (`key-`) a node's label as the operator.
+    fn label_node(&mut self, node: &str, label: &str) -> bool {
+        self.kubectl(&["label", "node", node, label, "--overwrite"], None)
+    }
+
     fn pick<T: Clone>(&mut self, items: &[T]) -> T {
         items[self.rng.random_range(0..items.len())].clone()
     }
@@ -519,16 +515,7 @@ impl Soak<'_> {
             }
             6 => {
                 let node = self.node();
-                if self.kubectl(
-                    &[
-                        "label",
-                        "node",
-                        &node,
-                        "upgrade.cattle.io/pause=true",
-                        "--overwrite",
-                    ],
-                    None,
-                ) {
+                if self.label_node(&node, "upgrade.cattle.io/pause=true") {
                     self.later(5..30, Undo::UnpauseNode(node));
                 }
                 "node paused"
@@ -562,16 +549,7 @@ impl Soak<'_> {
             }
             9 => {
                 let node = self.node();
-                if self.kubectl(
-                    &[
-                        "label",
-                        "node",
-                        &node,
-                        &format!("{OUT_LABEL}=true"),
-                        "--overwrite",
-                    ],
-                    None,
-                ) {
+                if self.label_node(&node, &format!("{OUT_LABEL}=true")) {
                     self.later(3..25, Undo::LabelIn(node));
                 }
                 "node labelled out"
@@ -601,7 +579,7 @@ impl Soak<'_> {
             }
             15 => {
                 let node = self.node();
-                if self.kubectl(&["label", "node", &node, "type-"], None) {
+                if self.label_node(&node, "type-") {
                     self.later(45..80, Undo::NodeBack(node));
                 }
                 "node NotReady"
@@ -791,9 +769,7 @@ impl Soak<'_> {
                 .args(["-CONT", &pid.to_string()])
                 .status()
                 .is_ok(),
-            Undo::NodeBack(node) => {
-                self.kubectl(&["label", "node", node, "type=kwok", "--overwrite"], None)
-            }
+            Undo::NodeBack(node) => self.label_node(node, "type=kwok"),
             Undo::Succeed(plan) => self.kubectl(
                 &["-n", NAMESPACE, "label", "plan", plan, "suc-test/fail-"],
                 None,
@@ -814,12 +790,8 @@ impl Soak<'_> {
             }
             Undo::Uncordon(node) => self.kubectl(&["uncordon", node], None),
             Undo::Unpause(plan) => self.patch_plan(plan, json!({"spec": {"paused": false}})),
-            Undo::UnpauseNode(node) => {
-                self.kubectl(&["label", "node", node, "upgrade.cattle.io/pause-"], None)
-            }
-            Undo::LabelIn(node) => {
-                self.kubectl(&["label", "node", node, &format!("{OUT_LABEL}-")], None)
-            }
+            Undo::UnpauseNode(node) => self.label_node(node, "upgrade.cattle.io/pause-"),
+            Undo::LabelIn(node) => self.label_node(node, &format!("{OUT_LABEL}-")),
             Undo::Recreate(plan) => {
                 let gone = !self.ctx.kubectl(&["-n", NAMESPACE, "get", "plan", plan]).ok;
                 !gone || self.create_plan(plan)
