@@ -157,40 +157,45 @@ fn name(pod: &Pod) -> &str {
 }
 
 /// Whether the upgrade of a Job may have begun on its node, so stopping the Job could interrupt
-/// it (or undo one that ran: a pod that succeeded while the Job's status has not caught up). It
-/// has not while every pod of the Job is unscheduled, or stopped in an init container (`prepare`,
-/// or the gate before the controller opened it): the upgrade container starts only after all of
-/// them. A Job without pods runs nothing.
+/// it, or undo one that is over: a pod that succeeded (the Job's status may not say so yet). It
+/// has not while every active pod is unscheduled, or still runs an init container (`prepare`, or
+/// the gate before the controller opened it): the upgrade container starts only after all of
+/// them. A pod that failed ran nothing that stopping the Job could interrupt: the Job's next pod
+/// waits in its gate again.
 pub fn upgrade_may_have_started(job: &Job, pods: &[&Pod]) -> bool {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    pods.iter().filter(|p| owned_by(p, uid)).any(|pod| {
-        if bound_node(pod).is_none() {
-            return false;
-        }
-        if matches!(phase(pod), "Running" | "Succeeded") {
-            return true;
-        }
-        let opened = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
-        if opened {
-            return true;
-        }
-        let inits = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        // All init containers done (or none): the upgrade container starts any moment, or ran.
-        inits.iter().all(|c| {
-            init_state(pod, &c.name)
-                .and_then(|s| s.terminated.as_ref())
-                .is_some_and(|t| t.exit_code == 0)
+    let succeeded = pods
+        .iter()
+        .any(|p| owned_by(p, uid) && phase(p) == "Succeeded");
+    succeeded
+        || active_pods(job, pods).into_iter().any(|pod| {
+            if bound_node(pod).is_none() {
+                return false;
+            }
+            if phase(pod) == "Running" {
+                return true;
+            }
+            let opened = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
+            if opened {
+                return true;
+            }
+            let inits = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // All init containers done (or none): the upgrade container starts any moment.
+            inits.iter().all(|c| {
+                init_state(pod, &c.name)
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+            })
         })
-    })
 }
 
 /// Whether a pod's `prepare` init container (if it has one) finished successfully.
@@ -303,15 +308,16 @@ mod tests {
         opened.metadata.annotations =
             Some([(ANNOTATION_DRAINED.to_owned(), "now".to_owned())].into());
         assert!(upgrade_may_have_started(&job(), &[&opened]));
-        // A finished pod ran its upgrade, unless it stopped in an init container.
-        for phase in ["Succeeded", "Failed"] {
-            let mut finished = pod(json!({"spec": {"nodeName": "a"}}));
-            finished.status.as_mut().unwrap().phase = Some(phase.into());
-            assert!(upgrade_may_have_started(&job(), &[&finished]), "{phase}");
-        }
-        let mut prepare_failed = gated(NATIVE, json!({"terminated": {"exitCode": 1}}), Some("a"));
-        prepare_failed.status.as_mut().unwrap().phase = Some("Failed".into());
-        assert!(!upgrade_may_have_started(&job(), &[&prepare_failed]));
+        // A pod that succeeded ran the upgrade (its Job's status may lag); one that failed runs
+        // nothing any more, and the Job's next pod waits in its gate.
+        let mut succeeded = pod(json!({"spec": {"nodeName": "a"}}));
+        succeeded.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(upgrade_may_have_started(&job(), &[&succeeded]));
+        let mut failed = pod(json!({"spec": {"nodeName": "a"}}));
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(!upgrade_may_have_started(&job(), &[&failed]));
+        let in_gate = gated(NATIVE, json!({"running": {}}), Some("a"));
+        assert!(!upgrade_may_have_started(&job(), &[&failed, &in_gate]));
         assert!(!upgrade_may_have_started(&job(), &[]));
     }
 }

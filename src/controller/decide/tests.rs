@@ -2341,13 +2341,34 @@ fn a_job_whose_pod_succeeded_before_its_status_caught_up_is_never_replaced() {
         1,
         "the edit is recorded on the Job"
     );
-    // The same for a pod that failed in its upgrade container: the Job's failure decides.
-    let mut world = World::new(spec()).nodes(&["b"]);
+}
+
+/// Found by the soak (seed 6): a Job of an earlier hash whose first pod failed in its upgrade
+/// and whose next pod waited in its gate was kept to "finish", but nothing opens the gate of a
+/// Job the Plan no longer asks for, so the node stayed cordoned until the Job's deadline. Its
+/// upgrade is not running: it is replaced by the Job of the current hash.
+#[test]
+fn a_superseded_job_whose_next_pod_waits_in_its_gate_is_replaced() {
+    let mut world = World::new(spec()).nodes(&["a"]);
     world.settle();
-    upgrade_runs(&mut world, "b");
-    world.pod_mut("b")["status"]["phase"] = json!("Failed");
-    world.plan["metadata"]["labels"] = json!({"team": "platform"});
-    assert!(deleted(&world.step()).is_empty());
+    upgrade_runs(&mut world, "a");
+    let mut failed = world.pod_mut("a").clone();
+    failed["metadata"]["name"] = json!("failed-pod");
+    failed["status"]["phase"] = json!("Failed");
+    world.pods.push(failed);
+    // The next pod, in its gate (not opened for it).
+    let pod = world.pod_mut("a");
+    pod["metadata"]["annotations"] = json!({});
+    pod["status"]["phase"] = json!("Pending");
+    for status in pod["status"]["initContainerStatuses"]
+        .as_array_mut()
+        .unwrap()
+    {
+        status["state"] = json!({"running": {}});
+    }
+    world.plan["spec"]["version"] = json!("v1.30.5+k3s1");
+    let bumped = world.step();
+    assert_eq!(deleted(&bumped).len(), 1, "{:?}", bumped.before);
 }
 
 /// Found by the soak (seed 3): the Job controller gave a Job a second pod while its first still
