@@ -211,6 +211,10 @@ pub enum Change {
     DeleteJob {
         name: String,
         why: String,
+        /// Decided because the Job's upgrade had not begun: the shell stops the Job's drain and
+        /// deletes the Job only if its pods, read afresh, still say so (a drain may have opened
+        /// the gate since the caches were read).
+        unless_begun: bool,
     },
     CreateJob(Box<Job>),
     /// Set annotations on a Job: take over one the Go controller created (the pod template and
@@ -753,6 +757,7 @@ impl<'a> Pass<'a> {
                 self.before.push(Change::DeleteJob {
                     name,
                     why: "it lacks the node or version label".into(),
+                    unless_begun: false,
                 });
                 continue;
             };
@@ -760,6 +765,7 @@ impl<'a> Pass<'a> {
                 self.before.push(Change::DeleteJob {
                     name,
                     why: format!("node {node_name} no longer exists"),
+                    unless_begun: false,
                 });
                 continue;
             };
@@ -779,7 +785,11 @@ impl<'a> Pass<'a> {
                     } else {
                         format!("it applies hash {job_hash}, superseded by {}", self.hash)
                     };
-                    self.before.push(Change::DeleteJob { name, why });
+                    self.before.push(Change::DeleteJob {
+                        name,
+                        why,
+                        unless_begun: true,
+                    });
                 }
                 continue;
             }
@@ -788,6 +798,7 @@ impl<'a> Pass<'a> {
                 self.before.push(Change::DeleteJob {
                     name,
                     why: format!("it applied version {job_version}, not {}", self.version),
+                    unless_begun: false,
                 });
                 continue;
             }
@@ -880,6 +891,7 @@ impl<'a> Pass<'a> {
             self.before.push(Change::DeleteJob {
                 name: job.metadata.name.clone().unwrap_or_default(),
                 why: format!("it finished more than {ttl}s ago"),
+                unless_begun: false,
             });
             return true;
         }
@@ -1415,6 +1427,7 @@ impl<'a> Pass<'a> {
                         node_name,
                         &job_name,
                         "replacing the Go controller's Job, whose upgrade had not begun",
+                        true,
                     );
                     return;
                 }
@@ -1440,7 +1453,13 @@ impl<'a> Pass<'a> {
             self.sync_job_fields(job, desired);
         }
         if changed {
-            self.replace(node_name, &job_name, "replacing the Job after a Plan edit");
+            // Begun, only a change of what it runs gets here; else it must not have begun.
+            self.replace(
+                node_name,
+                &job_name,
+                "replacing the Job after a Plan edit",
+                !begun,
+            );
             return;
         }
         if finished.is_none() && !pods::has_pod(job, self.obs.pods) {
@@ -1506,10 +1525,11 @@ impl<'a> Pass<'a> {
     }
 
     /// Deletes a node's Job so the next pass creates the one the Plan asks for now.
-    fn replace(&mut self, node_name: &str, job_name: &str, why: &str) {
+    fn replace(&mut self, node_name: &str, job_name: &str, why: &str, unless_begun: bool) {
         self.before.push(Change::DeleteJob {
             name: job_name.to_owned(),
             why: why.to_owned(),
+            unless_begun,
         });
         let entry = self.entry(node_name, Phase::Upgrading, job_name, why);
         self.entries.insert(node_name.to_owned(), entry);
@@ -1652,6 +1672,7 @@ impl<'a> Pass<'a> {
         self.before.push(Change::DeleteJob {
             name: job_name.to_owned(),
             why: format!("{why} after: {failure}"),
+            unless_begun: false,
         });
         self.note_retry(node_name, job_name, since, why, failure);
         self.entries.insert(
@@ -1698,6 +1719,7 @@ impl<'a> Pass<'a> {
         self.before.push(Change::DeleteJob {
             name: job_name.to_owned(),
             why: "its node's drain timed out (onTimeout: Skip)".into(),
+            unless_begun: false,
         });
         if self.released.insert(node_name.to_owned()) {
             self.before.push(Change::Release {
@@ -1891,6 +1913,7 @@ impl<'a> Pass<'a> {
             self.before.push(Change::DeleteJob {
                 name,
                 why: format!("node {node} no longer needs the Plan"),
+                unless_begun: false,
             });
         }
         let releases: Vec<String> = self

@@ -15,6 +15,7 @@ use crate::controller::events::PlanRef;
 /// A drain running (or finished) in the background.
 struct DrainTask {
     plan_uid: String,
+    job: String,
     pod: String,
     progress: Arc<Mutex<DrainProgress>>,
     handle: tokio::task::JoinHandle<()>,
@@ -85,6 +86,7 @@ impl Drains {
             job_uid.to_owned(),
             DrainTask {
                 plan_uid,
+                job: job.to_owned(),
                 pod: pod.to_owned(),
                 progress,
                 handle: task,
@@ -101,6 +103,25 @@ impl Drains {
             }
             keep_it
         });
+    }
+
+    /// Stops the drain of the Job named `job`, if one runs, and waits until it has: a Job about
+    /// to be deleted must not have its gate opened, nor pods evicted for it, afterwards.
+    pub async fn stop_job(&self, job: &str) {
+        let stopped: Vec<DrainTask> = {
+            let mut tasks = self.tasks();
+            let uids: Vec<String> = tasks
+                .iter()
+                .filter(|(_, t)| t.job == job)
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            uids.iter().filter_map(|uid| tasks.remove(uid)).collect()
+        };
+        for task in stopped {
+            task.handle.abort();
+            // Cancelled (or finished); either way it writes no more.
+            let _ = task.handle.await;
+        }
     }
 
     /// Stops every drain: the controller is stopping (shutdown, or another replica now leads and

@@ -536,12 +536,48 @@ async fn write_status(
     Ok(())
 }
 
+/// Whether a Job's upgrade may have begun by its pods as the API server has them now, not as
+/// the caches had them when the decision was made (a drain may have opened the gate since).
+async fn began_meanwhile(
+    ctx: &Context,
+    jobs: &Api<Job>,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, ReconcileError> {
+    let Some(job) = jobs
+        .get_opt(name)
+        .await
+        .map_err(|e| ReconcileError::job("reading", name, e))?
+    else {
+        return Ok(false);
+    };
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("batch.kubernetes.io/controller-uid={uid}");
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| ReconcileError::job("reading the pods of", name, e))?;
+    let pods: Vec<&Pod> = listed.items.iter().collect();
+    Ok(decide::upgrade_may_have_started(&job, &pods))
+}
+
 #[tracing::instrument(skip_all, fields(job = change.job(), node = change.node()))]
 async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), ReconcileError> {
     let namespace = plan.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     match change {
-        Change::DeleteJob { name, why } => {
+        Change::DeleteJob {
+            name,
+            why,
+            unless_begun,
+        } => {
+            // Its drain stops first: no gate opened, no pod evicted, for a Job being deleted.
+            ctx.drains.stop_job(name).await;
+            if *unless_begun && began_meanwhile(ctx, &jobs, &namespace, name).await? {
+                tracing::info!(%why, "keeping the Job: its upgrade began since the decision");
+                return Ok(());
+            }
             tracing::info!(%why, "deleting Job");
             match jobs.delete(name, &DeleteParams::background()).await {
                 Ok(_) => {
@@ -956,6 +992,7 @@ mod tests {
                 Change::DeleteJob {
                     name: "old".into(),
                     why: "test".into(),
+                    unless_begun: false,
                 },
                 Change::UpdateJob {
                     name: "gone".into(),
@@ -986,6 +1023,67 @@ mod tests {
         // The status is as stored: not written.
         finished(acting).await.unwrap();
         api.done().await;
+    }
+
+    /// Found by the soak (seed 6): a Job decided to be replaced because its upgrade had not
+    /// begun was deleted milliseconds after its drain opened the gate (the decision read the
+    /// caches before). The pods are read afresh first: a gate opened meanwhile keeps the Job.
+    #[tokio::test]
+    async fn a_job_whose_gate_opened_since_the_decision_is_not_deleted() {
+        let mut plan = plan();
+        plan.status = Some(crate::api::PlanStatus {
+            latest_version: Some("v1.30.4-k3s1".into()),
+            ..Default::default()
+        });
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "j", "namespace": "system-upgrade", "uid": "job-uid"}});
+        let pod = |annotations: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j-pod", "namespace": "system-upgrade",
+                "annotations": annotations, "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "job-uid"}]},
+                "spec": {"nodeName": "a", "containers": [], "initContainers": [{"name": "drain"}]},
+                "status": {"phase": "Pending", "initContainerStatuses": [{"name": "drain", "image": "x", "imageID": "",
+                    "ready": false, "restartCount": 0, "state": {"running": {}}}]}})
+        };
+        for (annotations, deleted) in [
+            (json!({crate::api::ANNOTATION_DRAINED: "now"}), false),
+            (json!({}), true),
+        ] {
+            let (ctx, mut api) = context(&plan, &[]);
+            let decision = Decision {
+                status: plan.status.clone().unwrap_or_default(),
+                tally: Default::default(),
+                finished_jobs: Vec::new(),
+                before: vec![Change::DeleteJob {
+                    name: "j".into(),
+                    why: "replacing the Job after a Plan edit".into(),
+                    unless_begun: true,
+                }],
+                after: Vec::new(),
+                notes: Vec::new(),
+                requeue: decide::RESYNC,
+            };
+            let acting = tokio::spawn({
+                let plan = plan.clone();
+                async move { act(&ctx, &plan, &decision).await }
+            });
+            api.expect("GET", &format!("{JOBS}/j"), 200, job.clone())
+                .await;
+            let listed = api
+                .expect("GET", "/api/v1/namespaces/system-upgrade/pods", 200,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod(annotations)]}))
+                .await;
+            assert!(
+                listed.uri.contains("controller-uid%3Djob-uid"),
+                "{}",
+                listed.uri
+            );
+            if deleted {
+                api.expect("DELETE", &format!("{JOBS}/j"), 200, job.clone())
+                    .await;
+            }
+            finished(acting).await.unwrap();
+            api.done().await;
+        }
     }
 
     #[tokio::test]
