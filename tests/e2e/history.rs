@@ -21,6 +21,10 @@ const DRAINED: &str = "upgrade.cattle.io/drained";
 /// How long a cordon may outlast its reason while the controller can act (it needs a pass after
 /// the Job's end, and its caches lag).
 pub const CORDON_GRACE_US: i64 = 60_000_000;
+/// How soon after its last Job ended unfinished (deleted, or failed) a node's next Job of the Plan
+/// goes on with the same turn rather than taking a new one (a retry, a Job deleted by hand and
+/// created again), not counting outages.
+const CONTINUE_US: i64 = 30_000_000;
 /// How far back a percentage's node count is taken (the controller's caches lag behind labels).
 const SELECTION_LAG_US: i64 = 30_000_000;
 /// Lines of a node's history a violation shows.
@@ -182,6 +186,8 @@ struct JobRec {
     /// A pod of it succeeded (its status may lag behind).
     pod_succeeded: bool,
     deleted: bool,
+    /// When it was deleted or failed, if it did.
+    ended: Option<i64>,
     begun: bool,
     /// The node's label of this Plan when the Job was created.
     label_at_create: Option<String>,
@@ -604,6 +610,7 @@ impl Checker {
         }
         if failed && !self.jobs[job].pod_failed {
             self.jobs[job].pod_failed = true;
+            self.jobs[job].ended.get_or_insert(w.at);
             self.note(&node_name, w, "upgrade pod failed");
         }
         if (opened || upgrade_started) && !self.jobs[job].begun && w.verb != "delete" {
@@ -690,6 +697,9 @@ impl Checker {
         if let Some(rec) = self.jobs.iter_mut().find(|j| j.uid == uid) {
             if rec.finished.is_none() && finished.is_some() {
                 rec.finished = finished;
+                if finished == Some(false) {
+                    rec.ended.get_or_insert(w.at);
+                }
                 let what = if finished == Some(true) {
                     "Job complete"
                 } else {
@@ -700,7 +710,7 @@ impl Checker {
             return;
         }
         let plan = plan.clone();
-        let joined = !self.busy(&plan).contains(&node);
+        let joined = !self.busy(&plan).contains(&node) && !self.turn_goes_on(&plan, &node);
         let label_at_create = self.nodes.get(&node).and_then(|n| {
             n.labels
                 .get(&format!("plan.upgrade.cattle.io/{plan}"))
@@ -731,6 +741,7 @@ impl Checker {
     /// labelled out, the Plan deleted); by the system only once finished or its Plan gone.
     fn job_deleted(&mut self, i: usize, w: &Write) {
         self.jobs[i].deleted = true;
+        self.jobs[i].ended.get_or_insert(w.at);
         let j = &self.jobs[i];
         let (node, plan, name, created) =
             (j.node.clone(), j.plan.clone(), j.name.clone(), j.created);
@@ -842,6 +853,23 @@ impl Checker {
             );
             self.violate(Rule::Concurrency, node, message);
         }
+    }
+
+    /// Whether the node's last Job of the Plan ended unfinished a moment ago: a new one goes on
+    /// with that turn.
+    fn turn_goes_on(&self, plan: &str, node: &str) -> bool {
+        let last = self
+            .jobs
+            .iter()
+            .filter(|j| j.plan == plan && j.node == node)
+            .max_by_key(|j| j.created);
+        last.and_then(|j| {
+            j.ended
+                .filter(|_| !j.pod_succeeded && j.finished != Some(true))
+        })
+        .is_some_and(|ended| {
+            self.now - ended - overlap(&self.outages, ended, self.now) <= CONTINUE_US
+        })
     }
 
     /// The nodes a Plan holds: cordoned with its claim, or with a Job of it that has not ended.
@@ -1312,6 +1340,22 @@ pub fn the_checker_catches_each_kind_of_violation() {
     assert_eq!(b.rules(vec![]), Vec::<Rule>::new());
     b.node(Actor::System, "soak-3", false, false, None)
         .job("u4", "soak-3", "h2");
+    assert_eq!(b.rules(vec![]), [Rule::Concurrency]);
+
+    // A Job deleted by hand is created again for the same turn (seed 5's false alarm, with the
+    // concurrency lowered meanwhile); long after, it is a new turn.
+    let mut b = history();
+    b.plan(2.into(), "v1");
+    b.job("u1", "soak-1", "h1")
+        .job("u2", "soak-2", "h1")
+        .plan(1.into(), "v1");
+    b.delete_job(Actor::Operator, "soak-1", "h1")
+        .wait(10)
+        .job("u3", "soak-1", "h1");
+    assert_eq!(b.rules(vec![]), Vec::<Rule>::new());
+    b.delete_job(Actor::Operator, "soak-1", "h1")
+        .wait(40)
+        .job("u4", "soak-1", "h1");
     assert_eq!(b.rules(vec![]), [Rule::Concurrency]);
 
     // Cordoned before the pod runs there: no pod, or a pod not yet started.

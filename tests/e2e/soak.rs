@@ -7,8 +7,9 @@
 //!   cargo test --features e2e --test e2e -- --exact a_seeded_soak_keeps_the_safety_rules
 //!
 //! takes its seeds from `SUC_SOAK_SEEDS` (default `1,2`: one server, then three), its length
-//! from `SUC_SOAK_SECONDS` (of faults and actions per seed, default 50) and its node count from
-//! `SUC_SOAK_NODES` (default 50). `SUC_SOAK_OUT=FILE` appends one JSON line per seed.
+//! from `SUC_SOAK_SECONDS` (of faults and actions per seed, default 40), its node count from
+//! `SUC_SOAK_NODES` (default 50) and how long the end may take to settle from
+//! `SUC_SOAK_SETTLE_SECONDS` (default 300). `SUC_SOAK_OUT=FILE` appends one JSON line per seed.
 //! `tests/soak/run.sh` runs the long soak.
 
 use std::collections::BTreeMap;
@@ -53,7 +54,7 @@ pub fn a_seeded_soak_keeps_the_safety_rules(ctx: &Ctx) {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let seconds = env_or("SUC_SOAK_SECONDS", 50u64);
+    let seconds = env_or("SUC_SOAK_SECONDS", 40u64);
     let nodes = env_or("SUC_SOAK_NODES", 50usize);
     let mut failed = Vec::new();
     for seed in seeds {
