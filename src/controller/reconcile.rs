@@ -529,11 +529,25 @@ async fn write_status(
         && !pruned
         && stored.status.as_ref().is_some_and(|s| s.nodes.is_none())
     {
+        if crd_has_node_status(ctx).await == Some(true) {
+            // The CRD has them: the API server had not applied a CRD just written (seen as a
+            // CRDCurrent that stayed after the CRD was fixed). The next write keeps them.
+            tracing::info!("the API server dropped status.nodes while applying the Plan CRD");
+            return Ok(());
+        }
         let mut gaps = ctx.crd.now().to_vec();
         gaps.push("status.nodes".to_owned());
         ctx.crd_seen(gaps);
     }
     Ok(())
+}
+
+/// Whether the Plan CRD, read now, has `status.nodes`; `None` when it cannot be read.
+async fn crd_has_node_status(ctx: &Context) -> Option<bool> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let crd = api.get_opt(crate::api::PLAN_CRD).await.ok()??;
+    crd::has_node_status(&serde_json::to_value(crd).ok()?)
 }
 
 /// Whether a Job's upgrade may have begun by its pods as the API server has them now, not as
@@ -914,16 +928,28 @@ mod tests {
     async fn the_status_naming_the_node_is_written_before_its_job_is_created() {
         let plan = plan();
         let (ctx, mut api) = context(&plan, &[node("a")]);
+        let ctx = Arc::new(ctx);
         let reconciling = tokio::spawn({
-            let plan = plan.clone();
-            async move { reconcile(Arc::new(plan), Arc::new(ctx)).await }
+            let (plan, ctx) = (plan.clone(), ctx.clone());
+            async move { reconcile(Arc::new(plan), ctx).await }
         });
-        // Answered with the Plan as stored: the status as written.
+        // Answered with the Plan as stored, without the node entries: as the API server answers
+        // while it still applies a Plan CRD just fixed (found by the e2e suite, where a
+        // CRDCurrent condition then stayed for good).
         let mut stored = serde_json::to_value(&plan).unwrap();
         stored["status"] = json!({"applying": ["a"]});
         let status = api.expect("PATCH", PLAN_STATUS, 200, stored).await;
         assert_eq!(status.body["metadata"]["resourceVersion"], "10");
         assert_eq!(status.body["status"]["applying"], json!(["a"]));
+        // The CRD, read afresh, has them: no gap is recorded.
+        let crd = serde_json::to_value(crate::api::crd()).unwrap();
+        api.expect(
+            "GET",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/plans.upgrade.cattle.io",
+            200,
+            crd,
+        )
+        .await;
         let created = api
             .expect("POST", JOBS, 201, json!({"metadata": {"name": "x"}}))
             .await;
@@ -951,6 +977,7 @@ mod tests {
         );
         let action = finished(reconciling).await.unwrap();
         assert_eq!(action, Action::requeue(decide::RESYNC));
+        assert!(ctx.crd.now().is_empty(), "{:?}", ctx.crd.now());
         api.done().await;
     }
 
