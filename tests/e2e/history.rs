@@ -105,11 +105,14 @@ pub fn now_us() -> i64 {
     jiff::Timestamp::now().as_microsecond()
 }
 
-/// The writes of an audit log answered at or after `since`, in the order they were answered.
-/// Lines that are not audit events (a line cut by a crash) are skipped.
+/// The writes of an audit log about the soak's objects answered at or after `since`, in the
+/// order they were answered. Lines that are not audit events (a line cut by a crash) are skipped.
 pub fn read_audit(text: &str, since: i64, controller_user: &str) -> Vec<Write> {
     let mut writes: Vec<Write> = text
         .lines()
+        // Every object of the soak is named for it (nodes, Plans, Jobs and their pods, the
+        // workloads' namespace, the Secret): the rest of the log need not be parsed.
+        .filter(|line| line.contains(PREFIX))
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
         .filter_map(|e| {

@@ -288,7 +288,7 @@ pub fn a_controller_started_while_the_api_server_is_down_waits_for_it(ctx: &Ctx)
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let server = std::thread::scope(|scope| {
-        let outage = scope.spawn(|| ctx.cluster.restart_apiserver(Duration::from_secs(20)));
+        let outage = scope.spawn(|| ctx.cluster.restart_apiserver(Duration::from_secs(12)));
         wait("kube-apiserver to stop", Duration::from_secs(30), || {
             (!ctx
                 .kubectl(&["get", "--raw", "/readyz", "--request-timeout=1s"])
