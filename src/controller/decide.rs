@@ -205,6 +205,10 @@ pub struct JobFields {
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
+/// How long a pod whose Job is gone is seen before it is deleted (its Job may only be late in
+/// the cache).
+const STRANDED_AFTER_SECS: i64 = 120;
+
 /// A change to make in the cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -253,6 +257,11 @@ pub enum Change {
         job: String,
         message: String,
     },
+    /// Delete a pod of this Plan whose Job is gone and whose upgrade never began.
+    DeletePod {
+        name: String,
+        why: String,
+    },
     /// Drop this Plan's cordon claim; uncordon the node when no claim is left.
     Release {
         node: String,
@@ -274,6 +283,7 @@ impl Change {
             Change::Drain { job, .. } | Change::FailDrain { job, .. } => Some(job),
             Change::LabelNode { .. }
             | Change::AdoptCordon { .. }
+            | Change::DeletePod { .. }
             | Change::Release { .. }
             | Change::ClearRetry { .. } => None,
         }
@@ -426,6 +436,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     if ready {
         pass.release_leftovers(&selected);
     }
+    pass.delete_stranded_pods();
     pass.count(&selected);
     pass.complete_condition(&selected, ready);
     pass.finish(Some(&selected))
@@ -1888,6 +1899,23 @@ impl<'a> Pass<'a> {
                 });
                 (Phase::Draining, message)
             }
+        }
+    }
+
+    /// Pods whose Job is gone and which still wait in `prepare` or their gate go: the garbage
+    /// collector can take minutes after an API server outage, and meanwhile they keep the node's
+    /// next upgrade pod off the node (found by the soak). Seen for two minutes first.
+    fn delete_stranded_pods(&mut self) {
+        let before = self
+            .obs
+            .now
+            .checked_sub(jiff::SignedDuration::from_secs(STRANDED_AFTER_SECS))
+            .unwrap_or(self.obs.now);
+        for pod in pods::stranded(self.obs.pods, self.obs.jobs, before) {
+            self.before.push(Change::DeletePod {
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                why: "its Job is gone and its upgrade never began".into(),
+            });
         }
     }
 

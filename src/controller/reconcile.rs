@@ -602,6 +602,15 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
                 Err(e) => return Err(ReconcileError::job("deleting", name, e)),
             }
         }
+        Change::DeletePod { name, why } => {
+            tracing::info!(pod = %name, %why, "deleting a pod of a Job that is gone");
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            match pods.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(ReconcileError::job("deleting the pod", name, e)),
+            }
+        }
         Change::CreateJob(job) => {
             let name = job.name_any();
             match jobs.create(&PostParams::default(), job).await {

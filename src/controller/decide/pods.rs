@@ -167,35 +167,71 @@ pub fn upgrade_may_have_started(job: &Job, pods: &[&Pod]) -> bool {
     let succeeded = pods
         .iter()
         .any(|p| owned_by(p, uid) && phase(p) == "Succeeded");
-    succeeded
-        || active_pods(job, pods).into_iter().any(|pod| {
-            if bound_node(pod).is_none() {
-                return false;
-            }
-            if phase(pod) == "Running" {
-                return true;
-            }
-            let opened = pod
-                .metadata
-                .annotations
+    succeeded || active_pods(job, pods).into_iter().any(pod_may_have_begun)
+}
+
+/// Whether an active pod's upgrade may have begun: it is on its node and runs, or its gate was
+/// opened, or all its init containers are done (or it has none).
+fn pod_may_have_begun(pod: &Pod) -> bool {
+    if bound_node(pod).is_none() {
+        return false;
+    }
+    if phase(pod) == "Running" {
+        return true;
+    }
+    let opened = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
+    if opened {
+        return true;
+    }
+    let inits = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // All init containers done (or none): the upgrade container starts any moment.
+    inits.iter().all(|c| {
+        init_state(pod, &c.name)
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    })
+}
+
+/// Pods of a Plan whose Job is gone (deleted, maybe replaced under the same name) but which the
+/// garbage collector has not removed yet, still waiting in `prepare` or their gate: nothing of
+/// the upgrade runs in them, and the Jobs' anti-affinity keeps the node's next upgrade pod off
+/// the node while they stay. Only pods older than `before` count, so a new Job's pod seen before
+/// its Job is not taken for one.
+pub fn stranded<'a>(pods: &[&'a Pod], jobs: &[&Job], before: jiff::Timestamp) -> Vec<&'a Pod> {
+    let uids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
+        .collect();
+    pods.iter()
+        .copied()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !matches!(phase(p), "Succeeded" | "Failed"))
+        .filter(|p| {
+            p.metadata
+                .creation_timestamp
                 .as_ref()
-                .is_some_and(|a| a.contains_key(ANNOTATION_DRAINED));
-            if opened {
-                return true;
-            }
-            let inits = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.init_containers.as_ref())
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            // All init containers done (or none): the upgrade container starts any moment.
-            inits.iter().all(|c| {
-                init_state(pod, &c.name)
-                    .and_then(|s| s.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code == 0)
-            })
+                .is_some_and(|t| t.0 < before)
         })
+        .filter(|p| {
+            let owner = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "Job" && o.controller == Some(true));
+            owner.is_some_and(|o| !uids.contains(&o.uid.as_str()))
+        })
+        .filter(|p| !pod_may_have_begun(p))
+        .collect()
 }
 
 /// Whether a pod's `prepare` init container (if it has one) finished successfully.

@@ -127,6 +127,9 @@ impl World {
         self.plan["status"] = serde_json::to_value(&decision.status).unwrap();
         for change in decision.before.iter().chain(&decision.after) {
             match change {
+                Change::DeletePod { name, .. } => {
+                    self.pods.retain(|p| p["metadata"]["name"] != name.as_str());
+                }
                 Change::DeleteJob { name, .. } => {
                     let uid = self
                         .jobs
@@ -2405,6 +2408,52 @@ fn a_second_pod_that_cannot_be_placed_does_not_hold_the_drain() {
         message.contains("to be scheduled") && message.contains("anti-affinity"),
         "{message}"
     );
+}
+
+/// Found by the long soak: after a Plan was deleted and created again across an API server
+/// restart, a pod of the deleted Job stayed in its gate for minutes (the garbage collector had
+/// lost track of it), and the anti-affinity of the node's new upgrade pod kept that one off the
+/// node. Such a pod, seen for two minutes, is deleted; a running one, or a new one whose Job is
+/// only late in the cache, is not.
+#[test]
+fn a_pod_of_a_job_that_is_gone_waiting_in_its_gate_is_deleted() {
+    let mut s = spec();
+    s["drain"] = json!({});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    world.step();
+    let mut orphan = world.pod_mut("a").clone();
+    orphan["metadata"]["name"] = json!("orphan");
+    orphan["metadata"]["ownerReferences"][0]["uid"] = json!("deleted-job-uid");
+    orphan["metadata"]["annotations"] = json!({});
+    let stranded = |world: &World| -> Vec<String> {
+        changes(&world.decide())
+            .filter_map(|c| match c {
+                Change::DeletePod { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    for (age, running, expected) in [
+        ("2026-11-23T09:57:00Z", false, vec!["orphan".to_owned()]),
+        ("2026-11-23T09:59:00Z", false, vec![]),
+        ("2026-11-23T09:57:00Z", true, vec![]),
+    ] {
+        let mut pod = orphan.clone();
+        pod["metadata"]["creationTimestamp"] = json!(age);
+        if running {
+            pod["metadata"]["annotations"] = json!({"upgrade.cattle.io/drained": "now"});
+        }
+        world.pods.push(pod);
+        assert_eq!(
+            stranded(&world),
+            expected,
+            "created {age}, running {running}"
+        );
+        world.pods.retain(|p| p["metadata"]["name"] != "orphan");
+    }
+    // The node's own Job's pod is never one.
+    assert!(stranded(&world).is_empty());
 }
 
 #[test]
