@@ -81,10 +81,65 @@ pub struct Election {
     pub timings: Timings,
 }
 
+/// What a leader checks before a write that must not come from a replica that lost the Lease
+/// without knowing yet (one paused, say by SIGSTOP, past the Lease's expiry, whose tasks wake
+/// before its renewal notices): the Lease, read now, names it as the holder.
+#[derive(Clone)]
+pub struct Fence {
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    identity: String,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Fence({}/{} held by {})",
+            self.namespace, self.name, self.identity
+        )
+    }
+}
+
+impl Fence {
+    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Fence {
+        Fence {
+            client,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// Whether this replica holds the Lease now; false when the Lease cannot be read.
+    pub async fn holds(&self) -> bool {
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        match leases.get(&self.name).await {
+            Ok(lease) => {
+                lease.spec.and_then(|s| s.holder_identity).as_deref()
+                    == Some(self.identity.as_str())
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// How long the controller may take to stop after the Lease is lost before the process exits.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
 impl Election {
+    /// The check of this replica's hold on the Lease, for writes that need it.
+    pub fn fence(&self) -> Fence {
+        Fence::new(
+            self.client.clone(),
+            &self.namespace,
+            &self.name,
+            &self.identity,
+        )
+    }
+
     /// Runs `controller` for as long as this replica leads, campaigning again after losing the
     /// Lease, until `stop` is cancelled or the controller fails. On the way out the Lease is
     /// released, so another replica takes over at once instead of after the Lease expires.

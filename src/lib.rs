@@ -204,6 +204,8 @@ fn start_controller(
     }
     // Followers serve the webhook, so readiness does not wait for a controller.
     let election = election(config, client_config)?;
+    let mut options = options;
+    options.fence = Some(election.fence());
     let (readiness, metrics, stop) = (readiness.clone(), metrics.clone(), stop.clone());
     Ok(tokio::spawn(async move {
         let controller_metrics = metrics.clone();
@@ -279,6 +281,7 @@ fn election(config: &RunConfig, mut client_config: kube::Config) -> Result<leade
 /// The controller's settings from the command line.
 fn controller_options(config: &RunConfig) -> controller::ControllerOptions {
     controller::ControllerOptions {
+        fence: None,
         settings: controller::reconcile::Settings {
             namespace: config.namespace.clone(),
             job: controller::job::JobSettings {

@@ -69,6 +69,8 @@ impl OnTimeout {
 enum Undrained {
     Failed(String),
     Skipped(String),
+    /// This replica no longer holds the Lease: the drain stops, and the leader resumes it.
+    NotLeading,
 }
 
 impl DrainOptions {
@@ -261,6 +263,10 @@ impl Wake {
 #[derive(Clone)]
 pub struct DrainHandle {
     pub client: Client,
+    /// With leader election: checked before each step that writes (found by the soak: a
+    /// leader resumed from SIGSTOP after another took the Lease cordoned nodes before it
+    /// noticed).
+    pub fence: Option<crate::leader::Fence>,
     /// This controller instance, whose cordon claims the drains write.
     pub claimant: cordon::Claimant,
     pub events: Arc<Events>,
@@ -269,6 +275,14 @@ pub struct DrainHandle {
 }
 
 impl DrainHandle {
+    /// Whether this replica may write: it holds the Lease (always, without leader election).
+    async fn leads(&self) -> bool {
+        match &self.fence {
+            None => true,
+            Some(fence) => fence.holds().await,
+        }
+    }
+
     /// Records an event of a drain on its Plan and its Node.
     async fn tell(&self, request: &DrainRequest, warning: bool, reason: Reason, message: String) {
         let note = Note::new(Target::Plan, warning, reason, message);
@@ -298,6 +312,9 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     };
     let mut failures = 0;
     let since = loop {
+        if !handle.leads().await {
+            return not_leading(&request);
+        }
         match begin(&handle, &request).await {
             Ok(since) => break since,
             Err(what) => again(&handle, &request, &set, &mut failures, what).await,
@@ -309,7 +326,13 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     };
     match result {
         Ok(evicted) => {
-            while let Err(e) = open_gate(&handle.client, &request).await {
+            loop {
+                if !handle.leads().await {
+                    return not_leading(&request);
+                }
+                let Err(e) = open_gate(&handle.client, &request).await else {
+                    break;
+                };
                 let what = format!("telling pod {} to go on: {e}", request.pod);
                 again(&handle, &request, &set, &mut failures, what).await;
             }
@@ -331,6 +354,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
                 .await;
             set(DrainProgress::Failed(message));
         }
+        Err(Undrained::NotLeading) => return not_leading(&request),
         Err(Undrained::Skipped(message)) => {
             handle.metrics.drain_finished("skipped", started.elapsed());
             handle
@@ -340,6 +364,11 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         }
     }
     handle.wake(&request);
+}
+
+/// A drain stopped because this replica no longer holds the Lease.
+fn not_leading(request: &DrainRequest) {
+    tracing::warn!(node = %request.node, "this replica no longer holds the Lease; the drain stops");
 }
 
 /// Cordons the node (told on the node) and reads, or records, when this pod's drain began.
@@ -434,6 +463,9 @@ async fn evict_all(
     // The UIDs of the pods on the node when the drain began.
     let mut drained: Option<BTreeSet<String>> = None;
     loop {
+        if !handle.leads().await {
+            return Err(Undrained::NotLeading);
+        }
         let listed = all.list(&listing).await;
         let now = Timestamp::now();
         let mut waiting: Vec<String> = Vec::new();
@@ -808,14 +840,29 @@ mod tests {
         Arc<Mutex<DrainProgress>>,
         tokio::task::JoinHandle<()>,
     ) {
+        task_fenced(options, false)
+    }
+
+    /// As [`task`], for a replica elected as `me` when `fenced`.
+    fn task_fenced(
+        options: serde_json::Value,
+        fenced: bool,
+    ) -> (
+        crate::controller::testing::ApiServer,
+        Arc<Mutex<DrainProgress>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         use crate::controller::events::{Events, Reporter};
         let (client, api) = crate::controller::testing::client();
+        let fence = fenced
+            .then(|| crate::leader::Fence::new(client.clone(), "system-upgrade", "suc", "me"));
         let (events_client, _gone) = crate::controller::testing::client();
         let (nodes, _) = kube::runtime::reflector::store();
         let reporter = Reporter::new("suc", Some("server-1"));
         let (wake, _) = tokio::sync::mpsc::unbounded_channel();
         let handle = DrainHandle {
             client,
+            fence,
             claimant: cordon::Claimant::new("system-upgrade", "suc"),
             events: Arc::new(Events::new(events_client, reporter, nodes)),
             metrics: Metrics::new(),
@@ -857,6 +904,38 @@ mod tests {
     }
 
     const UPGRADE_POD: &str = "/api/v1/namespaces/system-upgrade/pods/upgrade-pod";
+
+    /// Found by the soak: a leader stopped (SIGSTOP) past the Lease's expiry woke with drains
+    /// running and cordoned nodes before it noticed another replica led. Each step that writes
+    /// reads the Lease first: a replica that does not hold it writes nothing.
+    #[tokio::test]
+    async fn a_replica_that_does_not_hold_the_lease_drains_nothing() {
+        crate::controller::testing::crypto();
+        let lease = |holder: &str| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "suc", "namespace": "system-upgrade"}, "spec": {"holderIdentity": holder}})
+        };
+        const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/system-upgrade/leases/suc";
+        let (mut api, progress, running) = task_fenced(json!({}), true);
+        api.expect("GET", LEASE, 200, lease("other")).await;
+        running.await.unwrap();
+        assert_eq!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running("starting".into())
+        );
+        api.done().await;
+        // Holding it, the drain goes on to cordon the node.
+        let (mut api, _, running) = task_fenced(json!({}), true);
+        api.expect("GET", LEASE, 200, lease("me")).await;
+        api.expect(
+            "GET",
+            "/api/v1/nodes/n",
+            200,
+            json!({"metadata": {"name": "n"}}),
+        )
+        .await;
+        running.abort();
+    }
 
     /// The drain's first steps: cordon the node, record the pod's drain start.
     async fn cordon_and_start(

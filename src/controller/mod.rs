@@ -54,6 +54,8 @@ pub struct ControllerOptions {
     pub settings: Settings,
     pub threads: u16,
     pub node_name: Option<String>,
+    /// With leader election: the Lease check drains make before they write.
+    pub fence: Option<crate::leader::Fence>,
 }
 
 /// Runs the controller until `stop`; `ready` is called once every cache has synced.
@@ -83,6 +85,7 @@ pub async fn run(
     ));
     let drains = Drains::new(DrainHandle {
         client: client.clone(),
+        fence: config.fence.clone(),
         claimant: settings.claimant(),
         events: events.clone(),
         metrics: metrics.clone(),

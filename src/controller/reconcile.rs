@@ -898,6 +898,7 @@ mod tests {
         let metrics = Metrics::new();
         let drains = Drains::new(DrainHandle {
             client: client.clone(),
+            fence: None,
             claimant: Claimant::new("system-upgrade", "system-upgrade-controller"),
             events: events.clone(),
             metrics: metrics.clone(),
