@@ -236,6 +236,7 @@ pub struct DrainRequest {
     /// The upgrade pod waiting in its gate, and its Job.
     pub pod: String,
     pub job: String,
+    pub job_uid: String,
     /// `None`: cordon only.
     pub options: Option<DrainOptions>,
 }
@@ -315,6 +316,11 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         if !handle.leads().await {
             return not_leading(&request);
         }
+        if !job_stands(&handle.client, &request).await {
+            // Deleted (by hand, or replaced): its node is not cordoned for it.
+            tracing::info!(job = %request.job, "the Job is gone; the drain stops");
+            return;
+        }
         match begin(&handle, &request).await {
             Ok(since) => break since,
             Err(what) => again(&handle, &request, &set, &mut failures, what).await,
@@ -364,6 +370,22 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         }
     }
     handle.wake(&request);
+}
+
+/// Whether the drain's Job still stands (not deleted, not replaced under its name), as the API
+/// server has it now. Found by the soak: a Job deleted by hand had its node cordoned 200 ms
+/// later by a drain started before. A failed read counts as standing: the step says why.
+async fn job_stands(client: &Client, request: &DrainRequest) -> bool {
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(client.clone(), &request.plan.namespace);
+    match jobs.get_opt(&request.job).await {
+        Ok(Some(job)) => {
+            job.metadata.uid.as_deref() == Some(request.job_uid.as_str())
+                && job.metadata.deletion_timestamp.is_none()
+        }
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 /// A drain stopped because this replica no longer holds the Lease.
@@ -877,6 +899,7 @@ mod tests {
             node: "n".into(),
             pod: "upgrade-pod".into(),
             job: "job".into(),
+            job_uid: "job-uid".into(),
             options: Some(DrainOptions::from_spec(
                 &serde_json::from_value(options).unwrap(),
             )),
@@ -904,6 +927,32 @@ mod tests {
     }
 
     const UPGRADE_POD: &str = "/api/v1/namespaces/system-upgrade/pods/upgrade-pod";
+    const JOB: &str = "/apis/batch/v1/namespaces/system-upgrade/jobs/job";
+
+    /// The drain's Job as the API server answers: `uid`'s Job.
+    async fn job_stands(api: &mut crate::controller::testing::ApiServer, uid: &str) {
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "job", "namespace": "system-upgrade", "uid": uid}});
+        api.expect("GET", JOB, 200, job).await;
+    }
+
+    /// Found by the soak: a Job deleted by hand had its node cordoned 200 ms later by the drain
+    /// started before. A drain whose Job is gone, or replaced under its name, touches nothing.
+    #[tokio::test]
+    async fn a_drain_whose_job_is_gone_touches_nothing() {
+        let (mut api, progress, running) = task(json!({}));
+        api.refuse("GET", JOB, 404).await;
+        running.await.unwrap();
+        api.done().await;
+        let (mut api, _, running) = task(json!({}));
+        job_stands(&mut api, "another-uid").await;
+        running.await.unwrap();
+        api.done().await;
+        assert_eq!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running("starting".into())
+        );
+    }
 
     /// Found by the soak: a leader stopped (SIGSTOP) past the Lease's expiry woke with drains
     /// running and cordoned nodes before it noticed another replica led. Each step that writes
@@ -927,6 +976,7 @@ mod tests {
         // Holding it, the drain goes on to cordon the node.
         let (mut api, _, running) = task_fenced(json!({}), true);
         api.expect("GET", LEASE, 200, lease("me")).await;
+        job_stands(&mut api, "job-uid").await;
         api.expect(
             "GET",
             "/api/v1/nodes/n",
@@ -942,6 +992,7 @@ mod tests {
         api: &mut crate::controller::testing::ApiServer,
         started: Option<&str>,
     ) {
+        job_stands(api, "job-uid").await;
         let node = json!({"metadata": {"name": "n", "resourceVersion": "1"}, "spec": {}});
         api.expect("GET", "/api/v1/nodes/n", 200, node.clone())
             .await;
@@ -1011,6 +1062,7 @@ mod tests {
         // The pod's drain began two minutes ago (a restarted controller resumes it).
         let then = stamp(Timestamp::now() - jiff::SignedDuration::from_secs(120));
         // The node cannot be read at first: the cordon is tried again after a backoff.
+        job_stands(&mut api, "job-uid").await;
         api.refuse("GET", "/api/v1/nodes/n", 500).await;
         let first = tokio::time::Instant::now();
         cordon_and_start(&mut api, Some(&then)).await;

@@ -76,6 +76,7 @@ impl Drains {
             node: node.to_owned(),
             pod: pod.to_owned(),
             job: job.to_owned(),
+            job_uid: job_uid.to_owned(),
             options: plan.spec.drain.as_ref().map(DrainOptions::from_spec),
         };
         tracing::info!(%pod, drain = request.options.is_some(), "starting cordon/drain");
