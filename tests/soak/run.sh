@@ -28,13 +28,14 @@ if [[ -z "$seeds" ]]; then
 fi
 results="$(mktemp)"
 started=$SECONDS
+commit="$(git rev-parse --short HEAD)"
 echo "soak: seeds $seeds, ${seconds}s of faults and actions each, $nodes nodes" >&2
 status=0
 # Two hundred nodes settle more slowly after the faults than the short run's fifty.
 SUC_SOAK_SEEDS="$seeds" SUC_SOAK_SECONDS="$seconds" SUC_SOAK_NODES="$nodes" SUC_SOAK_OUT="$results" \
   SUC_SOAK_SETTLE_SECONDS="${SUC_SOAK_SETTLE_SECONDS:-600}" \
   cargo test --locked --features e2e --test e2e -- --exact a_seeded_soak_keeps_the_safety_rules || status=$?
-python3 tests/soak/report.py "$results" "$((SECONDS - started))" "$(git rev-parse --short HEAD)" >>"$out"
+python3 tests/soak/report.py "$results" "$((SECONDS - started))" "$commit" >>"$out"
 echo "soak: results added to $out" >&2
 rm -f "$results"
 exit "$status"
