@@ -67,6 +67,13 @@ pub fn has_node_status(crd: &Value) -> Option<bool> {
     )
 }
 
+/// Whether the Plan CRD, read now, has `status.nodes`; `None` when it cannot be read.
+pub async fn read_has_node_status(client: &Client) -> Option<bool> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = api.get_opt(PLAN_CRD).await.ok()??;
+    has_node_status(&serde_json::to_value(crd).ok()?)
+}
+
 /// Watches the Plan CRD until `stop`, calling `seen` with the fields it lacks whenever it is
 /// (re)written. A CRD that cannot be watched (RBAC of an older install) is checked once with a
 /// read; one that cannot be read either is taken as this controller's.

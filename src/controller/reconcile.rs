@@ -529,7 +529,7 @@ async fn write_status(
         && !pruned
         && stored.status.as_ref().is_some_and(|s| s.nodes.is_none())
     {
-        if crd_has_node_status(ctx).await == Some(true) {
+        if crd::read_has_node_status(&ctx.client).await == Some(true) {
             // The CRD has them: the API server had not applied a CRD just written (seen as a
             // CRDCurrent that stayed after the CRD was fixed). The next write keeps them.
             tracing::info!("the API server dropped status.nodes while applying the Plan CRD");
@@ -540,14 +540,6 @@ async fn write_status(
         ctx.crd_seen(gaps);
     }
     Ok(())
-}
-
-/// Whether the Plan CRD, read now, has `status.nodes`; `None` when it cannot be read.
-async fn crd_has_node_status(ctx: &Context) -> Option<bool> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
-    let crd = api.get_opt(crate::api::PLAN_CRD).await.ok()??;
-    crd::has_node_status(&serde_json::to_value(crd).ok()?)
 }
 
 /// Whether a Job's upgrade may have begun by its pods as the API server has them now, not as
