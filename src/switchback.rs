@@ -214,7 +214,7 @@ pub fn report(found: &[Finding], namespace: &str) -> String {
         }
     }
     out.push_str(&format!(
-        "then (see the README, \"Switching back to the Go controller\"):\n  \
+        "then (see docs/compatibility.md, \"Switching back to the Go controller\"):\n  \
          kubectl delete mutatingwebhookconfiguration,validatingwebhookconfiguration system-upgrade-controller\n  \
          kubectl delete clusterrolebinding system-upgrade system-upgrade-controller\n  \
          kubectl -n {namespace} delete rolebinding system-upgrade system-upgrade-controller\n  \

@@ -272,7 +272,7 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
             .expect_ok();
     }
 
-    // deploy/monitoring/ as the README applies it.
+    // deploy/monitoring/ as docs/metrics.md applies it.
     for file in ["servicemonitor.yaml", "prometheusrule.yaml"] {
         let file = repo(&format!("deploy/monitoring/{file}"));
         ctx.kubectl(&[

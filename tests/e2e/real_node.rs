@@ -669,7 +669,7 @@ pub fn upgrades_that_really_fail_are_reported_and_retried_on_the_real_node(ctx: 
         s.unschedulable(REAL_NODE),
         "a failed drain leaves the node cordoned"
     );
-    // The README's advice after a failed drain: give such a node up with onTimeout: Skip.
+    // The docs' advice after a failed drain: give such a node up with onTimeout: Skip.
     let mut skip = spec;
     skip["drain"]["onTimeout"] = json!("Skip");
     s.apply_plan(plan, skip, json!({}));

@@ -35,7 +35,7 @@ fn phases(s: &Scenario, plan: &str) -> Vec<String> {
         .collect()
 }
 
-/// Two nodes past their drain, their upgrades running: the edit the README recommends after a
+/// Two nodes past their drain, their upgrades running: the edit the docs recommend after a
 /// failed drain (a longer timeout, `onTimeout: Skip`) and other drain settings change nothing
 /// that runs; both upgrades finish, each node upgraded once.
 pub fn editing_the_drain_never_ends_a_running_upgrade(ctx: &Ctx) {
