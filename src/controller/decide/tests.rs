@@ -1,5 +1,19 @@
+use super::facts::expand;
+use super::retries::{backoff_after, retry_request_nodes};
 use super::*;
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde_json::{Value, json};
+
+use crate::api::{
+    ANNOTATION_ADOPTED, ANNOTATION_RUN, ANNOTATION_TEMPLATE, NodeStatus, Plan, Reason,
+};
+use crate::controller::job::{self, JobSettings};
+use crate::controller::status::{
+    self, COMPLETE, CRD_CURRENT, LATEST_RESOLVED, RECONCILING, STALLED, VALIDATED, stamp,
+};
 
 const NOW: &str = "2026-11-23T10:00:00Z"; // a Monday
 

@@ -1,0 +1,124 @@
+//! The heart of a reconcile, as a pure function: from what is observed (the Plan, Nodes, the
+//! Plan's Jobs and their pods, Secrets, the time and the version resolution) to the Plan's new
+//! status, the changes to make to Jobs and Nodes, the events to record and when to look again.
+//!
+//! A pass runs its phases in this order, one file each; read [`decide`] top to bottom:
+//!
+//! 1. [`pass`]: the observation and the stored status taken apart ([`pass::Context`], read by
+//!    every phase), what the pass writes ([`pass::Effects`]) and what it learns about nodes as it
+//!    goes ([`pass::Ledger`]).
+//! 2. [`plan`]: validate, resolve the version, hash; gives [`plan::Resolved`].
+//! 3. [`jobs`]: what the caches say about the Plan's Jobs: finished ones complete their node
+//!    ([`finish`]: uncordon, `postCompleteDelay`, `nodeReadyFor`, the label) and expire; stale
+//!    ones go unless their upgrade may have begun; gives [`jobs::Jobs`].
+//! 4. [`retries`]: nodes skipped after a drain timeout stay skipped unless a retry names them.
+//! 5. [`holds`]: what holds new starts (a CRD that lacks spec fields, a closed health gate).
+//! 6. [`choose`]: the nodes that apply the Plan now, within the concurrency.
+//! 7. [`holds`] again: a closed window ends the pass.
+//! 8. [`track`]: each chosen node is started, followed through its gate (cordon, drain,
+//!    upgrade), failed and retried ([`retries`]), or replaced after an edit.
+//! 9. [`release`]: Jobs of nodes that no longer need the Plan stop, claims go back, stranded
+//!    pods go.
+//! 10. [`progress`]: the count of nodes, the conditions, and the [`Decision`].
+//!
+//! Only starting something new needs a valid, resolved Plan; finishing what runs never waits
+//! for it.
+
+mod choose;
+mod decision;
+mod facts;
+mod finish;
+mod holds;
+mod jobs;
+mod pass;
+mod plan;
+pub(crate) mod pods;
+mod progress;
+mod release;
+mod retries;
+mod track;
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Node;
+
+pub use decision::{
+    Change, Decision, DrainProgress, JobFields, Merge, Note, Observed, QueryOutcome, Refusal,
+    Resolution, Tally, Target, completed_message,
+};
+pub use facts::{completion_labels, finished_at};
+pub use pods::upgrade_may_have_started;
+
+use pass::{Context, Pass};
+
+/// How often a Plan is looked at when nothing else wakes it.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// How often a Plan waiting for its window checks again.
+pub const WINDOW_RETRY: Duration = Duration::from_secs(60);
+/// How often a Plan held by a health gate looks again.
+pub const GATE_RETRY: Duration = Duration::from_secs(15);
+/// The controller's own rule for a stored Plan without `concurrency` (the webhook sets it on
+/// create): the Go controller read it as 0 and upgraded nothing, so it must not start silently.
+pub const CONCURRENCY_UNSET: &str = "spec.concurrency: not set, so this Plan upgrades no node \
+    (the Go controller reads a missing concurrency as 0); set spec.concurrency, e.g. to 1, to start";
+
+/// Decides one pass for a Plan.
+pub fn decide(obs: &Observed<'_>) -> Decision {
+    let (cx, effects) = Context::new(obs);
+    let mut pass = Pass::new(&cx, effects);
+    let resolved = plan::judge(&mut pass);
+    let ready = resolved.ready;
+    if resolved.version.is_empty() || resolved.hash.is_empty() {
+        // Never resolved: no Job of this Plan can be judged yet; what runs keeps its place.
+        let continuing = choose::continuing(&pass, &jobs::Jobs::default());
+        let gate = resolved.crd_hold.clone();
+        return progress::conclude(pass, &resolved, gate.as_ref(), &continuing);
+    }
+    let jobs = jobs::sort(&mut pass, &resolved);
+    retries::carry_skipped(&mut pass, &resolved);
+    let gate = holds::gate(&mut pass, &resolved);
+    let chosen = if ready {
+        choose::select(&pass, &resolved, &jobs, gate.is_some())
+    } else {
+        choose::continuing(&pass, &jobs)
+    };
+    if ready && holds::window_closed(&pass, &jobs, &chosen) {
+        holds::wait_for_window(&mut pass, &resolved);
+        let tally = progress::count(&pass, &resolved, &[]);
+        return progress::finish(pass, gate.as_ref(), tally, None);
+    }
+    track::nodes(&mut pass, &resolved, &jobs, gate.as_ref(), &chosen);
+    if ready {
+        // Only a pass that could act on the retry annotation consumes it.
+        retries::consume_retry_request(&mut pass);
+    }
+    let selected: Vec<&Node> = chosen
+        .into_iter()
+        .filter(|n| {
+            !pass
+                .ledger
+                .skipped
+                .contains(n.metadata.name.as_deref().unwrap_or_default())
+        })
+        .collect();
+    if ready {
+        release::leftovers(&mut pass, &jobs, &selected);
+    }
+    release::stranded_pods(&mut pass);
+    progress::conclude(pass, &resolved, gate.as_ref(), &selected)
+}
+
+/// Which Jobs may have a drain running for them: those neither finished, suspended nor being
+/// deleted. Drains of other Jobs are stopped.
+pub fn drainable_jobs(jobs: &[&Job]) -> Vec<String> {
+    jobs.iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(|j| finished_at(j).is_none())
+        .filter(|j| j.spec.as_ref().and_then(|s| s.suspend) != Some(true))
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Phase: what the Plan no longer needs. Running Jobs of nodes that no longer apply the Plan
+//! stop (as with the Go controller), their claims go back, and pods stranded by a Job that is
+//! gone are deleted.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::decision::Change;
+use super::facts::finished_at;
+use super::jobs::Jobs;
+use super::pass::Pass;
+use super::pods;
+
+/// How long a pod whose Job is gone is seen before it is deleted (its Job may only be late in
+/// the cache).
+const STRANDED_AFTER_SECS: i64 = 120;
+
+/// Running Jobs of nodes that are not `selected` stop, and this Plan's claims on such nodes go.
+pub(super) fn leftovers(pass: &mut Pass<'_, '_>, jobs: &Jobs<'_>, selected: &[&Node]) {
+    let selected: BTreeSet<&str> = selected
+        .iter()
+        .map(|n| n.metadata.name.as_deref().unwrap_or_default())
+        .collect();
+    let stopping: Vec<(String, String)> = jobs
+        .current
+        .iter()
+        .chain(jobs.finishing.iter())
+        .filter(|(node, job)| {
+            !selected.contains(node.as_str())
+                && !pass.ledger.skipped.contains(node.as_str())
+                && finished_at(job).is_none()
+        })
+        .map(|(node, job)| (node.clone(), job.metadata.name.clone().unwrap_or_default()))
+        .collect();
+    for (node, name) in stopping {
+        pass.out.before.push(Change::DeleteJob {
+            name,
+            why: format!("node {node} no longer needs the Plan"),
+            unless_begun: false,
+        });
+    }
+    let releases: Vec<String> = pass
+        .cx
+        .nodes
+        .iter()
+        .filter(|(name, node)| {
+            pass.claims(name, node)
+                && !selected.contains(name.as_str())
+                && !pass.ledger.released.contains(*name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for node in releases {
+        pass.release(&node);
+    }
+}
+
+/// Pods whose Job is gone and which still wait in `prepare` or their gate go: the garbage
+/// collector can take minutes after an API server outage, and meanwhile they keep the node's
+/// next upgrade pod off the node (found by the soak). Seen for two minutes first.
+pub(super) fn stranded_pods(pass: &mut Pass<'_, '_>) {
+    let obs = pass.cx.obs;
+    let before = obs
+        .now
+        .checked_sub(jiff::SignedDuration::from_secs(STRANDED_AFTER_SECS))
+        .unwrap_or(obs.now);
+    for pod in pods::stranded(obs.pods, obs.jobs, before) {
+        pass.out.before.push(Change::DeletePod {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            why: "its Job is gone and its upgrade never began".into(),
+        });
+    }
+}
