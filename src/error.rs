@@ -1,6 +1,5 @@
-//! The errors that stop the process or a command.
-
-use crate::controller::resolve::ChannelError;
+//! The errors that stop the process or a command. The bottom layer: it names no other module
+//! of the crate, so every module may use it; errors of the layers above arrive as text.
 
 /// Errors of the library, each named for what failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +30,7 @@ pub enum Error {
         error: tokio::task::JoinError,
     },
     #[error("building the channel client: {0}")]
-    ChannelClient(#[from] ChannelError),
+    ChannelClient(String),
     #[error("{0}")]
     QueryClient(String),
     /// The preview command could not read what it needs.

@@ -68,7 +68,8 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
         .await
         .map_err(|e| Error::Preview(format!("listing nodes: {e}")))?
         .items;
-    let channels = ChannelClient::new(Duration::from_secs(30))?;
+    let channels = ChannelClient::new(Duration::from_secs(30))
+        .map_err(|e| Error::ChannelClient(e.to_string()))?;
     let mut out = String::new();
     for plan in &plans {
         let namespace = plan.metadata.namespace.clone().unwrap_or_default();

@@ -91,7 +91,8 @@ pub async fn run(
         metrics: metrics.clone(),
         wake: wake.clone(),
     });
-    let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))?;
+    let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))
+        .map_err(|e| crate::error::Error::ChannelClient(e.to_string()))?;
     let channels = Channels::new(channel_client, cluster_id, settings.polling_interval);
     let queries = Queries::new().map_err(crate::error::Error::QueryClient)?;
     let context = Arc::new(Context::new(
