@@ -1,39 +1,54 @@
 //! `system-upgrade-controller preview`: what a Plan would do, changing nothing. It reads the
-//! cluster as kubectl would (the Plan if it exists, Nodes, the Secrets the hash covers), asks the
-//! channel for the version when the Plan has one, and prints the nodes the Plan selects, those
-//! done, opted out or held, and the order in which the rest would be upgraded, by the rules the
-//! controller follows.
+//! cluster as kubectl would (the Plan if it exists, Nodes, the Plan's Jobs and their pods, the
+//! Secrets it names), asks the channel for the version when the Plan has one, and runs the
+//! controller's own decision on it: once as things are now (what holds the rollout, and why),
+//! then played forward in simulated time with the holds lifted (`controller::simulate`), which
+//! gives the order in which the nodes would be upgraded. A rule of the controller shows here
+//! without a line of its own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{GROUP, LABEL_HOSTNAME, LABEL_PAUSE, PLAN_LABEL_PREFIX, Plan, PlanStatus};
+use crate::admission;
+use crate::api::{
+    GROUP, IntOrPercent, LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_PAUSE, LABEL_PLAN,
+    PLAN_LABEL_PREFIX, Plan, Reason,
+};
 use crate::check;
 use crate::config::{PreviewConfig, kube_config};
-use crate::controller::resolve::{ChannelClient, munge};
-use crate::controller::{hash, select};
+use crate::controller::decide::{self, Decision, Resolution};
+use crate::controller::job::JobSettings;
+use crate::controller::resolve::ChannelClient;
+use crate::controller::select;
+use crate::controller::simulate::Cluster;
+use crate::controller::status::{self, COMPLETE, LATEST_RESOLVED};
 use crate::error::Error;
-use crate::syntax::{duration, window};
-use crate::validation;
+use crate::syntax::duration;
 use crate::yaml;
 
 /// What the preview of one Plan is made from.
 pub struct Input<'a> {
+    /// The Plan as written (a file) or as stored.
     pub plan: &'a Plan,
     /// The Plan as stored in the cluster, if it is (its UID orders the nodes; its status says
     /// which nodes are applying).
     pub stored: Option<&'a Plan>,
-    /// The version, or why it could not be resolved.
-    pub version: Result<String, String>,
-    /// The hash, or why it could not be computed.
-    pub hash: Result<String, String>,
+    /// What the channel (or `spec.version`) answered.
+    pub resolution: Resolution,
     pub nodes: &'a [Node],
+    /// The Plan's Jobs in the cluster, and their pods.
+    pub jobs: &'a [Job],
+    pub pods: &'a [Pod],
+    /// Secrets of the Plan's namespace that it names, by name.
+    pub secrets: &'a BTreeMap<String, Secret>,
     pub now: Timestamp,
 }
 
@@ -82,17 +97,17 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
                 .await
                 .map_err(|e| Error::Preview(format!("reading Plan {name}: {e}")))?
         };
-        let version = resolve(plan, stored.as_ref(), &channels).await;
-        let hash = match &version {
-            Ok(version) => plan_hash(&client, plan, version).await,
-            Err(_) => Err("no version, so no hash".to_owned()),
-        };
+        let resolution = resolve(plan, stored.as_ref(), &channels).await;
+        let (jobs, pods) = jobs_of(&client, &namespace, &name).await?;
+        let secrets = secrets_of(&client, plan).await?;
         out.push_str(&report(&Input {
             plan,
             stored: stored.as_ref(),
-            version,
-            hash,
+            resolution,
             nodes: &nodes,
+            jobs: &jobs,
+            pods: &pods,
+            secrets: &secrets,
             now: Timestamp::now(),
         }));
         out.push('\n');
@@ -128,76 +143,93 @@ fn read_plans(files: &[PathBuf], namespace: &str) -> Result<Vec<Plan>, Error> {
     Ok(plans)
 }
 
-/// The version the controller would apply: `spec.version`, or what the channel answers now
-/// (falling back to the stored one, said so, when the channel cannot be read).
-async fn resolve(
-    plan: &Plan,
-    stored: Option<&Plan>,
-    channels: &ChannelClient,
-) -> Result<String, String> {
+/// What the channel answers now, as the controller's poll would put it.
+async fn resolve(plan: &Plan, stored: Option<&Plan>, channels: &ChannelClient) -> Resolution {
     if let Some(version) = plan.spec.version.as_deref().filter(|v| !v.is_empty()) {
-        return Ok(munge(version));
+        return Resolution::Version(version.to_owned());
     }
     let Some(channel) = plan.spec.channel.as_deref().filter(|c| !c.is_empty()) else {
-        return Err("neither spec.version nor spec.channel is set".into());
+        return Resolution::Missing;
     };
     let previous = stored
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.latest_version.clone())
         .unwrap_or_default();
     match channels.resolve(channel, &previous, "").await {
-        Ok(version) => Ok(munge(&version)),
-        Err(e) if !previous.is_empty() => {
-            // Shown with the note, so the reader sees the channel failed.
-            Ok(format!(
-                "{previous} (the channel failed: {}; this is the last one resolved)",
-                e.0
-            ))
-        }
-        Err(e) => Err(format!("the channel failed: {}", e.0)),
+        Ok(version) => Resolution::Channel(version),
+        Err(e) => Resolution::ChannelFailed {
+            error: e.0,
+            retry: Duration::from_secs(5),
+        },
     }
 }
 
-/// The Plan's hash for `version`, reading the Secrets it covers.
-async fn plan_hash(client: &Client, plan: &Plan, version: &str) -> Result<String, String> {
-    let version = version.split(' ').next().unwrap_or(version);
+/// The Plan's Jobs of this controller in the cluster, and their pods.
+async fn jobs_of(
+    client: &Client,
+    namespace: &str,
+    plan: &str,
+) -> Result<(Vec<Job>, Vec<Pod>), Error> {
+    let controller = JobSettings::default().controller_name;
+    let selector = format!("{LABEL_PLAN}={plan},{LABEL_CONTROLLER}={controller}");
+    let params = ListParams::default().labels(&selector);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let jobs = jobs
+        .list(&params)
+        .await
+        .map_err(|e| Error::Preview(format!("listing the Jobs of Plan {plan}: {e}")))?
+        .items;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_PLAN}={plan}")))
+        .await
+        .map_err(|e| Error::Preview(format!("listing the pods of Plan {plan}: {e}")))?
+        .items;
+    Ok((jobs, pods))
+}
+
+/// The Secrets a Plan names that exist, by name.
+async fn secrets_of(client: &Client, plan: &Plan) -> Result<BTreeMap<String, Secret>, Error> {
     let namespace = plan.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let mut secrets = Vec::new();
+    let mut found = BTreeMap::new();
     for spec in plan.spec.secrets.iter().flatten() {
-        if spec.ignore_updates.unwrap_or(false) {
-            continue;
-        }
-        match api.get_opt(&spec.name).await {
-            Ok(Some(secret)) => secrets.push(secret),
-            Ok(None) => {
-                return Err(format!(
-                    "Secret {namespace}/{} is missing (the controller waits for it)",
-                    spec.name
-                ));
-            }
-            Err(e) => return Err(format!("reading Secret {namespace}/{}: {e}", spec.name)),
+        let secret = api.get_opt(&spec.name).await.map_err(|e| {
+            Error::Preview(format!("reading Secret {namespace}/{}: {e}", spec.name))
+        })?;
+        if let Some(secret) = secret {
+            found.insert(spec.name.clone(), secret);
         }
     }
-    let mut with_version = plan.clone();
-    with_version.status = Some(PlanStatus {
-        latest_version: Some(version.to_owned()),
-        ..PlanStatus::default()
-    });
-    let refs: Vec<&Secret> = secrets.iter().collect();
-    Ok(hash::plan_hash(&hash::go_shape(&with_version), &refs))
+    Ok(found)
+}
+
+/// The Plan the controller would see: as stored (a file's spec over the stored Plan's
+/// metadata and status), or as the webhook would create it.
+fn as_seen(input: &Input<'_>) -> Plan {
+    match input.stored {
+        Some(stored) => {
+            let mut plan = stored.clone();
+            plan.spec = input.plan.spec.clone();
+            plan.metadata.annotations = input.plan.metadata.annotations.clone();
+            plan
+        }
+        None => admission::created(input.plan),
+    }
 }
 
 /// The preview of one Plan.
 pub fn report(input: &Input<'_>) -> String {
-    let plan = input.plan;
-    let name = plan.metadata.name.as_deref().unwrap_or_default();
-    let namespace = plan.metadata.namespace.as_deref().unwrap_or_default();
+    let plan = as_seen(input);
+    let name = plan.metadata.name.clone().unwrap_or_default();
+    let namespace = plan.metadata.namespace.clone().unwrap_or_default();
     let mut out = format!("Plan {namespace}/{name}\n");
     let line = |out: &mut String, key: &str, value: &str| {
         out.push_str(&format!("  {key:<12} {value}\n"));
     };
-    let problems = validation::validate(plan).problems;
+    let secrets: BTreeMap<String, &Secret> =
+        input.secrets.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let problems = decide::problems(&plan, &secrets);
     if !problems.is_empty() {
         line(&mut out, "invalid:", "the controller would start no node:");
         for problem in problems {
@@ -205,28 +237,86 @@ pub fn report(input: &Input<'_>) -> String {
         }
         return out;
     }
-    let source = if plan.spec.version.as_deref().is_some_and(|v| !v.is_empty()) {
-        "spec.version"
+    let mut cluster = Cluster::new(
+        plan.clone(),
+        input.nodes.to_vec(),
+        input.resolution.clone(),
+        input.now,
+    );
+    cluster.jobs = input.jobs.to_vec();
+    cluster.pods = input.pods.to_vec();
+    cluster.secrets = input.secrets.clone();
+    let now = cluster.decide();
+    let conditions = now.status.conditions.clone().unwrap_or_default();
+    let source = match input.resolution {
+        Resolution::Version(_) => "spec.version",
+        _ => "the channel",
+    };
+    let version = now.status.latest_version.clone().unwrap_or_default();
+    let hash = now.status.latest_hash.clone().unwrap_or_default();
+    let resolved = status::get(&conditions, LATEST_RESOLVED);
+    let resolved_message = resolved.and_then(|c| c.message.clone()).unwrap_or_default();
+    if version.is_empty() || !status::is(&conditions, LATEST_RESOLVED, "True") {
+        line(
+            &mut out,
+            "version:",
+            &format!("unknown: {resolved_message}"),
+        );
+    } else if resolved_message.is_empty() {
+        line(&mut out, "version:", &format!("{version} (from {source})"));
     } else {
-        "the channel"
-    };
-    match &input.version {
-        Ok(version) => line(&mut out, "version:", &format!("{version} (from {source})")),
-        Err(why) => line(&mut out, "version:", &format!("unknown: {why}")),
+        line(
+            &mut out,
+            "version:",
+            &format!("{version} (from {source}; {resolved_message})"),
+        );
     }
-    let hash = match &input.hash {
-        Ok(hash) => {
-            line(&mut out, "hash:", hash);
-            Some(hash.as_str())
-        }
-        Err(why) => {
-            line(&mut out, "hash:", &format!("unknown: {why}"));
-            None
-        }
-    };
-    let Ok(Some(selector)) = select::node_selector(plan) else {
-        line(&mut out, "nodes:", "none: spec.nodeSelector is not set");
+    line(
+        &mut out,
+        "hash:",
+        if hash.is_empty() { "unknown" } else { &hash },
+    );
+    let Some(eligible) = nodes(&mut out, &plan, input, &hash) else {
         return out;
+    };
+    let concurrency = plan
+        .spec
+        .concurrency
+        .as_ref()
+        .and_then(|c| c.nodes(eligible))
+        .unwrap_or(0);
+    let how = match &plan.spec.concurrency {
+        Some(c @ IntOrPercent::Text(_)) => {
+            format!("{concurrency} at a time ({c} of {eligible} selected nodes)")
+        }
+        _ => format!("{concurrency} at a time"),
+    };
+    line(&mut out, "concurrency:", &how);
+    for note in holds(&plan, &now) {
+        line(&mut out, "hold:", &note);
+    }
+    if version.is_empty() || hash.is_empty() {
+        line(
+            &mut out,
+            "order:",
+            "none until the version is known: the controller starts nothing before",
+        );
+        return out;
+    }
+    order(&mut out, input, cluster, concurrency);
+    out
+}
+
+/// The nodes the Plan matches, selects, and has done; returns how many it selects, or `None`
+/// without a `nodeSelector`.
+fn nodes(out: &mut String, plan: &Plan, input: &Input<'_>, hash: &str) -> Option<usize> {
+    let name = plan.metadata.name.clone().unwrap_or_default();
+    let Ok(Some(selector)) = select::node_selector(plan) else {
+        out.push_str(&format!(
+            "  {:<12} none: spec.nodeSelector is not set\n",
+            "nodes:"
+        ));
+        return None;
     };
     let label = format!("{PLAN_LABEL_PREFIX}{name}");
     let node_name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
@@ -239,52 +329,40 @@ pub fn report(input: &Input<'_>) -> String {
             kube::core::SelectorExt::matches(&selector, labels)
         })
         .collect();
-    let no_hostname: Vec<String> = matching
+    let names = |nodes: &[&Node]| -> Vec<String> { nodes.iter().map(|n| node_name(n)).collect() };
+    let no_hostname: Vec<&Node> = matching
         .iter()
+        .copied()
         .filter(|n| !n.labels().contains_key(LABEL_HOSTNAME))
-        .map(|n| node_name(n))
         .collect();
-    let opted_out: Vec<String> = matching
+    let opted_out: Vec<&Node> = matching
         .iter()
+        .copied()
         .filter(|n| n.labels().get(&label).is_some_and(|v| v == "disabled"))
-        .map(|n| node_name(n))
         .collect();
     let eligible: Vec<&Node> = matching
         .iter()
         .copied()
-        .filter(|n| select::eligible(name, &selector, n))
+        .filter(|n| select::eligible(&name, &selector, n))
         .collect();
-    let done: Vec<String> = eligible
-        .iter()
-        .filter(|n| hash.is_some_and(|h| select::done(name, n, h)))
-        .map(|n| node_name(n))
-        .collect();
-    let applying: BTreeSet<String> = input
-        .stored
-        .and_then(|p| p.status.as_ref())
-        .and_then(|s| s.applying.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let left: Vec<&Node> = eligible
+    let done: Vec<&Node> = eligible
         .iter()
         .copied()
-        .filter(|n| !done.contains(&node_name(n)))
+        .filter(|n| !hash.is_empty() && select::done(&name, n, hash))
         .collect();
-    let (running, waiting): (Vec<&Node>, Vec<&Node>) =
-        left.iter().partition(|n| applying.contains(&node_name(n)));
-    let (held, mut queue): (Vec<&Node>, Vec<&Node>) =
-        waiting.iter().partition(|n| select::paused(n));
-    line(
-        &mut out,
+    let applying: BTreeSet<String> = applying(input).into_iter().collect();
+    let (running, waiting): (Vec<&Node>, Vec<&Node>) = eligible
+        .iter()
+        .filter(|n| !done.iter().any(|d| d.metadata.name == n.metadata.name))
+        .partition(|n| applying.contains(&node_name(n)));
+    let held: Vec<&Node> = waiting.into_iter().filter(|n| select::paused(n)).collect();
+    out.push_str(&format!(
+        "  {:<12} {} match spec.nodeSelector; {} selected, {} done\n",
         "nodes:",
-        &format!(
-            "{} match spec.nodeSelector; {} selected, {} done",
-            matching.len(),
-            eligible.len(),
-            done.len()
-        ),
-    );
+        matching.len(),
+        eligible.len(),
+        done.len()
+    ));
     let list = |out: &mut String, what: &str, names: &[String]| {
         if !names.is_empty() {
             out.push_str(&format!(
@@ -294,129 +372,60 @@ pub fn report(input: &Input<'_>) -> String {
             ));
         }
     };
-    let names = |nodes: &[&Node]| -> Vec<String> { nodes.iter().map(|n| node_name(n)).collect() };
-    list(&mut out, "done", &done);
+    list(out, "done", &names(&done));
     list(
-        &mut out,
+        out,
         &format!("opted out ({label}=disabled)"),
-        &opted_out,
+        &names(&opted_out),
     );
     list(
-        &mut out,
+        out,
         &format!("without the {LABEL_HOSTNAME} label, never selected"),
-        &no_hostname,
+        &names(&no_hostname),
     );
-    list(
-        &mut out,
-        &format!("held ({LABEL_PAUSE}=true)"),
-        &names(&held),
-    );
-    list(&mut out, "applying now", &names(&running));
-    let concurrency = plan
-        .spec
-        .concurrency
-        .as_ref()
-        .and_then(|c| c.nodes(eligible.len()))
-        .unwrap_or(0)
-        .max(1);
-    let how = match &plan.spec.concurrency {
-        Some(c @ crate::api::IntOrPercent::Text(_)) => {
-            format!(
-                "{concurrency} at a time ({c} of {} selected nodes)",
-                eligible.len()
-            )
-        }
-        _ => format!("{concurrency} at a time"),
-    };
-    line(&mut out, "concurrency:", &how);
-    for note in holds(input, &eligible) {
-        line(&mut out, "hold:", &note);
-    }
-    if let Some(hash) = hash {
-        let uid = input
-            .stored
-            .and_then(|p| p.metadata.uid.as_deref())
-            .unwrap_or_default();
-        queue.sort_by_cached_key(|n| select::start_order_key(n, uid, hash));
-        if uid.is_empty() && !queue.is_empty() {
-            out.push_str(
-                "  (the Plan is not in the cluster yet: the order below depends on the UID it gets \
-                 when created, so it is one possible order)\n",
-            );
-        }
-    } else {
-        queue.sort_by_key(|n| node_name(n));
-    }
-    if queue.is_empty() && running.is_empty() {
-        line(&mut out, "order:", "nothing left to upgrade");
-        return out;
-    }
-    line(
-        &mut out,
-        "order:",
-        &format!(
-            "{} node(s) to start, at most {concurrency} running at once; each batch starts as \
-             the one before frees its slots",
-            queue.len()
-        ),
-    );
-    let first_room = concurrency.saturating_sub(running.len());
-    let mut batches: Vec<Vec<String>> = Vec::new();
-    let mut rest = queue.iter().map(|n| node_name(n));
-    let first: Vec<String> = rest.by_ref().take(first_room).collect();
-    if !running.is_empty() || !first.is_empty() {
-        let mut batch = names(&running);
-        batch.extend(first);
-        batches.push(batch);
-    }
-    let rest: Vec<String> = rest.collect();
-    batches.extend(rest.chunks(concurrency).map(<[String]>::to_vec));
-    for (i, batch) in batches.iter().enumerate() {
-        out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
-    }
-    out
+    list(out, &format!("held ({LABEL_PAUSE}=true)"), &names(&held));
+    list(out, "applying now", &names(&running));
+    Some(eligible.len())
 }
 
-/// What would hold the rollout now: a pause, a closed window, a health gate.
-fn holds(input: &Input<'_>, eligible: &[&Node]) -> Vec<String> {
-    let spec = &input.plan.spec;
+/// The nodes applying as stored.
+fn applying(input: &Input<'_>) -> Vec<String> {
+    input
+        .stored
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.applying.clone())
+        .unwrap_or_default()
+}
+
+/// What holds the rollout now, in the controller's words (its Complete condition), and the
+/// gates that will hold each node on its way.
+fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
     let mut notes = Vec::new();
-    if spec.paused == Some(true) {
-        notes.push("spec.paused is true: no node would start".to_owned());
+    let conditions = now.status.conditions.clone().unwrap_or_default();
+    if let Some(complete) = status::get(&conditions, COMPLETE) {
+        let reason = complete.reason.as_deref().unwrap_or_default();
+        let message = complete.message.clone().unwrap_or_default();
+        let holding = [
+            Reason::Paused,
+            Reason::WaitingForHealth,
+            Reason::Waiting,
+            Reason::CRDOutdated,
+        ];
+        if holding.iter().any(|r| r.as_str() == reason) {
+            notes.push(message);
+        }
     }
-    if let Some(w) = &spec.window {
+    if let Some(w) = &plan.spec.window {
         let days: Vec<String> = w.days.iter().flatten().map(|d| d.0.clone()).collect();
-        let open = window::TimeWindow::parse(
-            &days,
+        notes.push(format!(
+            "spec.window: a rollout starts only within {} {}-{} {}",
+            days.join(","),
             w.start_time.as_deref().unwrap_or_default(),
             w.end_time.as_deref().unwrap_or_default(),
-            w.time_zone.as_deref().unwrap_or_default(),
-        )
-        .is_ok_and(|w| w.contains(input.now));
-        if !open {
-            notes.push(format!(
-                "spec.window is closed now ({} {}-{} {}): a rollout waits for it to open",
-                days.join(","),
-                w.start_time.as_deref().unwrap_or_default(),
-                w.end_time.as_deref().unwrap_or_default(),
-                w.time_zone.as_deref().unwrap_or("UTC"),
-            ));
-        }
+            w.time_zone.as_deref().unwrap_or("UTC"),
+        ));
     }
-    if let Some(gates) = &spec.health_gates {
-        if gates.all_nodes_ready == Some(true) {
-            let not_ready: Vec<String> = eligible
-                .iter()
-                .filter(|n| !is_ready(n))
-                .map(|n| n.metadata.name.clone().unwrap_or_default())
-                .collect();
-            if !not_ready.is_empty() {
-                notes.push(format!(
-                    "healthGates.allNodesReady: not Ready now: {}",
-                    not_ready.join(", ")
-                ));
-            }
-        }
+    if let Some(gates) = &plan.spec.health_gates {
         if let Some(ready_for) = gates.node_ready_for.as_deref() {
             let shown = duration::parse(ready_for).map_or(ready_for.to_owned(), duration::format);
             notes.push(format!(
@@ -435,11 +444,91 @@ fn holds(input: &Input<'_>, eligible: &[&Node]) -> Vec<String> {
     notes
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// The order in which the nodes would start: the controller's decision played forward with
+/// what holds it now lifted (a pause, the window, the health gates), every upgrade succeeding.
+fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency: usize) {
+    cluster.plan.spec.paused = None;
+    cluster.plan.spec.window = None;
+    cluster.query = None;
+    for node in &mut cluster.nodes {
+        let conditions = node
+            .status
+            .get_or_insert_with(NodeStatus::default)
+            .conditions
+            .get_or_insert_default();
+        conditions.retain(|c| c.type_ != "Ready");
+        conditions.push(NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..NodeCondition::default()
+        });
+    }
+    let uid = cluster.plan.metadata.uid.clone().unwrap_or_default();
+    let rollout = cluster.play();
+    let hash = rollout.last.status.latest_hash.clone().unwrap_or_default();
+    // Within a batch, in the order the controller picked them (its Jobs start together).
+    let picked = |name: &String| {
+        input
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_ref() == Some(name))
+            .map(|n| select::start_order_key(n, &uid, &hash))
+    };
+    let running = applying(input);
+    let mut batches: Vec<Vec<String>> = rollout
+        .steps
+        .iter()
+        .filter(|s| !s.started.is_empty())
+        .map(|s| {
+            let mut batch = s.started.clone();
+            batch.sort_by_cached_key(picked);
+            batch
+        })
+        .collect();
+    let starting: usize = batches.iter().map(Vec::len).sum();
+    if starting == 0 && running.is_empty() && rollout.complete {
+        out.push_str(&format!("  {:<12} nothing left to upgrade\n", "order:"));
+        return;
+    }
+    if input.stored.is_none() && starting > 0 {
+        out.push_str(
+            "  (the Plan is not in the cluster yet: the order below depends on the UID it gets \
+             when created, so it is one possible order)\n",
+        );
+    }
+    out.push_str(&format!(
+        "  {:<12} {starting} node(s) to start, at most {concurrency} running at once; each \
+         batch starts as the one before frees its slots\n",
+        "order:"
+    ));
+    let first_new = rollout.steps.first().is_some_and(|s| !s.started.is_empty());
+    if !running.is_empty() {
+        let mut first: Vec<String> = running.clone();
+        if first_new && !batches.is_empty() {
+            first.extend(batches.remove(0));
+        }
+        batches.insert(0, first);
+    }
+    for (i, batch) in batches.iter().enumerate() {
+        out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
+    }
+    if !rollout.complete {
+        let conditions = rollout.last.status.conditions.clone().unwrap_or_default();
+        let why = status::get(&conditions, COMPLETE)
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c.reason.as_deref().unwrap_or_default(),
+                    c.message.as_deref().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<12} the rollout stops there: {why}\n",
+            "then:"
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -473,7 +562,17 @@ mod tests {
             .map(|n| node(n, json!({"pool": "a"})))
             .collect();
         nodes.push(node("other", json!({"pool": "b"})));
-        nodes[0] = node("n1", json!({"pool": "a", "plan.upgrade.cattle.io/p": "h"}));
+        // The hash the controller computes for this Plan, which n1 already carries.
+        let mut with_version = plan.clone();
+        with_version.status = Some(crate::api::PlanStatus {
+            latest_version: Some("v1.30.4-k3s1".into()),
+            ..Default::default()
+        });
+        let h = crate::controller::hash::plan_hash(
+            &crate::controller::hash::go_shape(&with_version),
+            &[],
+        );
+        nodes[0] = node("n1", json!({"pool": "a", "plan.upgrade.cattle.io/p": h}));
         nodes[1] = node(
             "n2",
             json!({"pool": "a", "plan.upgrade.cattle.io/p": "disabled"}),
@@ -485,9 +584,11 @@ mod tests {
         let text = report(&Input {
             plan: &plan,
             stored: Some(&plan),
-            version: Ok("v1.30.4-k3s1".into()),
-            hash: Ok("h".into()),
+            resolution: Resolution::Version("v1.30.4+k3s1".into()),
             nodes: &nodes,
+            jobs: &[],
+            pods: &[],
+            secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
         });
         assert!(
@@ -513,7 +614,7 @@ mod tests {
         );
         // n4, n5, n6 in the controller's start order, two at a time.
         let mut order = ["n4", "n5", "n6"];
-        order.sort_by_cached_key(|n| select::start_order_key(&node(n, json!({})), "plan-uid", "h"));
+        order.sort_by_cached_key(|n| select::start_order_key(&node(n, json!({})), "plan-uid", &h));
         assert!(
             text.contains(&format!(
                 "    1: {}, {}\n    2: {}\n",
@@ -532,9 +633,11 @@ mod tests {
         let text = report(&Input {
             plan: &invalid,
             stored: None,
-            version: Ok("v1".into()),
-            hash: Ok("h".into()),
+            resolution: Resolution::Version("v1.30.4+k3s1".into()),
             nodes: &[],
+            jobs: &[],
+            pods: &[],
+            secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
         });
         assert!(
@@ -548,16 +651,95 @@ mod tests {
         let text = report(&Input {
             plan: &paused,
             stored: None,
-            version: Err("the channel failed: timeout".into()),
-            hash: Err("no version, so no hash".into()),
+            resolution: Resolution::ChannelFailed {
+                error: "timeout".into(),
+                retry: Duration::from_secs(5),
+            },
             nodes: &[node("a", json!({}))],
+            jobs: &[],
+            pods: &[],
+            secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
         });
+        // As the controller: nothing starts, and nothing can be ordered, before a version.
         assert!(
-            text.contains("version:     unknown: the channel failed: timeout"),
+            text.contains(
+                "version:     unknown: Failed to resolve latest version from Spec.Channel: timeout"
+            ),
             "{text}"
         );
+        assert!(
+            text.contains("order:       none until the version is known"),
+            "{text}"
+        );
+        // Resolved, the pause is told in the controller's words and the order is what it
+        // starts once resumed.
+        let text = report(&Input {
+            plan: &paused,
+            stored: None,
+            resolution: Resolution::Channel("v1.30.4+k3s1".into()),
+            nodes: &[node("a", json!({}))],
+            jobs: &[],
+            pods: &[],
+            secrets: &BTreeMap::new(),
+            now: Timestamp::UNIX_EPOCH,
+        });
         assert!(text.contains("hold:        spec.paused is true"), "{text}");
         assert!(text.contains("    1: a\n"), "{text}");
+    }
+
+    fn input<'a>(plan: &'a Plan, stored: Option<&'a Plan>, nodes: &'a [Node]) -> Input<'a> {
+        Input {
+            plan,
+            stored,
+            resolution: Resolution::Version("v1.30.4+k3s1".into()),
+            nodes,
+            jobs: &[],
+            pods: &[],
+            secrets: &NO_SECRETS,
+            now: "2026-11-23T10:00:00Z".parse().unwrap(), // a Monday
+        }
+    }
+
+    static NO_SECRETS: BTreeMap<String, Secret> = BTreeMap::new();
+
+    #[test]
+    fn a_stored_plan_without_concurrency_starts_nothing_and_a_new_one_gets_the_default() {
+        let spec = json!({"version": "v1.30.4+k3s1", "nodeSelector": {},
+            "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let plan = plan(spec);
+        let nodes = [node("a", json!({}))];
+        // Stored without it (the Go controller allowed that): the controller starts nothing.
+        let text = report(&input(&plan, Some(&plan), &nodes));
+        assert!(text.contains("invalid:"), "{text}");
+        assert!(text.contains(decide::CONCURRENCY_UNSET), "{text}");
+        assert!(!text.contains("order:"), "{text}");
+        // Not created yet: the webhook will set 1.
+        let text = report(&input(&plan, None, &nodes));
+        assert!(text.contains("concurrency: 1 at a time"), "{text}");
+        assert!(text.contains("    1: a\n"), "{text}");
+    }
+
+    #[test]
+    fn a_closed_window_is_told_in_the_controllers_words_and_the_order_still_shown() {
+        let spec = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
+            "window": {"days": ["saturday"], "startTime": "01:00", "endTime": "05:00", "timeZone": "UTC"},
+            "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let plan = plan(spec);
+        let nodes = [node("a", json!({})), node("b", json!({}))];
+        let text = report(&input(&plan, Some(&plan), &nodes));
+        assert!(
+            text.contains("hold:        current time is not within configured window"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.window: a rollout starts only within saturday 01:00-05:00 UTC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 node(s) to start, at most 1 running at once"),
+            "{text}"
+        );
+        assert!(!text.contains("then:"), "{text}");
     }
 }

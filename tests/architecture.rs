@@ -72,7 +72,14 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // The rules of a rollout, as one pure function.
-    ("decision", &["controller::decide", "controller::refusals"]),
+    (
+        "decision",
+        &[
+            "controller::decide",
+            "controller::refusals",
+            "controller::simulate",
+        ],
+    ),
     // What talks to the API server and serves HTTPS: the controller's shell, the server.
     ("shell", &["controller", "server", "certs", "leader"]),
     // The commands and the process.

@@ -14,7 +14,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::api::GROUP;
+use crate::api::{GROUP, Plan};
 use crate::validation;
 
 /// Most JSON values (scalars, arrays and objects, map keys included) an admitted object may hold.
@@ -331,6 +331,23 @@ fn respond(
 /// The defaults a Plan gets on create: the Go controller treats a missing concurrency as 0 and
 /// silently upgrades nothing. (`add` also replaces an explicit `null`.)
 const DEFAULT_CONCURRENCY: &str = r#"[{"op":"add","path":"/spec/concurrency","value":1}]"#;
+
+/// A Plan as the mutating webhook would store it when created (`preview` of a Plan that is
+/// not in the cluster yet): the same patch, applied.
+pub fn created(plan: &Plan) -> Plan {
+    if plan.spec.concurrency.is_some() {
+        return plan.clone();
+    }
+    let patched = serde_json::to_value(plan).and_then(|mut value| {
+        let patch: json_patch::Patch = serde_json::from_str(DEFAULT_CONCURRENCY)?;
+        if json_patch::patch(&mut value, &patch).is_ok() {
+            serde_json::from_value(value)
+        } else {
+            Ok(plan.clone())
+        }
+    });
+    patched.unwrap_or_else(|_| plan.clone())
+}
 
 /// Whether two objects have the same `spec` (both may have none). Equal text settles it; text
 /// that differs (the API server writes both the same way, so rarely) is compared as JSON.

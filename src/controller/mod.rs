@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod refusals;
 pub mod resolve;
 pub mod select;
+pub mod simulate;
 pub mod status;
 #[cfg(test)]
 mod testing;

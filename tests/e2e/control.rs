@@ -677,7 +677,7 @@ fn preview(ctx: &Ctx, args: &[&str]) -> String {
 }
 
 /// `preview -f` changes nothing and sorts the nodes as the controller would; `preview plan/NAME`
-/// names, in its first batch, exactly the nodes the controller then starts.
+/// names, in its batches, exactly the nodes the controller then starts, wave by wave.
 pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) {
     ctx.ensure_server();
     let s = Scenario::new(ctx, "pv", 5);
@@ -692,7 +692,7 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
     ctx.kubectl(&["label", "node", held_node, "upgrade.cattle.io/pause=true"])
         .expect_ok();
     let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
-        "metadata": {"name": "pv", "namespace": NAMESPACE, "annotations": {"suc-test/duration": "60s"}},
+        "metadata": {"name": "pv", "namespace": NAMESPACE, "annotations": {"suc-test/duration": "20s"}},
         "spec": {"concurrency": 2, "version": "v1.30.4+k3s1", "paused": true,
             "nodeSelector": {"matchLabels": {crate::scenario::SCENARIO_LABEL: "pv"}},
             "upgrade": {"image": "rancher/k3s-upgrade"}}});
@@ -758,5 +758,18 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
         })
     });
     assert_eq!(started, first, "preview said:\n{text}");
+    // And the second batch is the node the controller starts when the first frees its slots.
+    let second: String = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("2: "))
+        .unwrap()
+        .to_owned();
+    let next: String = wait("the third Job", 2 * MINUTE, || {
+        s.jobs("pv")
+            .iter()
+            .map(|j| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone())
+            .find(|n| !first.contains(n))
+    });
+    assert_eq!(next, second, "preview said:\n{text}");
     s.cleanup(); // the scenario's nodes go, labels and all
 }

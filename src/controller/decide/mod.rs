@@ -48,6 +48,7 @@ pub use decision::{
     Resolution, Tally, Target, completed_message,
 };
 pub use facts::{completion_labels, finished_at};
+pub use plan::problems;
 pub use pods::upgrade_may_have_started;
 
 use pass::{Context, Pass};

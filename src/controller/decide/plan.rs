@@ -1,13 +1,15 @@
 //! Phase 1: the Plan itself. Validation (the webhook's rules and the controller's own), the
 //! CRD in the cluster, the version and the hash. What it finds is [`Resolved`].
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Secret;
 
 use super::CONCURRENCY_UNSET;
 use super::decision::{Note, Resolution, Target};
 use super::facts::hashed_secrets;
 use super::pass::Pass;
-use crate::api::{PlanStatus, Reason};
+use crate::api::{Plan, PlanStatus, Reason};
 use crate::controller::status::{self, COMPLETE, CRD_CURRENT, LATEST_RESOLVED, VALIDATED};
 use crate::controller::{hash, resolve};
 use crate::validation;
@@ -44,11 +46,9 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>) -> Resolved {
     }
 }
 
-/// Validation: the webhook's rules, a concurrency that is set, and the Secrets that must
-/// exist. Sets `Validated`; returns whether the Plan is valid and whether every Secret the
-/// hash covers is there.
-fn validate(pass: &mut Pass<'_, '_>) -> (bool, bool) {
-    let plan = pass.cx.plan;
+/// Every problem that keeps a Plan from starting nodes: the webhook's rules, a concurrency
+/// that is set, and the Secrets the hash covers (of `secrets`, the Plan's namespace's).
+pub fn problems(plan: &Plan, secrets: &BTreeMap<String, &Secret>) -> Vec<String> {
     let mut problems: Vec<String> = validation::validate(plan)
         .problems
         .into_iter()
@@ -57,13 +57,21 @@ fn validate(pass: &mut Pass<'_, '_>) -> (bool, bool) {
     if plan.spec.concurrency.is_none() {
         problems.push(CONCURRENCY_UNSET.to_owned());
     }
-    let mut secrets_present = true;
     for name in hashed_secrets(plan) {
-        if !pass.cx.obs.secrets.contains_key(name) {
-            secrets_present = false;
+        if !secrets.contains_key(name) {
             problems.push(format!("secrets \"{name}\" not found"));
         }
     }
+    problems
+}
+
+/// Validation ([`problems`]). Sets `Validated`; returns whether the Plan is valid and whether
+/// every Secret the hash covers is there.
+fn validate(pass: &mut Pass<'_, '_>) -> (bool, bool) {
+    let plan = pass.cx.plan;
+    let secrets = pass.cx.obs.secrets;
+    let problems = problems(plan, secrets);
+    let secrets_present = hashed_secrets(plan).all(|name| secrets.contains_key(name));
     let out = &mut pass.out;
     if problems.is_empty() {
         if out.set_condition(VALIDATED, "True", Reason::PlanIsValid, "") {
