@@ -83,14 +83,24 @@ pub struct Election {
 
 /// What a leader checks before a write that must not come from a replica that lost the Lease
 /// without knowing yet (one paused, say by SIGSTOP, past the Lease's expiry, whose tasks wake
-/// before its renewal notices): the Lease, read now, names it as the holder.
+/// before its renewal notices). [`Fence::holds`] reads the Lease: it names this replica, and
+/// until when that proves anything (its renewal plus its duration, less a margin, on this
+/// process's monotonic clock). [`Fence::valid`] is asked right before each write: a process
+/// stopped between the read and the write finds, when it wakes, that the proof has run out,
+/// and reads the Lease again instead of writing (found by the soak: a replica stopped between
+/// its check and its cordon cordoned a node 10 ms after it woke, the Lease long another's).
 #[derive(Clone)]
 pub struct Fence {
     client: kube::Client,
     namespace: String,
     name: String,
     identity: String,
+    valid_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How much of the Lease's remaining time a write does not count on: request latency and the
+/// clocks of the replicas (another takes the Lease when its own clock says it expired).
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,20 +119,44 @@ impl Fence {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             identity: identity.to_owned(),
+            valid_until: Arc::default(),
         }
     }
 
-    /// Whether this replica holds the Lease now; false when the Lease cannot be read.
+    /// Whether this replica holds the Lease now, with time left before it could expire; false
+    /// when the Lease cannot be read.
     pub async fn holds(&self) -> bool {
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
             kube::Api::namespaced(self.client.clone(), &self.namespace);
-        match leases.get(&self.name).await {
-            Ok(lease) => {
-                lease.spec.and_then(|s| s.holder_identity).as_deref()
-                    == Some(self.identity.as_str())
-            }
-            Err(_) => false,
-        }
+        let spec = match leases.get(&self.name).await {
+            Ok(lease) => lease.spec.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let left = spec
+            .renew_time
+            .zip(spec.lease_duration_seconds)
+            .and_then(|(renewed, seconds)| {
+                let expires = renewed
+                    .0
+                    .checked_add(jiff::SignedDuration::from_secs(seconds.into()))
+                    .ok()?;
+                let left = jiff::Timestamp::now().duration_until(expires);
+                Duration::try_from(left).ok()?.checked_sub(FENCE_MARGIN)
+            })
+            .filter(|_| ours);
+        let until = left.map(|left| std::time::Instant::now() + left);
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        until.is_some()
+    }
+
+    /// Whether the last [`Fence::holds`] still proves this replica holds the Lease: asked right
+    /// before a write, with no wait between.
+    pub fn valid(&self) -> bool {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 }
 

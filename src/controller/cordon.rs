@@ -156,6 +156,10 @@ pub enum CordonError {
     Read { node: String, error: kube::Error },
     #[error("patching node {node}: {error}")]
     Patch { node: String, error: kube::Error },
+    /// The writer could not prove, at the moment of the write, that it may write (a replica
+    /// whose hold on the Lease ran out while it waited).
+    #[error("not patching node {0}: this replica's hold on the Lease is not proved now")]
+    Fenced(String),
 }
 
 /// How often a claim is tried again when the node changed between the read and the patch.
@@ -163,13 +167,15 @@ const ATTEMPTS: usize = 5;
 
 /// Claims (`claim`) or releases a node for a Plan, uncordoning it when no claim is left. Returns
 /// the node as read and what changed, or `None` when nothing did (also when the node is gone).
-/// Logged within the caller's span, which names the Plan and the node.
+/// `may_write` is asked right before each patch, after the read. Logged within the caller's
+/// span, which names the Plan and the node.
 pub async fn cordon(
     client: &Client,
     who: &Claimant,
     plan: &str,
     node: &str,
     claim: bool,
+    may_write: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<Option<(Node, Outcome)>, CordonError> {
     let nodes: Api<Node> = Api::all(client.clone());
     for _ in 0..ATTEMPTS {
@@ -180,6 +186,9 @@ pub async fn cordon(
         let Some((patch, outcome)) = cordon_patch(&current, plan, claim, who, &now) else {
             return Ok(None);
         };
+        if !may_write() {
+            return Err(CordonError::Fenced(node.to_owned()));
+        }
         match patch_node(&nodes, node, &patch).await? {
             Patched::Done => {
                 tracing::info!(reason = %outcome.reason, "cordon");

@@ -284,6 +284,13 @@ impl DrainHandle {
         }
     }
 
+    /// Whether the last [`DrainHandle::leads`] still proves this replica holds the Lease: asked
+    /// right before each write, so a replica stopped since (SIGSTOP, a frozen VM) reads the
+    /// Lease again when it wakes instead of writing.
+    fn may_write(&self) -> bool {
+        self.fence.as_ref().is_none_or(crate::leader::Fence::valid)
+    }
+
     /// Records an event of a drain on its Plan and its Node.
     async fn tell(&self, request: &DrainRequest, warning: bool, reason: Reason, message: String) {
         let note = Note::new(Target::Plan, warning, reason, message);
@@ -336,7 +343,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
                 if !handle.leads().await {
                     return not_leading(&request);
                 }
-                let Err(e) = open_gate(&handle.client, &request).await else {
+                let Err(e) = open_gate(&handle, &request).await else {
                     break;
                 };
                 let what = format!("telling pod {} to go on: {e}", request.pod);
@@ -396,7 +403,17 @@ fn not_leading(request: &DrainRequest) {
 /// Cordons the node (told on the node) and reads, or records, when this pod's drain began.
 async fn begin(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp, String> {
     let who = &handle.claimant;
-    match cordon::cordon(&handle.client, who, &request.plan.name, &request.node, true).await {
+    let may_write = || handle.may_write();
+    let cordoned = cordon::cordon(
+        &handle.client,
+        who,
+        &request.plan.name,
+        &request.node,
+        true,
+        &may_write,
+    )
+    .await;
+    match cordoned {
         Ok(Some((node, outcome))) => {
             let target = Target::Node(request.node.clone());
             let note = Note::new(target, false, outcome.reason, outcome.message);
@@ -405,7 +422,7 @@ async fn begin(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp
         Ok(None) => {}
         Err(e) => return Err(format!("cordoning: {e}")),
     }
-    drain_started(&handle.client, request)
+    drain_started(handle, request)
         .await
         .map_err(|e| format!("recording the drain's start: {e}"))
 }
@@ -429,20 +446,24 @@ async fn again(
 }
 
 /// Lets the upgrade pod go on: the annotation its gate container waits for.
-async fn open_gate(client: &Client, request: &DrainRequest) -> Result<(), kube::Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &request.plan.namespace);
+async fn open_gate(handle: &DrainHandle, request: &DrainRequest) -> Result<(), String> {
+    let pods: Api<Pod> = Api::namespaced(handle.client.clone(), &request.plan.namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINED: stamp(Timestamp::now())}}});
+    if !handle.may_write() {
+        return Err(FENCED.to_owned());
+    }
     pods.patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// When this pod's drain began: recorded on the upgrade pod the first time, so a controller
 /// restarted in the middle of a drain keeps its timeout, while the Job's next pod (after a
 /// reboot failed the first) and a replaced Job's pod each get a timeout of their own.
-async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timestamp, kube::Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &request.plan.namespace);
-    let pod = pods.get(&request.pod).await?;
+async fn drain_started(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp, String> {
+    let pods: Api<Pod> = Api::namespaced(handle.client.clone(), &request.plan.namespace);
+    let pod = pods.get(&request.pod).await.map_err(|e| e.to_string())?;
     if let Some(since) = pod
         .metadata
         .annotations
@@ -455,10 +476,17 @@ async fn drain_started(client: &Client, request: &DrainRequest) -> Result<Timest
     let now = Timestamp::now();
     let patch =
         serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAIN_STARTED: stamp(now)}}});
+    if !handle.may_write() {
+        return Err(FENCED.to_owned());
+    }
     pods.patch(&request.pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(now)
 }
+
+/// Why a write waits: the replica must read the Lease again first.
+const FENCED: &str = "this replica's hold on the Lease is not proved now; reading it again";
 
 /// Evicts (or deletes) the node's pods until none that the drain covers is left: those on the
 /// node at its first successful list, as `kubectl drain` does (pods arriving later, say an
@@ -623,6 +651,10 @@ impl Round {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(handle.client.clone(), namespace);
+        if !handle.may_write() {
+            // The next round reads the Lease again first.
+            return Some(FENCED.to_owned());
+        }
         let result = if evict {
             let params = kube::api::EvictParams {
                 delete_options: Some(self.delete.clone()),
@@ -960,11 +992,7 @@ mod tests {
     #[tokio::test]
     async fn a_replica_that_does_not_hold_the_lease_drains_nothing() {
         crate::controller::testing::crypto();
-        let lease = |holder: &str| {
-            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": "suc", "namespace": "system-upgrade"}, "spec": {"holderIdentity": holder}})
-        };
-        const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/system-upgrade/leases/suc";
+        let lease = |holder: &str| lease(holder, 0);
         let (mut api, progress, running) = task_fenced(json!({}), true);
         api.expect("GET", LEASE, 200, lease("other")).await;
         running.await.unwrap();
@@ -985,6 +1013,47 @@ mod tests {
         )
         .await;
         running.abort();
+    }
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/system-upgrade/leases/suc";
+
+    /// The Lease as the API server answers, held by `holder`, renewed `ago` seconds ago for 15 s.
+    fn lease(holder: &str, ago: i64) -> serde_json::Value {
+        let renewed = Timestamp::now() - jiff::SignedDuration::from_secs(ago);
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "suc", "namespace": "system-upgrade"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}})
+    }
+
+    /// Found by the long soak: a replica stopped (SIGSTOP) after it read the Lease and before
+    /// its cordon cordoned the node 10 ms after it woke, the Lease another's by then. A read of
+    /// the Lease proves the hold only until the Lease could expire: a write after that reads the
+    /// Lease again instead.
+    #[tokio::test]
+    async fn a_replica_stopped_between_its_check_and_its_cordon_reads_the_lease_again() {
+        crate::controller::testing::crypto();
+        let (mut api, progress, running) = task_fenced(json!({}), true);
+        // Renewed 13 s ago for 15 s: held, with a second of proof left after the margin.
+        api.expect("GET", LEASE, 200, lease("me", 13)).await;
+        job_stands(&mut api, "job-uid").await;
+        // The replica is stopped here for longer than that.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        api.expect(
+            "GET",
+            "/api/v1/nodes/n",
+            200,
+            json!({"metadata": {"name": "n"}}),
+        )
+        .await;
+        // No PATCH of the node: it reads the Lease again, and another replica holds it now.
+        api.expect("GET", LEASE, 200, lease("other", 1)).await;
+        running.await.unwrap();
+        api.done().await;
+        assert!(matches!(
+            &*progress.lock().unwrap(),
+            DrainProgress::Running(message) if message.contains("not proved")
+        ));
     }
 
     /// The drain's first steps: cordon the node, record the pod's drain start.

@@ -603,6 +603,27 @@ async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), Reconc
                 Err(e) => return Err(ReconcileError::job("deleting the pod", name, e)),
             }
         }
+        Change::ReleasePod { name, index, why } => {
+            tracing::info!(pod = %name, %why, "removing the Job controller's finalizer");
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            // Only if the finalizer is still where the caches had it; else the next pass looks.
+            let path = format!("/metadata/finalizers/{index}");
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+                {"op": "test", "path": path, "value": decide::pods::JOB_TRACKING_FINALIZER},
+                {"op": "remove", "path": path},
+            ]))
+            .map_err(|e| {
+                ReconcileError::job("releasing the pod", name, kube::Error::SerdeError(e))
+            })?;
+            match pods
+                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => {}
+                Err(e) => return Err(ReconcileError::job("releasing the pod", name, e)),
+            }
+        }
         Change::CreateJob(job) => {
             let name = job.name_any();
             match jobs.create(&PostParams::default(), job).await {
@@ -748,7 +769,9 @@ async fn label_node(
 /// on the node.
 pub async fn release(ctx: &Context, plan: &str, node: &str) -> Result<(), CordonError> {
     let who = ctx.settings.claimant();
-    if let Some((current, outcome)) = cordon::cordon(&ctx.client, &who, plan, node, false).await? {
+    if let Some((current, outcome)) =
+        cordon::cordon(&ctx.client, &who, plan, node, false, &|| true).await?
+    {
         let note = Note::new(
             Target::Node(node.to_owned()),
             false,
@@ -1115,6 +1138,51 @@ mod tests {
         }
     }
 
+    /// The finalizer goes only if it is still where the caches had it (a JSON patch that tests
+    /// it first); a pod gone or changed meanwhile is left to the next pass.
+    #[tokio::test]
+    async fn a_pod_is_released_from_the_job_finalizer_only_where_it_was_seen() {
+        let plan = plan();
+        for code in [200, 422, 404] {
+            let (ctx, mut api) = context(&plan, &[]);
+            let change = Change::ReleasePod {
+                name: "orphan".into(),
+                index: 1,
+                why: "its Job is gone".into(),
+            };
+            let acting = tokio::spawn({
+                let plan = plan.clone();
+                async move { apply(&ctx, &plan, &change).await }
+            });
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan"}});
+            let patched = if code == 200 {
+                api.expect(
+                    "PATCH",
+                    "/api/v1/namespaces/system-upgrade/pods/orphan",
+                    200,
+                    pod,
+                )
+                .await
+            } else {
+                api.refuse(
+                    "PATCH",
+                    "/api/v1/namespaces/system-upgrade/pods/orphan",
+                    code,
+                )
+                .await
+            };
+            assert_eq!(
+                patched.body,
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers/1", "value": "batch.kubernetes.io/job-tracking"},
+                    {"op": "remove", "path": "/metadata/finalizers/1"},
+                ])
+            );
+            assert!(finished(acting).await.is_ok(), "answered {code}");
+            api.done().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_job_name_taken_by_our_own_job_is_waited_for_and_by_another_blocks() {
         let plan = plan();
@@ -1154,7 +1222,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<Option<(Node, cordon::Outcome)>, CordonError>> {
         tokio::spawn(async move {
             let who = Claimant::new("system-upgrade", "suc");
-            cordon::cordon(&client, &who, "p", "a", true).await
+            cordon::cordon(&client, &who, "p", "a", true, &|| true).await
         })
     }
 

@@ -213,6 +213,11 @@ struct UpgradePod {
     node: Option<String>,
     /// It runs on its node: its gate (or prepare) started, or it is Running.
     runs: bool,
+    /// The resourceVersion of the state `runs` was read from: writes are replayed in the order
+    /// of their answers, and a create can be answered after the first update of what it created
+    /// (found by the long soak: the pod's create, answered 1 ms after kwok's status patch, read
+    /// as the pod no longer running).
+    version: u64,
 }
 
 #[derive(Debug, Default)]
@@ -601,6 +606,13 @@ impl Checker {
         }
         let entry = self.upgrade_pods.entry(w.name.clone()).or_default();
         entry.job_uid.clone_from(&self.jobs[job].uid);
+        let version: Option<u64> = pod["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok());
+        if w.verb != "delete" && version.is_some_and(|v| v < entry.version) {
+            return; // an older state, answered late
+        }
+        entry.version = version.unwrap_or(entry.version).max(entry.version);
         if let Some(node) = pod["spec"]["nodeName"].as_str() {
             entry.node = Some(node.to_owned());
         }
@@ -1189,9 +1201,25 @@ impl Built {
     /// The Job's pod, bound to `node`: `gate` (its gate runs), `opened` (drained, the upgrade
     /// may begin), or `failed`.
     fn pod(&mut self, uid: &str, node: &str, state: &str) -> &mut Self {
+        self.pod_write(uid, node, state, "patch", None)
+    }
+
+    /// As [`Built::pod`], written by `verb` and answered with `version` as its
+    /// resourceVersion.
+    fn pod_write(
+        &mut self,
+        uid: &str,
+        node: &str,
+        state: &str,
+        verb: &str,
+        version: Option<&str>,
+    ) -> &mut Self {
         let name = format!("pod-{uid}");
         let mut pod = serde_json::json!({"metadata": {"name": name, "labels": {"batch.kubernetes.io/controller-uid": uid}},
             "spec": {"nodeName": node}, "status": {"phase": "Pending"}});
+        if let Some(version) = version {
+            pod["metadata"]["resourceVersion"] = version.into();
+        }
         match state {
             "gate" => {
                 pod["status"]["initContainerStatuses"] =
@@ -1205,7 +1233,7 @@ impl Built {
             "failed" => pod["status"]["phase"] = "Failed".into(),
             _ => {}
         }
-        self.push(Actor::System, "patch", "pods", &name, pod)
+        self.push(Actor::System, verb, "pods", &name, pod)
     }
 
     fn workload(&mut self, name: &str, node: &str) -> &mut Self {
@@ -1589,4 +1617,27 @@ pub fn the_checker_catches_the_violation_the_soak_found() {
         found.contains("upgrade may have begun") && found.contains("Job deleted by Controller"),
         "the trail shows the history that breaks the rule:\n{found}"
     );
+}
+
+/// Found by the long soak: a pod's create was answered 1 ms after kwok's first status patch of
+/// it, and the checker, replaying answers in order, read the create's older state (no container
+/// started) as the pod no longer running, then flagged the node's cordon. Within a pod, the
+/// newest resourceVersion counts; a newer state that says the pod does not run still does.
+pub fn a_late_answer_about_a_pod_does_not_undo_a_newer_one() {
+    let mut b = history();
+    b.job("u1", "soak-1", "h1")
+        .pod_write("u1", "soak-1", "gate", "patch", Some("20"))
+        .pod_write("u1", "soak-1", "", "create", Some("10"))
+        .node(Actor::Controller, "soak-1", true, true, None)
+        .evict("w-soak-1")
+        .pod("u1", "soak-1", "opened")
+        .job_done("u1", "soak-1", "h1", "Complete")
+        .node(Actor::Controller, "soak-1", false, false, Some("h1"));
+    assert_eq!(b.rules(vec![]), Vec::<Rule>::new());
+    let mut b = history();
+    b.job("u1", "soak-1", "h1")
+        .pod_write("u1", "soak-1", "gate", "patch", Some("20"))
+        .pod_write("u1", "soak-1", "", "patch", Some("30"))
+        .node(Actor::Controller, "soak-1", true, true, None);
+    assert!(b.rules(vec![]).contains(&Rule::TouchedBeforeItsPod));
 }

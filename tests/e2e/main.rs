@@ -123,6 +123,7 @@ const TESTS: &[Test] = tests! {
     alone history::the_checker_catches_each_kind_of_violation,
     alone history::the_end_state_check_catches_what_is_left_behind,
     alone history::the_checker_catches_the_violation_the_soak_found,
+    alone history::a_late_answer_about_a_pod_does_not_undo_a_newer_one,
     cluster drain::drains_evict_workloads_between_prepare_and_upgrade,
     cluster drain::bare_and_emptydir_pods_follow_the_drain_flags,
     cluster drain::budgets_block_until_the_timeout,

@@ -160,6 +160,13 @@ pub enum Change {
         name: String,
         why: String,
     },
+    /// Remove the Job controller's tracking finalizer (at `index` of the pod's finalizers) from
+    /// a pod of this Plan being deleted whose Job is gone, as the Job controller would have.
+    ReleasePod {
+        name: String,
+        index: usize,
+        why: String,
+    },
     /// Drop this Plan's cordon claim; uncordon the node when no claim is left.
     Release {
         node: String,
@@ -182,6 +189,7 @@ impl Change {
             Change::LabelNode { .. }
             | Change::AdoptCordon { .. }
             | Change::DeletePod { .. }
+            | Change::ReleasePod { .. }
             | Change::Release { .. }
             | Change::ClearRetry { .. } => None,
         }

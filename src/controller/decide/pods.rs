@@ -234,6 +234,54 @@ pub fn stranded<'a>(pods: &[&'a Pod], jobs: &[&Job], before: jiff::Timestamp) ->
         .collect()
 }
 
+/// The Job controller's finalizer on the pods it tracks.
+pub const JOB_TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+
+/// Pods of a Plan whose Job is gone, being deleted since before `before`, that the Job
+/// controller's tracking finalizer still keeps, with the finalizer's index: nothing of the
+/// upgrade ever ran in them, and the Job controller, which removes that finalizer from pods of
+/// Jobs that are gone, missed them (found by the long soak: a pod of a Job deleted and re-created
+/// under its name stayed Terminating for ten minutes after an API server restart, and the
+/// Jobs' anti-affinity kept the node's new upgrade pod off the node all that time).
+pub fn held_by_finalizer<'a>(
+    pods: &[&'a Pod],
+    jobs: &[&Job],
+    before: jiff::Timestamp,
+) -> Vec<(&'a Pod, usize)> {
+    let uids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
+        .collect();
+    pods.iter()
+        .copied()
+        .filter(|p| {
+            p.metadata
+                .deletion_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0 < before)
+        })
+        .filter(|p| {
+            let owner = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "Job" && o.controller == Some(true));
+            owner.is_some_and(|o| !uids.contains(&o.uid.as_str()))
+        })
+        .filter(|p| !pod_may_have_begun(p) || matches!(phase(p), "Succeeded" | "Failed"))
+        .filter_map(|p| {
+            let index = p
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .position(|f| f == JOB_TRACKING_FINALIZER)?;
+            Some((p, index))
+        })
+        .collect()
+}
+
 /// Whether a pod's `prepare` init container (if it has one) finished successfully.
 pub fn prepared(pod: &Pod) -> bool {
     let has_prepare = pod

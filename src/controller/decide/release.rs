@@ -58,7 +58,9 @@ pub(super) fn leftovers(pass: &mut Pass<'_, '_>, jobs: &Jobs<'_>, selected: &[&N
 
 /// Pods whose Job is gone and which still wait in `prepare` or their gate go: the garbage
 /// collector can take minutes after an API server outage, and meanwhile they keep the node's
-/// next upgrade pod off the node (found by the soak). Seen for two minutes first.
+/// next upgrade pod off the node (found by the soak). Seen for two minutes first. Such a pod
+/// being deleted for two minutes that only the Job controller's finalizer keeps is released
+/// from it.
 pub(super) fn stranded_pods(pass: &mut Pass<'_, '_>) {
     let obs = pass.cx.obs;
     let before = obs
@@ -69,6 +71,17 @@ pub(super) fn stranded_pods(pass: &mut Pass<'_, '_>) {
         pass.out.before.push(Change::DeletePod {
             name: pod.metadata.name.clone().unwrap_or_default(),
             why: "its Job is gone and its upgrade never began".into(),
+        });
+    }
+    for (pod, index) in pods::held_by_finalizer(obs.pods, obs.jobs, before) {
+        pass.out.before.push(Change::ReleasePod {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            index,
+            why: format!(
+                "it is being deleted, its Job is gone, and only the Job controller's {} \
+                 finalizer keeps it",
+                pods::JOB_TRACKING_FINALIZER
+            ),
         });
     }
 }

@@ -141,7 +141,7 @@ impl World {
         self.plan["status"] = serde_json::to_value(&decision.status).unwrap();
         for change in decision.before.iter().chain(&decision.after) {
             match change {
-                Change::DeletePod { name, .. } => {
+                Change::DeletePod { name, .. } | Change::ReleasePod { name, .. } => {
                     self.pods.retain(|p| p["metadata"]["name"] != name.as_str());
                 }
                 Change::DeleteJob { name, .. } => {
@@ -2843,4 +2843,125 @@ fn a_crd_that_lacks_spec_fields_holds_new_starts_and_says_so_on_the_plan() {
     world.crd_gaps.clear();
     let current = world.step();
     assert!(status::get(current.status.conditions.as_deref().unwrap(), CRD_CURRENT).is_none());
+}
+
+/// `preview` plays a rollout with `controller::simulate`; this file's World steps the same
+/// decision with a cluster model of its own. On the same Plan and nodes both start the same
+/// nodes in the same waves, drain first, with a percentage and a held node.
+#[test]
+fn the_simulated_rollout_preview_plays_starts_what_stepping_the_decision_starts() {
+    let spec = json!({"concurrency": "40%", "version": "v1.30.4+k3s1", "nodeSelector": {},
+        "drain": {"force": true}, "prepare": {"image": "busybox"},
+        "upgrade": {"image": "rancher/k3s-upgrade"}});
+    let mut world = World::new(spec).nodes(&["a", "b", "c", "d", "e", "f"]);
+    world.node_mut("c")["metadata"]["labels"]["upgrade.cattle.io/pause"] = json!("true");
+    let plan: Plan = serde_json::from_value(world.plan.clone()).unwrap();
+    let nodes: Vec<Node> = world
+        .nodes
+        .iter()
+        .map(|n| serde_json::from_value(n.clone()).unwrap())
+        .collect();
+    let simulated = crate::controller::simulate::Cluster::new(
+        plan,
+        nodes,
+        Resolution::Version("v1.30.4+k3s1".into()),
+        NOW.parse().unwrap(),
+    )
+    .play();
+    let expected: Vec<Vec<String>> = simulated
+        .steps
+        .iter()
+        .filter(|s| !s.started.is_empty())
+        .map(|s| s.started.clone())
+        .collect();
+
+    let mut stepped: Vec<Vec<String>> = Vec::new();
+    for _ in 0..40 {
+        let decision = world.step();
+        let started = created(&decision);
+        if !started.is_empty() {
+            stepped.push(started);
+        }
+        // Upgrades whose gate the drain opened succeed, as they do in the simulation.
+        let opened: Vec<String> = world
+            .pods
+            .iter()
+            .filter(|p| !p["metadata"]["annotations"]["upgrade.cattle.io/drained"].is_null())
+            .map(|p| {
+                p["metadata"]["labels"]["upgrade.cattle.io/node"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        for node in opened {
+            let finished = world.jobs.iter().any(|j| {
+                j["metadata"]["labels"]["upgrade.cattle.io/node"] == node.as_str()
+                    && !j["status"]["conditions"].is_null()
+            });
+            if !finished {
+                world.finish_job(&node, true, NOW);
+            }
+        }
+    }
+    assert_eq!(stepped, expected);
+    assert_eq!(expected.len(), 3, "five nodes two at a time: {expected:?}");
+    assert!(expected.iter().flatten().all(|n| n != "c"), "c is held");
+    assert!(!simulated.complete, "c keeps the Plan from completing");
+    let (_, reason, _) = condition(&simulated.last, COMPLETE);
+    assert_eq!(reason, "Paused");
+}
+
+/// Found by the long soak: a pod of a Job deleted and re-created under its name stayed
+/// Terminating for ten minutes, kept by the Job controller's tracking finalizer, and the Jobs'
+/// anti-affinity kept the node's new upgrade pod off the node. After two minutes of deletion,
+/// the finalizer of such a pod, whose upgrade never began, is removed; not sooner, and never
+/// from a pod whose upgrade may have begun or one of a Job that stands.
+#[test]
+fn a_terminating_pod_of_a_job_that_is_gone_is_released_from_the_job_finalizer() {
+    let mut s = spec();
+    s["drain"] = json!({});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    world.step();
+    let mut orphan = world.pod_mut("a").clone();
+    orphan["metadata"]["name"] = json!("orphan");
+    orphan["metadata"]["ownerReferences"][0]["uid"] = json!("deleted-job-uid");
+    orphan["metadata"]["annotations"] = json!({});
+    orphan["metadata"]["finalizers"] =
+        json!(["example.com/other", "batch.kubernetes.io/job-tracking"]);
+    let released = |world: &World| -> Vec<(String, usize)> {
+        changes(&world.decide())
+            .filter_map(|c| match c {
+                Change::ReleasePod { name, index, .. } => Some((name.clone(), *index)),
+                _ => None,
+            })
+            .collect()
+    };
+    for (deleted, begun, expected) in [
+        (
+            "2026-11-23T09:57:00Z",
+            false,
+            vec![("orphan".to_owned(), 1)],
+        ),
+        ("2026-11-23T09:59:00Z", false, vec![]),
+        ("2026-11-23T09:57:00Z", true, vec![]),
+    ] {
+        let mut pod = orphan.clone();
+        pod["metadata"]["deletionTimestamp"] = json!(deleted);
+        if begun {
+            pod["metadata"]["annotations"] = json!({"upgrade.cattle.io/drained": "now"});
+        }
+        world.pods.push(pod);
+        assert_eq!(
+            released(&world),
+            expected,
+            "deleted {deleted}, begun {begun}"
+        );
+        world.pods.retain(|p| p["metadata"]["name"] != "orphan");
+    }
+    // The node's own Job's pod, being deleted, is the Job controller's to finish.
+    world.pod_mut("a")["metadata"]["deletionTimestamp"] = json!("2026-11-23T09:50:00Z");
+    world.pod_mut("a")["metadata"]["finalizers"] = json!(["batch.kubernetes.io/job-tracking"]);
+    assert!(released(&world).is_empty());
 }
