@@ -146,17 +146,14 @@ impl Fence {
             })
             .filter(|_| ours);
         let until = left.map(|left| std::time::Instant::now() + left);
-        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        *crate::sync::lock(&self.valid_until) = until;
         until.is_some()
     }
 
     /// Whether the last [`Fence::holds`] still proves this replica holds the Lease: asked right
     /// before a write, with no wait between.
     pub fn valid(&self) -> bool {
-        self.valid_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| std::time::Instant::now() < until)
+        crate::sync::lock(&self.valid_until).is_some_and(|until| std::time::Instant::now() < until)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod preview;
 pub mod retry;
 pub mod server;
 pub mod switchback;
+pub mod sync;
 pub mod syntax;
 pub mod telemetry;
 pub mod validation;

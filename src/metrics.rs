@@ -390,7 +390,7 @@ impl Process {
             // Linux reports CPU time in ticks of 1/100 s (USER_HZ) on every platform it runs on.
             if let (Some(user), Some(system)) = (number(11), number(12)) {
                 let now = (user + system) as f64 / 100.0;
-                let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut seen = crate::sync::lock(&self.cpu_seen);
                 if now > *seen {
                     self.cpu_seconds.inc_by(now - *seen);
                     *seen = now;

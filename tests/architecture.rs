@@ -47,10 +47,17 @@ fn modules() -> BTreeMap<String, String> {
 /// The layers of `src/`, bottom first, each with the modules in it (a module path names its
 /// submodules too, unless they are listed themselves).
 const LAYERS: &[(&str, &[&str])] = &[
-    // Words every module may use: errors, syntax, metrics, start-up retries.
+    // Words every module may use: errors, syntax, metrics, start-up retries, locks.
     (
         "base",
-        &["error", "syntax", "metrics", "retry", "server::conn"],
+        &[
+            "error",
+            "syntax",
+            "metrics",
+            "retry",
+            "server::conn",
+            "sync",
+        ],
     ),
     // The Plan's types and the CRD; YAML reading.
     ("api", &["api", "yaml"]),

@@ -124,12 +124,12 @@ pub struct Gaps(std::sync::Mutex<Arc<[String]>>);
 
 impl Gaps {
     pub fn now(&self) -> Arc<[String]> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::lock(&self.0).clone()
     }
 
     /// Records what the CRD lacks; returns whether that changed.
     pub fn set(&self, gaps: Vec<String>) -> bool {
-        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::sync::lock(&self.0);
         if *current.as_ref() == *gaps.as_slice() {
             return false;
         }

@@ -313,7 +313,7 @@ impl DrainHandle {
 pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex<DrainProgress>>) {
     let started = std::time::Instant::now();
     let set = |state: DrainProgress| {
-        let mut current = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::sync::lock(&progress);
         let changed = *current != state;
         *current = state;
         changed

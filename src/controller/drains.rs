@@ -23,10 +23,7 @@ struct DrainTask {
 
 impl DrainTask {
     fn progress(&self) -> DrainProgress {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.progress).clone()
     }
 }
 
@@ -45,7 +42,7 @@ impl Drains {
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, DrainTask>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.tasks)
     }
 
     /// The drains of a Plan's Jobs, by Job UID.

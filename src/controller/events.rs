@@ -79,7 +79,7 @@ impl Events {
         let Some(key) = &note.once else {
             return true;
         };
-        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        let mut said = crate::sync::lock(&self.said);
         if said.len() >= SAID_LIMIT {
             said.clear();
         }
@@ -107,7 +107,7 @@ impl Events {
     fn hold(self: &Arc<Self>, reference: ObjectReference, note: &Note) {
         let key = (reference.uid.clone().unwrap_or_default(), note.reason);
         {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = crate::sync::lock(&self.held);
             if let Some((_, waiting)) = held.get_mut(&key) {
                 waiting.absorb(note);
                 return;
@@ -117,11 +117,7 @@ impl Events {
         let events = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(HOLD).await;
-            let taken = events
-                .held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            let taken = crate::sync::lock(&events.held).remove(&key);
             if let Some((reference, note)) = taken {
                 events.record(&reference, &note).await;
             }

@@ -113,7 +113,7 @@ impl Expectations {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
-        self.by_plan.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.by_plan)
     }
 }
 

@@ -40,7 +40,7 @@ impl Channels {
     }
 
     fn polls(&self) -> std::sync::MutexGuard<'_, HashMap<String, Poll>> {
-        self.polls.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.polls)
     }
 
     /// Resolves the Plan's version. Resolution does not wait for the other rules (as in the Go

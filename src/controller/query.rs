@@ -101,7 +101,7 @@ impl Queries {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, String, QueryOutcome)>> {
-        self.answers.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.answers)
     }
 }
 

@@ -217,7 +217,7 @@ impl Backoff {
             return Duration::from_millis(200);
         }
         let key = plan.metadata.uid.clone().unwrap_or_default();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = crate::sync::lock(&self.failures);
         let count = failures.entry(key).or_insert(0);
         *count = (*count + 1).min(20);
         Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300))
@@ -225,10 +225,7 @@ impl Backoff {
 
     fn succeeded(&self, plan: &Plan) {
         let key = plan.metadata.uid.clone().unwrap_or_default();
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        crate::sync::lock(&self.failures).remove(&key);
     }
 }
 

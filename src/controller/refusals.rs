@@ -39,7 +39,7 @@ pub struct Refusals {
 
 impl Refusals {
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Kept>>> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.kept)
     }
 
     /// A Plan's refusals, by Job name.
@@ -113,7 +113,7 @@ impl Refusals {
     /// Whether the events of a Job without a pod are to be read now (at most every
     /// [`LOOKUP_EVERY`] per Job).
     pub fn lookup_due(&self, job_uid: &str, now: Instant) -> bool {
-        let mut looked_up = self.looked_up.lock().unwrap_or_else(|e| e.into_inner());
+        let mut looked_up = crate::sync::lock(&self.looked_up);
         if looked_up.len() > 10_000 {
             looked_up.clear();
         }

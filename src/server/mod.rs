@@ -119,10 +119,7 @@ impl Readiness {
     }
 
     fn watch_failed_at(&self, resource: &'static str, error: String, at: Instant) {
-        let mut failing = self
-            .failing_watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut failing = crate::sync::lock(&self.failing_watches);
         failing.insert(resource, (validation::bounded(&error), at));
         self.any_watch_failing.store(true, Ordering::SeqCst);
     }
@@ -130,10 +127,7 @@ impl Readiness {
     /// A watch of `resource` delivered an event, so it works.
     pub fn watch_ok(&self, resource: &'static str) {
         if self.any_watch_failing.load(Ordering::Relaxed) {
-            let mut failing = self
-                .failing_watches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut failing = crate::sync::lock(&self.failing_watches);
             failing.remove(resource);
             self.any_watch_failing
                 .store(!failing.is_empty(), Ordering::SeqCst);
@@ -147,10 +141,7 @@ impl Readiness {
         if !self.any_watch_failing.load(Ordering::SeqCst) {
             return None;
         }
-        let failing = self
-            .failing_watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let failing = crate::sync::lock(&self.failing_watches);
         let list: Vec<String> = failing
             .iter()
             .filter(|(_, (_, at))| now.saturating_duration_since(*at) < WATCH_ERROR_FRESH)
@@ -161,26 +152,19 @@ impl Readiness {
 
     /// The controller stopped: its watches no longer count.
     pub fn watches_stopped(&self) {
-        let mut failing = self
-            .failing_watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut failing = crate::sync::lock(&self.failing_watches);
         failing.clear();
         self.any_watch_failing.store(false, Ordering::SeqCst);
     }
 
     /// Sets (or clears) what `/readyz` tells besides readiness.
     pub fn set_notice(&self, notice: Option<String>) {
-        *self.notice.lock().unwrap_or_else(|e| e.into_inner()) =
-            notice.map(|n| validation::bounded(&n));
+        *crate::sync::lock(&self.notice) = notice.map(|n| validation::bounded(&n));
     }
 
     /// What `/readyz` tells besides readiness, if anything.
     pub fn notice(&self) -> Option<String> {
-        self.notice
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.notice).clone()
     }
 
     /// Why the server is not ready, if it is not.
