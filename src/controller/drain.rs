@@ -561,50 +561,33 @@ async fn evict_all(
             1 => waiting[0].clone(),
             n => format!("{} (and {} more)", waiting[0], n - 1),
         };
-        if let Some(timeout) = options.timeout
-            && !timed_out
-            && now.as_second() - since.as_second()
-                >= i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)
-        {
-            let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
-            let message = format!(
-                "drain of node {node} timed out after {after}: {}",
-                waiting[0]
-            );
-            match options.on_timeout {
-                OnTimeout::Fail => return Err(Undrained::Failed(message)),
-                OnTimeout::Skip if round.delete_instead => return Err(Undrained::Failed(message)),
-                OnTimeout::Skip => {
-                    return Err(Undrained::Skipped(format!(
-                        "{message}; skipping the node (onTimeout: Skip)"
-                    )));
-                }
-                OnTimeout::Retry => {
-                    timed_out = true;
-                    let text = format!(
-                        "{message}; evicting on until the Job's deadline (onTimeout: Retry)"
-                    );
-                    handle
-                        .tell(request, true, Reason::DrainTimedOut, text)
-                        .await;
-                }
-                OnTimeout::Delete if round.delete_instead => {
-                    return Err(Undrained::Failed(format!(
-                        "{message} (the pods left were deleted at the first timeout)"
-                    )));
-                }
-                OnTimeout::Delete => {
-                    round.delete_instead = true;
-                    since = now;
-                    let text = format!(
-                        "{message}; deleting the pods left instead of evicting them \
-                         (onTimeout: Delete)"
-                    );
-                    handle
-                        .tell(request, true, Reason::DrainTimedOut, text)
-                        .await;
-                    continue;
-                }
+        let elapsed =
+            Duration::from_secs(u64::try_from(now.as_second() - since.as_second()).unwrap_or(0));
+        let step = timeout_step(
+            options,
+            node,
+            &waiting[0],
+            elapsed,
+            timed_out,
+            round.delete_instead,
+        );
+        match step {
+            TimeoutStep::GoOn => {}
+            TimeoutStep::Fail(message) => return Err(Undrained::Failed(message)),
+            TimeoutStep::Skip(message) => return Err(Undrained::Skipped(message)),
+            TimeoutStep::KeepEvicting(text) => {
+                timed_out = true;
+                handle
+                    .tell(request, true, Reason::DrainTimedOut, text)
+                    .await;
+            }
+            TimeoutStep::DeleteInstead(text) => {
+                round.delete_instead = true;
+                since = now;
+                handle
+                    .tell(request, true, Reason::DrainTimedOut, text)
+                    .await;
+                continue;
             }
         }
         if set(DrainProgress::Running(summary)) {
@@ -612,6 +595,57 @@ async fn evict_all(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What a drain whose pods are not all gone does next, as `drain.timeout` and `onTimeout` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TimeoutStep {
+    /// Before the timeout (or after one already told with `Retry`): keep evicting.
+    GoOn,
+    /// The node fails, with this message.
+    Fail(String),
+    /// The node is given up (`Skip`).
+    Skip(String),
+    /// Told once (`Retry`); evictions go on until the Job's deadline.
+    KeepEvicting(String),
+    /// Told (`Delete`); the pods left are deleted instead of evicted, the timeout starting over.
+    DeleteInstead(String),
+}
+
+/// The step of a drain that has waited `elapsed` for its pods (`waiting` the first it waits
+/// for), `timed_out` once told with `Retry`, `deleting` once `Delete` switched to deletions.
+fn timeout_step(
+    options: &DrainOptions,
+    node: &str,
+    waiting: &str,
+    elapsed: Duration,
+    timed_out: bool,
+    deleting: bool,
+) -> TimeoutStep {
+    let Some(timeout) = options.timeout else {
+        return TimeoutStep::GoOn;
+    };
+    if timed_out || elapsed.as_secs() < timeout.as_secs() {
+        return TimeoutStep::GoOn;
+    }
+    let after = duration::format(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+    let message = format!("drain of node {node} timed out after {after}: {waiting}");
+    match options.on_timeout {
+        OnTimeout::Fail => TimeoutStep::Fail(message),
+        OnTimeout::Skip if deleting => TimeoutStep::Fail(message),
+        OnTimeout::Skip => {
+            TimeoutStep::Skip(format!("{message}; skipping the node (onTimeout: Skip)"))
+        }
+        OnTimeout::Retry => TimeoutStep::KeepEvicting(format!(
+            "{message}; evicting on until the Job's deadline (onTimeout: Retry)"
+        )),
+        OnTimeout::Delete if deleting => TimeoutStep::Fail(format!(
+            "{message} (the pods left were deleted at the first timeout)"
+        )),
+        OnTimeout::Delete => TimeoutStep::DeleteInstead(format!(
+            "{message}; deleting the pods left instead of evicting them (onTimeout: Delete)"
+        )),
     }
 }
 
@@ -737,6 +771,65 @@ mod tests {
 
     fn action(pod_spec: serde_json::Value, drain: serde_json::Value) -> PodAction {
         pod_action(&pod(pod_spec), &options(drain), NOW.parse().unwrap())
+    }
+
+    /// What a drain does at its timeout, for each `onTimeout`, decided without the API.
+    #[test]
+    fn the_timeout_step_follows_on_timeout() {
+        let options = |on_timeout: &str| {
+            DrainOptions::from_spec(
+                &serde_json::from_value(json!({"timeout": "5m", "onTimeout": on_timeout})).unwrap(),
+            )
+        };
+        let step = |on: &str, secs: u64, timed_out: bool, deleting: bool| {
+            let elapsed = Duration::from_secs(secs);
+            timeout_step(
+                &options(on),
+                "n",
+                "pod web/a blocked",
+                elapsed,
+                timed_out,
+                deleting,
+            )
+        };
+        let timed_out = "drain of node n timed out after 5m0s: pod web/a blocked";
+        for on in ["Fail", "Retry", "Delete", "Skip"] {
+            assert_eq!(
+                step(on, 299, false, false),
+                TimeoutStep::GoOn,
+                "{on} before"
+            );
+        }
+        assert_eq!(
+            step("Fail", 300, false, false),
+            TimeoutStep::Fail(timed_out.into())
+        );
+        assert!(
+            matches!(step("Skip", 300, false, false), TimeoutStep::Skip(m) if m.ends_with("(onTimeout: Skip)"))
+        );
+        assert!(matches!(
+            step("Retry", 300, false, false),
+            TimeoutStep::KeepEvicting(_)
+        ));
+        assert_eq!(
+            step("Retry", 900, true, false),
+            TimeoutStep::GoOn,
+            "told once"
+        );
+        assert!(matches!(
+            step("Delete", 300, false, false),
+            TimeoutStep::DeleteInstead(_)
+        ));
+        assert!(
+            matches!(step("Delete", 300, false, true), TimeoutStep::Fail(m) if m.contains("deleted at the first timeout"))
+        );
+        // Without a timeout the drain waits (the Job's deadline bounds it).
+        let none = DrainOptions::from_spec(&serde_json::from_value(json!({})).unwrap());
+        let forever = Duration::from_secs(86_400);
+        assert_eq!(
+            timeout_step(&none, "n", "x", forever, false, false),
+            TimeoutStep::GoOn
+        );
     }
 
     #[test]
