@@ -214,7 +214,7 @@ impl Cluster {
                     .and_then(|j| j.metadata.uid.clone())
                     .unwrap_or_default();
                 self.jobs.retain(|j| j.metadata.name.as_ref() != Some(name));
-                self.pods.retain(|p| !owned_by(p, &uid));
+                self.pods.retain(|p| !pods::owned_by(p, &uid));
                 self.drains.remove(&uid);
             }
             Change::CreateJob(job) => self.create(job),
@@ -383,7 +383,7 @@ impl Cluster {
         for job in &mut self.jobs {
             let running = job.status.as_ref().is_some_and(|s| s.active == Some(1));
             let uid = job.metadata.uid.clone().unwrap_or_default();
-            let Some(pod) = self.pods.iter_mut().find(|p| owned_by(p, &uid)) else {
+            let Some(pod) = self.pods.iter_mut().find(|p| pods::owned_by(p, &uid)) else {
                 continue;
             };
             let opened = pods::gate(pod).is_none()
@@ -428,14 +428,6 @@ impl Cluster {
             .iter_mut()
             .find(|n| n.metadata.name.as_deref() == Some(name))
     }
-}
-
-fn owned_by(pod: &Pod, uid: &str) -> bool {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == uid)
 }
 
 /// Applies a JSON merge patch to a node, as the API server would.

@@ -13,7 +13,8 @@ pub fn has_pod(job: &Job, pods: &[&Pod]) -> bool {
     pods.iter().any(|p| owned_by(p, uid))
 }
 
-fn owned_by(pod: &Pod, uid: &str) -> bool {
+/// Whether the Job of UID `uid` owns the pod.
+pub fn owned_by(pod: &Pod, uid: &str) -> bool {
     pod.metadata
         .owner_references
         .iter()
@@ -207,10 +208,7 @@ fn pod_may_have_begun(pod: &Pod) -> bool {
 /// the node while they stay. Only pods older than `before` count, so a new Job's pod seen before
 /// its Job is not taken for one.
 pub fn stranded<'a>(pods: &[&'a Pod], jobs: &[&Job], before: jiff::Timestamp) -> Vec<&'a Pod> {
-    let uids: Vec<&str> = jobs
-        .iter()
-        .filter_map(|j| j.metadata.uid.as_deref())
-        .collect();
+    let uids = job_uids(jobs);
     pods.iter()
         .copied()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -221,15 +219,7 @@ pub fn stranded<'a>(pods: &[&'a Pod], jobs: &[&Job], before: jiff::Timestamp) ->
                 .as_ref()
                 .is_some_and(|t| t.0 < before)
         })
-        .filter(|p| {
-            let owner = p
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.kind == "Job" && o.controller == Some(true));
-            owner.is_some_and(|o| !uids.contains(&o.uid.as_str()))
-        })
+        .filter(|p| job_gone(p, &uids))
         .filter(|p| !pod_may_have_begun(p))
         .collect()
 }
@@ -248,10 +238,7 @@ pub fn held_by_finalizer<'a>(
     jobs: &[&Job],
     before: jiff::Timestamp,
 ) -> Vec<(&'a Pod, usize)> {
-    let uids: Vec<&str> = jobs
-        .iter()
-        .filter_map(|j| j.metadata.uid.as_deref())
-        .collect();
+    let uids = job_uids(jobs);
     pods.iter()
         .copied()
         .filter(|p| {
@@ -260,15 +247,7 @@ pub fn held_by_finalizer<'a>(
                 .as_ref()
                 .is_some_and(|t| t.0 < before)
         })
-        .filter(|p| {
-            let owner = p
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.kind == "Job" && o.controller == Some(true));
-            owner.is_some_and(|o| !uids.contains(&o.uid.as_str()))
-        })
+        .filter(|p| job_gone(p, &uids))
         .filter(|p| !pod_may_have_begun(p) || matches!(phase(p), "Succeeded" | "Failed"))
         .filter_map(|p| {
             let index = p
@@ -280,6 +259,23 @@ pub fn held_by_finalizer<'a>(
             Some((p, index))
         })
         .collect()
+}
+
+fn job_uids<'a>(jobs: &[&'a Job]) -> Vec<&'a str> {
+    jobs.iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
+        .collect()
+}
+
+/// Whether the Job that controls a pod is none of `uids` (deleted, or replaced under its name).
+fn job_gone(pod: &Pod, uids: &[&str]) -> bool {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Job" && o.controller == Some(true));
+    owner.is_some_and(|o| !uids.contains(&o.uid.as_str()))
 }
 
 /// Whether a pod's `prepare` init container (if it has one) finished successfully.
