@@ -331,7 +331,7 @@ pub fn joining_nodes_and_lowered_concurrency(ctx: &Ctx) {
         spec,
         json!({"annotations": {"suc-test/duration": "12s"}}),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    low.wait_observed("low", MINUTE);
     assert_eq!(
         low.plan_json("low")["status"]["applying"],
         first,

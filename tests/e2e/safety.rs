@@ -60,7 +60,7 @@ pub fn editing_the_drain_never_ends_a_running_upgrade(ctx: &Ctx) {
         "dredit",
         json!({"spec": {"drain": {"timeout": "30m", "onTimeout": "Skip", "force": true}}}),
     );
-    std::thread::sleep(Duration::from_secs(8));
+    s.wait_observed("dredit", MINUTE);
     assert_eq!(
         job_uids(&s, "dredit"),
         before,

@@ -148,6 +148,18 @@ impl<'a> Scenario<'a> {
         )
     }
 
+    /// Waits until the controller has reconciled the Plan's spec as it is now (its status's
+    /// `observedGeneration` is the Plan's generation): what that pass decided has been done, so
+    /// a check that the edit changed nothing needs no fixed wait.
+    #[track_caller]
+    pub fn wait_observed(&self, plan: &str, timeout: Duration) {
+        wait(&format!("Plan {plan}'s edit observed"), timeout, || {
+            let plan = self.plan_json(plan);
+            let generation = plan["metadata"]["generation"].as_i64()?;
+            (plan["status"]["observedGeneration"].as_i64() == Some(generation)).then_some(())
+        })
+    }
+
     pub fn jobs(&self, plan: &str) -> Vec<Job> {
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), NAMESPACE);
         let list = self
