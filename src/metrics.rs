@@ -47,7 +47,7 @@ pub struct PlanLabels {
 }
 
 /// What a failed reconcile's `error` label says (`ReconcileError::kind`).
-pub const RECONCILE_ERRORS: [&str; 7] = [
+pub const RECONCILE_ERRORS: [&str; 8] = [
     "conflict",
     "write_status",
     "job",
@@ -55,6 +55,7 @@ pub const RECONCILE_ERRORS: [&str; 7] = [
     "clear_retry",
     "cordon",
     "blocked",
+    "not_leading",
 ];
 
 /// The states `suc_plan_nodes` counts, as `decide::Tally` names them.

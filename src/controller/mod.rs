@@ -96,7 +96,7 @@ pub async fn run(
         .map_err(|e| crate::error::Error::ChannelClient(e.to_string()))?;
     let channels = Channels::new(channel_client, cluster_id, settings.polling_interval);
     let queries = Queries::new().map_err(crate::error::Error::QueryClient)?;
-    let context = Arc::new(Context::new(
+    let mut context = Context::new(
         client.clone(),
         settings.clone(),
         watches.caches.clone(),
@@ -105,7 +105,9 @@ pub async fn run(
         (channels, queries),
         (metrics, readiness.clone()),
         wake,
-    ));
+    );
+    context.fence = config.fence.clone();
+    let context = Arc::new(context);
     // The Plan CRD, compared with this controller's whenever it is written.
     tokio::spawn(crd::watch(
         client.clone(),

@@ -88,6 +88,9 @@ pub struct Context {
     pub expect: Expectations,
     /// Jobs the API server refused, and Jobs whose pod cannot be created.
     pub refusals: Refusals,
+    /// With leader election: proves, before each write of a pass, that this replica still
+    /// holds the Lease (a process stopped in the middle of a pass must not write on waking).
+    pub fence: Option<crate::leader::Fence>,
 }
 
 /// Why a reconcile did not finish; it is retried with backoff. Each names what failed.
@@ -112,6 +115,10 @@ pub enum ReconcileError {
     /// Something outside the controller blocks the Plan; said in an event, retried with backoff.
     #[error("{0}")]
     Blocked(String),
+    /// This replica could not prove it holds the Lease before a write: it writes nothing more
+    /// (the election stops its controller once it notices).
+    #[error("this replica does not hold the Lease (or cannot read it); not writing")]
+    NotLeading,
 }
 
 impl ReconcileError {
@@ -125,6 +132,7 @@ impl ReconcileError {
             Self::ClearRetry(_) => "clear_retry",
             Self::Cordon(_) => "cordon",
             Self::Blocked(_) => "blocked",
+            Self::NotLeading => "not_leading",
         }
     }
 
@@ -165,6 +173,23 @@ impl Context {
             backoff: Backoff::default(),
             expect: Expectations::default(),
             refusals: Refusals::default(),
+            fence: None,
+        }
+    }
+
+    /// Whether the last read of the Lease still proves this replica holds it (always without
+    /// leader election), asked right before a write with no wait between.
+    fn proved(&self) -> bool {
+        self.fence.as_ref().is_none_or(crate::leader::Fence::valid)
+    }
+
+    /// Whether this replica may write now: without leader election always; with it, while the
+    /// last read of the Lease still proves the hold, else after reading it again.
+    async fn may_write(&self) -> Result<(), ReconcileError> {
+        match &self.fence {
+            None => Ok(()),
+            Some(fence) if fence.valid() || fence.holds().await => Ok(()),
+            Some(_) => Err(ReconcileError::NotLeading),
         }
     }
 
@@ -503,6 +528,7 @@ async fn write_status(
         return Ok(());
     };
     let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    ctx.may_write().await?;
     let stored = match api
         .patch_status(
             &plan.name_any(),
@@ -567,6 +593,7 @@ async fn began_meanwhile(
 
 #[tracing::instrument(skip_all, fields(job = change.job(), node = change.node()))]
 async fn apply(ctx: &Context, plan: &Plan, change: &Change) -> Result<(), ReconcileError> {
+    ctx.may_write().await?;
     let namespace = plan.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     match change {
@@ -767,7 +794,7 @@ async fn label_node(
 pub async fn release(ctx: &Context, plan: &str, node: &str) -> Result<(), CordonError> {
     let who = ctx.settings.claimant();
     if let Some((current, outcome)) =
-        cordon::cordon(&ctx.client, &who, plan, node, false, &|| true).await?
+        cordon::cordon(&ctx.client, &who, plan, node, false, &|| ctx.proved()).await?
     {
         let note = Note::new(
             Target::Node(node.to_owned()),
@@ -1133,6 +1160,49 @@ mod tests {
             finished(acting).await.unwrap();
             api.done().await;
         }
+    }
+
+    /// Found by the long soak for drains, and true of a pass too: a replica stopped in the middle
+    /// of a pass wakes with its decision made. Before each write it proves it still holds the
+    /// Lease (reading it again once the last read no longer proves it): a replica that does not
+    /// hold it writes nothing.
+    #[tokio::test]
+    async fn a_replica_that_lost_the_lease_writes_nothing_of_its_pass() {
+        crate::controller::testing::crypto();
+        let plan = plan();
+        let (mut ctx, mut api) = context(&plan, &[]);
+        ctx.fence = Some(crate::leader::Fence::new(
+            ctx.client.clone(),
+            "system-upgrade",
+            "suc",
+            "me",
+        ));
+        let change = Change::DeleteJob {
+            name: "j".into(),
+            why: "its node no longer needs the Plan".into(),
+            unless_begun: false,
+        };
+        let acting = tokio::spawn({
+            let plan = plan.clone();
+            async move { apply(&ctx, &plan, &change).await }
+        });
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "suc", "namespace": "system-upgrade"},
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15,
+                "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
+        api.expect(
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/system-upgrade/leases/suc",
+            200,
+            lease,
+        )
+        .await;
+        assert!(matches!(
+            finished(acting).await,
+            Err(ReconcileError::NotLeading)
+        ));
+        // No DELETE of the Job.
+        api.done().await;
     }
 
     /// The finalizer goes only if it is still where the caches had it (a JSON patch that tests
