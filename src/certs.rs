@@ -437,4 +437,63 @@ mod tests {
         );
         assert!(read_ca(&Secret::default()).is_none());
     }
+
+    /// Two replicas start at once: the other creates the CA Secret first. This one takes that
+    /// CA (so both serve from one), issues its certificate from it, and writes it into the
+    /// webhook that lacks it, scoped to its namespace; a missing configuration is left alone.
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_for_the_ca_serves_from_the_winners() {
+        let (client, mut api) = crate::controller::testing::client();
+        let bootstrap = Bootstrap {
+            client,
+            namespace: "system-upgrade".into(),
+            service: "suc".into(),
+            ca_secret: "suc-ca".into(),
+            webhook_config: "suc".into(),
+            extra_names: Vec::new(),
+            check_interval: Duration::from_secs(60),
+        };
+        let resolver = Arc::new(CertResolver::default());
+        let starting = tokio::spawn({
+            let (bootstrap, resolver) = (bootstrap.clone(), resolver.clone());
+            async move { bootstrap.start(&resolver).await.map(|_| ()) }
+        });
+        const SECRET: &str = "/api/v1/namespaces/system-upgrade/secrets";
+        api.refuse("GET", &format!("{SECRET}/suc-ca"), 404).await;
+        let created = api.refuse("POST", SECRET, 409).await;
+        assert!(created.body["data"][CA_KEY_KEY].is_string());
+        let winner = new_ca().unwrap();
+        let stored = serde_json::to_value(bootstrap.ca_secret(&winner)).unwrap();
+        api.expect("GET", &format!("{SECRET}/suc-ca"), 200, stored)
+            .await;
+        const MUTATING: &str =
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/suc";
+        let configuration = serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration", "metadata": {"name": "suc"},
+            "webhooks": [{"name": "mutate.plans.upgrade.cattle.io", "admissionReviewVersions": ["v1"],
+                "sideEffects": "None", "clientConfig": {"service": {"name": "suc", "namespace": "system-upgrade"}}}]});
+        api.expect("GET", MUTATING, 200, configuration.clone())
+            .await;
+        let patched = api.expect("PATCH", MUTATING, 200, configuration).await;
+        let webhook = &patched.body["webhooks"][0];
+        assert_eq!(webhook["name"], "mutate.plans.upgrade.cattle.io");
+        let bundle = ByteString(winner.cert_pem.clone().into_bytes());
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"],
+            serde_json::to_value(&bundle).unwrap()
+        );
+        assert_eq!(
+            webhook["namespaceSelector"]["matchLabels"][NAMESPACE_NAME_LABEL],
+            "system-upgrade"
+        );
+        api.refuse(
+            "GET",
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/suc",
+            404,
+        )
+        .await;
+        starting.await.unwrap().unwrap();
+        api.done().await;
+        assert!(resolver.is_loaded());
+    }
 }

@@ -23,7 +23,7 @@ pub mod select;
 pub mod simulate;
 pub mod status;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod watches;
 
 use std::sync::Arc;
