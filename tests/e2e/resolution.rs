@@ -309,7 +309,7 @@ pub fn plans_that_bypassed_the_webhook_are_validated(ctx: &Ctx) {
         edit.stdout,
         edit.stderr
     );
-    std::thread::sleep(Duration::from_secs(3));
+    s.wait_observed("byp-noconc", MINUTE);
     let plan = s.plan_json("byp-noconc");
     assert!(plan["spec"].get("concurrency").is_none(), "{plan}");
     assert!(s.jobs("byp-noconc").is_empty());
