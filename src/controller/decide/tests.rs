@@ -2429,8 +2429,8 @@ fn a_second_pod_that_cannot_be_placed_does_not_hold_the_drain() {
 /// lost track of it), and the anti-affinity of the node's new upgrade pod kept that one off the
 /// node. Such a pod, seen for two minutes, is deleted; a running one, or a new one whose Job is
 /// only late in the cache, is not.
-#[test]
-fn a_pod_of_a_job_that_is_gone_waiting_in_its_gate_is_deleted() {
+/// A node draining for its Job, and a pod like that Job's whose Job is gone.
+fn world_with_an_orphan() -> (World, Value) {
     let mut s = spec();
     s["drain"] = json!({});
     let mut world = World::new(s).nodes(&["a"]);
@@ -2440,6 +2440,12 @@ fn a_pod_of_a_job_that_is_gone_waiting_in_its_gate_is_deleted() {
     orphan["metadata"]["name"] = json!("orphan");
     orphan["metadata"]["ownerReferences"][0]["uid"] = json!("deleted-job-uid");
     orphan["metadata"]["annotations"] = json!({});
+    (world, orphan)
+}
+
+#[test]
+fn a_pod_of_a_job_that_is_gone_waiting_in_its_gate_is_deleted() {
+    let (mut world, orphan) = world_with_an_orphan();
     let stranded = |world: &World| -> Vec<String> {
         changes(&world.decide())
             .filter_map(|c| match c {
@@ -2919,15 +2925,7 @@ fn the_simulated_rollout_preview_plays_starts_what_stepping_the_decision_starts(
 /// from a pod whose upgrade may have begun or one of a Job that stands.
 #[test]
 fn a_terminating_pod_of_a_job_that_is_gone_is_released_from_the_job_finalizer() {
-    let mut s = spec();
-    s["drain"] = json!({});
-    let mut world = World::new(s).nodes(&["a"]);
-    world.drains_finish = false;
-    world.step();
-    let mut orphan = world.pod_mut("a").clone();
-    orphan["metadata"]["name"] = json!("orphan");
-    orphan["metadata"]["ownerReferences"][0]["uid"] = json!("deleted-job-uid");
-    orphan["metadata"]["annotations"] = json!({});
+    let (mut world, mut orphan) = world_with_an_orphan();
     orphan["metadata"]["finalizers"] =
         json!(["example.com/other", "batch.kubernetes.io/job-tracking"]);
     let released = |world: &World| -> Vec<(String, usize)> {
