@@ -67,7 +67,8 @@ pub struct Rollout {
     pub complete: bool,
 }
 
-/// The first decision's passes at most per node, before a rollout is taken for stuck.
+/// Passes per node (and for four more) after which a rollout that has not ended is taken for
+/// one that does not end.
 const STEPS_PER_NODE: usize = 8;
 
 impl Cluster {

@@ -8,6 +8,8 @@ use super::*;
 /// need it (starting nodes), then the events.
 pub async fn act(ctx: &Context, plan: &Plan, decision: &Decision) -> Result<(), ReconcileError> {
     ctx.expect.begin(&uid(plan));
+    // Proved once here, so the changes below (up to 16 at once) need no read of the Lease each.
+    ctx.may_write().await?;
     apply_all(ctx, plan, &decision.before).await?;
     write_status(ctx, plan, decision).await?;
     apply_all(ctx, plan, &decision.after).await?;
