@@ -256,6 +256,7 @@ fn run(ctx: &Ctx, seed: u64, chaos: Duration, node_count: usize) -> Report {
             "replay: SUC_SOAK_SEEDS={seed} SUC_SOAK_SECONDS={} SUC_SOAK_NODES={node_count} cargo test --features e2e --test e2e -- --exact a_seeded_soak_keeps_the_safety_rules\n",
             chaos.as_secs()
         ));
+        report.push_str(&format!("kept: {}\n", keep_evidence(ctx, seed, &audit_log)));
     }
     soak.cleanup();
     drop(scenario);
@@ -270,6 +271,27 @@ fn run(ctx: &Ctx, seed: u64, chaos: Duration, node_count: usize) -> Report {
         json,
         violations: violations.len(),
     }
+}
+
+/// Copies what a failed seed's violations are read from (the audit log, the replicas' logs)
+/// out of the cluster's directory, which goes with the cluster, into `target/soak-failures/SEED`;
+/// returns where (found by the long soak: a replay's evidence was gone before it was read).
+fn keep_evidence(ctx: &Ctx, seed: u64, audit_log: &std::path::Path) -> String {
+    let kept = crate::support::repo("target/soak-failures").join(seed.to_string());
+    let _ = std::fs::create_dir_all(&kept);
+    let _ = std::fs::copy(audit_log, kept.join("audit.log"));
+    let prefix = format!("server-soak-{seed}-");
+    for entry in std::fs::read_dir(&ctx.cluster.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            let _ = std::fs::copy(entry.path(), kept.join(&name));
+        }
+    }
+    kept.display().to_string()
 }
 
 impl Soak<'_> {
