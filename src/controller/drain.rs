@@ -321,7 +321,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     let mut failures = 0;
     let since = loop {
         if !handle.leads().await {
-            return not_leading(&request);
+            return not_leading(&handle, &request);
         }
         if !job_stands(&handle.client, &request).await {
             // Deleted (by hand, or replaced): its node is not cordoned for it.
@@ -341,7 +341,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         Ok(evicted) => {
             loop {
                 if !handle.leads().await {
-                    return not_leading(&request);
+                    return not_leading(&handle, &request);
                 }
                 let Err(e) = open_gate(&handle, &request).await else {
                     break;
@@ -367,7 +367,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
                 .await;
             set(DrainProgress::Failed(message));
         }
-        Err(Undrained::NotLeading) => return not_leading(&request),
+        Err(Undrained::NotLeading) => return not_leading(&handle, &request),
         Err(Undrained::Skipped(message)) => {
             handle.metrics.drain_finished("skipped", started.elapsed());
             handle
@@ -396,8 +396,14 @@ async fn job_stands(client: &Client, request: &DrainRequest) -> bool {
 }
 
 /// A drain stopped because this replica no longer holds the Lease.
-fn not_leading(request: &DrainRequest) {
-    tracing::warn!(node = %request.node, "this replica no longer holds the Lease; the drain stops");
+/// A drain that cannot prove this replica holds the Lease (it lost it, or could not read it in
+/// time) stops and wakes its Plan: a replica that still leads starts the drain again from the
+/// next pass, and one that lost the Lease stops its controller. (A replay of the long soak ended
+/// with four nodes cordoned and their upgrades waiting in their gates; a drain stopped this way
+/// woke nothing, and nothing else may wake the Plan for minutes.)
+fn not_leading(handle: &DrainHandle, request: &DrainRequest) {
+    tracing::warn!(node = %request.node, "this replica cannot prove it holds the Lease; the drain stops");
+    handle.wake(request);
 }
 
 /// Cordons the node (told on the node) and reads, or records, when this pod's drain began.
@@ -987,10 +993,11 @@ mod tests {
         Arc<Mutex<DrainProgress>>,
         tokio::task::JoinHandle<()>,
     ) {
-        task_fenced(options, false)
+        let (api, progress, running, _) = task_fenced(options, false);
+        (api, progress, running)
     }
 
-    /// As [`task`], for a replica elected as `me` when `fenced`.
+    /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
     fn task_fenced(
         options: serde_json::Value,
         fenced: bool,
@@ -998,6 +1005,7 @@ mod tests {
         crate::controller::testing::ApiServer,
         Arc<Mutex<DrainProgress>>,
         tokio::task::JoinHandle<()>,
+        tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Plan>>,
     ) {
         use crate::controller::events::{Events, Reporter};
         let (client, api) = crate::controller::testing::client();
@@ -1006,7 +1014,7 @@ mod tests {
         let (events_client, _gone) = crate::controller::testing::client();
         let (nodes, _) = kube::runtime::reflector::store();
         let reporter = Reporter::new("suc", Some("server-1"));
-        let (wake, _) = tokio::sync::mpsc::unbounded_channel();
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
         let handle = DrainHandle {
             client,
             fence,
@@ -1031,7 +1039,7 @@ mod tests {
         };
         let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
         let running = tokio::spawn(run(handle, request, progress.clone()));
-        (api, progress, running)
+        (api, progress, running, woken)
     }
 
     fn listed(pods: &[(&str, bool)]) -> serde_json::Value {
@@ -1086,16 +1094,18 @@ mod tests {
     async fn a_replica_that_does_not_hold_the_lease_drains_nothing() {
         crate::controller::testing::crypto();
         let lease = |holder: &str| lease(holder, 0);
-        let (mut api, progress, running) = task_fenced(json!({}), true);
+        let (mut api, progress, running, mut woken) = task_fenced(json!({}), true);
         api.expect("GET", LEASE, 200, lease("other")).await;
         running.await.unwrap();
+        // Its Plan is woken: the next pass starts the drain again, or finds the controller gone.
+        assert!(woken.try_recv().is_ok(), "the Plan was not woken");
         assert_eq!(
             *progress.lock().unwrap(),
             DrainProgress::Running("starting".into())
         );
         api.done().await;
         // Holding it, the drain goes on to cordon the node.
-        let (mut api, _, running) = task_fenced(json!({}), true);
+        let (mut api, _, running, _woken) = task_fenced(json!({}), true);
         api.expect("GET", LEASE, 200, lease("me")).await;
         job_stands(&mut api, "job-uid").await;
         api.expect(
@@ -1126,7 +1136,7 @@ mod tests {
     #[tokio::test]
     async fn a_replica_stopped_between_its_check_and_its_cordon_reads_the_lease_again() {
         crate::controller::testing::crypto();
-        let (mut api, progress, running) = task_fenced(json!({}), true);
+        let (mut api, progress, running, _woken) = task_fenced(json!({}), true);
         // Renewed 13 s ago for 15 s: held, with a second of proof left after the margin.
         api.expect("GET", LEASE, 200, lease("me", 13)).await;
         job_stands(&mut api, "job-uid").await;
