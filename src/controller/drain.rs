@@ -997,16 +997,17 @@ mod tests {
         (api, progress, running)
     }
 
-    /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
-    fn task_fenced(
-        options: serde_json::Value,
-        fenced: bool,
-    ) -> (
+    /// A drain task under test: the API server it talks to, its progress, the task, and the
+    /// Plans it wakes.
+    type Fenced = (
         crate::controller::testing::ApiServer,
         Arc<Mutex<DrainProgress>>,
         tokio::task::JoinHandle<()>,
         tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Plan>>,
-    ) {
+    );
+
+    /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
+    fn task_fenced(options: serde_json::Value, fenced: bool) -> Fenced {
         use crate::controller::events::{Events, Reporter};
         let (client, api) = crate::controller::testing::client();
         let fence = fenced
