@@ -141,8 +141,7 @@ fn note_completions(pass: &mut Pass<'_, '_>, nodes: Vec<String>) {
 /// controller finishes the node's upgrade. A node cordoned by an administrator before this
 /// controller's own Jobs stays cordoned.
 fn adopt_go_cordon(pass: &mut Pass<'_, '_>, job: &Job, node: &Node) {
-    let plan = pass.cx.plan;
-    let cordons = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
+    let cordons = pass.cx.gated();
     let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     let node_name = node.metadata.name.clone().unwrap_or_default();
     if cordons

@@ -99,6 +99,11 @@ impl<'a> Context<'a> {
         self.plan.spec.paused == Some(true)
     }
 
+    /// The Plan cordons or drains: its Jobs wait in a gate for the controller.
+    pub fn gated(&self) -> bool {
+        self.plan.spec.cordon.unwrap_or(false) || self.plan.spec.drain.is_some()
+    }
+
     /// The phase the stored status gave a node.
     pub fn old_phase(&self, node: &str) -> Option<Phase> {
         self.old_entries

@@ -12,7 +12,6 @@ use super::holds::Gate;
 use super::pass::{Effects, Pass};
 use super::plan::Resolved;
 use crate::api::{ANNOTATION_RETRY, LABEL_PAUSE, Phase, Reason};
-use crate::controller::cordon::has_claim;
 use crate::controller::select;
 use crate::controller::status::{self, COMPLETE, RECONCILING, STALLED, VALIDATED};
 
@@ -229,6 +228,12 @@ pub(super) fn finish(
     mut tally: Tally,
     applying: Option<&[&Node]>,
 ) -> Decision {
+    tally.cordoned = pass
+        .cx
+        .nodes
+        .iter()
+        .filter(|(name, node)| pass.claims(name, node) && !pass.ledger.released.contains(*name))
+        .count();
     let Pass {
         cx,
         mut out,
@@ -248,14 +253,6 @@ pub(super) fn finish(
         .filter(|e| e.phase == Phase::Failed.as_str())
         .count();
     tally.refused = ledger.refused.len();
-    tally.cordoned = cx
-        .nodes
-        .iter()
-        .filter(|(name, node)| {
-            (has_claim(node, &cx.plan_name, &cx.who) || ledger.adopted_cordons.contains(*name))
-                && !ledger.released.contains(*name)
-        })
-        .count();
     let holding = gate.is_some() || cx.paused();
     tally.gated = out
         .entries

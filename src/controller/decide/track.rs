@@ -38,9 +38,8 @@ pub(super) fn nodes<'a>(
     gate: Option<&Gate>,
     chosen: &[&'a Node],
 ) {
-    let plan = pass.cx.plan;
-    let gated = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
-    let current = r.ready.then(|| current_plan(plan, r));
+    let gated = pass.cx.gated();
+    let current = r.ready.then(|| current_plan(pass.cx.plan, r));
     for &node in chosen {
         let node_name = node.metadata.name.clone().unwrap_or_default();
         if pass.out.entries.contains_key(&node_name) {
@@ -251,8 +250,7 @@ fn follow(
     job: &Job,
     desired: Option<&Job>,
 ) {
-    let plan = pass.cx.plan;
-    let gated = plan.spec.cordon.unwrap_or(false) || plan.spec.drain.is_some();
+    let gated = pass.cx.gated();
     let job_name = job.metadata.name.clone().unwrap_or_default();
     let desired_template = desired.and_then(|d| annotation(d, ANNOTATION_TEMPLATE));
     let desired_run = desired.and_then(|d| annotation(d, ANNOTATION_RUN));
