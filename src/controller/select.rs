@@ -62,15 +62,26 @@ pub fn start_order_key(node: &Node, plan_uid: &str, hash: &str) -> String {
     hex(&hasher.finalize())
 }
 
-/// The nodes to apply the Plan on now, sorted by name: every node still needing the Plan that
-/// is already applying (even beyond the concurrency, which may have been lowered), then waiting
-/// nodes that are not paused by their label, in start order up to `concurrency`.
+/// How many nodes of a Plan may apply it at once, and whether new ones may start now.
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    pub concurrency: usize,
+    /// False while the Plan is paused or gated: nobody new starts.
+    pub starts_new: bool,
+}
+
+/// The nodes to apply the Plan on now, sorted by name: every node still needing the Plan whose
+/// upgrade is under way (even beyond the concurrency, which may have been lowered); then the
+/// `placed` ones (chosen before, nothing begun there) while the concurrency has room; then, when
+/// `room.starts_new` (the Plan is not paused or gated), waiting nodes that are not paused by their
+/// label, in start order up to `room.concurrency`.
 pub fn select<'a>(
     plan: &Plan,
     selector: &Selector,
     nodes: &[&'a Node],
-    applying: &[String],
-    concurrency: usize,
+    under_way: &[String],
+    placed: &[String],
+    room: Room,
     hash: &str,
 ) -> Vec<&'a Node> {
     let plan_name = plan.metadata.name.as_deref().unwrap_or_default();
@@ -81,15 +92,16 @@ pub fn select<'a>(
         .copied()
         .filter(|n| needs_plan(plan_name, selector, n, hash))
         .collect();
-    let (mut selected, mut waiting): (Vec<&Node>, Vec<&Node>) = needing
+    let (mut selected, rest): (Vec<&Node>, Vec<&Node>) = needing
         .into_iter()
-        .partition(|n| applying.contains(&name(n)));
-    if selected.len() < concurrency {
-        waiting.retain(|n| !paused(n));
-        waiting.sort_by_cached_key(|n| start_order_key(n, plan_uid, hash));
-        let room = concurrency - selected.len();
-        selected.extend(waiting.into_iter().take(room));
-    }
+        .partition(|n| under_way.contains(&name(n)));
+    let (mut kept, mut waiting): (Vec<&Node>, Vec<&Node>) =
+        rest.into_iter().partition(|n| placed.contains(&name(n)));
+    kept.sort_by_cached_key(|n| start_order_key(n, plan_uid, hash));
+    waiting.retain(|n| room.starts_new && !paused(n));
+    waiting.sort_by_cached_key(|n| start_order_key(n, plan_uid, hash));
+    let free = room.concurrency.saturating_sub(selected.len());
+    selected.extend(kept.into_iter().chain(waiting).take(free));
     selected.sort_by_key(|n| name(n));
     selected
 }
@@ -100,6 +112,13 @@ mod tests {
     use serde_json::json;
 
     const HASH: &str = "h1";
+
+    fn room(concurrency: usize, starts_new: bool) -> Room {
+        Room {
+            concurrency,
+            starts_new,
+        }
+    }
 
     fn plan(selector: serde_json::Value) -> Plan {
         let mut spec = json!({"upgrade": {"image": "x"}});
@@ -253,7 +272,7 @@ mod tests {
             .map(|n| node(n, json!({})))
             .collect();
         let refs: Vec<&Node> = all.iter().collect();
-        let first = select(&p, &selector, &refs, &[], 2, HASH);
+        let first = select(&p, &selector, &refs, &[], &[], room(2, true), HASH);
         assert_eq!(first.len(), 2);
         assert!(
             names(&first).windows(2).all(|w| w[0] < w[1]),
@@ -263,7 +282,15 @@ mod tests {
         let mut reversed = refs.clone();
         reversed.reverse();
         assert_eq!(
-            names(&select(&p, &selector, &reversed, &[], 2, HASH)),
+            names(&select(
+                &p,
+                &selector,
+                &reversed,
+                &[],
+                &[],
+                room(2, true),
+                HASH
+            )),
             names(&first)
         );
         // The order is the SHA-256 of node UID, plan UID and hash.
@@ -284,19 +311,83 @@ mod tests {
         // Applying nodes continue even past a lowered concurrency; nobody new starts.
         let applying = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
         assert_eq!(
-            names(&select(&p, &selector, &refs, &applying, 1, HASH)),
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &applying,
+                &[],
+                room(1, true),
+                HASH
+            )),
             ["a", "b", "c"]
         );
         // Raising it fills the free slots at once.
-        assert_eq!(select(&p, &selector, &refs, &applying, 4, HASH).len(), 4);
+        assert_eq!(
+            select(&p, &selector, &refs, &applying, &[], room(4, true), HASH).len(),
+            4
+        );
         // A node that is done leaves; an applying name that no longer exists is dropped.
         let mut done = all.clone();
         done[3] = node("a", json!({"plan.upgrade.cattle.io/p": HASH}));
         let refs_done: Vec<&Node> = done.iter().collect();
         let gone = vec!["a".to_owned(), "zz".to_owned()];
-        let next = select(&p, &selector, &refs_done, &gone, 1, HASH);
+        let next = select(&p, &selector, &refs_done, &gone, &[], room(1, true), HASH);
         assert_eq!(next.len(), 1);
         assert_ne!(names(&next), ["a"]);
+    }
+
+    #[test]
+    fn placed_nodes_keep_their_place_only_within_the_concurrency() {
+        let p = plan(json!({}));
+        let selector = node_selector(&p).unwrap().unwrap();
+        let all: Vec<Node> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| node(n, json!({})))
+            .collect();
+        let refs: Vec<&Node> = all.iter().collect();
+        let under_way = vec!["a".to_owned(), "b".to_owned()];
+        let placed = vec!["c".to_owned(), "d".to_owned()];
+        // Lowered to 2 after c and d were chosen: nothing has begun there, so they wait.
+        assert_eq!(
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &under_way,
+                &placed,
+                room(2, true),
+                HASH
+            )),
+            ["a", "b"]
+        );
+        // With room for one more, a placed node goes before any new one.
+        let spare = vec!["d".to_owned()];
+        assert_eq!(
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &under_way,
+                &spare,
+                room(3, true),
+                HASH
+            )),
+            ["a", "b", "d"]
+        );
+        // Paused: placed nodes keep their place within the concurrency, nobody new is added.
+        assert_eq!(
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &[],
+                &spare,
+                room(2, false),
+                HASH
+            )),
+            ["d"]
+        );
     }
 
     #[test]
@@ -310,18 +401,37 @@ mod tests {
         ];
         let refs: Vec<&Node> = all.iter().collect();
         assert!(paused(&all[0]) && !paused(&all[1]));
-        assert_eq!(names(&select(&p, &selector, &refs, &[], 3, HASH)), ["b"]);
+        assert_eq!(
+            names(&select(&p, &selector, &refs, &[], &[], room(3, true), HASH)),
+            ["b"]
+        );
         // Paused while running: it goes on (its Job finishes).
         let running = vec!["c".to_owned()];
         assert_eq!(
-            names(&select(&p, &selector, &refs, &running, 3, HASH)),
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &running,
+                &[],
+                room(3, true),
+                HASH
+            )),
             ["b", "c"]
         );
         // Still eligible, so counted among the Plan's nodes.
         assert!(eligible("p", &selector, &all[0]));
-        // A concurrency of 0 (how a paused Plan selects) starts nobody new.
+        // A paused Plan starts nobody new.
         assert_eq!(
-            names(&select(&p, &selector, &refs, &running, 0, HASH)),
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &running,
+                &[],
+                room(3, false),
+                HASH
+            )),
             ["c"]
         );
     }

@@ -1,6 +1,7 @@
-//! Phase: the nodes that apply or finish the Plan now. Those already applying, or still
-//! finishing an earlier Job, keep their place (counting against the concurrency); others start
-//! in the stable per-Plan order up to `concurrency`.
+//! Phase: the nodes that apply or finish the Plan now. Those whose upgrade is under way, or
+//! still finishing an earlier Job, keep their place (counting against the concurrency); those
+//! chosen before where nothing began keep theirs within the concurrency; others start in the
+//! stable per-Plan order up to `concurrency`.
 
 use std::collections::BTreeSet;
 
@@ -10,11 +11,12 @@ use super::facts::finished_at;
 use super::jobs::Jobs;
 use super::pass::Pass;
 use super::plan::Resolved;
+use crate::controller::cordon::claims;
 use crate::controller::select;
 
-/// The nodes of a Plan that may start nodes: those under way, then new ones in order up to
-/// `concurrency` (a percentage counts the eligible nodes, done or not), none while the Plan is
-/// paused or `gated`. Without a `nodeSelector` nothing is selected.
+/// The nodes of a Plan that may start nodes: those under way, then those chosen before, then
+/// new ones in order up to `concurrency` (a percentage counts the eligible nodes, done or not),
+/// no new ones while the Plan is paused or `gated`. Without a `nodeSelector` nothing is selected.
 pub(super) fn select<'a>(
     pass: &Pass<'_, 'a>,
     r: &Resolved,
@@ -39,41 +41,87 @@ pub(super) fn select<'a>(
             !pass.ledger.done_now.contains(name) && !pass.ledger.skipped.contains(name)
         })
         .collect();
-    let concurrency = if cx.paused() || gated {
-        0
-    } else {
-        cx.plan
-            .spec
-            .concurrency
-            .as_ref()
-            .and_then(|c| c.nodes(eligible))
-            .unwrap_or(0)
-    };
+    // The concurrency stays what the Plan says while it is paused or gated: nodes chosen
+    // before keep their place within it, and only new starts are held.
+    let concurrency = cx
+        .plan
+        .spec
+        .concurrency
+        .as_ref()
+        .and_then(|c| c.nodes(eligible))
+        .unwrap_or(0);
+    let under_way = under_way(pass, jobs);
+    let placed: Vec<String> = pass
+        .cx
+        .applying_before
+        .iter()
+        .filter(|n| !under_way.contains(n))
+        .cloned()
+        .collect();
     select::select(
         cx.plan,
         &selector,
         &candidates,
-        &running(pass, jobs),
-        concurrency,
+        &under_way,
+        &placed,
+        select::Room {
+            concurrency,
+            starts_new: !(cx.paused() || gated),
+        },
         &r.hash,
     )
 }
 
-/// The nodes with an upgrade under way: persisted as applying, or with a running Job.
-pub(super) fn running(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
-    let mut running: BTreeSet<String> = pass.cx.applying_before.iter().cloned().collect();
-    running.extend(jobs.finishing.keys().cloned());
-    running.extend(
+/// The nodes whose upgrade is under way: a Job of the Plan not finished yet, an earlier Job
+/// finishing, or a node persisted as applying that is cordoned for the Plan (its Job may have
+/// begun and gone). They keep their place whatever the concurrency. A node persisted as
+/// applying without any of these (its Job's create failed, or the Job went before it began)
+/// has begun nothing, so it keeps its place only within the concurrency.
+fn under_way(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
+    let mut under_way: BTreeSet<String> = jobs.finishing.keys().cloned().collect();
+    under_way.extend(
         jobs.current
             .iter()
             .filter(|(_, j)| finished_at(j).is_none())
             .filter(|(_, j)| j.spec.as_ref().and_then(|s| s.parallelism) != Some(0))
             .map(|(n, _)| n.clone()),
     );
-    running
+    under_way.extend(
+        pass.cx
+            .applying_before
+            .iter()
+            .filter(|n| {
+                pass.node(n)
+                    .is_some_and(|node| pass.claims(n, node) || go_era_cordon(pass, n, node))
+            })
+            .cloned(),
+    );
+    under_way
         .into_iter()
         .filter(|n| !pass.ledger.skipped.contains(n))
         .collect()
+}
+
+/// The nodes with an upgrade under way or chosen before (persisted as applying).
+pub(super) fn running(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
+    let mut running: BTreeSet<String> = under_way(pass, jobs).into_iter().collect();
+    running.extend(
+        pass.cx
+            .applying_before
+            .iter()
+            .filter(|n| !pass.ledger.skipped.contains(*n))
+            .cloned(),
+    );
+    running.into_iter().collect()
+}
+
+/// A node the Go controller named in `applying` (no entry of ours) that is cordoned with no
+/// claim: its Go Job cordoned it and may have gone before the takeover.
+pub(super) fn go_era_cordon(pass: &Pass<'_, '_>, name: &str, node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+        && pass.cx.applying_before.iter().any(|n| n == name)
+        && !pass.cx.old_entries.contains_key(name)
+        && claims(node).next().is_none()
 }
 
 /// When the Plan may not start anything (invalid or unresolved): the nodes whose upgrade is

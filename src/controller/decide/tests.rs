@@ -792,6 +792,75 @@ fn lowering_concurrency_keeps_running_nodes() {
     );
 }
 
+/// Found by the soak (seed 619132735): a replica chose 15 nodes at "10%", two creates timed out,
+/// the operator lowered it to "5%", and the next leader created the two Jobs while 13 ran.
+#[test]
+fn a_node_chosen_before_whose_job_was_never_created_waits_for_room() {
+    let mut plan = spec();
+    plan["concurrency"] = json!(3);
+    plan["cordon"] = json!(false);
+    let mut world = World::new(plan).nodes(&["a", "b", "c", "d", "e"]);
+    let first = world.decide();
+    let chosen = first.status.applying.clone().unwrap();
+    assert_eq!(chosen.len(), 3);
+    world.apply(&first);
+    // The create of the last chosen node's Job failed: the status names it, no Job exists.
+    let lost = chosen[2].clone();
+    world
+        .jobs
+        .retain(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] != lost.as_str());
+    world
+        .pods
+        .retain(|p| p["metadata"]["labels"]["upgrade.cattle.io/node"] != lost.as_str());
+
+    // As it was: the node keeps its place and gets its Job.
+    let mut same = World {
+        plan: world.plan.clone(),
+        nodes: world.nodes.clone(),
+        jobs: world.jobs.clone(),
+        pods: world.pods.clone(),
+        ..World::new(spec())
+    };
+    assert_eq!(created(&same.step()), std::slice::from_ref(&lost));
+
+    // Lowered to 2: nothing began there, so it waits; the two running keep theirs.
+    world.plan["spec"]["concurrency"] = json!(2);
+    let lowered = world.step();
+    assert!(created(&lowered).is_empty(), "{:?}", created(&lowered));
+    assert_eq!(lowered.status.applying.as_ref().unwrap(), &chosen[..2]);
+    // Once one finishes, the next in order (the same node) starts.
+    world.finish_job(&chosen[0], true, NOW);
+    assert_eq!(created(&world.step()), [lost]);
+}
+
+/// A node whose Job went away after this Plan cordoned it keeps its place even past a lowered
+/// concurrency: its upgrade may have begun, so its Job comes back.
+#[test]
+fn a_node_cordoned_for_the_plan_keeps_its_place_when_its_job_goes() {
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    let mut world = World::new(plan).nodes(&["a", "b", "c"]);
+    let first = world.settle();
+    let chosen = first.status.applying.clone().unwrap();
+    assert_eq!(chosen.len(), 2);
+    let gone = chosen[1].clone();
+    assert_eq!(
+        world.node_mut(&gone)["spec"]["unschedulable"],
+        json!(true),
+        "cordoned by the drain"
+    );
+    world
+        .jobs
+        .retain(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] != gone.as_str());
+    world
+        .pods
+        .retain(|p| p["metadata"]["labels"]["upgrade.cattle.io/node"] != gone.as_str());
+    world.plan["spec"]["concurrency"] = json!(1);
+    let next = world.step();
+    assert_eq!(created(&next), [gone]);
+    assert_eq!(next.status.applying.unwrap(), chosen);
+}
+
 #[test]
 fn nodes_that_stop_needing_the_plan_are_let_go() {
     let mut plan = spec();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 
+use super::choose;
 use super::decision::{Change, DrainProgress, JobFields, Note, Refusal, Target};
 use super::facts::{annotation, failure_message, finished_at, until};
 use super::finish;
@@ -22,7 +23,7 @@ use crate::api::{
     ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_RUN,
     ANNOTATION_TEMPLATE, Phase, Plan, PlanStatus, Reason,
 };
-use crate::controller::cordon::{claims, has_claim};
+use crate::controller::cordon::has_claim;
 use crate::controller::job;
 use crate::controller::status::stamp;
 
@@ -226,12 +227,8 @@ fn adopt_go_applying_cordon(pass: &mut Pass<'_, '_>, node_name: &str, gated: boo
     let Some(node) = pass.node(node_name) else {
         return;
     };
-    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     if gated
-        && unschedulable
-        && pass.cx.applying_before.iter().any(|n| n == node_name)
-        && !pass.cx.old_entries.contains_key(node_name)
-        && claims(node).next().is_none()
+        && choose::go_era_cordon(pass, node_name, node)
         && pass.ledger.adopted_cordons.insert(node_name.to_owned())
     {
         pass.out.before.push(Change::AdoptCordon {
