@@ -874,13 +874,35 @@ impl Soak<'_> {
             );
         }
         let limit = Duration::from_secs(env_or("SUC_SOAK_SETTLE_SECONDS", 300u64));
+        let mut asked = Instant::now();
         while from.elapsed() < limit {
             if self.end_state().is_empty() {
                 break;
             }
+            // A Job created while "upgrades failing" held may fail after the request above (seed
+            // 619132735 left two agent nodes failed, rightly cordoned): the operator asks again.
+            if asked.elapsed() > Duration::from_secs(30) {
+                asked = Instant::now();
+                self.retry_failed();
+            }
             std::thread::sleep(Duration::from_secs(2));
         }
         from.elapsed()
+    }
+
+    /// Asks for a retry of every Plan whose status names a failed node.
+    fn retry_failed(&mut self) {
+        for plan in self.list("plans", Some(NAMESPACE)) {
+            let failed = plan["status"]["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().any(|n| n["phase"] == "Failed"));
+            let name = plan["metadata"]["name"].as_str().unwrap_or_default();
+            if failed {
+                let value = format!("upgrade.cattle.io/retry=settle-{}", history::now_us());
+                let args = ["-n", NAMESPACE, "annotate", "plan", name, &value, "--overwrite"];
+                self.kubectl(&args, None);
+            }
+        }
     }
 
     fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<Value> {
