@@ -57,6 +57,10 @@ pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
 /// Node annotation prefix recording that a Plan cordoned the node
 /// (`cordoned.upgrade.cattle.io/<plan>`, valued `<namespace>/<controller> <time>`).
 pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
+/// Node annotation prefix recording a Plan's last upgrade of the node
+/// (`upgraded.upgrade.cattle.io/<plan>`, a JSON object: version, job, completed, seconds),
+/// written with the completion label, in place of a per-node event.
+pub const UPGRADED_PREFIX: &str = "upgraded.upgrade.cattle.io/";
 /// The annotation the kubelet puts on the mirror of a static pod (drains skip them).
 pub const ANNOTATION_MIRROR_POD: &str = "kubernetes.io/config.mirror";
 

@@ -143,11 +143,10 @@ wire_words! {
         /// Condition and event: a failed node is tried again (now, or after its backoff).
         Retrying,
         // Nodes and Jobs
-        /// Event: a node's Job starts.
-        Upgrading,
         /// Event: a node's Job succeeded and it waits out `postCompleteDelay`.
         JobCompleteWaiting,
-        /// Event: a node's Job succeeded and the node is labelled done.
+        /// Event on the Plan: nodes' Jobs succeeded and the nodes are labelled done (each node
+        /// records its upgrade in an `upgraded.upgrade.cattle.io/<plan>` annotation instead).
         JobComplete,
         /// Event: a Job of the wanted name belongs to someone else.
         JobConflict,

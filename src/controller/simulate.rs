@@ -137,7 +137,7 @@ impl Cluster {
                     .before
                     .iter()
                     .filter_map(|c| match c {
-                        Change::LabelNode { node, labels }
+                        Change::LabelNode { node, labels, .. }
                             if labels.get(&hash_label) == Some(&hash) =>
                         {
                             Some(node.clone())
@@ -273,12 +273,20 @@ impl Cluster {
                     merge(node, &patch);
                 }
             }
-            Change::LabelNode { node, labels } => {
+            Change::LabelNode {
+                node,
+                labels,
+                annotations,
+            } => {
                 if let Some(node) = self.node_mut(node) {
                     node.metadata
                         .labels
                         .get_or_insert_default()
                         .extend(labels.clone());
+                    node.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .extend(annotations.clone());
                 }
             }
             Change::ClearRetry { value } => {

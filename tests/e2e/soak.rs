@@ -899,7 +899,15 @@ impl Soak<'_> {
             let name = plan["metadata"]["name"].as_str().unwrap_or_default();
             if failed {
                 let value = format!("upgrade.cattle.io/retry=settle-{}", history::now_us());
-                let args = ["-n", NAMESPACE, "annotate", "plan", name, &value, "--overwrite"];
+                let args = [
+                    "-n",
+                    NAMESPACE,
+                    "annotate",
+                    "plan",
+                    name,
+                    &value,
+                    "--overwrite",
+                ];
                 self.kubectl(&args, None);
             }
         }

@@ -565,7 +565,7 @@ pub fn a_crd_without_node_status_is_reported_and_events_stay_one_shot(ctx: &Ctx)
     assert_eq!(
         node_events
             .iter()
-            .filter(|e| e.starts_with("Upgrading"))
+            .filter(|e| e.starts_with("JobFailed"))
             .count(),
         1,
         "{node_events:?}"

@@ -132,10 +132,12 @@ pub enum Change {
         name: String,
         fields: JobFields,
     },
-    /// Set labels on a node (the completion label and postCompleteLabels).
+    /// Set labels on a node (the completion label and postCompleteLabels), and annotations
+    /// (the record of the upgrade) in the same write.
     LabelNode {
         node: String,
         labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
     },
     /// Record the cordon a Go controller's Job made as this Plan's claim, so the node is
     /// uncordoned when its upgrade succeeds, as the Go controller would have done.

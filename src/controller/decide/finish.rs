@@ -3,6 +3,7 @@
 //! is then labelled done with the Job's hash. Called from [`super::jobs`] for a finished Job,
 //! and from [`super::track`] for a node whose succeeded Job went away while it waited.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -15,7 +16,7 @@ use super::facts::{
 };
 use super::pass::Pass;
 use super::plan::Resolved;
-use crate::api::{NodeStatus, Phase, Reason};
+use crate::api::{LABEL_VERSION, NodeStatus, Phase, Reason, UPGRADED_PREFIX};
 use crate::controller::cordon::claims;
 use crate::controller::status::stamp;
 use crate::syntax::duration;
@@ -72,17 +73,30 @@ pub(super) fn complete(
     if wait_until_healthy(pass, node, &job_name, ready_at) {
         return false;
     }
-    label_done(pass, r, &node_name, job_hash);
-    pass.out.notes.push(Note::new(
-        Target::Node(node_name.clone()),
-        false,
-        Reason::JobComplete,
-        format!(
-            "Job completed on Node {node_name} for Plan {} (version {})",
-            pass.cx.plan_name, r.version
-        ),
-    ));
+    // An earlier Job (finished after an edit) names its version only as a label value.
+    let version = match job
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_VERSION))
+    {
+        Some(label) if job_hash != r.hash => label,
+        _ => &r.version,
+    };
+    let upgraded = record(version, &job_name, at, Some(ran_for(job, at)));
+    label_done(pass, r, &node_name, job_hash, upgraded);
     true
+}
+
+/// The record of a node's upgrade by this Plan, written with its completion label: the node
+/// says what it last ran and when (`kubectl describe node`), without an event per node.
+fn record(version: &str, job: &str, completed: Timestamp, ran_for: Option<Duration>) -> String {
+    let mut record =
+        serde_json::json!({"version": version, "job": job, "completed": stamp(completed)});
+    if let Some(ran_for) = ran_for {
+        record["seconds"] = ran_for.as_secs().into();
+    }
+    record.to_string()
 }
 
 /// A node whose Job succeeded and went away (deleted by hand, or expired) while it waited out
@@ -118,17 +132,27 @@ pub(super) fn without_job(
     if let Some(node) = pass.node(node_name)
         && !wait_until_healthy(pass, node, job_name, from)
     {
-        label_done(pass, r, node_name, &r.hash);
+        let upgraded = record(&r.version, job_name, since, None);
+        label_done(pass, r, node_name, &r.hash, upgraded);
     }
 }
 
-/// Labels a node done with `job_hash` (and the Plan's postCompleteLabels).
-fn label_done(pass: &mut Pass<'_, '_>, r: &Resolved, node_name: &str, job_hash: &str) {
+/// Labels a node done with `job_hash` (and the Plan's postCompleteLabels), recording the
+/// upgrade in the same write.
+fn label_done(
+    pass: &mut Pass<'_, '_>,
+    r: &Resolved,
+    node_name: &str,
+    job_hash: &str,
+    upgraded: String,
+) {
     let mut labels = completion_labels(pass.cx.plan, &r.version, &r.hash);
     labels.insert(pass.cx.plan_label.clone(), job_hash.to_owned());
+    let key = format!("{UPGRADED_PREFIX}{}", pass.cx.plan_name);
     pass.out.before.push(Change::LabelNode {
         node: node_name.to_owned(),
         labels,
+        annotations: BTreeMap::from([(key, upgraded)]),
     });
     if job_hash == r.hash {
         pass.ledger.done_now.insert(node_name.to_owned());

@@ -245,10 +245,17 @@ impl World {
                     let node = self.node_mut(node);
                     node["metadata"]["annotations"]["cordoned.upgrade.cattle.io/p"] = json!("now");
                 }
-                Change::LabelNode { node, labels } => {
+                Change::LabelNode {
+                    node,
+                    labels,
+                    annotations,
+                } => {
                     let node = self.node_mut(node);
                     for (k, v) in labels {
                         node["metadata"]["labels"][k] = json!(v);
+                    }
+                    for (k, v) in annotations {
+                        node["metadata"]["annotations"][k] = json!(v);
                     }
                 }
                 Change::ClearRetry { value } => {
@@ -599,14 +606,31 @@ fn completion_labels_the_node_and_starts_the_next_in_the_same_pass() {
     let node = first.status.applying.as_ref().unwrap()[0].clone();
     world.finish_job(&node, true, NOW);
     let second = world.step();
-    let label = second
+    let (label, annotations) = second
         .before
         .iter()
         .find_map(|c| match c {
-            Change::LabelNode { node: n, labels } if *n == node => Some(labels.clone()),
+            Change::LabelNode {
+                node: n,
+                labels,
+                annotations,
+            } if *n == node => Some((labels.clone(), annotations.clone())),
             _ => None,
         })
         .unwrap();
+    // The node records its upgrade in the same write (no event on the node).
+    let record: Value = serde_json::from_str(&annotations["upgraded.upgrade.cattle.io/p"]).unwrap();
+    assert_eq!(record["version"], "v1.30.4-k3s1");
+    assert_eq!(record["completed"], NOW);
+    assert!(record["job"].as_str().unwrap().starts_with("apply-p-on-"));
+    assert!(record["seconds"].is_u64());
+    assert!(
+        !second
+            .notes
+            .iter()
+            .any(|n| matches!(n.target, Target::Node(_))),
+        "no routine event on the node"
+    );
     assert_eq!(label["plan.upgrade.cattle.io/p"], hash);
     assert_eq!(label["example.com/v"], "v1.30.4-k3s1");
     assert_eq!(label["example.com/h"], hash);
@@ -1616,13 +1640,7 @@ fn resolution_and_hash_do_not_wait_for_validation() {
 #[test]
 fn one_shot_events_carry_keys() {
     let mut world = World::new(spec()).nodes(&["a"]);
-    let first = world.step();
-    let upgrading = first
-        .notes
-        .iter()
-        .find(|n| n.reason == "Upgrading")
-        .unwrap();
-    assert!(upgrading.once.is_some());
+    world.settle();
     world.finish_job("a", false, NOW);
     let failed = world.step();
     assert!(
@@ -1695,7 +1713,7 @@ fn an_invalid_plan_starts_no_drain_but_lets_one_under_way_go_on() {
 }
 
 #[test]
-fn a_wave_of_completions_is_one_plan_event_and_one_event_per_node() {
+fn a_wave_of_completions_is_one_plan_event_and_a_record_on_each_node() {
     let mut plan = spec();
     plan["concurrency"] = json!(3);
     let mut world = World::new(plan).nodes(&["a", "b", "c", "d"]);
@@ -1721,13 +1739,17 @@ fn a_wave_of_completions_is_one_plan_event_and_one_event_per_node() {
         format!("Jobs completed on Nodes {}", wave.join(","))
     );
     for node in &wave {
-        assert!(
-            completions
-                .iter()
-                .any(|n| n.target == Target::Node(node.clone())),
-            "no node event for {node}"
-        );
+        let recorded = second.before.iter().any(|c| {
+            matches!(c, Change::LabelNode { node: n, annotations, .. }
+                if n == node && annotations.contains_key("upgraded.upgrade.cattle.io/p"))
+        });
+        assert!(recorded, "no record on {node}");
     }
+    assert_eq!(
+        completions.len(),
+        1,
+        "no event on the nodes: {completions:?}"
+    );
 
     // A single completion keeps the Go controller's message.
     let rest = ["a", "b", "c", "d"]

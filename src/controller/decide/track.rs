@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 
 use super::choose;
-use super::decision::{Change, DrainProgress, JobFields, Note, Refusal, Target};
+use super::decision::{Change, DrainProgress, JobFields, Refusal};
 use super::facts::{annotation, failure_message, finished_at, until};
 use super::finish;
 use super::holds::{Gate, hold};
@@ -196,20 +196,6 @@ fn start(
     }
     adopt_go_applying_cordon(pass, node_name, gated);
     pass.out.after.push(Change::CreateJob(Box::new(desired)));
-    if previous.is_none() {
-        pass.out.notes.push(
-            Note::new(
-                Target::Node(node_name.to_owned()),
-                false,
-                Reason::Upgrading,
-                format!(
-                    "Plan {} starts Job {desired_name} (version {})",
-                    pass.cx.plan_name, r.version
-                ),
-            )
-            .once(format!("Upgrading/{desired_name}/{template}")),
-        );
-    }
     let phase = if gated {
         Phase::Preparing
     } else {

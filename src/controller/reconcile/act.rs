@@ -273,7 +273,11 @@ pub(super) async fn apply(
             let who = ctx.settings.claimant();
             cordon::adopt(&ctx.client, &who, &plan.name_any(), node).await?
         }
-        Change::LabelNode { node, labels } => label_node(ctx, plan, node, labels).await?,
+        Change::LabelNode {
+            node,
+            labels,
+            annotations,
+        } => label_node(ctx, plan, node, labels, annotations).await?,
         Change::Drain {
             node,
             pod,
@@ -347,15 +351,17 @@ pub fn job_fields_patch(fields: &JobFields) -> serde_json::Value {
     patch
 }
 
-/// Labels a node done (and with the Plan's postCompleteLabels); a node gone needs none.
+/// Labels a node done (and with the Plan's postCompleteLabels) and records the upgrade in its
+/// annotations, in one write; a node gone needs none.
 pub(super) async fn label_node(
     ctx: &Context,
     plan: &Plan,
     node: &str,
     labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
 ) -> Result<(), ReconcileError> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({"metadata": {"labels": labels}});
+    let patch = serde_json::json!({"metadata": {"labels": labels, "annotations": annotations}});
     match nodes
         .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
         .await
