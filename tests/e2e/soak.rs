@@ -278,6 +278,8 @@ fn run(ctx: &Ctx, seed: u64, chaos: Duration, node_count: usize) -> Report {
 /// returns where (found by the long soak: a replay's evidence was gone before it was read).
 fn keep_evidence(ctx: &Ctx, seed: u64, audit_log: &std::path::Path) -> String {
     let kept = crate::support::repo("target/soak-failures").join(seed.to_string());
+    // A replay's evidence replaces the last run's of that seed, not mixes with it.
+    let _ = std::fs::remove_dir_all(&kept);
     let _ = std::fs::create_dir_all(&kept);
     let _ = std::fs::copy(audit_log, kept.join("audit.log"));
     let prefix = format!("server-soak-{seed}-");
@@ -544,7 +546,12 @@ impl Soak<'_> {
                 "node paused"
             }
             7 => {
-                let at = history::now_us().to_string();
+                // Every failed node, or one named (failed or not).
+                let which = if self.rng.random_bool(0.5) {
+                    "all".to_owned()
+                } else {
+                    self.node()
+                };
                 self.kubectl(
                     &[
                         "-n",
@@ -552,7 +559,7 @@ impl Soak<'_> {
                         "annotate",
                         "plan",
                         &plan,
-                        &format!("upgrade.cattle.io/retry={at}"),
+                        &format!("upgrade.cattle.io/retry={which}"),
                         "--overwrite",
                     ],
                     None,
@@ -864,7 +871,7 @@ impl Soak<'_> {
                             "annotate",
                             "plan",
                             plan,
-                            "upgrade.cattle.io/retry=settle",
+                            "upgrade.cattle.io/retry=all",
                             "--overwrite",
                         ],
                         None,
@@ -881,6 +888,7 @@ impl Soak<'_> {
             }
             // A Job created while "upgrades failing" held may fail after the request above (seed
             // 619132735 left two agent nodes failed, rightly cordoned): the operator asks again.
+            // (Earlier runs asked with a timestamp, which names no node: nothing was retried.)
             if asked.elapsed() > Duration::from_secs(30) {
                 asked = Instant::now();
                 self.retry_failed();
@@ -898,14 +906,14 @@ impl Soak<'_> {
                 .is_some_and(|nodes| nodes.iter().any(|n| n["phase"] == "Failed"));
             let name = plan["metadata"]["name"].as_str().unwrap_or_default();
             if failed {
-                let value = format!("upgrade.cattle.io/retry=settle-{}", history::now_us());
+                let value = "upgrade.cattle.io/retry=all";
                 let args = [
                     "-n",
                     NAMESPACE,
                     "annotate",
                     "plan",
                     name,
-                    &value,
+                    value,
                     "--overwrite",
                 ];
                 self.kubectl(&args, None);

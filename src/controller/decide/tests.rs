@@ -3054,3 +3054,34 @@ fn a_terminating_pod_of_a_job_that_is_gone_is_released_from_the_job_finalizer() 
     world.pod_mut("a")["metadata"]["finalizers"] = json!(["batch.kubernetes.io/job-tracking"]);
     assert!(released(&world).is_empty());
 }
+
+/// A node whose drain failed while the Plan was paused is retried on request once it resumes
+/// (what the soak's operator does when it settles).
+#[test]
+fn a_drain_that_failed_while_paused_is_retried_on_request() {
+    let mut plan = spec();
+    plan["drain"] = json!({"timeout": "20s"});
+    let mut world = World::new(plan).nodes(&["a", "b"]);
+    world.drains_finish = false;
+    world.step();
+    world.step();
+    world.step();
+    world.plan["spec"]["paused"] = json!(true);
+    world.step();
+    let job_uid = world.jobs[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    world
+        .drains
+        .insert(job_uid, DrainProgress::Failed("drain timed out".into()));
+    world.step();
+    world.step();
+    world.plan["spec"]["paused"] = json!(false);
+    let resumed = world.step();
+    let entry = &resumed.status.nodes.as_ref().unwrap()[0];
+    assert_eq!(entry.phase, "Failed", "{entry:?}");
+    world.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "all"});
+    let retried = world.step();
+    assert_eq!(deleted(&retried).len(), 1, "{:?}", retried.status.nodes);
+}
