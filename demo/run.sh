@@ -153,6 +153,9 @@ say "Both Plans are Complete after ${elapsed}s"
 kubectl -n system-upgrade get plans -o wide
 kubectl get nodes -L plan.upgrade.cattle.io/server-plan -L plan.upgrade.cattle.io/agent-plan
 kubectl -n system-upgrade get events --field-selector involvedObject.kind=Plan --sort-by=.eventTime 2>/dev/null | tail -8 || true
+first_agent="$(kubectl get nodes -l plan.upgrade.cattle.io/agent-plan -o jsonpath='{.items[0].metadata.name}')"
+echo "Each node records its last upgrade by each Plan; $first_agent's by the agent Plan:"
+kubectl get node "$first_agent" -o jsonpath='{.metadata.annotations.upgraded\.upgrade\.cattle\.io/agent-plan}{"\n"}'
 
 if [[ $real_node == 1 ]]; then
   say "The server Plan's Job really ran on the real node; its log:"
