@@ -346,48 +346,24 @@ mod tests {
             .map(|n| node(n, json!({})))
             .collect();
         let refs: Vec<&Node> = all.iter().collect();
-        let under_way = vec!["a".to_owned(), "b".to_owned()];
-        let placed = vec!["c".to_owned(), "d".to_owned()];
+        let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let pick = |under_way: &[&str], placed: &[&str], room: Room| {
+            names(&select(
+                &p,
+                &selector,
+                &refs,
+                &owned(under_way),
+                &owned(placed),
+                room,
+                HASH,
+            ))
+        };
         // Lowered to 2 after c and d were chosen: nothing has begun there, so they wait.
-        assert_eq!(
-            names(&select(
-                &p,
-                &selector,
-                &refs,
-                &under_way,
-                &placed,
-                room(2, true),
-                HASH
-            )),
-            ["a", "b"]
-        );
+        assert_eq!(pick(&["a", "b"], &["c", "d"], room(2, true)), ["a", "b"]);
         // With room for one more, a placed node goes before any new one.
-        let spare = vec!["d".to_owned()];
-        assert_eq!(
-            names(&select(
-                &p,
-                &selector,
-                &refs,
-                &under_way,
-                &spare,
-                room(3, true),
-                HASH
-            )),
-            ["a", "b", "d"]
-        );
+        assert_eq!(pick(&["a", "b"], &["d"], room(3, true)), ["a", "b", "d"]);
         // Paused: placed nodes keep their place within the concurrency, nobody new is added.
-        assert_eq!(
-            names(&select(
-                &p,
-                &selector,
-                &refs,
-                &[],
-                &spare,
-                room(2, false),
-                HASH
-            )),
-            ["d"]
-        );
+        assert_eq!(pick(&[], &["d"], room(2, false)), ["d"]);
     }
 
     #[test]
