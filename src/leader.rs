@@ -359,4 +359,141 @@ mod tests {
         assert!(me.ends_with(&format!("_{}", std::process::id())), "{me}");
         assert!(!me.starts_with('_'), "{me}");
     }
+
+    /// A Lease the way the API server keeps it, for the replicas' requests: read, created,
+    /// and patched (server-side apply and strategic merge both merge objects here).
+    #[derive(Default)]
+    struct Store {
+        lease: Option<serde_json::Value>,
+        version: u64,
+    }
+
+    fn merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (into, patch) {
+            (serde_json::Value::Object(into), serde_json::Value::Object(patch)) => {
+                for (k, v) in patch {
+                    merge(into.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (into, patch) => *into = patch.clone(),
+        }
+    }
+
+    impl Store {
+        fn answer(&mut self, seen: &crate::controller::testing::Seen) -> (u16, serde_json::Value) {
+            let missing = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "NotFound", "code": 404});
+            match (seen.method.as_str(), &mut self.lease) {
+                ("GET", None) => (404, missing),
+                ("GET", Some(lease)) => (200, lease.clone()),
+                ("POST", _) | ("PATCH", None) => {
+                    self.version += 1;
+                    let mut lease = seen.body.clone();
+                    lease["metadata"]["resourceVersion"] = self.version.to_string().into();
+                    self.lease = Some(lease.clone());
+                    (201, lease)
+                }
+                ("PATCH", Some(lease)) => {
+                    self.version += 1;
+                    merge(lease, &seen.body);
+                    lease["metadata"]["resourceVersion"] = self.version.to_string().into();
+                    (200, lease.clone())
+                }
+                _ => (405, missing),
+            }
+        }
+
+        fn holder(&self) -> Option<String> {
+            self.lease.as_ref()?["spec"]["holderIdentity"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    }
+
+    /// The election loop against a Lease another replica takes: the controller runs while this
+    /// replica holds the Lease, is stopped (its token cancelled) once another holds it, runs
+    /// again once the Lease is free, and the Lease is handed back when the process stops.
+    #[tokio::test]
+    async fn a_leader_that_loses_the_lease_stops_its_controller_and_leads_again_later() {
+        use crate::controller::testing;
+        let (client, mut api) = testing::client();
+        let store = Arc::new(std::sync::Mutex::new(Store::default()));
+        let serving = tokio::spawn({
+            let store = store.clone();
+            async move {
+                while api
+                    .answer(|seen| crate::sync::lock(&store).answer(seen))
+                    .await
+                    .is_some()
+                {}
+            }
+        });
+        let election = Election {
+            client,
+            namespace: "system-upgrade".into(),
+            name: "suc".into(),
+            identity: "me".into(),
+            timings: Timings {
+                retry_period: Duration::from_millis(200),
+                ..timings(2, 1, 0)
+            },
+        };
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let (terms, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let leading = tokio::spawn({
+            let (metrics, stop) = (metrics.clone(), stop.clone());
+            async move {
+                election
+                    .lead(metrics, stop, move |term: CancellationToken| {
+                        let _ = terms.send(term.clone());
+                        async move {
+                            term.cancelled().await;
+                            Ok(())
+                        }
+                    })
+                    .await
+            }
+        });
+        let within = |seconds| Duration::from_secs(seconds);
+        let first = tokio::time::timeout(within(10), started.recv())
+            .await
+            .expect("the controller starts")
+            .unwrap();
+        assert_eq!(crate::sync::lock(&store).holder().as_deref(), Some("me"));
+        assert_eq!(metrics.leader.get(), 1);
+
+        // Another replica holds the Lease now (its renewal just made).
+        {
+            let mut store = crate::sync::lock(&store);
+            let lease = store.lease.as_mut().unwrap();
+            lease["spec"]["holderIdentity"] = "other".into();
+            lease["spec"]["renewTime"] = jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string()
+                .into();
+        }
+        tokio::time::timeout(within(10), first.cancelled())
+            .await
+            .expect("the controller is stopped once another replica holds the Lease");
+        // The other replica stops renewing: once the Lease expires, this one leads again.
+        let second = tokio::time::timeout(within(15), started.recv())
+            .await
+            .expect("the controller starts again")
+            .unwrap();
+        assert!(!second.is_cancelled());
+        assert_eq!(crate::sync::lock(&store).holder().as_deref(), Some("me"));
+
+        // Stopping the process stops the controller and hands the Lease back.
+        stop.cancel();
+        let outcome = tokio::time::timeout(within(10), leading)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert!(second.is_cancelled());
+        assert_eq!(metrics.leader.get(), 0);
+        assert_ne!(crate::sync::lock(&store).holder().as_deref(), Some("me"));
+        serving.abort();
+    }
 }

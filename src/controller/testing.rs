@@ -75,6 +75,28 @@ impl ApiServer {
         seen
     }
 
+    /// Takes the next request, whatever it is, and answers it as `answer` says (status, body);
+    /// `None` when the client went away. For stateful fakes (a Lease that replicas take).
+    pub async fn answer(&mut self, answer: impl FnOnce(&Seen) -> (u16, Value)) -> Option<Seen> {
+        let (request, reply) = self.handle.next_request().await?;
+        let seen = Seen {
+            method: request.method().to_string(),
+            uri: request.uri().to_string(),
+            body: {
+                let bytes = request.into_body().collect_bytes().await.ok()?;
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            },
+        };
+        let (status, body) = answer(&seen);
+        let response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+            .ok()?;
+        reply.send_response(response);
+        Some(seen)
+    }
+
     /// Answers the next request with an API error of this code (e.g. 404, 409).
     pub async fn refuse(&mut self, method: &str, path: &str, code: u16) -> Seen {
         let reason = match code {
