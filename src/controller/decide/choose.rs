@@ -73,10 +73,9 @@ pub(super) fn select<'a>(
 }
 
 /// The nodes whose upgrade is under way: a Job of the Plan not finished yet, an earlier Job
-/// finishing, or a node persisted as applying that is cordoned for the Plan (its Job may have
-/// begun and gone). They keep their place whatever the concurrency. A node persisted as
-/// applying without any of these (its Job's create failed, or the Job went before it began)
-/// has begun nothing, so it keeps its place only within the concurrency.
+/// finishing, or a node persisted as applying where something began (a Job of the Plan, failed
+/// or finished and waiting to be labelled, or a cordon for the Plan: its Job may have begun and
+/// gone). They keep their place whatever the concurrency.
 fn under_way(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
     let mut under_way: BTreeSet<String> = jobs.finishing.keys().cloned().collect();
     under_way.extend(
@@ -90,16 +89,24 @@ fn under_way(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
         pass.cx
             .applying_before
             .iter()
-            .filter(|n| {
-                pass.node(n)
-                    .is_some_and(|node| pass.claims(n, node) || go_era_cordon(pass, n, node))
-            })
+            .filter(|n| !nothing_began(pass, jobs, n))
             .cloned(),
     );
     under_way
         .into_iter()
         .filter(|n| !pass.ledger.skipped.contains(n))
         .collect()
+}
+
+/// A node persisted as applying where nothing began: no Job of the Plan (its create failed, or
+/// it went before it began), no entry of a finished one, no cordon for the Plan.
+fn nothing_began(pass: &Pass<'_, '_>, jobs: &Jobs<'_>, name: &str) -> bool {
+    !jobs.current.contains_key(name)
+        && !jobs.finishing.contains_key(name)
+        && !pass.out.entries.contains_key(name)
+        && pass
+            .node(name)
+            .is_none_or(|node| !pass.claims(name, node) && !go_era_cordon(pass, name, node))
 }
 
 /// The nodes with an upgrade under way or chosen before (persisted as applying).

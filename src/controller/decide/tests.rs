@@ -3085,3 +3085,26 @@ fn a_drain_that_failed_while_paused_is_retried_on_request() {
     let retried = world.step();
     assert_eq!(deleted(&retried).len(), 1, "{:?}", retried.status.nodes);
 }
+
+/// A failed node keeps its slot (and the rollout stays stopped) also after the concurrency is
+/// lowered below the nodes that hold one: its Job exists, so something began there.
+#[test]
+fn a_failed_node_keeps_its_slot_when_the_concurrency_is_lowered() {
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    plan["cordon"] = json!(false);
+    let mut world = World::new(plan).nodes(&["a", "b", "c"]);
+    let first = world.settle();
+    let chosen = first.status.applying.clone().unwrap();
+    assert_eq!(chosen.len(), 2);
+    world.finish_job(&chosen[0], false, NOW);
+    world.step();
+    world.plan["spec"]["concurrency"] = json!(1);
+    let lowered = world.step();
+    assert_eq!(lowered.status.applying.clone().unwrap(), chosen);
+    assert_eq!(condition(&lowered, COMPLETE).1, "JobFailed");
+    world.finish_job(&chosen[1], true, NOW);
+    let next = world.step();
+    assert!(created(&next).is_empty(), "the rollout stays stopped");
+    assert_eq!(entry(&next, &chosen[0]).phase, "Failed");
+}
