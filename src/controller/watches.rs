@@ -1,8 +1,9 @@
 //! The watches feeding the controller: Plans of the controller's namespace, this controller's
 //! Jobs and their pods, Nodes and Secrets, each into a reflector cache. Node heartbeats are
-//! filtered out (only labels, claims, schedulability and existence wake Plans), objects are
-//! cached without managedFields, Nodes without what kubelets report but the Ready condition, and a failing watch is retried with backoff and shown in
-//! `/readyz`.
+//! filtered out (only labels, claims, schedulability, readiness, the kubelet version, the boot
+//! and existence wake Plans), objects are cached without managedFields, Nodes without what
+//! kubelets report but the Ready condition, the kubelet version and the boot ID, and a failing
+//! watch is retried with backoff and shown in `/readyz`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeStatus, Pod, PodSpec, PodTemplateSpec, Secret,
+    Container, Node, NodeStatus, NodeSystemInfo, Pod, PodSpec, PodTemplateSpec, Secret,
 };
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -312,7 +313,8 @@ fn reported<K>(
 }
 
 /// A Node as the cache keeps it: what decisions, cordons and events read (metadata with only
-/// this controller's annotations, the spec, and the Ready condition without its heartbeat). The
+/// this controller's annotations, the spec, the Ready condition without its heartbeat, the
+/// kubelet version and boot ID). The
 /// status a kubelet reports (images, addresses, capacity, the other conditions) can be most of a
 /// Node's size, and every write to a Node is a merge patch, so nothing dropped here is written
 /// back.
@@ -320,17 +322,23 @@ fn slim_node(node: &mut Node) {
     if let Some(annotations) = node.metadata.annotations.as_mut() {
         annotations.retain(|key, _| key.contains(GROUP));
     }
-    let ready = node
-        .status
-        .take()
-        .and_then(|status| status.conditions)
+    let status = node.status.take().unwrap_or_default();
+    let ready = status
+        .conditions
         .and_then(|conditions| conditions.into_iter().find(|c| c.type_ == "Ready"))
         .map(|mut ready| {
             ready.last_heartbeat_time = None;
             ready
         });
-    node.status = ready.map(|ready| NodeStatus {
-        conditions: Some(vec![ready]),
+    // What the node runs and since when it booted: what an upgrade changes.
+    let node_info = status.node_info.map(|info| NodeSystemInfo {
+        kubelet_version: info.kubelet_version,
+        boot_id: info.boot_id,
+        ..NodeSystemInfo::default()
+    });
+    node.status = (ready.is_some() || node_info.is_some()).then(|| NodeStatus {
+        conditions: ready.map(|ready| vec![ready]),
+        node_info,
         ..NodeStatus::default()
     });
 }
@@ -371,7 +379,8 @@ fn slim_pod(pod: &mut Pod) {
     });
 }
 
-/// What about a Node matters to Plans: labels, our annotations, schedulability, readiness.
+/// What about a Node matters to Plans: labels, our annotations, schedulability, readiness, the
+/// kubelet version and boot.
 fn node_fingerprint(node: &Node) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -395,6 +404,10 @@ fn node_fingerprint(node: &Node) -> u64 {
         .flat_map(|s| s.conditions.iter().flatten())
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status.as_str())
+        .hash(&mut hasher);
+    // The version it runs and its boot: an upgrade's outcome.
+    let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+    info.map(|i| (&i.kubelet_version, &i.boot_id))
         .hash(&mut hasher);
     hasher.finish()
 }
@@ -424,8 +437,8 @@ mod tests {
                      "lastTransitionTime": "2026-11-28T09:00:00Z"},
                 ],
                 "images": [{"names": ["rancher/k3s-upgrade:v1.30.4-k3s1"], "sizeBytes": 1}],
-                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
-                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                "nodeInfo": {"architecture": "amd64", "bootID": "b-1", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.30.4+k3s1",
                     "machineID": "", "operatingSystem": "linux", "osImage": "", "systemUUID": ""},
                 "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
             },
@@ -494,9 +507,24 @@ mod tests {
         assert_eq!(conditions[0].status, "True");
         assert!(conditions[0].last_heartbeat_time.is_none());
         assert!(conditions[0].last_transition_time.is_some());
-        assert!(
-            status.images.is_none() && status.node_info.is_none() && status.addresses.is_none()
+        assert!(status.images.is_none() && status.addresses.is_none());
+        let info = status.node_info.unwrap();
+        assert_eq!(
+            (info.kubelet_version.as_str(), info.boot_id.as_str()),
+            ("v1.30.4+k3s1", "b-1")
         );
+        assert_eq!(info.architecture, "", "only what an upgrade changes");
+        // A new kubelet version or boot wakes Plans.
+        let mut upgraded = node();
+        upgraded
+            .status
+            .as_mut()
+            .unwrap()
+            .node_info
+            .as_mut()
+            .unwrap()
+            .kubelet_version = "v1.31.0+k3s1".into();
+        assert_ne!(node_fingerprint(&upgraded), node_fingerprint(&node()));
         // What wakes Plans is unchanged by slimming.
         assert_eq!(node_fingerprint(&slim_copy()), node_fingerprint(&node()));
     }
