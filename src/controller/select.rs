@@ -383,33 +383,12 @@ mod tests {
         );
         // Paused while running: it goes on (its Job finishes).
         let running = vec!["c".to_owned()];
-        assert_eq!(
-            names(&select(
-                &p,
-                &selector,
-                &refs,
-                &running,
-                &[],
-                room(3, true),
-                HASH
-            )),
-            ["b", "c"]
-        );
+        let with_c = |room| names(&select(&p, &selector, &refs, &running, &[], room, HASH));
+        assert_eq!(with_c(room(3, true)), ["b", "c"]);
         // Still eligible, so counted among the Plan's nodes.
         assert!(eligible("p", &selector, &all[0]));
         // A paused Plan starts nobody new.
-        assert_eq!(
-            names(&select(
-                &p,
-                &selector,
-                &refs,
-                &running,
-                &[],
-                room(3, false),
-                HASH
-            )),
-            ["c"]
-        );
+        assert_eq!(with_c(room(3, false)), ["c"]);
     }
 
     #[test]
