@@ -276,6 +276,15 @@ fn run(ctx: &Ctx, seed: u64, chaos: Duration, node_count: usize) -> Report {
 /// Copies what a failed seed's violations are read from (the audit log, the replicas' logs)
 /// out of the cluster's directory, which goes with the cluster, into `target/soak-failures/SEED`;
 /// returns where (found by the long soak: a replay's evidence was gone before it was read).
+/// A soak Plan's concurrency as it is created, and as the operator puts it back at the end.
+fn first_concurrency(plan: &str) -> Value {
+    match plan {
+        "soak-server" => json!(1),
+        "soak-agent" => json!("10%"),
+        _ => json!("20%"),
+    }
+}
+
 fn keep_evidence(ctx: &Ctx, seed: u64, audit_log: &std::path::Path) -> String {
     let kept = crate::support::repo("target/soak-failures").join(seed.to_string());
     // A replay's evidence replaces the last run's of that seed, not mixes with it.
@@ -458,12 +467,12 @@ impl Soak<'_> {
         match name {
             "soak-server" => {
                 spec["nodeSelector"] = json!({"matchLabels": {SCENARIO_LABEL: PREFIX, role: "true"}, "matchExpressions": [out]});
-                spec["concurrency"] = json!(1);
+                spec["concurrency"] = first_concurrency(name);
                 spec["cordon"] = json!(true);
             }
             "soak-agent" => {
                 spec["nodeSelector"] = json!({"matchLabels": {SCENARIO_LABEL: PREFIX}, "matchExpressions": [out, {"key": role, "operator": "DoesNotExist"}]});
-                spec["concurrency"] = json!("10%");
+                spec["concurrency"] = first_concurrency(name);
                 spec["prepare"] =
                     json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "soak-server"]});
                 spec["drain"] =
@@ -472,7 +481,7 @@ impl Soak<'_> {
             _ => {
                 spec["nodeSelector"] =
                     json!({"matchLabels": {SCENARIO_LABEL: PREFIX}, "matchExpressions": [out]});
-                spec["concurrency"] = json!("20%");
+                spec["concurrency"] = first_concurrency(name);
                 spec["cordon"] = json!(true);
                 spec["version"] = json!("v1.0.0");
                 spec["upgrade"] = json!({"image": "registry.invalid/os-upgrade", "command": ["sh", "-c"], "args": ["sh /host/run/system-upgrade/secrets/soak-os-script/script"]});
@@ -858,6 +867,21 @@ impl Soak<'_> {
                 self.patch_plan(plan, json!({"spec": {"window": null}}))
                     .then_some(())
             });
+        }
+        // And puts each Plan's concurrency back: 200 nodes one at a time outlast the settle
+        // (seed 1794609592 ended with soak-os at 1 and 120 nodes to go).
+        for plan in self.plans.clone() {
+            wait(
+                "the concurrency to be restored",
+                Duration::from_secs(60),
+                || {
+                    self.patch_plan(
+                        plan,
+                        json!({"spec": {"concurrency": first_concurrency(plan)}}),
+                    )
+                    .then_some(())
+                },
+            );
         }
         for plan in self.plans.clone() {
             wait(
