@@ -71,6 +71,8 @@ enum Undrained {
     Skipped(String),
     /// This replica no longer holds the Lease: the drain stops, and the leader resumes it.
     NotLeading,
+    /// The Job is gone (deleted, by hand or with its Plan, or replaced): the drain stops.
+    JobGone,
 }
 
 impl DrainOptions {
@@ -325,8 +327,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         }
         if !job_stands(&handle.client, &request).await {
             // Deleted (by hand, or replaced): its node is not cordoned for it.
-            tracing::info!(job = %request.job, "the Job is gone; the drain stops");
-            return;
+            return job_gone(&handle, &request);
         }
         match begin(&handle, &request).await {
             Ok(since) => break since,
@@ -342,6 +343,10 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             loop {
                 if !handle.leads().await {
                     return not_leading(&handle, &request);
+                }
+                // A retry comes after a wait: the Job may have gone meanwhile.
+                if failures > 0 && !job_stands(&handle.client, &request).await {
+                    return job_gone(&handle, &request);
                 }
                 let Err(e) = open_gate(&handle, &request).await else {
                     break;
@@ -368,6 +373,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             set(DrainProgress::Failed(message));
         }
         Err(Undrained::NotLeading) => return not_leading(&handle, &request),
+        Err(Undrained::JobGone) => return job_gone(&handle, &request),
         Err(Undrained::Skipped(message)) => {
             handle.metrics.drain_finished("skipped", started.elapsed());
             handle
@@ -393,6 +399,13 @@ async fn job_stands(client: &Client, request: &DrainRequest) -> bool {
         Ok(None) => false,
         Err(_) => true,
     }
+}
+
+/// A drain whose Job is gone stops, writing nothing more, and wakes its Plan (which returns
+/// the node if the drain had cordoned it).
+fn job_gone(handle: &DrainHandle, request: &DrainRequest) {
+    tracing::info!(job = %request.job, "the Job is gone; the drain stops");
+    handle.wake(request);
 }
 
 /// A drain stopped because this replica no longer holds the Lease.
@@ -518,10 +531,17 @@ async fn evict_all(
     let mut pause = Duration::from_millis(500);
     // The UIDs of the pods on the node when the drain began.
     let mut drained: Option<BTreeSet<String>> = None;
+    let mut first = true;
     loop {
         if !handle.leads().await {
             return Err(Undrained::NotLeading);
         }
+        // Each round after the first proves the Job still stands: found by the long soak, a
+        // drain whose Plan was deleted evicted a pod 2 s after its Job went, on a retry.
+        if !first && !job_stands(&handle.client, request).await {
+            return Err(Undrained::JobGone);
+        }
+        first = false;
         let listed = all.list(&listing).await;
         let now = Timestamp::now();
         let mut waiting: Vec<String> = Vec::new();
@@ -742,7 +762,7 @@ impl Round {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -1006,8 +1026,15 @@ mod tests {
         tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Plan>>,
     );
 
-    /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
-    fn task_fenced(options: serde_json::Value, fenced: bool) -> Fenced {
+    /// A drain handle talking to a scripted API server (for a replica elected as `me` when
+    /// `fenced`), with the Plans its drains wake.
+    pub(crate) fn test_handle(
+        fenced: bool,
+    ) -> (
+        DrainHandle,
+        crate::controller::testing::ApiServer,
+        tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Plan>>,
+    ) {
         use crate::controller::events::{Events, Reporter};
         let (client, api) = crate::controller::testing::client();
         let fence = fenced
@@ -1024,6 +1051,12 @@ mod tests {
             metrics: Metrics::new(),
             wake: Wake::new(wake),
         };
+        (handle, api, woken)
+    }
+
+    /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
+    fn task_fenced(options: serde_json::Value, fenced: bool) -> Fenced {
+        let (handle, api, woken) = test_handle(fenced);
         let request = DrainRequest {
             plan: PlanRef {
                 name: "p".into(),
@@ -1197,6 +1230,8 @@ mod tests {
         let (mut api, progress, running) = task(json!({}));
         cordon_and_start(&mut api, None).await;
         api.refuse("GET", "/api/v1/pods?", 500).await;
+        // Each round after the first proves the Job still stands.
+        job_stands(&mut api, "job-uid").await;
         api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
             .await;
         api.expect(
@@ -1207,6 +1242,7 @@ mod tests {
         )
         .await;
         // An operator tolerating every taint arrives: it is not evicted, nor waited for.
+        job_stands(&mut api, "job-uid").await;
         api.expect(
             "GET",
             "/api/v1/pods?",
@@ -1214,6 +1250,7 @@ mod tests {
             listed(&[("web-1", true), ("operator", false)]),
         )
         .await;
+        job_stands(&mut api, "job-uid").await;
         api.expect("GET", "/api/v1/pods?", 200, listed(&[("operator", false)]))
             .await;
         let opened = api.expect("PATCH", UPGRADE_POD, 200, json!({})).await;
@@ -1227,6 +1264,30 @@ mod tests {
             DrainProgress::Done("upgrade-pod".into())
         );
         api.done().await;
+    }
+
+    /// Found by the long soak: a Plan was deleted while its drain waited to retry an eviction
+    /// the API server had not answered; the retry evicted the pod 2 s after the Job went and
+    /// after the node was returned. Each round after the first proves the Job still stands.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_whose_job_goes_between_rounds_evicts_nothing_more() {
+        let (mut api, progress, running, mut woken) = task_fenced(json!({}), false);
+        cordon_and_start(&mut api, None).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        api.refuse("POST", "/api/v1/namespaces/ns/pods/web-1/eviction", 504)
+            .await;
+        api.refuse("GET", JOB, 404).await;
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        api.done().await;
+        assert!(woken.try_recv().is_ok(), "the Plan was not woken");
+        assert!(matches!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -225,7 +225,7 @@ async fn janitor(
             plan = deleted.recv() => match plan {
                 Some((plan, uid)) => {
                     tracing::info!(%plan, "Plan deleted; stopping its drains and returning the nodes it cordoned");
-                    ctx.drains.forget(&uid, &[]);
+                    ctx.drains.plan_deleted(&uid).await;
                     ctx.expect.forget(&uid);
                     ctx.queries.forget(&uid);
                     ctx.refusals.forget(&uid);

@@ -42,6 +42,9 @@ pub enum Actor {
 pub struct Write {
     /// Microseconds since the epoch at which the answer was complete.
     pub at: i64,
+    /// When the API server received the request: a write received before another completed is
+    /// concurrent with it, and may have taken effect before it.
+    pub received: i64,
     pub actor: Actor,
     /// The user agent, for the report.
     pub agent: String,
@@ -124,6 +127,10 @@ pub fn read_audit(text: &str, since: i64, controller_user: &str) -> Vec<Write> {
             if at < since {
                 return None;
             }
+            let received = e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map_or(at, |t| t.as_microsecond());
             let user = e["impersonatedUser"]["username"]
                 .as_str()
                 .or(e["user"]["username"].as_str())
@@ -143,6 +150,7 @@ pub fn read_audit(text: &str, since: i64, controller_user: &str) -> Vec<Write> {
             }
             Some(Write {
                 at,
+                received,
                 actor,
                 agent: text(&e["userAgent"]),
                 verb: text(&e["verb"]),
@@ -191,6 +199,8 @@ struct JobRec {
     deleted: bool,
     /// When it was deleted or failed, if it did.
     ended: Option<i64>,
+    /// When it stopped being live (deleted or finished), as the API server answered it.
+    gone_at: Option<i64>,
     begun: bool,
     /// The node's label of this Plan when the Job was created.
     label_at_create: Option<String>,
@@ -199,6 +209,13 @@ struct JobRec {
 impl JobRec {
     fn live(&self) -> bool {
         !self.deleted && self.finished.is_none()
+    }
+
+    /// Live for a write received at `received`: live, or gone only after it was received (the
+    /// two were concurrent, so the write may have taken effect first). Found by the long soak:
+    /// an operator's Job deletion answered 1 ms after the controller's cordon was received.
+    fn live_for(&self, received: i64) -> bool {
+        self.live() || self.gone_at.is_some_and(|gone| gone > received)
     }
 
     fn failed(&self) -> bool {
@@ -522,7 +539,7 @@ impl Checker {
             }
             Actor::Controller => {
                 for plan in &added {
-                    self.check_pod_runs(plan, &name, "cordoned");
+                    self.check_pod_runs(plan, &name, "cordoned", w.received);
                     // A node whose Job of the Plan runs is held already; the claim adds none.
                     let held = self
                         .jobs
@@ -635,11 +652,12 @@ impl Checker {
         }
     }
 
-    /// Whether an upgrade pod of a live Job of `plan` runs on `node` (its gate at least).
-    fn pod_runs(&self, plan: &str, node: &str) -> bool {
+    /// Whether an upgrade pod of a Job of `plan` live for a write received at `received` runs
+    /// on `node` (its gate at least).
+    fn pod_runs(&self, plan: &str, node: &str, received: i64) -> bool {
         self.jobs
             .iter()
-            .filter(|j| j.plan == plan && j.node == node && j.live())
+            .filter(|j| j.plan == plan && j.node == node && j.live_for(received))
             .any(|j| {
                 self.upgrade_pods
                     .values()
@@ -647,8 +665,8 @@ impl Checker {
             })
     }
 
-    fn check_pod_runs(&mut self, plan: &str, node: &str, what: &str) {
-        if !self.pod_runs(plan, node) {
+    fn check_pod_runs(&mut self, plan: &str, node: &str, what: &str, received: i64) {
+        if !self.pod_runs(plan, node, received) {
             self.violate(
                 Rule::TouchedBeforeItsPod,
                 node,
@@ -668,7 +686,7 @@ impl Checker {
         }
         self.note(&node, w, &format!("evict {key} ({})", w.code));
         let plans: Vec<String> = self.plans.keys().cloned().collect();
-        if !plans.iter().any(|p| self.pod_runs(p, &node)) {
+        if !plans.iter().any(|p| self.pod_runs(p, &node, w.received)) {
             self.violate(
                 Rule::TouchedBeforeItsPod,
                 &node,
@@ -712,6 +730,7 @@ impl Checker {
         if let Some(rec) = self.jobs.iter_mut().find(|j| j.uid == uid) {
             if rec.finished.is_none() && finished.is_some() {
                 rec.finished = finished;
+                rec.gone_at.get_or_insert(w.at);
                 if finished == Some(false) {
                     rec.ended.get_or_insert(w.at);
                 }
@@ -757,6 +776,7 @@ impl Checker {
     fn job_deleted(&mut self, i: usize, w: &Write) {
         self.jobs[i].deleted = true;
         self.jobs[i].ended.get_or_insert(w.at);
+        self.jobs[i].gone_at.get_or_insert(w.at);
         let j = &self.jobs[i];
         let (node, plan, name, created) =
             (j.node.clone(), j.plan.clone(), j.name.clone(), j.created);
@@ -1087,6 +1107,8 @@ pub fn summary(counts: &BTreeMap<String, usize>) -> String {
 struct Built {
     writes: Vec<Write>,
     at: i64,
+    /// How long before its answer each write is received (0: at once).
+    latency: i64,
 }
 
 impl Built {
@@ -1116,6 +1138,7 @@ impl Built {
         self.at += 1_000_000;
         self.writes.push(Write {
             at: self.at,
+            received: self.at - self.latency,
             actor,
             agent: "test".into(),
             verb: verb.into(),
@@ -1405,6 +1428,22 @@ pub fn the_checker_catches_each_kind_of_violation() {
         .pod("u1", "soak-2", "gate")
         .node(Actor::Controller, "soak-1", true, true, None);
     assert_eq!(b.rules(vec![]), [Rule::TouchedBeforeItsPod]);
+    // Cordoned for a Job the operator deleted: caught when the cordon was received after the
+    // deletion was answered; not when the two were concurrent (the cordon received first, found
+    // by the long soak 1 ms apart), as the cordon may have taken effect first.
+    let concurrent = |latency: i64| {
+        let mut b = history();
+        b.job("u1", "soak-1", "h1").pod("u1", "soak-1", "gate");
+        b.delete_job(Actor::Operator, "soak-1", "h1");
+        b.latency = latency;
+        b.node(Actor::Controller, "soak-1", true, true, None);
+        b.latency = 0;
+        b.node(Actor::Controller, "soak-1", false, false, None);
+        b.rules(vec![])
+    };
+    assert_eq!(concurrent(0), [Rule::TouchedBeforeItsPod]);
+    assert_eq!(concurrent(500_000), [Rule::TouchedBeforeItsPod]);
+    assert_eq!(concurrent(1_500_000), Vec::<Rule>::new());
     // Drained before: an eviction with no upgrade pod there.
     let mut b = history();
     b.job("u1", "soak-1", "h1").evict("w-soak-1");
