@@ -82,7 +82,7 @@ impl Drains {
             plan: PlanRef {
                 name: plan.name_any(),
                 namespace: plan.namespace().unwrap_or_default(),
-                uid: plan.metadata.uid.clone().unwrap_or_default(),
+                uid: plan_uid.clone(),
             },
             node: node.to_owned(),
             pod: pod.to_owned(),
@@ -92,7 +92,6 @@ impl Drains {
         };
         tracing::info!(%pod, drain = request.options.is_some(), "starting cordon/drain");
         let progress = Arc::new(Mutex::new(DrainProgress::Running("starting".into())));
-        let plan_uid = request.plan.uid.clone();
         let task = tokio::spawn(drain::run(self.handle.clone(), request, progress.clone()));
         tasks.insert(
             job_uid.to_owned(),
