@@ -54,6 +54,9 @@ pub const ANNOTATION_DRAIN_STARTED: &str = "upgrade.cattle.io/drain-started";
 pub const ANNOTATION_DRAIN_FAILED: &str = "upgrade.cattle.io/drain-failed";
 /// Job annotation recording when this controller took over a Job the Go controller created.
 pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
+/// On a Job: when the controller last nudged it, the Job controller having created no pod for
+/// it (the Job controller looks at a Job again when it changes).
+pub const ANNOTATION_NUDGED: &str = "upgrade.cattle.io/nudged";
 /// Node annotation prefix recording that a Plan cordoned the node
 /// (`cordoned.upgrade.cattle.io/<plan>`, valued `<namespace>/<controller> <time>`).
 pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";

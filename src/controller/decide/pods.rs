@@ -13,6 +13,13 @@ pub fn has_pod(job: &Job, pods: &[&Pod]) -> bool {
     pods.iter().any(|p| owned_by(p, uid))
 }
 
+/// Whether a Job has a pod the scheduler placed on its node (in any phase).
+pub fn has_pod_on_node(job: &Job, pods: &[&Pod]) -> bool {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    pods.iter()
+        .any(|p| owned_by(p, uid) && bound_node(p).is_some())
+}
+
 /// Whether the Job of UID `uid` owns the pod.
 pub fn owned_by(pod: &Pod, uid: &str) -> bool {
     pod.metadata
@@ -20,6 +27,21 @@ pub fn owned_by(pod: &Pod, uid: &str) -> bool {
         .iter()
         .flatten()
         .any(|o| o.uid == uid)
+}
+
+/// The pods of every Job of this name, whichever incarnation (each Job object has its own UID),
+/// in any phase, being deleted or not.
+pub fn of_job_named<'a>(job_name: &str, pods: &[&'a Pod]) -> Vec<&'a Pod> {
+    pods.iter()
+        .copied()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "Job" && o.name == job_name)
+        })
+        .collect()
 }
 
 /// The pods of a Job that are neither finished nor being deleted, newest first.

@@ -163,6 +163,7 @@ impl World {
                     self.created += 1;
                     let uid = format!("uid-{name}-{}", self.created);
                     value["metadata"]["uid"] = json!(uid);
+                    value["metadata"]["creationTimestamp"] = json!(self.now);
                     value["status"] = json!({"active": 1});
                     let template = value["spec"]["template"].clone();
                     let node = template["metadata"]["labels"]["upgrade.cattle.io/node"]
@@ -2581,6 +2582,125 @@ fn a_drain_edit_replaces_a_job_whose_upgrade_has_not_begun() {
         1,
         "nothing began: it follows the edit"
     );
+}
+
+fn released(decision: &Decision, node: &str) -> bool {
+    decision.before.contains(&Change::Release {
+        node: node.to_owned(),
+    })
+}
+
+fn seconds_after_now(seconds: i64) -> String {
+    let now: Timestamp = NOW.parse().unwrap();
+    stamp(now + jiff::SignedDuration::from_secs(seconds))
+}
+
+#[test]
+fn a_job_replaced_under_its_name_is_created_once_the_old_one_and_its_pods_are_gone() {
+    let mut s = spec();
+    s["drain"] = json!({"timeout": "5m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    world.settle();
+    let old_name = world.jobs[0]["metadata"]["name"].clone();
+    let mut old_pod = world.pods[0].clone();
+    // A drain edit is not in the hash: the new Job has the old one's name.
+    world.plan["spec"]["drain"]["onTimeout"] = json!("Skip");
+    let replaced = world.step();
+    assert_eq!(deleted(&replaced).len(), 1);
+    // The garbage collector has not removed the old Job's pod yet.
+    old_pod["metadata"]["deletionTimestamp"] = json!(NOW);
+    world.pods.push(old_pod);
+    let waiting = world.step();
+    assert!(
+        created(&waiting).is_empty(),
+        "not under the name of a Job whose pod stays"
+    );
+    let e = entry(&waiting, "a");
+    assert_eq!(e.phase, "Preparing");
+    let message = e.message.unwrap();
+    assert!(
+        message.contains("pods of the Job it replaces are gone (left: "),
+        "{message}"
+    );
+    assert_eq!(waiting.requeue, Duration::from_secs(5));
+    assert!(
+        !released(&waiting, "a"),
+        "a short wait keeps the node's cordon"
+    );
+    // It lingers: the node's cordon goes back meanwhile.
+    world.now = seconds_after_now(61);
+    let lingering = world.step();
+    assert!(released(&lingering, "a"));
+    assert!(created(&lingering).is_empty());
+    world.pods.clear();
+    let recreated = world.step();
+    assert_eq!(created(&recreated), ["a"]);
+    assert_eq!(world.jobs[0]["metadata"]["name"], old_name);
+    // Its pod waits in its gate: the drain cordons the node again.
+    let draining = world.step();
+    assert_eq!(drains(&draining), 1);
+    assert_eq!(world.node_mut("a")["spec"]["unschedulable"], true);
+}
+
+#[test]
+fn a_job_deleted_in_the_pass_is_not_created_again_under_its_name_in_that_pass() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    world.settle();
+    // A Job without its version label is deleted; the node's new Job has the same name.
+    let job = job_of(&mut world, "a");
+    job["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("upgrade.cattle.io/version");
+    let pass = world.step();
+    assert_eq!(deleted(&pass).len(), 1);
+    assert!(created(&pass).is_empty());
+    let message = entry(&pass, "a").message.unwrap();
+    assert!(message.contains("it replaces is gone"), "{message}");
+    assert_eq!(created(&world.step()), ["a"]);
+}
+
+#[test]
+fn a_job_the_job_controller_gives_no_pod_is_nudged_and_does_not_keep_its_node_cordoned() {
+    let mut s = spec();
+    s["drain"] = json!({});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.drains_finish = false;
+    let draining = world.settle();
+    assert_eq!(entry(&draining, "a").phase, "Draining");
+    // The Job stands cordoned for, but has no pod (the Job controller lost count of it).
+    world.pods.clear();
+    world.drains.clear();
+    let fresh = world.step();
+    assert!(!released(&fresh, "a") && annotated(&fresh).is_empty());
+    assert_eq!(
+        entry(&fresh, "a").message.as_deref(),
+        Some("waiting for the Job's pod")
+    );
+    world.now = seconds_after_now(61);
+    let idle = world.step();
+    assert!(
+        released(&idle, "a"),
+        "no pod on the node for a minute: the cordon goes back"
+    );
+    assert!(annotated(&idle).is_empty());
+    world.now = seconds_after_now(300);
+    let nudged = world.step();
+    let stamps = annotated(&nudged);
+    assert_eq!(stamps.len(), 1);
+    assert_eq!(
+        stamps[0]["upgrade.cattle.io/nudged"],
+        seconds_after_now(300)
+    );
+    let message = entry(&nudged, "a").message.unwrap();
+    assert!(message.contains("has created no pod for Job"), "{message}");
+    assert!(reasons(&nudged).contains(&"JobRefused"));
+    assert_eq!(short(&nudged, COMPLETE).1, "JobRefused");
+    world.now = seconds_after_now(360);
+    assert!(annotated(&world.step()).is_empty(), "once per five minutes");
+    world.now = seconds_after_now(600);
+    assert_eq!(annotated(&world.step()).len(), 1);
 }
 
 #[test]

@@ -20,8 +20,8 @@ use super::plan::Resolved;
 use super::pods;
 use super::retries::{self, RetryDue};
 use crate::api::{
-    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_RUN,
-    ANNOTATION_TEMPLATE, Phase, Plan, PlanStatus, Reason,
+    ANNOTATION_ADOPTED, ANNOTATION_DRAIN_FAILED, ANNOTATION_DRAINED, ANNOTATION_NUDGED,
+    ANNOTATION_RUN, ANNOTATION_TEMPLATE, Phase, Plan, PlanStatus, Reason,
 };
 use crate::controller::cordon::has_claim;
 use crate::controller::job;
@@ -29,6 +29,13 @@ use crate::controller::status::stamp;
 
 /// How often a Plan with a Job that has no pod is looked at (the pod may not be created).
 const NO_POD_RETRY: Duration = Duration::from_secs(10);
+/// How often a node whose new Job waits for the Job it replaces to go is looked at.
+const PREDECESSOR_RETRY: Duration = Duration::from_secs(5);
+/// How long a node keeps this Plan's cordon while no pod of its Job is on it.
+const IDLE_CORDON_GRACE: Duration = Duration::from_secs(60);
+/// After how long without a pod a Job is nudged: the Job controller's count of the pods it
+/// expects lapses after five minutes, but it looks at the Job again only when something changes.
+const NUDGE_AFTER: Duration = Duration::from_secs(300);
 
 /// Each chosen node: finishing an earlier Job, started (when the Plan is ready), failed,
 /// replaced after an edit, or followed through its gate (cordon, drain, upgrade).
@@ -194,6 +201,20 @@ fn start(
         pass.out.requeue_within(until(now, *retry_at));
         return;
     }
+    if let Some(lingering) = predecessor(pass, &desired_name) {
+        // The Job controller counts the pods it expects by Job name: a Job re-created under
+        // the name of one whose pods may still come or go can wait for a pod that never
+        // comes (found by the soak: three replacements in 35 s, no pod until the deadline).
+        let message = format!("its Job is created once {lingering}");
+        let entry = pass
+            .cx
+            .entry(node_name, Phase::Preparing, &desired_name, &message);
+        let since = entry.since.as_deref().and_then(|s| s.parse().ok());
+        pass.out.enter(entry);
+        return_idle_cordon(pass, node_name, since);
+        pass.out.requeue_within(PREDECESSOR_RETRY);
+        return;
+    }
     adopt_go_applying_cordon(pass, node_name, gated);
     pass.out.after.push(Change::CreateJob(Box::new(desired)));
     let phase = if gated {
@@ -204,6 +225,57 @@ fn start(
     let mut entry = pass.cx.entry(node_name, phase, &desired_name, "");
     entry.retries = retries.or(entry.retries);
     pass.out.enter(entry);
+}
+
+/// What of an earlier Job of this name is still there: the Job itself (deleted in this pass, or
+/// being deleted), or its pods.
+fn predecessor(pass: &Pass<'_, '_>, job_name: &str) -> Option<String> {
+    let deleting = pass
+        .out
+        .before
+        .iter()
+        .any(|c| matches!(c, Change::DeleteJob { name, .. } if name == job_name));
+    let cached = pass
+        .cx
+        .obs
+        .jobs
+        .iter()
+        .any(|j| j.metadata.name.as_deref() == Some(job_name));
+    if deleting || cached {
+        return Some(format!("the Job {job_name} it replaces is gone"));
+    }
+    let pods: Vec<&str> = pods::of_job_named(job_name, pass.cx.obs.pods)
+        .into_iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    (!pods.is_empty()).then(|| {
+        format!(
+            "the pods of the Job it replaces are gone (left: {})",
+            pods.join(", ")
+        )
+    })
+}
+
+/// Returns this Plan's cordon of a node on which no pod of the Plan has run for
+/// [`IDLE_CORDON_GRACE`] since `since`: its drain cordons it again once its pod waits in its
+/// gate. A replacement normally takes seconds; a node must not stay cordoned while its Job
+/// waits for a pod that may never come.
+fn return_idle_cordon(pass: &mut Pass<'_, '_>, node_name: &str, since: Option<jiff::Timestamp>) {
+    let Some(since) = since else {
+        return;
+    };
+    let grace = jiff::SignedDuration::try_from(IDLE_CORDON_GRACE).unwrap_or_default();
+    let now = pass.cx.obs.now;
+    let Some(node) = pass.node(node_name) else {
+        return;
+    };
+    if !has_claim(node, &pass.cx.plan_name, &pass.cx.who) {
+        return;
+    }
+    match since.checked_add(grace) {
+        Ok(due) if now < due => pass.out.requeue_within(until(now, due)),
+        _ => pass.release(node_name),
+    }
 }
 
 /// A node the Go controller named in `applying` (no entry of ours) and that is cordoned with
@@ -301,6 +373,21 @@ fn follow(
         refuse(pass, node_name, &job_name, text);
         return;
     }
+    if finished.is_none() && !begun {
+        let created = job.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if !pods::has_pod(job, pass.cx.obs.pods)
+            && let Some(text) = nudge(pass, job, created)
+        {
+            refuse(pass, node_name, &job_name, text);
+            if gated {
+                return_idle_cordon(pass, node_name, created);
+            }
+            return;
+        }
+        if gated && !pods::has_pod_on_node(job, pass.cx.obs.pods) {
+            return_idle_cordon(pass, node_name, created);
+        }
+    }
     let (phase, message) = if gated && finished.is_none() {
         gate_phase(pass, node_name, job, desired.is_some())
     } else {
@@ -308,6 +395,37 @@ fn follow(
     };
     let entry = pass.cx.entry(node_name, phase, &job_name, &message);
     pass.out.enter(entry);
+}
+
+/// A Job without a pod [`NUDGE_AFTER`] after it was created (or last nudged) is annotated, so
+/// the Job controller looks at it again; returns what the node's entry says meanwhile.
+fn nudge(pass: &mut Pass<'_, '_>, job: &Job, created: Option<jiff::Timestamp>) -> Option<String> {
+    let created = created?;
+    let now = pass.cx.obs.now;
+    let after = jiff::SignedDuration::try_from(NUDGE_AFTER).unwrap_or_default();
+    let due = created.checked_add(after).unwrap_or(created);
+    if now < due {
+        pass.out.requeue_within(until(now, due));
+        return None;
+    }
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let nudged = annotation(job, ANNOTATION_NUDGED).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let next = nudged.and_then(|t| t.checked_add(after).ok());
+    if next.is_none_or(|next| now >= next) {
+        pass.out.before.push(Change::AnnotateJob {
+            name: job_name.clone(),
+            annotations: BTreeMap::from([(ANNOTATION_NUDGED.to_owned(), pass.cx.now.clone())]),
+        });
+    }
+    let last = match nudged {
+        Some(at) if next.is_some_and(|next| now < next) => stamp(at),
+        _ => pass.cx.now.clone(),
+    };
+    Some(format!(
+        "the Job controller has created no pod for Job {job_name} since {}; the controller \
+         nudged the Job at {last} so the Job controller looks at it again",
+        stamp(created)
+    ))
 }
 
 /// A node whose Job the API server refused, or whose pod cannot be created: its entry says
