@@ -59,9 +59,18 @@ pub const RECONCILE_ERRORS: [&str; 8] = [
 ];
 
 /// The states `suc_plan_nodes` counts, as `decide::Tally` names them.
-pub const PLAN_NODE_STATES: [&str; 10] = [
-    "selected", "done", "applying", "failed", "waiting", "held", "skipped", "gated", "cordoned",
+pub const PLAN_NODE_STATES: [&str; 11] = [
+    "selected",
+    "done",
+    "applying",
+    "failed",
+    "waiting",
+    "held",
+    "skipped",
+    "gated",
+    "cordoned",
     "refused",
+    "version_held",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,8 +237,9 @@ impl Metrics {
             "plan_nodes",
             "A Plan's nodes by state: selected, done (with the latest hash), applying, failed, \
              waiting, held (pause label), skipped (drain timeout) and gated (waiting while a \
-             health gate or spec.paused holds the rollout, or waiting to be healthy), and \
-             cordoned (kept cordoned by the Plan)",
+             health gate or spec.paused holds the rollout, or waiting to be healthy), \
+             cordoned (kept cordoned by the Plan), refused (Job or pod refused) and \
+             version_held (waiting, held by a version rule of a K3s or RKE2 Plan)",
             plan_nodes.clone(),
         );
         let leader = Gauge::default();
@@ -344,7 +354,7 @@ impl Metrics {
     }
 
     /// A Plan's nodes by state (`PLAN_NODE_STATES`, in order).
-    pub fn plan_nodes(&self, namespace: &str, plan: &str, counts: [usize; 10]) {
+    pub fn plan_nodes(&self, namespace: &str, plan: &str, counts: [usize; PLAN_NODE_STATES.len()]) {
         for (state, count) in PLAN_NODE_STATES.into_iter().zip(counts) {
             let labels = PlanLabels {
                 namespace: namespace.to_owned(),
@@ -459,7 +469,7 @@ mod tests {
     #[test]
     fn process_and_plan_metrics() {
         let metrics = Metrics::new();
-        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1, 0]);
+        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1, 0, 0]);
         let text = metrics.encode();
         assert!(
             text.contains("suc_plan_nodes{namespace=\"ns\",plan=\"p\",state=\"done\"} 2"),

@@ -20,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::admission;
 use crate::api::{
     GROUP, IntOrPercent, LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_PAUSE, LABEL_PLAN,
-    PLAN_LABEL_PREFIX, Plan, Reason,
+    PLAN_LABEL_PREFIX, Phase, Plan, Reason,
 };
 use crate::check;
 use crate::config::{PreviewConfig, kube_config};
@@ -295,6 +295,7 @@ pub fn report(input: &Input<'_>) -> String {
     for note in holds(&plan, &now) {
         line(&mut out, "hold:", &note);
     }
+    version_holds(&mut out, &now);
     if version.is_empty() || hash.is_empty() {
         line(
             &mut out,
@@ -388,6 +389,33 @@ fn nodes(out: &mut String, plan: &Plan, input: &Input<'_>, hash: &str) -> Option
     Some(eligible.len())
 }
 
+/// The nodes a version rule holds now (a downgrade, a skipped minor, servers behind), each with
+/// the controller's words; servers the rollout itself upgrades first free their agents in the
+/// order below.
+fn version_holds(out: &mut String, now: &Decision) {
+    let held: Vec<_> = now
+        .status
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|e| e.phase == Phase::Held.as_str())
+        .collect();
+    if held.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "  {:<12} {} node(s) held by a version rule now:\n",
+        "versions:",
+        held.len()
+    ));
+    for entry in held {
+        out.push_str(&format!(
+            "    {}\n",
+            entry.message.as_deref().unwrap_or(&entry.name)
+        ));
+    }
+}
+
 /// The nodes applying as stored.
 fn applying(input: &Input<'_>) -> Vec<String> {
     input
@@ -410,6 +438,9 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             Reason::WaitingForHealth,
             Reason::Waiting,
             Reason::CRDOutdated,
+            Reason::DowngradeHeld,
+            Reason::MinorSkipHeld,
+            Reason::WaitingForServers,
         ];
         if holding.iter().any(|r| r.as_str() == reason) {
             notes.push(message);
@@ -718,6 +749,51 @@ mod tests {
         let text = report(&input(&plan, None, &nodes));
         assert!(text.contains("concurrency: 1 at a time"), "{text}");
         assert!(text.contains("    1: a\n"), "{text}");
+    }
+
+    fn running(mut node: Node, version: &str) -> Node {
+        node.status
+            .get_or_insert_default()
+            .node_info
+            .get_or_insert_default()
+            .kubelet_version = version.into();
+        node
+    }
+
+    #[test]
+    fn version_holds_are_shown_per_node_and_servers_go_first_in_the_order() {
+        let spec = json!({"concurrency": 3, "version": "v1.30.4+k3s1", "nodeSelector": {},
+            "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let plan = plan(spec);
+        let server = json!({"node-role.kubernetes.io/control-plane": "true"});
+        let nodes = [
+            running(node("agent-1", json!({})), "v1.29.9+k3s1"),
+            running(node("agent-2", json!({})), "v1.29.9+k3s1"),
+            running(node("newer", json!({})), "v1.31.0+k3s1"),
+            running(node("server", server), "v1.29.9+k3s1"),
+        ];
+        let text = report(&input(&plan, Some(&plan), &nodes));
+        assert!(
+            text.contains("versions:    3 node(s) held by a version rule now:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    node agent-1 is not control-plane and waits until every control-plane node runs at least v1.30.4+k3s1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    node newer runs v1.31.0+k3s1, newer than v1.30.4+k3s1"),
+            "{text}"
+        );
+        // The server first; its upgrade frees the agents; the newer node never starts.
+        assert!(
+            text.contains("    1: server\n    2: agent-1, agent-2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the rollout stops there: DowngradeHeld: node newer runs"),
+            "{text}"
+        );
     }
 
     #[test]

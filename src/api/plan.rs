@@ -77,6 +77,13 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_gates: Option<HealthGates>,
 
+    /// Version safety for K3s and RKE2 Plans (the `k3s-upgrade` and `rke2-upgrade` images): by
+    /// default a node is never moved to an older version nor up more than one minor version in
+    /// one step, and nodes that are not control-plane wait until every control-plane node runs
+    /// the target. Each rule can be turned off here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_safety: Option<VersionSafety>,
+
     /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
     /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
     /// when unset the controller default (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) is used.
@@ -411,6 +418,25 @@ pub struct RetrySpec {
     pub backoff: Option<String>,
 }
 
+/// The version rules a K3s or RKE2 Plan may turn off.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSafety {
+    /// Move nodes to a version older than the one they run (default false: such a node is held,
+    /// `Complete=False/DowngradeHeld`, and a channel answering an older version than the one
+    /// resolved before is not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_downgrade: Option<bool>,
+    /// Move a node up more than one minor version in one step, e.g. v1.28 to v1.30 (default
+    /// false: such a node is held, `Complete=False/MinorSkipHeld`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_minor_skip: Option<bool>,
+    /// Hold nodes that are not control-plane until every control-plane node runs at least the
+    /// target version (default true; `Complete=False/WaitingForServers` meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers_first: Option<bool>,
+}
+
 /// Health checks a rollout waits for between nodes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -594,7 +620,8 @@ pub struct NodeStatus {
     /// postCompleteDelay before the next node), WaitingHealthy (done, waiting to be Ready for
     /// healthGates.nodeReadyFor), Failed (its Job or drain failed; the node keeps its slot until
     /// the Plan changes or it is retried), Retrying (its failed Job was deleted to run it again),
-    /// or Skipped (its drain timed out with `drain.onTimeout: Skip`).
+    /// Skipped (its drain timed out with `drain.onTimeout: Skip`), or Held (a version rule holds
+    /// it: a downgrade, a skipped minor, control-plane nodes behind; nothing runs on it).
     pub phase: String,
     /// The upgrade Job of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]

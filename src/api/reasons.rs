@@ -81,6 +81,9 @@ wire_words! {
         /// The drain timed out with `onTimeout: Skip`: the node is left as it was (uncordoned,
         /// not upgraded) until the Plan changes or is told to retry it.
         Skipped,
+        /// A version rule holds the node (a downgrade, a skipped minor, control-plane nodes
+        /// behind): no Job is created for it until the rule is met or turned off.
+        Held,
     }
 }
 
@@ -142,6 +145,16 @@ wire_words! {
         CRDOutdated,
         /// Condition and event: a failed node is tried again (now, or after its backoff).
         Retrying,
+        /// Condition and event: the Plan would move a node to an older version than it runs.
+        DowngradeHeld,
+        /// Condition and event: the Plan would move a node up more than one minor version.
+        MinorSkipHeld,
+        /// Condition and event: nodes that are not control-plane wait for the control-plane
+        /// nodes to run the target version.
+        WaitingForServers,
+        /// Event: the channel answered an older version than the one resolved before; it is not
+        /// followed.
+        ChannelWentBack,
         // Nodes and Jobs
         /// Event: a node's Job succeeded and it waits out `postCompleteDelay`.
         JobCompleteWaiting,

@@ -18,13 +18,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
-use crate::api::{ANNOTATION_DRAINED, ANNOTATION_RETRY, LABEL_NODE, PLAN_LABEL_PREFIX, Plan};
+use crate::api::{
+    ANNOTATION_DRAINED, ANNOTATION_RETRY, LABEL_NODE, LABEL_VERSION, PLAN_LABEL_PREFIX, Plan,
+};
 use crate::controller::cordon::{self, Claimant};
 use crate::controller::decide::{
     self, Change, Decision, DrainProgress, Observed, QueryOutcome, Refusal, Resolution, pods,
 };
 use crate::controller::job::{GATE_NAMES, JobSettings};
 use crate::controller::status::{self, COMPLETE, stamp};
+use crate::validation::versions;
 
 /// The cluster as the decision sees it.
 pub struct Cluster {
@@ -389,6 +392,7 @@ impl Cluster {
     fn finish_upgrades(&mut self) -> bool {
         let now = Time(self.now);
         let mut finished = false;
+        let mut upgraded = Vec::new();
         for job in &mut self.jobs {
             let running = job.status.as_ref().is_some_and(|s| s.active == Some(1));
             let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -416,6 +420,19 @@ impl Cluster {
                 ..JobCondition::default()
             }]);
             finished = true;
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            if let (Some(node), Some(version)) = (labels.get(LABEL_NODE), labels.get(LABEL_VERSION))
+                && let Some(version) = versions::target(&self.plan.spec, version)
+            {
+                upgraded.push((node.clone(), version));
+            }
+        }
+        // A K3s or RKE2 upgrade that succeeds brings the node's kubelet back on its version.
+        for (name, version) in upgraded {
+            if let Some(node) = self.node_mut(&name) {
+                let status = node.status.get_or_insert_default();
+                status.node_info.get_or_insert_default().kubelet_version = version.to_string();
+            }
         }
         finished
     }

@@ -19,6 +19,7 @@ use crate::syntax::{duration, image, k8s, window};
 
 mod pods;
 mod rollout;
+pub mod versions;
 
 use pods::*;
 pub use rollout::resolved_version_problem;
@@ -273,6 +274,7 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     check_volume_names(spec, report);
     check_mount_paths(spec, report);
     check_version_and_channel(spec, report);
+    versions::check(spec, report);
 
     if let Some(concurrency) = &spec.concurrency {
         check_concurrency(concurrency, report);

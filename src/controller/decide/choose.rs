@@ -32,13 +32,18 @@ pub(super) fn select<'a>(
         .values()
         .filter(|n| select::eligible(&cx.plan_name, &selector, n))
         .count();
+    let under_way = under_way(pass, jobs);
+    // A node a version rule holds does not start; one whose upgrade is under way goes on.
     let candidates: Vec<&Node> = cx
         .nodes
         .values()
         .copied()
         .filter(|n| {
             let name = n.metadata.name.as_deref().unwrap_or_default();
-            !pass.ledger.done_now.contains(name) && !pass.ledger.skipped.contains(name)
+            !pass.ledger.done_now.contains(name)
+                && !pass.ledger.skipped.contains(name)
+                && (!pass.ledger.version_held.contains_key(name)
+                    || under_way.iter().any(|u| u == name))
         })
         .collect();
     // The concurrency stays what the Plan says while it is paused or gated: nodes chosen
@@ -50,7 +55,6 @@ pub(super) fn select<'a>(
         .as_ref()
         .and_then(|c| c.nodes(eligible))
         .unwrap_or(0);
-    let under_way = under_way(pass, jobs);
     let placed: Vec<String> = pass
         .cx
         .applying_before

@@ -250,11 +250,13 @@ pub struct Tally {
     pub cordoned: usize,
     /// Applying nodes whose Job the API server refused, or whose pod cannot be created.
     pub refused: usize,
+    /// Waiting nodes a version rule holds (a downgrade, a skipped minor, servers behind).
+    pub version_held: usize,
 }
 
 impl Tally {
     /// The counts in the order of the metric's states (`metrics::PLAN_NODE_STATES`).
-    pub fn counts(&self) -> [usize; 10] {
+    pub fn counts(&self) -> [usize; 11] {
         [
             self.selected,
             self.done,
@@ -266,6 +268,7 @@ impl Tally {
             self.gated,
             self.cordoned,
             self.refused,
+            self.version_held,
         ]
     }
 }

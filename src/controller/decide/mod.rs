@@ -12,11 +12,14 @@
 //!    ([`finish`]: uncordon, `postCompleteDelay`, `nodeReadyFor`, the label) and expire; stale
 //!    ones go unless their upgrade may have begun; gives [`jobs::Jobs`].
 //! 4. [`retries`]: nodes skipped after a drain timeout stay skipped unless a retry names them.
-//! 5. [`holds`]: what holds new starts (a CRD that lacks spec fields, a closed health gate).
+//! 5. [`holds`]: what holds new starts (a CRD that lacks spec fields, a closed health gate);
+//!    [`versions`]: which nodes a version rule holds (a downgrade, a skipped minor, servers
+//!    behind).
 //! 6. [`choose`]: the nodes that apply the Plan now, within the concurrency.
 //! 7. [`holds`] again: a closed window ends the pass.
 //! 8. [`track`]: each chosen node is started, followed through its gate (cordon, drain,
-//!    upgrade), failed and retried ([`retries`]), or replaced after an edit.
+//!    upgrade), failed and retried ([`retries`]), or replaced after an edit; nodes held by a
+//!    version rule get their entry ([`versions`]).
 //! 9. [`release`]: Jobs of nodes that no longer need the Plan stop, claims go back, stranded
 //!    pods go.
 //! 10. [`progress`]: the count of nodes, the conditions, and the [`Decision`].
@@ -37,6 +40,7 @@ mod progress;
 mod release;
 mod retries;
 mod track;
+mod versions;
 
 use std::time::Duration;
 
@@ -79,6 +83,9 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     let jobs = jobs::sort(&mut pass, &resolved);
     retries::carry_skipped(&mut pass, &resolved);
     let gate = holds::gate(&mut pass, &resolved);
+    if ready {
+        versions::find_holds(&mut pass, &resolved);
+    }
     let chosen = if ready {
         choose::select(&pass, &resolved, &jobs, gate.is_some())
     } else {
@@ -90,6 +97,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         return progress::finish(pass, gate.as_ref(), tally, None);
     }
     track::nodes(&mut pass, &resolved, &jobs, gate.as_ref(), &chosen);
+    versions::enter_holds(&mut pass, &chosen);
     if ready {
         // Only a pass that could act on the retry annotation consumes it.
         retries::consume_retry_request(&mut pass);

@@ -222,6 +222,9 @@ pub(super) struct Ledger {
     /// Applying nodes whose Job waits to be created, or whose retry waits, because a pause or a
     /// closed gate holds them: the reason and what it says.
     pub held: BTreeMap<String, (Reason, String)>,
+    /// Nodes a version rule holds (a downgrade, a skipped minor, servers behind): the reason
+    /// and what it says. They do not start; an upgrade under way on one goes on.
+    pub version_held: BTreeMap<String, (Reason, String)>,
     /// Applying nodes whose Job the API server refused (or whose pod cannot be created): why.
     pub refused: BTreeMap<String, String>,
     /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).

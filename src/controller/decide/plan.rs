@@ -13,6 +13,7 @@ use crate::api::{Plan, PlanStatus, Reason};
 use crate::controller::status::{self, COMPLETE, CRD_CURRENT, LATEST_RESOLVED, VALIDATED};
 use crate::controller::{hash, resolve};
 use crate::validation;
+use crate::validation::versions;
 
 /// What the Plan asks for in this pass.
 pub(super) struct Resolved {
@@ -134,7 +135,20 @@ fn resolve(pass: &mut Pass<'_, '_>) -> bool {
     let previous = out.status.latest_version.clone().unwrap_or_default();
     match pass.cx.obs.resolution.clone() {
         Resolution::Version(v) => resolved_to(pass, resolve::munge(&v), Reason::Version),
-        Resolution::Channel(v) => resolved_to(pass, resolve::munge(&v), Reason::Channel),
+        Resolution::Channel(v) => {
+            let version = resolve::munge(&v);
+            if let Some(message) = went_back(pass.cx.plan, &previous, &version) {
+                // Never followed down: a channel that flaps would start and replace Jobs in turn.
+                let key = format!("{}/{version}/{previous}", Reason::ChannelWentBack);
+                out.notes.push(
+                    Note::new(Target::Plan, true, Reason::ChannelWentBack, message.clone())
+                        .once(key),
+                );
+                out.set_condition(LATEST_RESOLVED, "True", Reason::Channel, &message);
+            } else {
+                resolved_to(pass, version, Reason::Channel);
+            }
+        }
         Resolution::ChannelFailed { error, retry } => {
             out.requeue_within(retry);
             let failed = format!("Failed to resolve latest version from Spec.Channel: {error}");
@@ -162,6 +176,25 @@ fn resolve(pass: &mut Pass<'_, '_>) -> bool {
             .latest_version
             .as_deref()
             .is_some_and(|v| !v.is_empty())
+}
+
+/// What to say when a K3s or RKE2 Plan's channel answers `version`, older than `previous`
+/// (resolved before), and the Plan does not allow downgrades: the answer is not followed.
+fn went_back(plan: &Plan, previous: &str, version: &str) -> Option<String> {
+    let allowed = plan
+        .spec
+        .version_safety
+        .as_ref()
+        .and_then(|s| s.allow_downgrade)
+        == Some(true);
+    let new = versions::target(&plan.spec, version)?;
+    let old = versions::target(&plan.spec, previous)?;
+    (!allowed && new < old).then(|| {
+        format!(
+            "the channel answers {new}, older than {old} resolved before: still applying {old} \
+             (set spec.versionSafety.allowDowngrade: true to follow the channel down)"
+        )
+    })
 }
 
 /// A version was resolved (from `reason`: Version or Channel); a new one is told and makes

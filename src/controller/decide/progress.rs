@@ -11,6 +11,7 @@ use super::facts::{entries_list, node_names};
 use super::holds::Gate;
 use super::pass::{Effects, Pass};
 use super::plan::Resolved;
+use super::versions;
 use crate::api::{ANNOTATION_RETRY, LABEL_PAUSE, Phase, Reason};
 use crate::controller::select;
 use crate::controller::status::{self, COMPLETE, RECONCILING, STALLED, VALIDATED};
@@ -54,6 +55,7 @@ pub(super) fn count(pass: &Pass<'_, '_>, r: &Resolved, selected: &[&Node]) -> Ta
             } else if !applying.contains(name.as_str()) {
                 tally.waiting += 1;
                 tally.held += usize::from(select::paused(node));
+                tally.version_held += usize::from(pass.ledger.version_held.contains_key(name));
             }
         }
     }
@@ -81,6 +83,17 @@ fn complete_condition(
     let held =
         (paused && (tally.waiting > 0 || !pass.ledger.held.is_empty())) || label_held || gated;
     let stored_applying = pass.out.status.applying.clone();
+    if ready
+        && applying.is_empty()
+        && tally.version_held > 0
+        && !paused
+        && gate.is_none()
+        && pass.ledger.failure.is_none()
+    {
+        // Nothing runs and held nodes are what is left: the hold is the Plan's state.
+        versions::hold_condition(pass, &r.version);
+        return;
+    }
     if ready && held && pass.ledger.failure.is_none() {
         if !applying.is_empty() && stored_applying.as_deref() != Some(applying.as_slice()) {
             note_sync(&mut pass.out, r, &applying);
@@ -300,7 +313,9 @@ fn kstatus_conditions(out: &mut Effects) {
             | Reason::DrainFailed
             | Reason::DrainSkipped
             | Reason::JobRefused
-            | Reason::CRDOutdated),
+            | Reason::CRDOutdated
+            | Reason::DowngradeHeld
+            | Reason::MinorSkipHeld),
         ) => (None, Some(failed)),
         _ if invalid => (None, Some(Reason::ValidateFailed)),
         Some(other) => (Some(other), None),

@@ -3228,3 +3228,170 @@ fn a_failed_node_keeps_its_slot_when_the_concurrency_is_lowered() {
     assert!(created(&next).is_empty(), "the rollout stays stopped");
     assert_eq!(entry(&next, &chosen[0]).phase, "Failed");
 }
+
+/// The node's kubelet reports `version`.
+fn runs(world: &mut World, node: &str, version: &str) {
+    world.node_mut(node)["status"]["nodeInfo"] = json!({"kubeletVersion": version, "architecture": "",
+        "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "",
+        "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""});
+}
+
+fn make_server(world: &mut World, node: &str) {
+    world.node_mut(node)["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] =
+        json!("true");
+}
+
+#[test]
+fn a_node_on_a_newer_version_is_held_and_never_downgraded() {
+    let mut s = spec();
+    s["concurrency"] = json!(2);
+    let mut world = World::new(s).nodes(&["newer", "older"]);
+    runs(&mut world, "newer", "v1.31.0+k3s1");
+    runs(&mut world, "older", "v1.30.1+k3s1");
+    let first = world.step();
+    assert_eq!(
+        created(&first),
+        ["older"],
+        "only the node the version moves up"
+    );
+    let held = entry(&first, "newer");
+    assert_eq!(held.phase, "Held");
+    assert_eq!(held.job, None);
+    let message = held.message.unwrap();
+    assert!(
+        message.contains("runs v1.31.0+k3s1, newer than v1.30.4+k3s1"),
+        "{message}"
+    );
+    assert_eq!(first.tally.version_held, 1);
+    // The other node is done: the hold is what is left, a warning told once.
+    world.finish_job("older", true, NOW);
+    let left = world.step();
+    assert_eq!(short(&left, COMPLETE), pair("False", "DowngradeHeld"));
+    assert_eq!(short(&left, STALLED).1, "DowngradeHeld");
+    let warned: Vec<_> = left
+        .notes
+        .iter()
+        .filter(|n| n.reason == Reason::DowngradeHeld)
+        .collect();
+    assert_eq!(warned.len(), 1);
+    assert!(warned[0].warning);
+    assert!(created(&world.step()).is_empty());
+    // Asked for explicitly, it runs.
+    world.plan["spec"]["versionSafety"] = json!({"allowDowngrade": true});
+    assert_eq!(created(&world.step()), ["newer"]);
+}
+
+#[test]
+fn a_skipped_minor_is_held_with_the_chain_to_follow() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    runs(&mut world, "a", "v1.28.9+k3s1");
+    let pass = world.step();
+    assert!(created(&pass).is_empty());
+    assert_eq!(short(&pass, COMPLETE), pair("False", "MinorSkipHeld"));
+    let message = entry(&pass, "a").message.unwrap();
+    assert!(message.contains("upgrade through v1.29 first"), "{message}");
+    world.plan["spec"]["versionSafety"] = json!({"allowMinorSkip": true});
+    assert_eq!(created(&world.step()), ["a"]);
+}
+
+#[test]
+fn agents_start_once_every_server_runs_the_target() {
+    let mut s = spec();
+    s["concurrency"] = json!(3);
+    let mut world = World::new(s).nodes(&["agent-1", "agent-2", "server"]);
+    for node in ["agent-1", "agent-2", "server"] {
+        runs(&mut world, node, "v1.29.9+k3s1");
+    }
+    make_server(&mut world, "server");
+    let first = world.step();
+    assert_eq!(
+        created(&first),
+        ["server"],
+        "servers first, within one Plan too"
+    );
+    let waiting = entry(&first, "agent-1");
+    assert_eq!(waiting.phase, "Held");
+    assert!(
+        waiting
+            .message
+            .unwrap()
+            .contains("server runs v1.29.9+k3s1")
+    );
+    // The server's Job succeeds, but its kubelet has not come back on the new version yet.
+    world.finish_job("server", true, NOW);
+    let done = world.step();
+    assert!(created(&done).is_empty());
+    assert_eq!(short(&done, COMPLETE), pair("False", "WaitingForServers"));
+    assert_eq!(short(&done, RECONCILING).1, "WaitingForServers");
+    runs(&mut world, "server", "v1.30.4+k3s1");
+    assert_eq!(created(&world.step()), ["agent-1", "agent-2"]);
+}
+
+#[test]
+fn an_agent_plan_without_its_server_plan_says_which_server_is_behind() {
+    let mut s = spec();
+    s["nodeSelector"] = json!({"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]});
+    let mut world = World::new(s).nodes(&["agent", "server"]);
+    runs(&mut world, "agent", "v1.29.9+k3s1");
+    runs(&mut world, "server", "v1.29.9+k3s1");
+    make_server(&mut world, "server");
+    let pass = world.step();
+    assert!(created(&pass).is_empty());
+    let (status, reason, message) = condition(&pass, COMPLETE);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WaitingForServers")
+    );
+    assert!(message.contains("server runs v1.29.9+k3s1") && message.contains("serversFirst"));
+    // Told once, not as a warning: waiting for the servers is the normal order.
+    let told: Vec<_> = pass
+        .notes
+        .iter()
+        .filter(|n| n.reason == Reason::WaitingForServers)
+        .collect();
+    assert_eq!(told.len(), 1);
+    assert!(!told[0].warning);
+    world.plan["spec"]["versionSafety"] = json!({"serversFirst": false});
+    assert_eq!(created(&world.step()), ["agent"]);
+}
+
+#[test]
+fn an_upgrade_under_way_goes_on_when_a_version_rule_would_hold_its_node() {
+    let mut world = World::new(spec()).nodes(&["a"]);
+    runs(&mut world, "a", "v1.30.1+k3s1");
+    world.settle();
+    // Something else moved the node past the target meanwhile.
+    runs(&mut world, "a", "v1.31.0+k3s1");
+    let pass = world.step();
+    assert!(deleted(&pass).is_empty());
+    assert_ne!(entry(&pass, "a").phase, "Held");
+}
+
+#[test]
+fn a_channel_that_answers_an_older_version_is_not_followed() {
+    let mut s = spec();
+    s.as_object_mut().unwrap().remove("version");
+    s["channel"] = json!("https://update.k3s.io/v1-release/channels/stable");
+    let mut world = World::new(s).nodes(&["a"]);
+    world.resolution = Some(Resolution::Channel("v1.31.2+k3s1".into()));
+    let first = world.settle();
+    let hash = first.status.latest_hash.clone();
+    world.resolution = Some(Resolution::Channel("v1.30.9+k3s1".into()));
+    let back = world.step();
+    assert_eq!(back.status.latest_version.as_deref(), Some("v1.31.2-k3s1"));
+    assert_eq!(back.status.latest_hash, hash);
+    assert!(deleted(&back).is_empty() && created(&back).is_empty());
+    let (_, _, message) = condition(&back, LATEST_RESOLVED);
+    assert!(message.contains("older than v1.31.2+k3s1"), "{message}");
+    assert!(reasons(&back).contains(&"ChannelWentBack"));
+    // It flaps back up: nothing changes either.
+    world.resolution = Some(Resolution::Channel("v1.31.2+k3s1".into()));
+    let up = world.step();
+    assert!(deleted(&up).is_empty() && created(&up).is_empty());
+    assert_eq!(up.status.latest_hash, hash);
+    // Allowed, the channel is followed down.
+    world.plan["spec"]["versionSafety"] = json!({"allowDowngrade": true});
+    world.resolution = Some(Resolution::Channel("v1.30.9+k3s1".into()));
+    let down = world.step();
+    assert_eq!(down.status.latest_version.as_deref(), Some("v1.30.9-k3s1"));
+}
