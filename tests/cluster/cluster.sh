@@ -129,7 +129,7 @@ status:
   nodeInfo:
     architecture: $arch
     operatingSystem: linux
-    kubeletVersion: v1.36.3+k3s1
+    kubeletVersion: v1.30.4+k3s1
     containerRuntimeVersion: containerd://2.0.0-k3s1
 EOF
 }

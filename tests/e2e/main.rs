@@ -18,6 +18,7 @@ mod control;
 mod drain;
 mod history;
 mod install;
+mod kubelets;
 mod monitoring;
 mod real_node;
 mod resilience;
@@ -30,6 +31,7 @@ mod soak;
 mod support;
 mod takeover;
 mod testbed;
+mod versions;
 mod webhook;
 
 use std::panic::AssertUnwindSafe;
@@ -108,6 +110,9 @@ const TESTS: &[Test] = tests! {
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,
     cluster resolution::plans_that_bypassed_the_webhook_are_validated,
+    cluster resolution::a_channel_that_goes_back_is_not_followed,
+    cluster versions::servers_go_first_when_server_and_agent_plans_are_applied_together,
+    cluster versions::a_downgrade_and_a_two_minor_jump_are_held_until_allowed,
     cluster safety::editing_the_drain_never_ends_a_running_upgrade,
     cluster safety::a_pause_holds_automatic_retries,
     cluster safety::refused_jobs_and_pods_are_reported_and_go_on_once_allowed,

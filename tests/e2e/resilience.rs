@@ -189,7 +189,9 @@ pub fn replicas_elect_one_leader_and_hand_over(ctx: &Ctx) {
     );
     s.apply_plan(
         "ha-late",
-        json!({"concurrency": 2, "version": "v1.30.5+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        // The scenario's nodes are agents; the test bed's servers run v1.30.4.
+        json!({"concurrency": 2, "version": "v1.30.5+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"},
+            "versionSafety": {"serversFirst": false}}),
         json!({}),
     );
     std::thread::sleep(Duration::from_secs(1));

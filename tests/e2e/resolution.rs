@@ -146,6 +146,55 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
     }
 }
 
+/// A K3s channel that answers an older version after a newer one: the older one is never
+/// followed (no Job, `latestVersion` and the hash stay), a warning says what it answered, and
+/// a channel flapping between the two replaces nothing.
+pub fn a_channel_that_goes_back_is_not_followed(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "back", 1);
+    let server = ChannelServer::start(ctx);
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.30.4+k3s1"));
+    let spec = json!({"concurrency": 1, "channel": format!("{}/stable", server.url),
+        "upgrade": {"image": "rancher/k3s-upgrade"}});
+    s.apply_plan("back", spec, json!({}));
+    s.wait_condition("back", "Complete", "True", "Complete", MINUTE);
+    let hash = s.plan_json("back")["status"]["latestHash"].clone();
+    let job = s.jobs("back")[0].metadata.uid.clone();
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.30.2+k3s1"));
+    // Asked now rather than after the poll interval: another channel URL is due at once.
+    let poll = |s: &Scenario, n: u32| {
+        let mut edited = s.plan_json("back")["spec"].clone();
+        edited["channel"] = json!(format!("{}/stable?poll={n}", server.url));
+        s.apply_plan("back", edited, json!({}));
+    };
+    poll(&s, 1);
+    wait("the warning", MINUTE, || {
+        s.plan_events("back")
+            .iter()
+            .any(|e| {
+                e.starts_with(
+                    "ChannelWentBack: the channel answers v1.30.2+k3s1, older than v1.30.4+k3s1",
+                )
+            })
+            .then_some(())
+    });
+    let plan = s.plan_json("back");
+    assert_eq!(plan["status"]["latestVersion"], "v1.30.4-k3s1");
+    assert_eq!(plan["status"]["latestHash"], hash);
+    let (status, _, message) = s.condition("back", "LatestResolved").unwrap();
+    assert_eq!(status, "True");
+    assert!(message.contains("still applying v1.30.4+k3s1"), "{message}");
+    // Flapping back up changes nothing either.
+    server.answer(302, Some("/k3s-io/k3s/releases/tag/v1.30.4+k3s1"));
+    poll(&s, 2);
+    std::thread::sleep(Duration::from_secs(3));
+    let jobs = s.jobs("back");
+    assert_eq!(jobs.len(), 1, "no new Job");
+    assert_eq!(jobs[0].metadata.uid, job);
+    assert_eq!(s.condition("back", "Complete").unwrap().0, "True");
+    s.cleanup();
+}
+
 /// A channel answer that cannot be a version (a newline in the Location) is not stored: the Plan
 /// says why and starts nothing, and the next good answer is stored and rolled out.
 pub fn a_bad_channel_answer_is_refused_until_a_good_one(ctx: &Ctx) {

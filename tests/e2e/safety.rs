@@ -148,7 +148,9 @@ pub fn refused_jobs_and_pods_are_reported_and_go_on_once_allowed(ctx: &Ctx) {
     }
     // The policy takes a moment to be in force.
     std::thread::sleep(Duration::from_secs(2));
-    let spec = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"}});
+    // The bump below moves the scenario's agents past the test bed's servers (v1.30.4).
+    let spec = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"},
+        "versionSafety": {"serversFirst": false}});
     s.apply_plan("refused", spec.clone(), json!({}));
     let message = s.wait_condition("refused", "Complete", "False", "JobRefused", MINUTE);
     assert!(

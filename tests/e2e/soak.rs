@@ -30,11 +30,12 @@ use crate::support::{Ctx, NAMESPACE, SERVICE_ACCOUNT, Server, free_port, wait};
 
 const SECRET: &str = "soak-os-script";
 const OUT_LABEL: &str = "suc-test/soak-out";
+/// Above the test bed's v1.30.4+k3s1, one minor at most.
 const VERSIONS: [&str; 4] = [
-    "v1.36.4+k3s1",
-    "v1.36.5+k3s1",
-    "v1.36.6+k3s1",
-    "v1.37.0+k3s1",
+    "v1.30.5+k3s1",
+    "v1.30.6+k3s1",
+    "v1.30.7+k3s1",
+    "v1.31.0+k3s1",
 ];
 /// How long after a fault the controller may take to act again (the Lease runs out, caches
 /// refill), counted as an outage.
@@ -463,7 +464,10 @@ impl Soak<'_> {
         let duration = format!("{}s", self.rng.random_range(1..4));
         let out = json!({"key": OUT_LABEL, "operator": "DoesNotExist"});
         let role = "node-role.kubernetes.io/control-plane";
-        let mut spec = json!({"version": VERSIONS[0], "upgrade": {"image": "rancher/k3s-upgrade"}});
+        // The soak bumps versions up and down, and the agents' Plan apart from the servers':
+        // the version rules would hold nodes for good. They have their own tests (versions.rs).
+        let mut spec = json!({"version": VERSIONS[0], "upgrade": {"image": "rancher/k3s-upgrade"},
+            "versionSafety": {"allowDowngrade": true, "serversFirst": false}});
         match name {
             "soak-server" => {
                 spec["nodeSelector"] = json!({"matchLabels": {SCENARIO_LABEL: PREFIX, role: "true"}, "matchExpressions": [out]});
@@ -484,6 +488,7 @@ impl Soak<'_> {
                 spec["concurrency"] = first_concurrency(name);
                 spec["cordon"] = json!(true);
                 spec["version"] = json!("v1.0.0");
+                spec.as_object_mut().unwrap().remove("versionSafety");
                 spec["upgrade"] = json!({"image": "registry.invalid/os-upgrade", "command": ["sh", "-c"], "args": ["sh /host/run/system-upgrade/secrets/soak-os-script/script"]});
                 spec["secrets"] = json!([{"name": SECRET, "path": "/host/run/system-upgrade/secrets/soak-os-script"}]);
             }
