@@ -83,7 +83,16 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
         tls::self_signed(&resolver)?;
         readiness.expect_certificate();
     }
-    let app = server::router(&config.namespace, metrics.clone(), readiness.clone());
+    // The webhook reads nodes (a K3s Plan's version against theirs) with the controller's client.
+    let kube = match config.webhook_only {
+        true => None,
+        false => {
+            let client_config = kube_config(&config).await?;
+            Some((api_client(client_config.clone())?, client_config))
+        }
+    };
+    let nodes = kube.as_ref().map(|(client, _)| client.clone());
+    let app = server::router(&config.namespace, metrics.clone(), readiness.clone(), nodes);
     let (address, serve) = server::bind(
         config.listen,
         app,
@@ -105,9 +114,7 @@ pub async fn run(config: RunConfig, stop: CancellationToken) -> Result<()> {
     }
 
     let mut controller = None;
-    if !config.webhook_only {
-        let client_config = kube_config(&config).await?;
-        let client = api_client(client_config.clone())?;
+    if let Some((client, client_config)) = kube {
         if config.cert_dir.is_none() {
             let bootstrap = certs::Bootstrap {
                 client: client.clone(),

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::api::{GROUP, Plan};
 use crate::validation;
+use crate::validation::versions;
 
 /// Most JSON values (scalars, arrays and objects, map keys included) an admitted object may hold.
 /// Reading a value into Rust structures can take 50 times its JSON size, so the values are
@@ -109,6 +110,26 @@ pub struct Answer {
     pub response: Response,
     pub operation: &'static str,
     pub decision: Decision,
+    /// A K3s or RKE2 Plan admitted so far whose new `spec.version` is still to be checked
+    /// against the nodes it selects (which needs the cluster: see [`refuse_for_versions`]).
+    pub check_versions: Option<Box<Plan>>,
+}
+
+impl Answer {
+    /// Refuses the Plan for `message` (a version that would downgrade or skip a node).
+    pub fn refuse_for_versions(&mut self, message: String) {
+        self.response = self.response.clone().deny(message);
+        self.decision = Decision::Denied;
+    }
+
+    /// Adds a warning to an allowed answer (the nodes could not be read).
+    pub fn warn(&mut self, warning: String) {
+        if self.response.allowed {
+            let warnings = self.response.warnings.get_or_insert_default();
+            warnings.push(validation::bounded(&warning));
+            warnings.truncate(validation::LISTED_PROBLEMS);
+        }
+    }
 }
 
 /// The `response` of an AdmissionReview, as the API server reads it.
@@ -239,11 +260,12 @@ pub fn handle(webhook: Webhook, served: &str, body: &[u8]) -> Result<Answer, Bad
             ))));
         }
     };
-    let (response, decision) = respond(webhook, served, &request, operation);
+    let (response, decision, check_versions) = respond(webhook, served, &request, operation);
     Ok(Answer {
         response,
         operation,
         decision,
+        check_versions,
     })
 }
 
@@ -263,12 +285,37 @@ fn respond(
     served: &str,
     request: &Request,
     operation: &str,
-) -> (Response, Decision) {
+) -> (Response, Decision, Option<Box<Plan>>) {
+    let (response, decision, plan) = judge(webhook, served, request, operation);
+    // Checked against the nodes only when the version is new: an unrelated edit of a Plan is
+    // not refused because nodes moved on meanwhile.
+    let version_changed = |p: &Plan| {
+        let old = request
+            .old_object
+            .and_then(|o| serde_json::from_str::<Plan>(o.get()).ok());
+        old.is_none_or(|o| o.spec.version != p.spec.version)
+    };
+    let check = plan.filter(|p| {
+        webhook == Webhook::Validate
+            && response.allowed
+            && versions::admission_target(&p.spec).is_some()
+            && version_changed(p)
+    });
+    (response, decision, check.map(Box::new))
+}
+
+/// The judgement of a review without the cluster: the answer, and the Plan as read.
+fn judge(
+    webhook: Webhook,
+    served: &str,
+    request: &Request,
+    operation: &str,
+) -> (Response, Decision, Option<Plan>) {
     let allow = Response::allow(&request.uid);
     let is_plan = request.kind.group == GROUP && request.kind.kind == "Plan";
     let update = operation == "UPDATE";
     if !is_plan || !(update || operation == "CREATE") {
-        return (allow, Decision::Allowed);
+        return (allow, Decision::Allowed, None);
     }
     // Another controller's Plan (a webhook configuration without our namespaceSelector sent it):
     // neither judged nor changed, only a word that this controller will not run it.
@@ -277,9 +324,9 @@ fn respond(
         if webhook == Webhook::Validate {
             response.warnings = Some(vec![warning]);
         }
-        return (response, Decision::Allowed);
+        return (response, Decision::Allowed, None);
     }
-    let denied = |message: String| (allow.clone().deny(message), Decision::Denied);
+    let denied = |message: String| (allow.clone().deny(message), Decision::Denied, None);
     let Some(object) = request.object else {
         return denied("the request carries no object to admit".to_owned());
     };
@@ -289,7 +336,7 @@ fn respond(
     // An update that leaves the spec alone (labels, annotations, finalizers, deletion) is always
     // allowed, so a Plan stored while the webhook was down can still be edited and deleted.
     if update && request.old_object.is_some_and(|old| same_spec(old, object)) {
-        return (allow, Decision::Allowed);
+        return (allow, Decision::Allowed, None);
     }
     let (plan, mut report) = validation::validate_json(object.get());
     let concurrency_missing = plan.as_ref().is_some_and(|p| p.spec.concurrency.is_none());
@@ -314,7 +361,7 @@ fn respond(
             let mut response = allow;
             report.warnings.truncate(validation::LISTED_PROBLEMS);
             response.warnings = Some(report.warnings);
-            (response, Decision::Allowed)
+            (response, Decision::Allowed, plan)
         }
         Webhook::Mutate if !update && concurrency_missing => {
             use base64::Engine as _;
@@ -322,9 +369,9 @@ fn respond(
             response.patch_type = Some("JSONPatch");
             response.patch =
                 Some(base64::engine::general_purpose::STANDARD.encode(DEFAULT_CONCURRENCY));
-            (response, Decision::Patched)
+            (response, Decision::Patched, plan)
         }
-        _ => (allow, Decision::Allowed),
+        _ => (allow, Decision::Allowed, plan),
     }
 }
 

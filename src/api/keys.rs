@@ -57,6 +57,9 @@ pub const ANNOTATION_ADOPTED: &str = "upgrade.cattle.io/adopted";
 /// On a Job: when the controller last nudged it, the Job controller having created no pod for
 /// it (the Job controller looks at a Job again when it changes).
 pub const ANNOTATION_NUDGED: &str = "upgrade.cattle.io/nudged";
+/// On a Job of a Plan whose convergence check is `Reboot`: the node's boot ID when the Job was
+/// created.
+pub const ANNOTATION_BOOT_ID: &str = "upgrade.cattle.io/boot-id";
 /// Node annotation prefix recording that a Plan cordoned the node
 /// (`cordoned.upgrade.cattle.io/<plan>`, valued `<namespace>/<controller> <time>`).
 pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";

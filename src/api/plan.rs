@@ -84,6 +84,11 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_safety: Option<VersionSafety>,
 
+    /// What shows that a node's upgrade happened, checked after its Job succeeds and before the
+    /// node is labelled done: for K3s and RKE2 Plans by default the node's kubelet version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<Convergence>,
+
     /// Sets activeDeadlineSeconds on the Jobs generated for this Plan. If a Job does not complete
     /// within this time, the Plan stops processing until it is updated. 0 means no deadline;
     /// when unset the controller default (SYSTEM_UPGRADE_JOB_ACTIVE_DEADLINE_SECONDS) is used.
@@ -437,6 +442,25 @@ pub struct VersionSafety {
     pub servers_first: Option<bool>,
 }
 
+/// How a node shows that its upgrade happened.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Convergence {
+    /// `KubeletVersion` (the node reports the Plan's version; the default for K3s and RKE2
+    /// Plans), `Reboot` (the node's boot ID changed since its Job was created), `NodeLabel` (the
+    /// node carries `nodeLabel`, which the upgrade sets), or `None` (the default for other
+    /// Plans: the Job's success is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// For `NodeLabel`: the label the upgrade sets, as `key` (any value) or `key=value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_label: Option<String>,
+    /// How long after its Job succeeded a node may take to show it (default `10m`, at most
+    /// `24h`); past that the node fails with reason `NotConverged`, and retries apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
+}
+
 /// Health checks a rollout waits for between nodes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -620,8 +644,9 @@ pub struct NodeStatus {
     /// postCompleteDelay before the next node), WaitingHealthy (done, waiting to be Ready for
     /// healthGates.nodeReadyFor), Failed (its Job or drain failed; the node keeps its slot until
     /// the Plan changes or it is retried), Retrying (its failed Job was deleted to run it again),
-    /// Skipped (its drain timed out with `drain.onTimeout: Skip`), or Held (a version rule holds
-    /// it: a downgrade, a skipped minor, control-plane nodes behind; nothing runs on it).
+    /// Skipped (its drain timed out with `drain.onTimeout: Skip`), Held (a version rule holds
+    /// it: a downgrade, a skipped minor, control-plane nodes behind; nothing runs on it), or
+    /// Converging (its Job succeeded; waiting for the node to show it, see `convergence`).
     pub phase: String,
     /// The upgrade Job of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,6 +81,9 @@ wire_words! {
         /// The drain timed out with `onTimeout: Skip`: the node is left as it was (uncordoned,
         /// not upgraded) until the Plan changes or is told to retry it.
         Skipped,
+        /// The Job succeeded; the node is labelled done once it shows the upgrade happened
+        /// (`spec.convergence`: its kubelet version, a reboot, a label).
+        Converging,
         /// A version rule holds the node (a downgrade, a skipped minor, control-plane nodes
         /// behind): no Job is created for it until the rule is met or turned off.
         Held,
@@ -152,6 +155,9 @@ wire_words! {
         /// Condition and event: nodes that are not control-plane wait for the control-plane
         /// nodes to run the target version.
         WaitingForServers,
+        /// Condition and event: a node's Job succeeded but the node did not show the upgrade
+        /// within `spec.convergence.within` (its kubelet version, a reboot, a label).
+        NotConverged,
         /// Event: the channel answered an older version than the one resolved before; it is not
         /// followed.
         ChannelWentBack,

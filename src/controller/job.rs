@@ -17,13 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    ANNOTATION_RUN, ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN, ContainerSpec,
-    HOST_ROOT_MOUNT, KUBECTL_DOMAIN, LABEL_CONTROLLER, LABEL_EXCLUSIVE, LABEL_HOSTNAME, LABEL_NODE,
-    LABEL_OS, LABEL_PLAN, LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX,
-    POD_INFO_MOUNT, Plan, TAINT_UNSCHEDULABLE,
+    ANNOTATION_BOOT_ID, ANNOTATION_RUN, ANNOTATION_TEMPLATE, ANNOTATION_TTL, CATTLE_DOMAIN,
+    ContainerSpec, HOST_ROOT_MOUNT, KUBECTL_DOMAIN, LABEL_CONTROLLER, LABEL_EXCLUSIVE,
+    LABEL_HOSTNAME, LABEL_NODE, LABEL_OS, LABEL_PLAN, LABEL_VERSION, PLAN_API_VERSION, PLAN_KIND,
+    PLAN_LABEL_PREFIX, POD_INFO_MOUNT, Plan, TAINT_UNSCHEDULABLE,
 };
 use crate::controller::hash::hex;
 use crate::syntax::{duration, image};
+use crate::validation::versions;
 
 /// Names of the init container that holds the upgrade until the node is cordoned or drained.
 pub const GATE_NAMES: [&str; 2] = ["cordon", "drain"];
@@ -129,7 +130,8 @@ pub fn active_deadline(plan_value: Option<i64>, settings: &JobSettings) -> Optio
 }
 
 /// ttlSecondsAfterFinished: the setting, raised to postCompleteDelay (plus the health gate's
-/// nodeReadyFor) + 60s when shorter, so a Job stays while its node waits to be labelled.
+/// nodeReadyFor and the convergence bound) + 60s when shorter, so a Job stays while its node
+/// waits to be labelled.
 pub fn ttl_seconds(plan: &Plan, settings: &JobSettings) -> i32 {
     let ttl = settings.ttl_seconds_after_finished;
     let nanos = |d: Option<&str>| d.and_then(|d| duration::parse(d).ok()).unwrap_or(0).max(0);
@@ -138,8 +140,13 @@ pub fn ttl_seconds(plan: &Plan, settings: &JobSettings) -> i32 {
         .health_gates
         .as_ref()
         .and_then(|g| g.node_ready_for.as_deref());
-    let delay_nanos =
-        nanos(plan.spec.post_complete_delay.as_deref()).saturating_add(nanos(ready_for));
+    // A node that has yet to show its upgrade (spec.convergence) waits with its Job too.
+    let converge = versions::convergence_check(&plan.spec).map_or(0, |_| {
+        i64::try_from(versions::convergence_within(&plan.spec).as_nanos()).unwrap_or(i64::MAX)
+    });
+    let delay_nanos = nanos(plan.spec.post_complete_delay.as_deref())
+        .saturating_add(nanos(ready_for))
+        .saturating_add(converge);
     if delay_nanos <= 0 {
         return ttl;
     }
@@ -276,7 +283,21 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             ..PodSpec::default()
         }),
     };
-    job(&parts, &node_name, labels, pod_annotations, template)
+    let mut job = job(&parts, &node_name, labels, pod_annotations, template);
+    if versions::convergence_check(&plan.spec) == Some(versions::Check::Reboot) {
+        // Its node's boot ID now, so a reboot after the upgrade shows (spec.convergence).
+        let boot_id = node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.boot_id.clone())
+            .unwrap_or_default();
+        job.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANNOTATION_BOOT_ID.into(), boot_id);
+    }
+    job
 }
 
 /// The Job around a pod template: its name, labels, TTL and template digest, owner and limits.

@@ -15,14 +15,19 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, Webhook};
+use crate::controller::select;
 use crate::metrics::{AdmissionLabels, Metrics, WebhookLabels};
 use crate::validation;
+use crate::validation::versions;
 use tls::CertResolver;
 
 /// Largest request body accepted. The API server refuses requests over 3 MiB and etcd stores at
@@ -204,17 +209,25 @@ struct AppState {
     readiness: Arc<Readiness>,
     body_budget: Arc<Semaphore>,
     reviewers: Arc<Semaphore>,
+    /// Reads the nodes a K3s or RKE2 Plan's new version would move (none: not checked).
+    nodes: Option<kube::Client>,
 }
 
 /// The server's routes and limits, for a controller serving the Plans of namespace `served`;
 /// tests drive this same Router in-process.
-pub fn router(served: &str, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+pub fn router(
+    served: &str,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    nodes: Option<kube::Client>,
+) -> Router {
     let state = AppState {
         served: served.into(),
         metrics,
         readiness,
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET)),
         reviewers: Arc::new(Semaphore::new(MAX_REVIEWS)),
+        nodes,
     };
     Router::new()
         .route("/mutate", post(mutate))
@@ -241,6 +254,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Route
         readiness,
         body_budget: Arc::new(Semaphore::new(0)),
         reviewers: Arc::new(Semaphore::new(0)),
+        nodes: None,
     };
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -278,6 +292,65 @@ pub fn bind_plain(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
     Ok((address, server.serve(app.into_make_service())))
+}
+
+/// How long the webhook waits for the nodes a Plan selects before admitting it unchecked.
+const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Nodes read per page of that list.
+const NODE_PAGE: u32 = 500;
+
+/// Checks a K3s or RKE2 Plan's new `spec.version` against the nodes it selects: refused when it
+/// would downgrade a node or skip a minor version (see `validation::versions`). Fails open: when
+/// the nodes cannot be read in time the Plan is admitted with a warning, and the controller
+/// holds such nodes anyway.
+async fn check_versions(client: Option<&kube::Client>, answer: &mut admission::Answer) {
+    let (Some(plan), Some(client)) = (answer.check_versions.take(), client) else {
+        return;
+    };
+    let Ok(Some(selector)) = select::node_selector(&plan) else {
+        return;
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let selector_text = selector.to_string();
+    let listed = tokio::time::timeout(NODE_LIST_TIMEOUT, async {
+        let mut all = Vec::new();
+        let mut params = ListParams::default()
+            .labels(&selector_text)
+            .limit(NODE_PAGE);
+        loop {
+            let page = nodes.list(&params).await?;
+            all.extend(page.items);
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok::<_, kube::Error>(all),
+            }
+        }
+    })
+    .await;
+    let plan_name = plan.metadata.name.clone().unwrap_or_default();
+    match listed {
+        Ok(Ok(listed)) => {
+            let selected: Vec<&Node> = listed
+                .iter()
+                .filter(|n| select::eligible(&plan_name, &selector, n))
+                .collect();
+            if let Some(message) = versions::refusal(&plan.spec, &selected) {
+                let name = validation::bounded(&format!("{plan_name:?}"));
+                answer.refuse_for_versions(validation::bounded(&format!(
+                    "Plan {name} is invalid: {message}"
+                )));
+            }
+        }
+        Ok(Err(e)) => answer.warn(format!(
+            "spec.version was not checked against the nodes' versions (reading them failed: \
+             {e}); the controller holds any node it would downgrade or move past a minor"
+        )),
+        Err(_) => answer.warn(format!(
+            "spec.version was not checked against the nodes' versions (reading them took more \
+             than {}s); the controller holds any node it would downgrade or move past a minor",
+            NODE_LIST_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
@@ -323,6 +396,10 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
             }
         }
     };
+    let mut outcome = outcome;
+    if let Ok(Ok(answer)) = &mut outcome {
+        check_versions(state.nodes.as_ref(), answer).await;
+    }
     let (operation, result) = match &outcome {
         Ok(Ok(answer)) => (answer.operation, answer.decision.as_str()),
         Ok(Err(_)) | Err(Refusal::Unreadable(_)) => ("unknown", "bad_request"),
@@ -540,7 +617,7 @@ mod tests {
         let certificate = Arc::new(CertResolver::default());
         tls::self_signed(&certificate).unwrap();
         let readiness = Readiness::new(certificate);
-        let app = router("system-upgrade", Metrics::new(), readiness.clone());
+        let app = router("system-upgrade", Metrics::new(), readiness.clone(), None);
         let readyz = |app: Router| async move {
             use tower::ServiceExt;
             let request = http::Request::get("/readyz").body(Body::empty()).unwrap();

@@ -275,6 +275,7 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     check_mount_paths(spec, report);
     check_version_and_channel(spec, report);
     versions::check(spec, report);
+    versions::check_convergence(spec, report);
 
     if let Some(concurrency) = &spec.concurrency {
         check_concurrency(concurrency, report);

@@ -155,6 +155,195 @@ pub fn hold<'a>(
     (!behind.is_empty()).then_some(Hold::ServersBehind { behind })
 }
 
+/// How long a node may take to show its upgrade when `spec.convergence.within` is not set.
+pub const CONVERGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+/// The longest `spec.convergence.within`.
+const CONVERGE_WITHIN_MAX_SECONDS: i64 = 86_400;
+/// The values of `spec.convergence.check`.
+const CHECKS: [&str; 4] = ["KubeletVersion", "Reboot", "NodeLabel", "None"];
+
+/// What shows that a node's upgrade happened (`spec.convergence.check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The node reports the Job's version.
+    KubeletVersion,
+    /// The node's boot ID is not the one it had when its Job was created.
+    Reboot,
+    /// The node carries this label (with this value, if one is given).
+    NodeLabel(String, Option<String>),
+}
+
+/// The check a Plan asks for: `spec.convergence.check`, else `KubeletVersion` for a K3s or RKE2
+/// Plan; `None` when the Job's success is enough.
+pub fn convergence_check(spec: &PlanSpec) -> Option<Check> {
+    let convergence = spec.convergence.clone().unwrap_or_default();
+    let kubernetes = spec
+        .upgrade
+        .as_ref()
+        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image));
+    match convergence.check.as_deref() {
+        Some("KubeletVersion") => Some(Check::KubeletVersion),
+        Some("Reboot") => Some(Check::Reboot),
+        Some("NodeLabel") => {
+            let label = convergence.node_label.unwrap_or_default();
+            let (key, value) = match label.split_once('=') {
+                Some((key, value)) => (key.to_owned(), Some(value.to_owned())),
+                None => (label, None),
+            };
+            Some(Check::NodeLabel(key, value))
+        }
+        Some(_) => None,
+        None if kubernetes => Some(Check::KubeletVersion),
+        None => None,
+    }
+}
+
+/// How long a node may take to show its upgrade (`spec.convergence.within`, default 10m).
+pub fn convergence_within(spec: &PlanSpec) -> std::time::Duration {
+    spec.convergence
+        .as_ref()
+        .and_then(|c| c.within.as_deref())
+        .and_then(|w| crate::syntax::duration::parse(w).ok())
+        .filter(|n| *n > 0)
+        .map_or(CONVERGE_WITHIN, |n| {
+            std::time::Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+        })
+}
+
+/// What a node still has to show for its upgrade to count (`None`: it shows it): `version` is
+/// the Job's version, `boot_id` the node's boot ID when the Job was created (unknown for a Job
+/// created before the check: taken as shown).
+pub fn not_shown(
+    check: &Check,
+    node: &Node,
+    version: &str,
+    boot_id: Option<&str>,
+) -> Option<String> {
+    match check {
+        Check::KubeletVersion => {
+            let wanted = KubeVersion::parse(version)?;
+            match kubelet_version(node) {
+                Some(runs) if runs == wanted => None,
+                Some(runs) => Some(format!("to report kubelet {wanted} (it reports {runs})")),
+                None => Some(format!("to report kubelet {wanted} (it reports none)")),
+            }
+        }
+        Check::Reboot => {
+            let before = boot_id.filter(|b| !b.is_empty())?;
+            let now = node
+                .status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.boot_id.as_str())
+                .unwrap_or_default();
+            (now == before).then(|| format!("to reboot (its boot ID is still {before})"))
+        }
+        Check::NodeLabel(key, value) => {
+            let has = node.metadata.labels.as_ref().and_then(|l| l.get(key));
+            match (has, value) {
+                (Some(_), None) => None,
+                (Some(v), Some(want)) if v == want => None,
+                (_, Some(want)) => Some(format!("to carry the label {key}={want}")),
+                (None, None) => Some(format!("to carry the label {key}")),
+            }
+        }
+    }
+}
+
+/// The problems of `spec.convergence`.
+pub(super) fn check_convergence(spec: &PlanSpec, report: &mut Report) {
+    let Some(convergence) = &spec.convergence else {
+        return;
+    };
+    let check = convergence.check.as_deref();
+    if let Some(check) = check
+        && !CHECKS.contains(&check)
+    {
+        report.problem(
+            "spec.convergence.check",
+            format!("{check:?} is not one of {}", CHECKS.join(", ")),
+        );
+    }
+    let kubernetes = spec
+        .upgrade
+        .as_ref()
+        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image));
+    if check == Some("KubeletVersion") && !kubernetes {
+        report.problem(
+            "spec.convergence.check",
+            "KubeletVersion needs a k3s-upgrade or rke2-upgrade image, whose version the node \
+             reports; use Reboot or NodeLabel for other upgrades",
+        );
+    }
+    match (check, convergence.node_label.as_deref()) {
+        (Some("NodeLabel"), None | Some("")) => report.problem(
+            "spec.convergence.nodeLabel",
+            "is required with check NodeLabel: the label the upgrade sets, e.g. \
+             os-upgrade.example.com/done or os-upgrade.example.com/kernel=6.1.0",
+        ),
+        (Some("NodeLabel"), Some(label)) => {
+            let (key, value) = label.split_once('=').unwrap_or((label, ""));
+            let bad = crate::syntax::k8s::label_key(key)
+                .err()
+                .or_else(|| crate::syntax::k8s::label_value(value).err());
+            if let Some(reason) = bad {
+                report.problem(
+                    "spec.convergence.nodeLabel",
+                    format!("{label:?} is not a label key or key=value: {reason}"),
+                );
+            }
+        }
+        (_, Some(_)) => report.problem(
+            "spec.convergence.nodeLabel",
+            "is used only with check NodeLabel; set check: NodeLabel or remove it",
+        ),
+        _ => {}
+    }
+    if let Some(within) = &convergence.within {
+        super::rollout::check_duration(
+            "spec.convergence.within",
+            within,
+            Some(CONVERGE_WITHIN_MAX_SECONDS),
+            report,
+        );
+    }
+}
+
+/// Most nodes named in one refusal; the rest are counted.
+const NAMED_NODES: usize = 5;
+
+/// The version `spec.version` asks of a K3s or RKE2 Plan, when the webhook checks it against
+/// the nodes (a channel's answer is checked by the controller, which holds instead).
+pub fn admission_target(spec: &PlanSpec) -> Option<KubeVersion> {
+    target(spec, spec.version.as_deref()?)
+}
+
+/// Why `spec.version` is refused for the nodes it would move (`selected`): a downgrade or a
+/// skipped minor, per node, unless `spec.versionSafety` allows it. The servers-first rule only
+/// holds nodes, so it is not a reason to refuse.
+pub fn refusal(spec: &PlanSpec, selected: &[&Node]) -> Option<String> {
+    let target = admission_target(spec)?;
+    let reasons: Vec<String> = selected
+        .iter()
+        .filter_map(|node| {
+            let held = hold(spec, &target, node, std::iter::empty())?;
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            Some(held.message(name, &target))
+        })
+        .collect();
+    let first = reasons.first()?;
+    let more = match reasons.len() - 1 {
+        0 => String::new(),
+        n if n < NAMED_NODES => format!("; and: {}", reasons[1..].join("; ")),
+        n => format!(
+            "; and: {} (and {} more node(s))",
+            reasons[1..NAMED_NODES].join("; "),
+            n + 1 - NAMED_NODES
+        ),
+    };
+    Some(format!("spec.version: {first}{more}"))
+}
+
 /// The warnings about `spec.versionSafety` and the steps it makes needless: the version rules
 /// need the cluster's nodes, so no Plan is refused here.
 pub(super) fn check(spec: &PlanSpec, report: &mut Report) {
@@ -318,6 +507,36 @@ mod tests {
         let mut report = Report::default();
         check(&os, &mut report);
         assert!(report.warnings[0].contains("K3s and RKE2 Plans only"));
+    }
+
+    #[test]
+    fn the_webhook_refuses_a_version_that_would_downgrade_or_skip_a_selected_node() {
+        let mut plan = spec(json!(null));
+        plan.version = Some("v1.30.4+k3s1".into());
+        let newer = node("a", Some("v1.31.0+k3s1"), false);
+        let jump = node("b", Some("v1.28.1+k3s1"), false);
+        let fine = node("c", Some("v1.30.0+k3s1"), false);
+        let agent_behind_servers = node("d", Some("v1.30.0+k3s1"), false);
+        let message = refusal(&plan, &[&newer, &jump, &fine]).unwrap();
+        assert!(
+            message.starts_with("spec.version: node a runs v1.31.0+k3s1"),
+            "{message}"
+        );
+        assert!(
+            message.contains("; and: node b runs v1.28.1+k3s1"),
+            "{message}"
+        );
+        assert_eq!(refusal(&plan, &[&fine, &agent_behind_servers]), None);
+        // A channel is the controller's to check; an allowed downgrade is no refusal.
+        plan.version = None;
+        assert_eq!(refusal(&plan, &[&newer]), None);
+        plan.version = Some("v1.30.4+k3s1".into());
+        plan.version_safety = Some(crate::api::VersionSafety {
+            allow_downgrade: Some(true),
+            allow_minor_skip: Some(true),
+            ..Default::default()
+        });
+        assert_eq!(refusal(&plan, &[&newer, &jump]), None);
     }
 
     #[test]

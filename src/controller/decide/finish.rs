@@ -11,22 +11,37 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 
 use super::decision::{Change, Note, Target};
+use super::facts::annotation;
 use super::facts::{
     completion_labels, listed, post_complete_delay, ran_for, ready_since, uid_of, until,
 };
 use super::pass::Pass;
 use super::plan::Resolved;
-use crate::api::{LABEL_VERSION, NodeStatus, Phase, Reason, UPGRADED_PREFIX};
+use crate::api::{ANNOTATION_BOOT_ID, LABEL_VERSION, NodeStatus, Phase, Reason, UPGRADED_PREFIX};
 use crate::controller::cordon::claims;
 use crate::controller::status::stamp;
 use crate::syntax::duration;
+use crate::validation::versions;
 
 /// How often a node waiting to be Ready for `nodeReadyFor` is looked at while it is not.
 const NOT_READY_RETRY: Duration = Duration::from_secs(10);
+/// How often a node that has not shown its upgrade yet is looked at again (a change of its
+/// version, boot ID or labels wakes the Plan too).
+const CONVERGE_RETRY: Duration = Duration::from_secs(15);
+
+/// Where a node whose Job succeeded stands after a pass.
+pub(super) enum Completion {
+    /// Labelled done in this pass.
+    Labelled,
+    /// Waiting (its delay, its health, or to show the upgrade), holding its slot.
+    Waiting,
+    /// It did not show the upgrade within `spec.convergence.within`: a failure, and why.
+    NotConverged(String),
+}
 
 /// A Job succeeded: the node goes back into service at once, and is labelled done (with the
-/// Job's hash) after `postCompleteDelay`, which holds its slot until then. Returns whether the
-/// node is labelled done in this pass.
+/// Job's hash) after `postCompleteDelay`, `healthGates.nodeReadyFor` and once it shows the
+/// upgrade happened (`spec.convergence`), which hold its slot until then.
 pub(super) fn complete(
     pass: &mut Pass<'_, '_>,
     r: &Resolved,
@@ -34,11 +49,11 @@ pub(super) fn complete(
     node: &Node,
     job_hash: &str,
     at: Timestamp,
-) -> bool {
+) -> Completion {
     let node_name = node.metadata.name.clone().unwrap_or_default();
     let seen = matches!(
         pass.cx.old_phase(&node_name),
-        Some(Phase::WaitingDelay | Phase::WaitingHealthy)
+        Some(Phase::WaitingDelay | Phase::WaitingHealthy | Phase::Converging)
     );
     if !seen {
         pass.out.finished_jobs.push((true, ran_for(job, at)));
@@ -68,10 +83,10 @@ pub(super) fn complete(
                 .note_once(&node_name, false, Reason::JobCompleteWaiting, text, &key);
         }
         pass.out.enter(entry);
-        return false;
+        return Completion::Waiting;
     }
     if wait_until_healthy(pass, node, &job_name, ready_at) {
-        return false;
+        return Completion::Waiting;
     }
     // An earlier Job (finished after an edit) names its version only as a label value.
     let version = match job
@@ -83,9 +98,54 @@ pub(super) fn complete(
         Some(label) if job_hash != r.hash => label,
         _ => &r.version,
     };
+    if let Some(waiting) = converging(pass, job, node, version, at) {
+        return waiting;
+    }
     let upgraded = record(version, &job_name, at, Some(ran_for(job, at)));
     label_done(pass, r, &node_name, job_hash, upgraded);
-    true
+    Completion::Labelled
+}
+
+/// `spec.convergence`: a node whose Job succeeded at `at` is done only once it shows the
+/// upgrade (its kubelet reports `version`, it rebooted, it carries a label). Until then it
+/// waits, `Converging`, for at most `within`; past that it has not converged.
+fn converging(
+    pass: &mut Pass<'_, '_>,
+    job: &Job,
+    node: &Node,
+    version: &str,
+    at: Timestamp,
+) -> Option<Completion> {
+    let spec = &pass.cx.plan.spec;
+    let check = versions::convergence_check(spec)?;
+    let boot_id = annotation(job, ANNOTATION_BOOT_ID);
+    let missing = versions::not_shown(&check, node, version, boot_id.as_deref())?;
+    let within = versions::convergence_within(spec);
+    let deadline = at
+        .checked_add(jiff::SignedDuration::try_from(within).unwrap_or_default())
+        .unwrap_or(at);
+    let node_name = node.metadata.name.clone().unwrap_or_default();
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let now = pass.cx.obs.now;
+    if now >= deadline {
+        return Some(Completion::NotConverged(format!(
+            "Job {job_name} succeeded at {} but node {node_name} did not show the upgrade \
+             within {} (spec.convergence.within): waited for it {missing}",
+            stamp(at),
+            duration::format(i64::try_from(within.as_nanos()).unwrap_or(i64::MAX))
+        )));
+    }
+    pass.out
+        .requeue_within(until(now, deadline).min(CONVERGE_RETRY));
+    let message = format!(
+        "Job {job_name} succeeded; waiting for the node {missing}, until {}",
+        stamp(deadline)
+    );
+    let entry = pass
+        .cx
+        .entry(&node_name, Phase::Converging, &job_name, &message);
+    pass.out.enter(entry);
+    Some(Completion::Waiting)
 }
 
 /// The record of a node's upgrade by this Plan, written with its completion label: the node

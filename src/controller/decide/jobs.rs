@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::decision::{Change, JobFields, Merge, Note, Target, completed_message};
 use super::facts::{annotation, finished_at, is_go_era, node_label, until};
-use super::finish;
+use super::finish::{self, Completion};
 use super::pass::Pass;
 use super::plan::Resolved;
 use super::pods;
@@ -107,8 +107,15 @@ pub(super) fn sort<'a>(pass: &mut Pass<'_, 'a>, r: &Resolved) -> Jobs<'a> {
         }
         sync_ttl(pass, job);
         if succeeded && !recorded {
-            if finish::complete(pass, r, job, node, &job_hash, at) {
-                completed.push(node_name);
+            match finish::complete(pass, r, job, node, &job_hash, at) {
+                Completion::Labelled => completed.push(node_name),
+                Completion::Waiting => {}
+                // A failure like a failed Job's, which `track` follows (retries included).
+                Completion::NotConverged(why) if current => {
+                    pass.ledger.not_converged.insert(node_name.clone(), why);
+                    jobs.current.insert(node_name, job);
+                }
+                Completion::NotConverged(_) => {}
             }
         } else if !succeeded && current {
             jobs.current.insert(node_name, job);

@@ -225,6 +225,8 @@ pub(super) struct Ledger {
     /// Nodes a version rule holds (a downgrade, a skipped minor, servers behind): the reason
     /// and what it says. They do not start; an upgrade under way on one goes on.
     pub version_held: BTreeMap<String, (Reason, String)>,
+    /// Nodes whose Job succeeded but which did not show the upgrade in time: why.
+    pub not_converged: BTreeMap<String, String>,
     /// Applying nodes whose Job the API server refused (or whose pod cannot be created): why.
     pub refused: BTreeMap<String, String>,
     /// The reason of the first failure of this pass (`JobFailed` or `DrainFailed`).

@@ -154,6 +154,7 @@ fn complete_condition(
         || reason_before.as_deref().is_some_and(|r| {
             [
                 Reason::JobFailed,
+                Reason::NotConverged,
                 Reason::Retrying,
                 Reason::WaitingForHealth,
             ]
@@ -315,7 +316,8 @@ fn kstatus_conditions(out: &mut Effects) {
             | Reason::JobRefused
             | Reason::CRDOutdated
             | Reason::DowngradeHeld
-            | Reason::MinorSkipHeld),
+            | Reason::MinorSkipHeld
+            | Reason::NotConverged),
         ) => (None, Some(failed)),
         _ if invalid => (None, Some(Reason::ValidateFailed)),
         Some(other) => (Some(other), None),

@@ -324,6 +324,26 @@ impl World {
     }
 
     fn finish_job(&mut self, node: &str, succeeded: bool, at: &str) {
+        self.finish_job_unconverged(node, succeeded, at);
+        if succeeded {
+            // As K3s does once it restarts: the node reports the version its Job installed.
+            let job = self
+                .jobs
+                .iter()
+                .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
+                .unwrap();
+            let version = job["metadata"]["labels"]["upgrade.cattle.io/version"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if let Some(v) = crate::syntax::kube_version::KubeVersion::parse(&version) {
+                runs(self, node, &v.to_string());
+            }
+        }
+    }
+
+    /// Finishes the node's Job without the node showing the upgrade.
+    fn finish_job_unconverged(&mut self, node: &str, succeeded: bool, at: &str) {
         let job = self
             .jobs
             .iter_mut()
@@ -1419,7 +1439,8 @@ fn a_longer_post_complete_delay_raises_the_ttl_of_a_job_waiting_for_it() {
             .before
             .iter()
             .any(|c| matches!(c, Change::UpdateJob { fields, .. }
-            if fields.ttl_seconds_after_finished == Some(1860))),
+            // 30m, the 10m a K3s node may take to report its version (convergence), and 60s.
+            if fields.ttl_seconds_after_finished == Some(2460))),
         "{:?}",
         raised.before
     );
@@ -2238,9 +2259,9 @@ fn a_skipped_drain_lets_the_rollout_go_on_without_the_node() {
 }
 
 fn set_ready(world: &mut World, node: &str, ready: bool, since: &str) {
-    world.node_mut(node)["status"] = json!({"conditions": [
+    world.node_mut(node)["status"]["conditions"] = json!([
         {"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": since}
-    ]});
+    ]);
 }
 
 #[test]
@@ -3318,13 +3339,124 @@ fn agents_start_once_every_server_runs_the_target() {
             .contains("server runs v1.29.9+k3s1")
     );
     // The server's Job succeeds, but its kubelet has not come back on the new version yet.
-    world.finish_job("server", true, NOW);
+    world.finish_job_unconverged("server", true, NOW);
     let done = world.step();
     assert!(created(&done).is_empty());
-    assert_eq!(short(&done, COMPLETE), pair("False", "WaitingForServers"));
-    assert_eq!(short(&done, RECONCILING).1, "WaitingForServers");
+    let converging = entry(&done, "server");
+    assert_eq!(converging.phase, "Converging");
+    assert!(
+        converging.message.unwrap().contains(
+            "waiting for the node to report kubelet v1.30.4+k3s1 (it reports v1.29.9+k3s1)"
+        )
+    );
+    assert_eq!(entry(&done, "agent-1").phase, "Held");
     runs(&mut world, "server", "v1.30.4+k3s1");
-    assert_eq!(created(&world.step()), ["agent-1", "agent-2"]);
+    let freed = world.step();
+    assert_eq!(created(&freed), ["agent-1", "agent-2"]);
+    assert_eq!(
+        world.node_label("server", "plan.upgrade.cattle.io/p"),
+        freed.status.latest_hash
+    );
+}
+
+#[test]
+fn a_node_that_does_not_show_its_upgrade_in_time_fails_and_is_retried_like_a_failed_job() {
+    let mut s = spec();
+    s["retry"] = json!({"limit": 1, "backoff": "1m"});
+    let mut world = World::new(s).nodes(&["a"]);
+    runs(&mut world, "a", "v1.30.1+k3s1");
+    world.settle();
+    // The Job "completes" in seconds; the node stays on its old version (rancher/system-upgrade-controller#262).
+    world.finish_job_unconverged("a", true, NOW);
+    let waiting = world.step();
+    let e = entry(&waiting, "a");
+    assert_eq!(e.phase, "Converging");
+    assert!(e.message.unwrap().contains(&format!("until {}", at(10))));
+    assert_eq!(world.node_label("a", "plan.upgrade.cattle.io/p"), None);
+    assert!(waiting.requeue <= Duration::from_secs(15));
+    world.now = at(10);
+    let failed = world.step();
+    let e = entry(&failed, "a");
+    assert_eq!(e.phase, "Failed");
+    let message = e.message.unwrap();
+    assert!(
+        message.contains("did not show the upgrade within 10m0s (spec.convergence.within): waited for it to report kubelet v1.30.4+k3s1 (it reports v1.30.1+k3s1)"),
+        "{message}"
+    );
+    assert!(reasons(&failed).contains(&"NotConverged"));
+    assert_eq!(
+        world.node_label("a", "plan.upgrade.cattle.io/p"),
+        None,
+        "never labelled done"
+    );
+    // Its retry (spec.retry) runs the Job again.
+    world.now = at(11);
+    let retried = world.step();
+    assert_eq!(deleted(&retried).len(), 1);
+    assert_eq!(created(&world.step()), ["a"]);
+    // This time it shows the upgrade: done.
+    world.settle();
+    world.finish_job("a", true, &at(11));
+    world.step();
+    assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
+    // Its retries used up, a node that never shows it stays failed: Complete=False/NotConverged.
+    let mut s = spec();
+    s["convergence"] = json!({"within": "2m"});
+    let mut world = World::new(s).nodes(&["b"]);
+    runs(&mut world, "b", "v1.30.1+k3s1");
+    world.settle();
+    world.finish_job_unconverged("b", true, NOW);
+    world.step();
+    world.now = at(2);
+    let stuck = world.step();
+    assert_eq!(short(&stuck, COMPLETE), pair("False", "NotConverged"));
+    assert_eq!(short(&stuck, STALLED).1, "NotConverged");
+}
+
+#[test]
+fn reboot_and_label_checks_say_what_a_node_must_show() {
+    let mut s = spec();
+    s["upgrade"] = json!({"image": "example/os-upgrade"});
+    s["version"] = json!("bookworm");
+    s["convergence"] = json!({"check": "Reboot"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.node_mut("a")["status"]["nodeInfo"] = json!({"bootID": "boot-1", "kubeletVersion": "", "architecture": "",
+        "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "",
+        "operatingSystem": "", "osImage": "", "systemUUID": ""});
+    world.settle();
+    assert_eq!(
+        world.jobs[0]["metadata"]["annotations"]["upgrade.cattle.io/boot-id"],
+        "boot-1"
+    );
+    world.finish_job_unconverged("a", true, NOW);
+    let waiting = world.step();
+    assert!(
+        entry(&waiting, "a")
+            .message
+            .unwrap()
+            .contains("waiting for the node to reboot (its boot ID is still boot-1)")
+    );
+    world.node_mut("a")["status"]["nodeInfo"]["bootID"] = json!("boot-2");
+    world.step();
+    assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
+
+    let mut s = spec();
+    s["upgrade"] = json!({"image": "example/os-upgrade"});
+    s["version"] = json!("bookworm");
+    s["convergence"] = json!({"check": "NodeLabel", "nodeLabel": "example.com/kernel=6.1"});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.settle();
+    world.finish_job_unconverged("a", true, NOW);
+    let waiting = world.step();
+    assert!(
+        entry(&waiting, "a")
+            .message
+            .unwrap()
+            .contains("to carry the label example.com/kernel=6.1")
+    );
+    world.node_mut("a")["metadata"]["labels"]["example.com/kernel"] = json!("6.1");
+    world.step();
+    assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
 }
 
 #[test]

@@ -473,8 +473,12 @@ fn replace(
     pass.out.enter(entry);
 }
 
-/// Why a Job failed: the Job failed (its reason and message), or its node could not be drained.
+/// Why a Job failed: the Job failed (its reason and message), its node could not be drained,
+/// or it succeeded but its node did not show the upgrade in time.
 fn failure_of(pass: &Pass<'_, '_>, job: &Job, node_name: &str) -> Option<(Reason, String)> {
+    if let Some(why) = pass.ledger.not_converged.get(node_name) {
+        return Some((Reason::NotConverged, why.clone()));
+    }
     match (finished_at(job), annotation(job, ANNOTATION_DRAIN_FAILED)) {
         (Some((false, _)), _) => Some((
             Reason::JobFailed,
