@@ -16,7 +16,7 @@ fn app() -> (axum::Router, Arc<Readiness>, Arc<CertResolver>) {
     let resolver = Arc::new(CertResolver::default());
     let readiness = Readiness::new(resolver.clone());
     (
-        router("system-upgrade", Metrics::new(), readiness.clone()),
+        router("system-upgrade", Metrics::new(), readiness.clone(), None),
         readiness,
         resolver,
     )

@@ -59,7 +59,7 @@ struct Server {
 fn start(resolver: Arc<CertResolver>) -> Server {
     let readiness = Readiness::new(resolver.clone());
     let stop = CancellationToken::new();
-    let app = router("system-upgrade", Metrics::new(), readiness.clone());
+    let app = router("system-upgrade", Metrics::new(), readiness.clone(), None);
     let (address, serve) = bind(
         "127.0.0.1:0".parse().unwrap(),
         app,

@@ -52,7 +52,7 @@ down() {
     bash "$here/real-node.sh" down --dir "$dir" || log "removing the real node failed; stopping the rest"
   fi
   # Reverse start order: nodes' kubelet first, etcd last.
-  stop_all kwok kube-scheduler kube-controller-manager kube-apiserver etcd
+  stop_all kubelet-versions kwok kube-scheduler kube-controller-manager kube-apiserver etcd
 }
 
 pki() {
@@ -241,6 +241,9 @@ up() {
     --cidr=10.244.0.1/16 --node-ip=10.1.0.1
   sleep 1
   kill -0 "$(cat "$dir/pids/kwok")" 2>/dev/null || fail kwok "kwok exited during start-up"
+  # K3s's part on simulated nodes: a succeeded k3s-upgrade or rke2-upgrade pod brings its node's
+  # kubeletVersion to the image's tag (not for a pod labelled suc-test/no-converge=true).
+  start kubelet-versions "$bin/kubelet-versions" --kubeconfig="$kc"
 
   log "creating $nodes nodes ($control_planes control plane)"
   local manifests=""

@@ -401,9 +401,21 @@ pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
         let report = String::from_utf8_lossy(&check.stdout);
         assert!(check.status.success(), "{}: {report}", file.display());
         plans += report.matches(": valid").count();
-        let out = ctx
-            .kubectl(&["apply", "--dry-run=server", "-f", path(file)])
-            .expect_ok();
+        let out = ctx.kubectl(&["apply", "--dry-run=server", "-f", path(file)]);
+        if !out.ok {
+            // The test bed's nodes run v1.30.4+k3s1: a pinned version two minors up is refused
+            // by the version rules, naming the chain to follow, and nothing else is.
+            assert!(
+                out.stderr.contains("runs v1.30.4+k3s1, and ")
+                    && out
+                        .stderr
+                        .contains("skips minor versions: upgrade through v1.31, then"),
+                "{}: {}",
+                file.display(),
+                out.stderr
+            );
+            continue;
+        }
         assert!(
             out.stdout.contains("plan.upgrade.cattle.io/"),
             "{}: {}",

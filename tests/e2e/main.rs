@@ -18,7 +18,6 @@ mod control;
 mod drain;
 mod history;
 mod install;
-mod kubelets;
 mod monitoring;
 mod real_node;
 mod resilience;
@@ -113,6 +112,7 @@ const TESTS: &[Test] = tests! {
     cluster resolution::a_channel_that_goes_back_is_not_followed,
     cluster versions::servers_go_first_when_server_and_agent_plans_are_applied_together,
     cluster versions::a_downgrade_and_a_two_minor_jump_are_held_until_allowed,
+    cluster versions::an_upgrade_that_changes_nothing_is_not_called_done,
     cluster safety::editing_the_drain_never_ends_a_running_upgrade,
     cluster safety::a_pause_holds_automatic_retries,
     cluster safety::refused_jobs_and_pods_are_reported_and_go_on_once_allowed,

@@ -160,8 +160,6 @@ impl Ctx {
                 .unwrap();
             kube::Client::try_from(config).unwrap()
         });
-        // The simulated nodes report the version their K3s or RKE2 upgrade brought them to.
-        runtime.spawn(crate::kubelets::simulate(client.clone()));
         Ctx {
             cluster,
             client,

@@ -1,7 +1,8 @@
 //! Version safety for K3s Plans against the real API server: servers first when a server Plan
 //! and an agent Plan are applied together, a downgrade and a two-minor jump held until allowed.
-//! The simulated nodes report the version their upgrade brought them to (`kubelets.rs`); the
-//! test bed's own servers run v1.30.4+k3s1, so these scenarios aim at that version.
+//! The simulated nodes report the version their upgrade brought them to (the test bed's
+//! kubelet-versions); the test bed's own servers run v1.30.4+k3s1, so these scenarios aim at
+//! that version.
 
 use std::time::{Duration, Instant};
 
@@ -129,8 +130,29 @@ pub fn a_downgrade_and_a_two_minor_jump_are_held_until_allowed(ctx: &Ctx) {
     let (newer, older) = (s.nodes[0].clone(), s.nodes[1].clone());
     set_kubelet(ctx, &newer, "v1.31.2+k3s1");
     set_kubelet(ctx, &older, "v1.28.5+k3s1");
-    let spec =
-        json!({"concurrency": 2, "version": TARGET, "upgrade": {"image": "rancher/k3s-upgrade"}});
+    let mut spec = json!({"concurrency": 2, "version": TARGET, "upgrade": {"image": "rancher/k3s-upgrade"},
+        "nodeSelector": {"matchLabels": {crate::scenario::SCENARIO_LABEL: "vhold"}}});
+    // spec.version is checked against the nodes at admission, naming each.
+    let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": "vhold", "namespace": crate::support::NAMESPACE}, "spec": spec});
+    let refused = ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&plan.to_string()));
+    assert!(!refused.ok, "admitted: {}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!(
+            "Plan \"vhold\" is invalid: spec.version: node {newer} runs v1.31.2+k3s1, newer than {TARGET}"
+        )) && refused.stderr.contains(&format!("; and: node {older} runs v1.28.5+k3s1")),
+        "{}",
+        refused.stderr
+    );
+    // Admitted while the nodes ran older versions, and paused; the nodes move meanwhile (an
+    // upgrade by hand, a restored snapshot): the controller holds them when it resumes.
+    set_kubelet(ctx, &newer, "v1.30.0+k3s1");
+    set_kubelet(ctx, &older, "v1.30.0+k3s1");
+    spec["paused"] = json!(true);
+    s.apply_plan("vhold", spec.clone(), json!({}));
+    set_kubelet(ctx, &newer, "v1.31.2+k3s1");
+    set_kubelet(ctx, &older, "v1.28.5+k3s1");
+    spec["paused"] = json!(false);
     s.apply_plan("vhold", spec.clone(), json!({}));
     let message = s.wait_condition("vhold", "Complete", "False", "DowngradeHeld", MINUTE);
     assert!(
@@ -175,5 +197,62 @@ pub fn a_downgrade_and_a_two_minor_jump_are_held_until_allowed(ctx: &Ctx) {
     s.wait_condition("vhold", "Complete", "True", "Complete", 2 * MINUTE);
     assert_eq!(kubelet(&s, &newer), TARGET);
     assert_eq!(kubelet(&s, &older), TARGET);
+    s.cleanup();
+}
+
+/// An upgrade Job that "completes" while the node stays on its old version
+/// (rancher/system-upgrade-controller#262): the node waits, Converging, then fails
+/// NotConverged (never labelled done), and the Plan is Stalled with a warning.
+pub fn an_upgrade_that_changes_nothing_is_not_called_done(ctx: &Ctx) {
+    let server = ctx.ensure_server();
+    let s = Scenario::new(ctx, "noconv", 1);
+    let node = s.nodes[0].clone();
+    set_kubelet(ctx, &node, "v1.30.1+k3s1");
+    s.apply_plan(
+        "noconv",
+        json!({"concurrency": 1, "version": TARGET, "upgrade": {"image": "rancher/k3s-upgrade"},
+            "convergence": {"within": "15s"}}),
+        json!({"labels": {"suc-test/no-converge": "true"}}),
+    );
+    wait("the node to wait for its version", MINUTE, || {
+        let entry = s.plan_json("noconv")["status"]["nodes"][0].clone();
+        (entry["phase"] == "Converging").then_some(entry)
+    });
+    let message = s.wait_condition("noconv", "Complete", "False", "NotConverged", MINUTE);
+    assert!(
+        message.contains(&format!(
+            "did not show the upgrade within 15s (spec.convergence.within): waited for it to report kubelet {TARGET} (it reports v1.30.1+k3s1)"
+        )),
+        "{message}"
+    );
+    assert_eq!(s.condition("noconv", "Stalled").unwrap().0, "True");
+    assert_eq!(
+        s.labelled("noconv"),
+        0,
+        "a node that did not change is not done"
+    );
+    assert!(
+        s.plan_events("noconv")
+            .iter()
+            .any(|e| e.starts_with("NotConverged: Job ")),
+        "{:?}",
+        s.plan_events("noconv")
+    );
+    let failed = "suc_plan_nodes{namespace=\"system-upgrade\",plan=\"noconv\",state=\"failed\"}";
+    wait("the metric", MINUTE, || {
+        (server.sample(failed) == 1.0).then_some(())
+    });
+    // The node reaches the version after all (K3s restarted late): retrying it finds it done.
+    set_kubelet(ctx, &node, TARGET);
+    ctx.kubectl(&[
+        "-n",
+        crate::support::NAMESPACE,
+        "annotate",
+        "plan",
+        "noconv",
+        "upgrade.cattle.io/retry=all",
+    ])
+    .expect_ok();
+    s.wait_condition("noconv", "Complete", "True", "Complete", 2 * MINUTE);
     s.cleanup();
 }

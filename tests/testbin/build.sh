@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control plane used by the end-to-end tests (kube-apiserver, kube-controller-manager,
 # kube-scheduler, etcd), the real node's kubelet and kube-proxy, and kwok from the Go module proxy,
-# into a cache directory keyed by version.
+# into a cache directory keyed by version; and kubelet-versions (./k8s/kubeletversions), which
+# brings simulated nodes to the version their K3s or RKE2 upgrade installed.
 # Prints the cache directory on stdout. A second run builds only what is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +35,9 @@ if ((${#missing[@]})); then
   rm -rf "$tmp"
   "$out/kube-apiserver" --version >&2
 fi
+# Our own tool follows its source (the Go build cache makes this quick once built).
+(cd "$here/k8s" && go build -p 2 -trimpath -ldflags "-s -w" -o "$out/kubelet-versions.new" ./kubeletversions \
+  && mv "$out/kubelet-versions.new" "$out/kubelet-versions") >&2
 # The stage list is cheap to regenerate and follows tests/testbin/kwok/stages.
 (cd "$here/kwok" && go run ./stages >"$out/kwok-stages.yaml.new" && mv "$out/kwok-stages.yaml.new" "$out/kwok-stages.yaml") >&2
 echo "$out"
