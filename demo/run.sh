@@ -9,12 +9,13 @@
 #   bash demo/run.sh stop         # stop the controller, the channel server and the cluster
 #
 # Environment: SUC_DEMO_NODES (default 6: 1 control plane, 5 agents), SUC_DEMO_DIR (default
-# /tmp/suc-demo), SUC_DEMO_VERSION (default v1.30.4+k3s1).
+# /tmp/suc-demo), SUC_DEMO_VERSION (default v1.30.5+k3s1; the simulated nodes run v1.30.4+k3s1, and
+# report the new version once their upgrade succeeds).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dir="${SUC_DEMO_DIR:-${TMPDIR:-/tmp}/suc-demo}"
 nodes="${SUC_DEMO_NODES:-6}"
-version="${SUC_DEMO_VERSION:-v1.30.4+k3s1}"
+version="${SUC_DEMO_VERSION:-v1.30.5+k3s1}"
 real_node=0
 [[ "${1:-}" == --real-node ]] && real_node=1
 
@@ -114,7 +115,7 @@ fi
 kubectl apply -f - <<<"$server_plan"
 sed "s#version: v1.30.4+k3s1#version: $version#" tests/plans/valid/k3s-agent.yaml | kubectl apply -f -
 
-say "The rollout as it happens (J = Job runs: prepare first, C = cordoned and drained after prepare, S/A = server/agent Plan done)"
+say "The rollout as it happens (J = Job runs: prepare first, C = cordoned and drained after prepare, S/A = server/agent Plan done; agents start once the server runs the new version)"
 started=$SECONDS
 snapshot() {
   local nodes_line jobs_line
@@ -179,8 +180,9 @@ cat <<EOF
 The cluster and the controller keep running. Try:
   export KUBECONFIG=$KUBECONFIG
   kubectl apply -f tests/plans/invalid/many-problems.yaml        # a bad Plan: every problem is named
-  kubectl -n system-upgrade patch plan agent-plan --type=merge -p '{"spec":{"version":"v1.31.0+k3s1"}}'
-  kubectl -n system-upgrade get plans -w                          # watch the agents upgrade again
+  kubectl -n system-upgrade patch plan agent-plan --type=merge -p '{"spec":{"version":"v1.29.9+k3s1"}}'   # refused: a downgrade
+  kubectl -n system-upgrade patch plan agent-plan --type=merge -p '{"spec":{"version":"v1.31.0+k3s1"}}'   # agents wait for the server
+  kubectl -n system-upgrade get plan agent-plan -o jsonpath='{range .status.nodes[*]}{.name} {.phase}: {.message}{"\n"}{end}'
   curl -k https://127.0.0.1:$port/metrics                         # webhook and controller metrics
   less $dir/controller.log
 Stop everything with: bash demo/run.sh stop

@@ -286,12 +286,7 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
     let mut job = job(&parts, &node_name, labels, pod_annotations, template);
     if versions::convergence_check(&plan.spec) == Some(versions::Check::Reboot) {
         // Its node's boot ID now, so a reboot after the upgrade shows (spec.convergence).
-        let boot_id = node
-            .status
-            .as_ref()
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.boot_id.clone())
-            .unwrap_or_default();
+        let boot_id = versions::node_boot_id(node).to_owned();
         job.metadata
             .annotations
             .get_or_insert_default()

@@ -103,6 +103,15 @@ pub fn kubelet_version(node: &Node) -> Option<KubeVersion> {
     KubeVersion::parse(&info.kubelet_version)
 }
 
+/// The boot ID the node's kubelet reports (empty when none).
+pub fn node_boot_id(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.as_str())
+        .unwrap_or_default()
+}
+
 /// Whether the node carries a control-plane role label.
 pub fn is_control_plane(node: &Node) -> bool {
     node.metadata
@@ -230,13 +239,8 @@ pub fn not_shown(
         }
         Check::Reboot => {
             let before = boot_id.filter(|b| !b.is_empty())?;
-            let now = node
-                .status
-                .as_ref()
-                .and_then(|s| s.node_info.as_ref())
-                .map(|i| i.boot_id.as_str())
-                .unwrap_or_default();
-            (now == before).then(|| format!("to reboot (its boot ID is still {before})"))
+            (node_boot_id(node) == before)
+                .then(|| format!("to reboot (its boot ID is still {before})"))
         }
         Check::NodeLabel(key, value) => {
             let has = node.metadata.labels.as_ref().and_then(|l| l.get(key));

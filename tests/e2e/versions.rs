@@ -175,7 +175,7 @@ pub fn a_downgrade_and_a_two_minor_jump_are_held_until_allowed(ctx: &Ctx) {
         jump["message"]
             .as_str()
             .unwrap()
-            .contains("upgrade through v1.29, then v1.30 first"),
+            .contains("upgrade through v1.29 first (one minor at a time)"),
         "{jump}"
     );
     let held = "suc_plan_nodes{namespace=\"system-upgrade\",plan=\"vhold\",state=\"version_held\"}";

@@ -3413,46 +3413,47 @@ fn a_node_that_does_not_show_its_upgrade_in_time_fails_and_is_retried_like_a_fai
     assert_eq!(short(&stuck, STALLED).1, "NotConverged");
 }
 
-#[test]
-fn reboot_and_label_checks_say_what_a_node_must_show() {
+/// An OS Plan on node `a` with this convergence check, its Job finished without the node
+/// showing it; returns the entry's message.
+fn os_upgrade_unshown(world: &mut World) -> String {
+    world.settle();
+    world.finish_job_unconverged("a", true, NOW);
+    let waiting = world.step();
+    entry(&waiting, "a").message.unwrap()
+}
+
+fn os_plan(convergence: Value) -> World {
     let mut s = spec();
     s["upgrade"] = json!({"image": "example/os-upgrade"});
     s["version"] = json!("bookworm");
-    s["convergence"] = json!({"check": "Reboot"});
-    let mut world = World::new(s).nodes(&["a"]);
+    s["convergence"] = convergence;
+    World::new(s).nodes(&["a"])
+}
+
+#[test]
+fn reboot_and_label_checks_say_what_a_node_must_show() {
+    let mut world = os_plan(json!({"check": "Reboot"}));
     world.node_mut("a")["status"]["nodeInfo"] = json!({"bootID": "boot-1", "kubeletVersion": "", "architecture": "",
         "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "",
         "operatingSystem": "", "osImage": "", "systemUUID": ""});
-    world.settle();
+    let message = os_upgrade_unshown(&mut world);
+    assert!(
+        message.contains("waiting for the node to reboot (its boot ID is still boot-1)"),
+        "{message}"
+    );
     assert_eq!(
         world.jobs[0]["metadata"]["annotations"]["upgrade.cattle.io/boot-id"],
         "boot-1"
-    );
-    world.finish_job_unconverged("a", true, NOW);
-    let waiting = world.step();
-    assert!(
-        entry(&waiting, "a")
-            .message
-            .unwrap()
-            .contains("waiting for the node to reboot (its boot ID is still boot-1)")
     );
     world.node_mut("a")["status"]["nodeInfo"]["bootID"] = json!("boot-2");
     world.step();
     assert!(world.node_label("a", "plan.upgrade.cattle.io/p").is_some());
 
-    let mut s = spec();
-    s["upgrade"] = json!({"image": "example/os-upgrade"});
-    s["version"] = json!("bookworm");
-    s["convergence"] = json!({"check": "NodeLabel", "nodeLabel": "example.com/kernel=6.1"});
-    let mut world = World::new(s).nodes(&["a"]);
-    world.settle();
-    world.finish_job_unconverged("a", true, NOW);
-    let waiting = world.step();
+    let mut world = os_plan(json!({"check": "NodeLabel", "nodeLabel": "example.com/kernel=6.1"}));
+    let message = os_upgrade_unshown(&mut world);
     assert!(
-        entry(&waiting, "a")
-            .message
-            .unwrap()
-            .contains("to carry the label example.com/kernel=6.1")
+        message.contains("to carry the label example.com/kernel=6.1"),
+        "{message}"
     );
     world.node_mut("a")["metadata"]["labels"]["example.com/kernel"] = json!("6.1");
     world.step();
