@@ -131,6 +131,36 @@ pub fn the_controller_runs_in_cluster_from_its_image(ctx: &Ctx) {
         "{}",
         refused.stderr
     );
+    // The real kubelet reports its own version, which the version rules read: a K3s Plan that
+    // would move the real node down to v1.30.4 is refused by the in-cluster webhook.
+    let runs = ctx
+        .kubectl(&[
+            "get",
+            "node",
+            REAL_NODE,
+            "-o",
+            "jsonpath={.status.nodeInfo.kubeletVersion}",
+        ])
+        .expect_ok()
+        .stdout;
+    assert!(runs.starts_with("v1."), "the real kubelet reports {runs:?}");
+    let down = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": "real-down", "namespace": NAMESPACE},
+        "spec": {"concurrency": 1, "version": "v1.30.4+k3s1", "upgrade": {"image": "rancher/k3s-upgrade"},
+            "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": REAL_NODE}}}});
+    let refused = ctx.kubectl_with_input(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&down.to_string()),
+    );
+    assert!(!refused.ok, "a downgrade of the real node was admitted");
+    assert!(
+        refused.stderr.contains(&format!(
+            "spec.version: node {REAL_NODE} runs {}, newer than v1.30.4+k3s1",
+            runs.trim()
+        )),
+        "{}",
+        refused.stderr
+    );
 
     // Through the Service's ClusterIP (kube-proxy's rules on this machine), trusting only the
     // controller's CA and checking the certificate's DNS name.
