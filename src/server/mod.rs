@@ -611,6 +611,95 @@ pub fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
+    use serde_json::json;
+
+    /// The validating webhook's answer to creating a K3s Plan at v1.30.4+k3s1 for every node.
+    fn k3s_review() -> admission::Answer {
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u1", "kind": {"group": "upgrade.cattle.io", "version": "v1", "kind": "Plan"},
+                "operation": "CREATE", "name": "p", "namespace": "system-upgrade",
+                "object": {"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                    "metadata": {"name": "p", "namespace": "system-upgrade"},
+                    "spec": {"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
+                        "upgrade": {"image": "rancher/k3s-upgrade"}}}}});
+        let body = serde_json::to_vec(&review).unwrap();
+        admission::handle(Webhook::Validate, "system-upgrade", &body).unwrap()
+    }
+
+    fn node(name: &str, version: &str) -> serde_json::Value {
+        json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"nodeInfo": {"kubeletVersion": version, "architecture": "", "bootID": "",
+                "containerRuntimeVersion": "", "kernelVersion": "", "kubeProxyVersion": "",
+                "machineID": "", "operatingSystem": "", "osImage": "", "systemUUID": ""}}})
+    }
+
+    #[tokio::test]
+    async fn a_version_that_would_downgrade_a_node_on_any_page_of_the_list_is_refused() {
+        let (client, mut api) = testing::client();
+        let mut answer = k3s_review();
+        assert!(answer.check_versions.is_some());
+        let check = tokio::spawn(async move {
+            check_versions(Some(&client), &mut answer).await;
+            answer
+        });
+        let first = api
+            .expect(
+                "GET",
+                "/api/v1/nodes?",
+                200,
+                json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"continue": "page-2"},
+                    "items": [node("a", "v1.30.1+k3s1")]}),
+            )
+            .await;
+        assert!(first.uri.contains("limit=500"), "{}", first.uri);
+        let second = api
+            .expect(
+                "GET",
+                "/api/v1/nodes?",
+                200,
+                json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+                    "items": [node("b", "v1.31.0+k3s1")]}),
+            )
+            .await;
+        assert!(second.uri.contains("continue=page-2"), "{}", second.uri);
+        let answer = check.await.unwrap();
+        assert!(!answer.response.allowed);
+        let message = answer.response.to_owned();
+        let text = serde_json::to_string(&message).unwrap();
+        assert!(
+            text.contains("Plan \\\"p\\\" is invalid: spec.version: node b runs v1.31.0+k3s1, newer than v1.30.4+k3s1"),
+            "{text}"
+        );
+        api.done().await;
+    }
+
+    #[tokio::test]
+    async fn nodes_that_cannot_be_read_admit_the_plan_with_a_warning() {
+        let (client, mut api) = testing::client();
+        let mut answer = k3s_review();
+        let check = tokio::spawn(async move {
+            check_versions(Some(&client), &mut answer).await;
+            answer
+        });
+        api.refuse("GET", "/api/v1/nodes?", 500).await;
+        let answer = check.await.unwrap();
+        assert!(answer.response.allowed);
+        let warnings = answer.response.warnings.clone().unwrap_or_default();
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "spec.version was not checked against the nodes' versions (reading them failed"
+            )),
+            "{warnings:?}"
+        );
+        // A Plan of another kind, or without a version, is not checked at all.
+        let mut plain = k3s_review();
+        plain.check_versions = None;
+        let (client, api) = testing::client();
+        check_versions(Some(&client), &mut plain).await;
+        assert!(plain.response.allowed);
+        api.done().await;
+    }
 
     #[tokio::test]
     async fn a_notice_is_told_by_readyz_which_stays_ready() {
