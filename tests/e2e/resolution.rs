@@ -123,16 +123,17 @@ pub fn channels_resolve_versions(ctx: &Ctx) {
         .then_some(())
     });
 
-    // A version wins; the channel is never asked.
+    // A version wins; the channel is never asked. (Above v1.2.3-test, which the node now runs:
+    // a lower one would be refused as a downgrade.)
     let before = server.count();
     let mut both = spec(&format!("{}/never", server.url));
-    both["version"] = json!("v1.0.0");
+    both["version"] = json!("v1.2.4");
     s.apply_plan("chan-version", both, json!({}));
     wait("the static version", MINUTE, || {
         (s.plan("chan-version")
             .and_then(|p| p.status?.latest_version)
             .as_deref()
-            == Some("v1.0.0"))
+            == Some("v1.2.4"))
         .then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
