@@ -2,7 +2,7 @@
 //!
 //! Each transition is its own event: kube's recorder folds events of one reason into a series
 //! that keeps the first message, which would hide, say, the version a Plan resolved to after a
-//! bump. One-shot events ([`Note::once`]) are sent once per key while the process lives. Plan
+//! bump. One-shot events ([`Note::once`]) are sent once per Plan and key while the process lives. Plan
 //! events of a rollout's progress ([`Note::merging`]) are held for [`HOLD`] and merged with the
 //! Plan's later ones of the same reason, so a wave of completions is one event, not one per pass.
 
@@ -74,8 +74,10 @@ impl Events {
         &self.reporter
     }
 
-    /// Whether an event should be recorded: always, unless it is one-shot and was recorded before.
-    pub fn first_time(&self, note: &Note) -> bool {
+    /// Whether an event of the Plan of UID `plan` should be recorded: always, unless it is
+    /// one-shot and was recorded before for that Plan (keys are per Plan: two Plans held for the
+    /// same reason each say so).
+    pub fn first_time(&self, plan: &str, note: &Note) -> bool {
         let Some(key) = &note.once else {
             return true;
         };
@@ -83,12 +85,13 @@ impl Events {
         if said.len() >= SAID_LIMIT {
             said.clear();
         }
-        said.insert(key.clone())
+        said.insert(format!("{plan}/{key}"))
     }
 
     /// Records a note of a Plan's reconcile on its target, unless it is one-shot and was sent.
     pub async fn publish(self: &Arc<Self>, plan: &Plan, note: &Note) {
-        if !self.first_time(note) {
+        let uid = plan.metadata.uid.as_deref().unwrap_or_default();
+        if !self.first_time(uid, note) {
             return;
         }
         match &note.target {
@@ -304,10 +307,11 @@ mod tests {
         let (client, _handle) = crate::controller::testing::client();
         let events = Events::new(client, reporter(), kube::runtime::reflector::store().0);
         let once = Note::new(Target::Plan, false, Reason::JobComplete, "m".into()).once("k".into());
-        assert!(events.first_time(&once));
-        assert!(!events.first_time(&once));
+        assert!(events.first_time("plan-a", &once));
+        assert!(!events.first_time("plan-a", &once));
+        assert!(events.first_time("plan-b", &once), "each Plan says it once");
         let always = Note::new(Target::Plan, false, Reason::JobComplete, "m".into());
-        assert!(events.first_time(&always) && events.first_time(&always));
+        assert!(events.first_time("plan-a", &always) && events.first_time("plan-a", &always));
     }
 
     fn plan() -> Plan {

@@ -703,9 +703,11 @@ pub fn job_settings_follow_the_plan_in_place(ctx: &Ctx) {
     let (a, b) = (s.nodes[0].clone(), s.nodes[1].clone());
     let watch = JobWatch::start(ctx, "ttl");
     let slow_watch = JobWatch::start(ctx, "ttl-slow");
+    // Without the convergence check, whose bound the TTL would cover too (10m).
     let spec = |delay: &str| {
         json!({"concurrency": 1, "version": VERSION, "postCompleteDelay": delay,
-        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": a}}, "upgrade": {"image": "rancher/k3s-upgrade"}})
+        "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": a}}, "upgrade": {"image": "rancher/k3s-upgrade"},
+        "convergence": {"check": "None"}})
     };
     s.apply_plan("ttl", spec("15s"), json!({}));
     let job = wait("the Job to succeed", MINUTE, || {
