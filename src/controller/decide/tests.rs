@@ -3461,6 +3461,30 @@ fn reboot_and_label_checks_say_what_a_node_must_show() {
 }
 
 #[test]
+fn many_held_agents_write_a_bounded_status() {
+    let names: Vec<String> = (0..60).map(|i| format!("agent-{i:02}")).collect();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.push("server");
+    let mut world = World::new(spec()).nodes(&all);
+    for node in &all {
+        runs(&mut world, node, "v1.29.9+k3s1");
+    }
+    make_server(&mut world, "server");
+    world.plan["spec"]["nodeSelector"] = json!({"matchExpressions": [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]});
+    let pass = world.step();
+    let entries = pass.status.nodes.clone().unwrap_or_default();
+    assert_eq!(entries.len(), 50, "at most 50 Held entries");
+    assert!(entries.iter().all(|e| e.phase == "Held"));
+    assert_eq!(pass.tally.version_held, 60);
+    let (_, _, message) = condition(&pass, COMPLETE);
+    assert!(
+        message.contains("(59 more node(s) held, up to 50 in status.nodes)"),
+        "{message}"
+    );
+}
+
+#[test]
 fn an_agent_plan_without_its_server_plan_says_which_server_is_behind() {
     let mut s = spec();
     s["nodeSelector"] = json!({"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]});

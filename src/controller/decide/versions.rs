@@ -44,8 +44,12 @@ pub(super) fn find_holds(pass: &mut Pass<'_, '_>, r: &Resolved) {
     }
 }
 
+/// Most `Held` entries in a Plan's status: an agent Plan of a thousand nodes waiting for its
+/// servers would otherwise write a thousand; the condition and the metric count them all.
+const HELD_ENTRIES: usize = 50;
+
 /// A `Held` entry for each held node that was not chosen (one whose upgrade is under way goes
-/// on and has its own entry).
+/// on and has its own entry), for the first [`HELD_ENTRIES`] by name.
 pub(super) fn enter_holds(pass: &mut Pass<'_, '_>, chosen: &[&Node]) {
     let held: Vec<(String, String)> = pass
         .ledger
@@ -57,6 +61,7 @@ pub(super) fn enter_holds(pass: &mut Pass<'_, '_>, chosen: &[&Node]) {
                 .any(|n| n.metadata.name.as_deref() == Some(name.as_str()))
         })
         .map(|(name, (_, message))| (name.clone(), message.clone()))
+        .take(HELD_ENTRIES)
         .collect();
     for (name, message) in held {
         if pass.out.entries.contains_key(&name) {
@@ -78,7 +83,9 @@ pub(super) fn hold_condition(pass: &mut Pass<'_, '_>, version: &str) {
     let (reason, mut text) = (*reason, message.clone());
     let others = pass.ledger.version_held.len() - 1;
     if others > 0 {
-        text.push_str(&format!(" ({others} more node(s) held, see status.nodes)"));
+        text.push_str(&format!(
+            " ({others} more node(s) held, up to {HELD_ENTRIES} in status.nodes)"
+        ));
     }
     pass.out.set_condition(COMPLETE, "False", reason, &text);
     let warning = reason != Reason::WaitingForServers;
