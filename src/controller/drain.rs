@@ -321,7 +321,7 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         changed
     };
     let mut failures = 0;
-    let since = loop {
+    let (since, proved) = loop {
         if !handle.leads().await {
             return not_leading(&handle, &request);
         }
@@ -329,14 +329,15 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             // Deleted (by hand, or replaced): its node is not cordoned for it.
             return job_gone(&handle, &request);
         }
+        let proved = tokio::time::Instant::now();
         match begin(&handle, &request).await {
-            Ok(since) => break since,
+            Ok(since) => break (since, proved),
             Err(what) => again(&handle, &request, &set, &mut failures, what).await,
         }
     };
     let result = match &request.options {
         None => Ok(0),
-        Some(options) => evict_all(&handle, &request, options, since, &set).await,
+        Some(options) => evict_all(&handle, &request, options, since, proved, &set).await,
     };
     match result {
         Ok(evicted) => {
@@ -513,11 +514,20 @@ const FENCED: &str = "this replica's hold on the Lease is not proved now; readin
 /// failed eviction. Returns how many pods were evicted or deleted, or why the drain did not
 /// drain the node. At the timeout, `onTimeout` decides: fail, skip the node, go on evicting, or
 /// delete the pods left (once; the timeout then starts over).
+/// How old the proof that a drain's Job stands may be when the drain evicts or deletes a pod.
+/// Found by the long soak: an operator deleted a Job while its drain's first round waited on a
+/// slow API server (the Draining event, the pod list); the eviction went out 150 ms after the
+/// deletion, 3 s after the drain had last seen the Job.
+const PROOF_AGE: Duration = Duration::from_secs(1);
+
+/// Evicts (or deletes) the node's pods until they are gone, as `options` say. `proved` is when
+/// the Job was last seen standing.
 async fn evict_all(
     handle: &DrainHandle,
     request: &DrainRequest,
     options: &DrainOptions,
     since: Timestamp,
+    mut proved: tokio::time::Instant,
     set: &impl Fn(DrainProgress) -> bool,
 ) -> Result<usize, Undrained> {
     let mut since = since;
@@ -538,8 +548,11 @@ async fn evict_all(
         }
         // Each round after the first proves the Job still stands: found by the long soak, a
         // drain whose Plan was deleted evicted a pod 2 s after its Job went, on a retry.
-        if !first && !job_stands(&handle.client, request).await {
-            return Err(Undrained::JobGone);
+        if !first {
+            if !job_stands(&handle.client, request).await {
+                return Err(Undrained::JobGone);
+            }
+            proved = tokio::time::Instant::now();
         }
         first = false;
         let listed = all.list(&listing).await;
@@ -570,6 +583,12 @@ async fn evict_all(
                 }
                 PodAction::Wait => waiting.push(format!("waiting for pod {key} to terminate")),
                 action @ (PodAction::Evict | PodAction::Delete) => {
+                    if proved.elapsed() > PROOF_AGE {
+                        if !job_stands(&handle.client, request).await {
+                            return Err(Undrained::JobGone);
+                        }
+                        proved = tokio::time::Instant::now();
+                    }
                     // After a timeout with onTimeout: Delete, the pods left are deleted.
                     let evict = action == PodAction::Evict && !round.delete_instead;
                     if let Some(wait) = round.remove(handle, request, pod, evict).await {
@@ -1288,6 +1307,42 @@ pub(crate) mod tests {
             *progress.lock().unwrap(),
             DrainProgress::Running(_)
         ));
+    }
+
+    /// Found by the long soak: the Job was deleted by hand while the drain's first round waited
+    /// on a slow API server; the eviction went out 3 s after the drain had last seen the Job.
+    /// A drain evicts only on a proof at most a second old that its Job stands.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_evicts_only_while_it_has_just_seen_its_job() {
+        let (mut api, progress, running, _woken) = task_fenced(json!({}), false);
+        cordon_and_start(&mut api, None).await;
+        // The pod list takes 3 s: the Job was seen standing too long ago to evict on that.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        api.refuse("GET", JOB, 404).await;
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        api.done().await;
+        assert!(matches!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running(_)
+        ));
+        // Seen a moment ago: it evicts at once, without asking again.
+        let (mut api, _, running, _woken) = task_fenced(json!({}), false);
+        cordon_and_start(&mut api, None).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        api.expect(
+            "POST",
+            "/api/v1/namespaces/ns/pods/web-1/eviction",
+            201,
+            json!({}),
+        )
+        .await;
+        running.abort();
     }
 
     #[tokio::test(start_paused = true)]
