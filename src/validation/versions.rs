@@ -90,11 +90,16 @@ impl Hold {
 /// The target version the rules apply to: the Plan upgrades K3s or RKE2 and `version` (the
 /// resolved version, `+` or munged `-`) is a Kubernetes version.
 pub fn target(spec: &PlanSpec, version: &str) -> Option<KubeVersion> {
-    let image = spec.upgrade.as_ref().map(|u| u.image.as_str())?;
-    if !is_kubernetes_upgrade_image(image) {
-        return None;
-    }
-    KubeVersion::parse(version)
+    upgrades_kubernetes(spec)
+        .then(|| KubeVersion::parse(version))
+        .flatten()
+}
+
+/// Whether the Plan upgrades K3s or RKE2 (its upgrade image is `k3s-upgrade` or `rke2-upgrade`).
+fn upgrades_kubernetes(spec: &PlanSpec) -> bool {
+    spec.upgrade
+        .as_ref()
+        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image))
 }
 
 /// The version the node's kubelet reports, if it reports one that parses.
@@ -186,10 +191,7 @@ pub enum Check {
 /// Plan; `None` when the Job's success is enough.
 pub fn convergence_check(spec: &PlanSpec) -> Option<Check> {
     let convergence = spec.convergence.clone().unwrap_or_default();
-    let kubernetes = spec
-        .upgrade
-        .as_ref()
-        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image));
+    let kubernetes = upgrades_kubernetes(spec);
     match convergence.check.as_deref() {
         Some("KubeletVersion") => Some(Check::KubeletVersion),
         Some("Reboot") => Some(Check::Reboot),
@@ -268,10 +270,7 @@ pub(super) fn check_convergence(spec: &PlanSpec, report: &mut Report) {
             format!("{check:?} is not one of {}", CHECKS.join(", ")),
         );
     }
-    let kubernetes = spec
-        .upgrade
-        .as_ref()
-        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image));
+    let kubernetes = upgrades_kubernetes(spec);
     if check == Some("KubeletVersion") && !kubernetes {
         report.problem(
             "spec.convergence.check",
@@ -351,10 +350,7 @@ pub fn refusal(spec: &PlanSpec, selected: &[&Node]) -> Option<String> {
 /// The warnings about `spec.versionSafety` and the steps it makes needless: the version rules
 /// need the cluster's nodes, so no Plan is refused here.
 pub(super) fn check(spec: &PlanSpec, report: &mut Report) {
-    let kubernetes = spec
-        .upgrade
-        .as_ref()
-        .is_some_and(|u| is_kubernetes_upgrade_image(&u.image));
+    let kubernetes = upgrades_kubernetes(spec);
     let safety = spec.version_safety.clone().unwrap_or_default();
     if !kubernetes {
         if spec.version_safety.is_some() {
