@@ -292,7 +292,7 @@ fn respond(
     let version_changed = |p: &Plan| {
         let old = request
             .old_object
-            .and_then(|o| serde_json::from_str::<Plan>(o.get()).ok());
+            .and_then(|o| serde_json::from_str::<VersionOf>(o.get()).ok());
         old.is_none_or(|o| o.spec.version != p.spec.version)
     };
     let check = plan.filter(|p| {
@@ -302,6 +302,19 @@ fn respond(
             && version_changed(p)
     });
     (response, decision, check.map(Box::new))
+}
+
+/// Of a Plan, only `spec.version` (the old object of an update is read for nothing else).
+#[derive(Deserialize)]
+struct VersionOf {
+    #[serde(default)]
+    spec: SpecVersion,
+}
+
+#[derive(Deserialize, Default)]
+struct SpecVersion {
+    #[serde(default)]
+    version: Option<String>,
 }
 
 /// The judgement of a review without the cluster: the answer, and the Plan as read.

@@ -616,15 +616,43 @@ mod tests {
 
     /// The validating webhook's answer to creating a K3s Plan at v1.30.4+k3s1 for every node.
     fn k3s_review() -> admission::Answer {
-        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": "u1", "kind": {"group": "upgrade.cattle.io", "version": "v1", "kind": "Plan"},
-                "operation": "CREATE", "name": "p", "namespace": "system-upgrade",
-                "object": {"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
-                    "metadata": {"name": "p", "namespace": "system-upgrade"},
-                    "spec": {"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
-                        "upgrade": {"image": "rancher/k3s-upgrade"}}}}});
+        k3s_review_from(None)
+    }
+
+    /// The same, as an update of a Plan that asked for `old` (`None`: a create).
+    fn k3s_review_from(old: Option<&str>) -> admission::Answer {
+        let plan = |version: &str, paused: bool| {
+            json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                "metadata": {"name": "p", "namespace": "system-upgrade"},
+                "spec": {"concurrency": 1, "version": version, "nodeSelector": {}, "paused": paused,
+                    "upgrade": {"image": "rancher/k3s-upgrade"}}})
+        };
+        let mut request = json!({"uid": "u1", "kind": {"group": "upgrade.cattle.io", "version": "v1", "kind": "Plan"},
+            "operation": "CREATE", "name": "p", "namespace": "system-upgrade",
+            "object": plan("v1.30.4+k3s1", false)});
+        if let Some(old) = old {
+            request["operation"] = json!("UPDATE");
+            request["oldObject"] = plan(old, true);
+        }
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
         let body = serde_json::to_vec(&review).unwrap();
         admission::handle(Webhook::Validate, "system-upgrade", &body).unwrap()
+    }
+
+    #[test]
+    fn only_a_new_version_is_checked_against_the_nodes() {
+        assert!(k3s_review().check_versions.is_some(), "a create");
+        assert!(
+            k3s_review_from(Some("v1.30.1+k3s1"))
+                .check_versions
+                .is_some()
+        );
+        assert!(
+            k3s_review_from(Some("v1.30.4+k3s1"))
+                .check_versions
+                .is_none(),
+            "an edit that keeps the version is not refused because nodes moved on"
+        );
     }
 
     fn node(name: &str, version: &str) -> serde_json::Value {

@@ -70,17 +70,6 @@ impl KubeVersion {
             distro,
         })
     }
-
-    /// The minor versions a move from `self` to `to` crosses: 0 within a minor, 1 to the next.
-    pub fn minors_up_to(&self, to: &KubeVersion) -> i64 {
-        let minor = |v: &KubeVersion| (v.major as i64) * 1000 + v.minor as i64;
-        minor(to) - minor(self)
-    }
-
-    /// The same Kubernetes release (major, minor and patch), whatever the pre-release or revision.
-    pub fn same_release(&self, other: &KubeVersion) -> bool {
-        (self.major, self.minor, self.patch) == (other.major, other.minor, other.patch)
-    }
 }
 
 /// `k3s1` → `("k3s", 1)`, `rke2r1` → `("rke2r", 1)`: letters, then a revision number.
@@ -258,7 +247,5 @@ mod tests {
             step_of("v1.27.1+rke2r1", "v1.30.0+rke2r1"),
             Step::SkipsMinors(vec!["v1.28".into(), "v1.29".into()])
         );
-        assert_eq!(v("v1.28.9+k3s1").minors_up_to(&v("v1.30.0")), 2);
-        assert!(v("v1.30.0-rc1+k3s1").same_release(&v("v1.30.0+k3s2")));
     }
 }
