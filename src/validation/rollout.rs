@@ -72,12 +72,8 @@ pub(super) fn check_health_gates(gates: &HealthGates, report: &mut Report) {
             ),
         );
     }
-    if prometheus.query.trim().is_empty() {
-        report.problem(
-            "spec.healthGates.prometheus.query",
-            "is empty; give a PromQL query that returns series while the cluster is unhealthy, \
-             e.g. ALERTS{alertstate=\"firing\",severity=\"critical\"}",
-        );
+    if let Some(problem) = promql_problem(&prometheus.query) {
+        report.problem("spec.healthGates.prometheus.query", problem);
     }
     if let Some(timeout) = &prometheus.timeout {
         check_duration(
@@ -87,6 +83,68 @@ pub(super) fn check_health_gates(gates: &HealthGates, report: &mut Report) {
             report,
         );
     }
+}
+
+/// The longest PromQL query a gate may hold: parsing is bounded like every webhook input.
+const MAX_QUERY: usize = 4096;
+
+/// What is wrong with a Prometheus gate's query, if anything: empty, too long, not PromQL (with
+/// the column where the lexer stops, when it does), or a query whose answer is a scalar or a
+/// string, which is never empty, so the gate would stay closed for good.
+fn promql_problem(query: &str) -> Option<String> {
+    use promql_parser::parser::{self, value::ValueType};
+    const EXAMPLE: &str = "e.g. ALERTS{alertstate=\"firing\",severity=\"critical\"}";
+    if query.trim().is_empty() {
+        return Some(format!(
+            "is empty; give a PromQL query that returns series while the cluster is unhealthy, \
+             {EXAMPLE}"
+        ));
+    }
+    if query.len() > MAX_QUERY {
+        return Some(format!(
+            "is {} bytes long, more than {MAX_QUERY}; use a recording rule for a long query",
+            query.len()
+        ));
+    }
+    let expr = match parser::parse(query) {
+        Ok(expr) => expr,
+        Err(error) => {
+            let at = lexer_column(query, &error)
+                .map(|column| format!(" at column {column}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "{query:?} is not PromQL: {error}{at}; give an instant query that returns series \
+                 while the cluster is unhealthy, {EXAMPLE}"
+            ));
+        }
+    };
+    match expr.value_type() {
+        ValueType::Vector | ValueType::Matrix => None,
+        other => Some(format!(
+            "{query:?} returns a {}, which always holds a value, so the gate would never open; \
+             give a query that returns series only while the cluster is unhealthy, such as a \
+             comparison (up == 0), {EXAMPLE}",
+            match other {
+                ValueType::Scalar => "scalar",
+                _ => "string",
+            }
+        )),
+    }
+}
+
+/// The 1-based column of the character where the PromQL lexer stops with `error`: the end of
+/// the shortest prefix that fails the same way (for an unclosed brace, the brace), or none when
+/// the parser rather than the lexer refused the query.
+fn lexer_column(query: &str, error: &str) -> Option<usize> {
+    use promql_parser::parser::lex;
+    let ends: Vec<usize> = query
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .collect();
+    let first = ends
+        .iter()
+        .position(|end| lex::lexer(&query[..*end]).err().as_deref() == Some(error))?;
+    Some(first + 1)
 }
 
 /// Retries: a limit from 0 to 100 and a backoff that is a duration of at least 0s.

@@ -696,3 +696,37 @@ fn security_contexts_the_api_server_would_refuse() {
     );
     assert_eq!(problems(env_from).len(), 1);
 }
+
+#[test]
+fn prometheus_queries_are_parsed() {
+    let gate = |query: &str| {
+        problems(with(
+            "healthGates",
+            serde_json::json!({"prometheus": {"url": "http://prometheus:9090", "query": query}}),
+        ))
+    };
+    for ok in [
+        "up == 0",
+        "ALERTS{alertstate=\"firing\",severity=\"critical\"}",
+        "sum by (job) (rate(errors_total[5m])) > 1",
+        "kube_node_status_condition{condition=\"Ready\",status=\"true\"} == 0",
+    ] {
+        assert_eq!(gate(ok), Vec::<String>::new(), "{ok}");
+    }
+    let cases = [
+        ("ALERTS{alertstate=\"firing\"", "unexpected end of input inside braces at column 7"),
+        ("up or $", "unexpected character: '$' at column 7"),
+        ("rate(x)", "expected type matrix in call to function 'rate'"),
+        ("up ==", "is not PromQL: invalid promql query;"),
+        ("1", "returns a scalar, which always holds a value"),
+        ("\"down\"", "returns a string"),
+    ];
+    for (query, expected) in cases {
+        let found = gate(query);
+        assert_eq!(found.len(), 1, "{query}: {found:?}");
+        assert!(found[0].contains(expected), "{query}: {}", found[0]);
+        assert!(found[0].starts_with("spec.healthGates.prometheus.query: "), "{}", found[0]);
+    }
+    let long = format!("up{{job=\"{}\"}} == 0", "a".repeat(5000));
+    assert!(gate(&long)[0].contains("more than 4096"), "{:?}", gate(&long));
+}
