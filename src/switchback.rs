@@ -108,6 +108,12 @@ pub fn findings(
                 "spec.drain.onTimeout",
                 spec.drain.as_ref().is_some_and(|d| d.on_timeout.is_some()),
             ),
+            (
+                "spec.drain.volumeDetach",
+                spec.drain
+                    .as_ref()
+                    .is_some_and(|d| d.volume_detach.is_some()),
+            ),
         ]
         .into_iter()
         .filter_map(|(field, set)| set.then_some(field))

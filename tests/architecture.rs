@@ -76,6 +76,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "controller::expect",
             "controller::crd",
             "controller::cordon",
+            "controller::detach",
         ],
     ),
     // The rules of a rollout, as one pure function.

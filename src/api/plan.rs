@@ -254,10 +254,36 @@ pub struct DrainSpec {
     /// or the `upgrade.cattle.io/retry` annotation names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<String>,
+    /// After the pods are gone, wait for the node's volumes to detach before the upgrade runs
+    /// (on by default): every `VolumeAttachment` of the node, except those of volumes that pods
+    /// left on the node still use (DaemonSet pods, pods `podSelector` leaves), must be gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_detach: Option<VolumeDetach>,
 }
 
 /// The values of `drain.onTimeout`.
 pub const DRAIN_ON_TIMEOUT: [&str; 4] = ["Fail", "Retry", "Delete", "Skip"];
+
+/// How a drain waits for the node's volumes to detach.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDetach {
+    /// Wait for the volumes (default true); false lets the upgrade run as soon as the pods are
+    /// gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// How long to wait, from when the pods are gone (default `5m`, at most `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// What happens when `timeout` passes with volumes attached: `Fail` (the default: the drain
+    /// fails, the node keeps its slot and retries apply), `Proceed` (the upgrade runs anyway,
+    /// with a warning event), or `Skip` (give the node up, as `drain.onTimeout: Skip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
+}
+
+/// The values of `drain.volumeDetach.onTimeout`.
+pub const VOLUME_DETACH_ON_TIMEOUT: [&str; 3] = ["Fail", "Proceed", "Skip"];
 
 /// An integer number of nanoseconds or a Go duration string (`5m`, `90s`): the Go controller's
 /// IntOrString drain timeout, with a 64-bit integer so that nanosecond values fit.

@@ -183,6 +183,12 @@ wire_words! {
         Deleted,
         /// Event: a PodDisruptionBudget refuses an eviction.
         WaitingForBudget,
+        /// Event: the pods are gone and the drain waits for the node's volumes to detach
+        /// (`drain.volumeDetach`).
+        WaitingForVolumes,
+        /// Event: volumes were still attached at `drain.volumeDetach.timeout` and the upgrade
+        /// runs anyway (`onTimeout: Proceed`).
+        VolumesStillAttached,
         /// Event: the node is drained.
         Drained,
         /// Event: the drain timed out and goes on as `drain.onTimeout` says (Retry, Delete).

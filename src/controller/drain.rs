@@ -20,6 +20,7 @@ use crate::api::{
 };
 use crate::controller::cordon;
 use crate::controller::decide::{DrainProgress, Note, Target};
+use crate::controller::detach::{self, DetachTimeout, VolumeWait};
 use crate::controller::events::{Events, PlanRef};
 use crate::controller::status::stamp;
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct DrainOptions {
     pub skip_wait_for_delete_timeout: Option<Duration>,
     pub pod_selector: Option<Selector>,
     pub on_timeout: OnTimeout,
+    /// Wait for the node's volumes to detach once its pods are gone (`drain.volumeDetach`).
+    pub volumes: Option<VolumeWait>,
 }
 
 /// What a drain does when its timeout passes with pods left (`drain.onTimeout`).
@@ -104,6 +107,7 @@ impl DrainOptions {
                 .clone()
                 .and_then(|s| Selector::try_from(s).ok()),
             on_timeout: OnTimeout::parse(spec.on_timeout.as_deref()),
+            volumes: VolumeWait::from_spec(spec.volume_detach.as_ref()),
         }
     }
 }
@@ -337,7 +341,15 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
     };
     let result = match &request.options {
         None => Ok(0),
-        Some(options) => evict_all(&handle, &request, options, since, proved, &set).await,
+        Some(options) => match evict_all(&handle, &request, options, since, proved, &set).await {
+            Ok(evicted) => match &options.volumes {
+                Some(wait) => await_volumes(&handle, &request, wait, &set)
+                    .await
+                    .map(|()| evicted),
+                None => Ok(evicted),
+            },
+            Err(undrained) => Err(undrained),
+        },
     };
     match result {
         Ok(evicted) => {
@@ -636,6 +648,77 @@ async fn evict_all(
             }
         }
         if set(DrainProgress::Running(summary)) {
+            handle.wake(request);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits, once the pods are gone, until no volume attached to the node is left but those pods
+/// still on it use (see `detach`), up to `wait.timeout` (counted from here, so afresh after a
+/// controller restart), then as `wait.on_timeout` says. The node's entry names the volumes.
+async fn await_volumes(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    wait: &VolumeWait,
+    set: &impl Fn(DrainProgress) -> bool,
+) -> Result<(), Undrained> {
+    let node = &request.node;
+    let started = tokio::time::Instant::now();
+    let mut told = false;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        if !handle.leads().await {
+            return Err(Undrained::NotLeading);
+        }
+        if !job_stands(&handle.client, request).await {
+            return Err(Undrained::JobGone);
+        }
+        let found = match detach::kept_volumes(&handle.client, node).await {
+            Ok(kept) => detach::attachments(&handle.client)
+                .await
+                .map(|all| detach::waiting_for(&all, node, &kept)),
+            Err(e) => Err(e),
+        };
+        let text = match found {
+            Ok(volumes) if volumes.is_empty() => return Ok(()),
+            Ok(volumes) => {
+                let text = detach::waiting_message(node, &volumes);
+                if !told {
+                    told = true;
+                    let message = format!("Drain of node {node}: {text}");
+                    handle
+                        .tell(request, false, Reason::WaitingForVolumes, message)
+                        .await;
+                }
+                text
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() >= wait.timeout {
+            let after =
+                duration::format(i64::try_from(wait.timeout.as_nanos()).unwrap_or(i64::MAX));
+            let message = format!("volumes still attached to node {node} after {after}: {text}");
+            return match wait.on_timeout {
+                DetachTimeout::Fail => Err(Undrained::Failed(format!(
+                    "{message} (drain.volumeDetach.onTimeout: Fail)"
+                ))),
+                DetachTimeout::Skip => Err(Undrained::Skipped(format!(
+                    "{message}; skipping the node (drain.volumeDetach.onTimeout: Skip)"
+                ))),
+                DetachTimeout::Proceed => {
+                    let message = format!(
+                        "{message}; the upgrade runs anyway (drain.volumeDetach.onTimeout: Proceed)"
+                    );
+                    handle
+                        .tell(request, true, Reason::VolumesStillAttached, message)
+                        .await;
+                    Ok(())
+                }
+            };
+        }
+        if set(DrainProgress::Running(text)) {
             handle.wake(request);
         }
         tokio::time::sleep(pause).await;
@@ -1122,6 +1205,91 @@ pub(crate) mod tests {
         api.expect("GET", JOB, 200, job).await;
     }
 
+    /// One look of the volume wait: the Job stands, the pods left on the node (none has a
+    /// claim), and the cluster's VolumeAttachments (node, volume).
+    async fn volumes(
+        api: &mut crate::controller::testing::ApiServer,
+        pods: &[(&str, bool)],
+        attached: &[(&str, &str)],
+    ) {
+        job_stands(api, "job-uid").await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(pods)).await;
+        let items: Vec<serde_json::Value> = attached
+            .iter()
+            .map(|(node, pv)| {
+                json!({"metadata": {"name": format!("csi-{pv}")}, "spec": {"attacher": "rbd.csi.ceph.com",
+                    "nodeName": node, "source": {"persistentVolumeName": pv}}})
+            })
+            .collect();
+        api.expect(
+            "GET",
+            "/apis/storage.k8s.io/v1/volumeattachments",
+            200,
+            json!({"kind": "VolumeAttachmentList", "apiVersion": "storage.k8s.io/v1",
+                "metadata": {}, "items": items}),
+        )
+        .await;
+    }
+
+    /// Once its pods are gone, a drain waits for the node's volumes to detach before it lets the
+    /// upgrade run, and says which volumes it waits for.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_opens_the_gate_only_once_the_volumes_are_detached() {
+        let (mut api, progress, running) = task(json!({}));
+        cordon_and_start(&mut api, None).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[])).await;
+        volumes(&mut api, &[], &[("n", "pv-db"), ("other", "pv-x")]).await;
+        volumes(&mut api, &[], &[("n", "pv-db")]).await;
+        assert_eq!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running(
+                "waiting for volume pv-db (rbd.csi.ceph.com) to detach from node n".into()
+            )
+        );
+        volumes(&mut api, &[], &[("other", "pv-x")]).await;
+        let opened = api.expect("PATCH", UPGRADE_POD, 200, json!({})).await;
+        assert!(opened.body["metadata"]["annotations"]["upgrade.cattle.io/drained"].is_string());
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap();
+        api.done().await;
+    }
+
+    /// Volumes still attached at `volumeDetach.timeout`: the drain fails by default, and the
+    /// upgrade runs anyway with `onTimeout: Proceed`.
+    #[tokio::test(start_paused = true)]
+    async fn volumes_left_attached_at_the_timeout_fail_the_drain_or_let_it_proceed() {
+        for (policy, gate_opens) in [("Fail", false), ("Proceed", true)] {
+            let detach = json!({"volumeDetach": {"timeout": "5s", "onTimeout": policy}});
+            let (mut api, progress, running) = task(detach);
+            cordon_and_start(&mut api, None).await;
+            api.expect("GET", "/api/v1/pods?", 200, listed(&[])).await;
+            volumes(&mut api, &[], &[("n", "pv-db")]).await;
+            // 0.5 + 1 + 2 + 4 s: past 5 s at the fifth look.
+            for _ in 0..4 {
+                volumes(&mut api, &[], &[("n", "pv-db")]).await;
+            }
+            if gate_opens {
+                api.expect("PATCH", UPGRADE_POD, 200, json!({})).await;
+            }
+            tokio::time::timeout(Duration::from_secs(5), running)
+                .await
+                .unwrap()
+                .unwrap();
+            api.done().await;
+            let progress = progress.lock().unwrap().clone();
+            if gate_opens {
+                assert_eq!(progress, DrainProgress::Done("upgrade-pod".into()));
+            } else {
+                assert!(
+                    matches!(&progress, DrainProgress::Failed(m) if m.contains("volumes still attached to node n after 5s: waiting for volume pv-db")),
+                    "{progress:?}"
+                );
+            }
+        }
+    }
+
     /// Found by the soak: a Job deleted by hand had its node cordoned 200 ms later by the drain
     /// started before. A drain whose Job is gone, or replaced under its name, touches nothing.
     #[tokio::test]
@@ -1272,6 +1440,7 @@ pub(crate) mod tests {
         job_stands(&mut api, "job-uid").await;
         api.expect("GET", "/api/v1/pods?", 200, listed(&[("operator", false)]))
             .await;
+        volumes(&mut api, &[("operator", false)], &[]).await;
         let opened = api.expect("PATCH", UPGRADE_POD, 200, json!({})).await;
         assert!(opened.body["metadata"]["annotations"]["upgrade.cattle.io/drained"].is_string());
         tokio::time::timeout(Duration::from_secs(5), running)

@@ -8,6 +8,7 @@
 pub mod cordon;
 pub mod crd;
 pub mod decide;
+pub mod detach;
 pub mod drain;
 pub mod drains;
 pub mod events;

@@ -298,6 +298,30 @@ pub(super) fn check_window(spec: &TimeWindowSpec, report: &mut Report) {
     }
 }
 
+/// `drain.volumeDetach`: a timeout of at most a day and a known policy.
+fn check_volume_detach(detach: &VolumeDetach, report: &mut Report) {
+    if let Some(timeout) = &detach.timeout {
+        check_duration(
+            "spec.drain.volumeDetach.timeout",
+            timeout,
+            Some(24 * 3600),
+            report,
+        );
+    }
+    if let Some(policy) = &detach.on_timeout
+        && !VOLUME_DETACH_ON_TIMEOUT.contains(&policy.as_str())
+    {
+        report.problem(
+            "spec.drain.volumeDetach.onTimeout",
+            format!(
+                "{policy:?} is not one of {}; it says what happens when volumes are still \
+                 attached at the timeout",
+                VOLUME_DETACH_ON_TIMEOUT.join(", ")
+            ),
+        );
+    }
+}
+
 pub(super) fn check_drain(drain: &DrainSpec, report: &mut Report) {
     if drain.delete_local_data.is_some() && drain.delete_emptydir_data.is_some() {
         report.problems.push(Problem::text(
@@ -338,6 +362,9 @@ pub(super) fn check_drain(drain: &DrainSpec, report: &mut Report) {
                 DRAIN_ON_TIMEOUT.join(", ")
             ),
         );
+    }
+    if let Some(detach) = &drain.volume_detach {
+        check_volume_detach(detach, report);
     }
     if drain.on_timeout.is_some() && drain.timeout.is_none() {
         report.warn(

@@ -714,7 +714,10 @@ fn prometheus_queries_are_parsed() {
         assert_eq!(gate(ok), Vec::<String>::new(), "{ok}");
     }
     let cases = [
-        ("ALERTS{alertstate=\"firing\"", "unexpected end of input inside braces at column 7"),
+        (
+            "ALERTS{alertstate=\"firing\"",
+            "unexpected end of input inside braces at column 7",
+        ),
         ("up or $", "unexpected character: '$' at column 7"),
         ("rate(x)", "expected type matrix in call to function 'rate'"),
         ("up ==", "is not PromQL: invalid promql query;"),
@@ -725,8 +728,16 @@ fn prometheus_queries_are_parsed() {
         let found = gate(query);
         assert_eq!(found.len(), 1, "{query}: {found:?}");
         assert!(found[0].contains(expected), "{query}: {}", found[0]);
-        assert!(found[0].starts_with("spec.healthGates.prometheus.query: "), "{}", found[0]);
+        assert!(
+            found[0].starts_with("spec.healthGates.prometheus.query: "),
+            "{}",
+            found[0]
+        );
     }
     let long = format!("up{{job=\"{}\"}} == 0", "a".repeat(5000));
-    assert!(gate(&long)[0].contains("more than 4096"), "{:?}", gate(&long));
+    assert!(
+        gate(&long)[0].contains("more than 4096"),
+        "{:?}",
+        gate(&long)
+    );
 }

@@ -831,3 +831,161 @@ pub fn drain_timeouts_skip_delete_or_retry_as_the_plan_says(ctx: &Ctx) {
         .expect_ok();
     s.cleanup();
 }
+
+/// A VolumeAttachment as the attach/detach controller leaves it while `pv` is attached to `node`.
+fn attachment(name: &str, node: &str, pv: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": name},
+        "spec": {"attacher": "driver.longhorn.io", "nodeName": node,
+            "source": {"persistentVolumeName": pv}},
+    })
+}
+
+/// Once a node's pods are gone, its upgrade waits until the volumes they used are detached: a
+/// VolumeAttachment of the node holds the gate shut (the entry names it) until it goes, while
+/// one whose volume a DaemonSet pod left on the node still uses does not.
+pub fn drains_wait_for_volumes_to_detach(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "vol", 2);
+    remove_volumes(ctx);
+    let a = s.nodes[0].clone();
+    // A claim bound to a volume, used by a DaemonSet pod that the drain leaves on the node.
+    apply(
+        ctx,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "vol-pv-agent"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                "hostPath": {"path": "/tmp/vol-pv-agent"},
+                "claimRef": {"namespace": APPS, "name": "vol-agent"}}}),
+    );
+    apply(
+        ctx,
+        // Bound as the volume binder would (the test bed runs no binder).
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "vol-agent", "namespace": APPS,
+                "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": "vol-pv-agent",
+                "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    for (namespace, object, status) in [
+        (
+            None,
+            "pv/vol-pv-agent",
+            json!({"status": {"phase": "Bound"}}),
+        ),
+        (
+            Some(APPS),
+            "pvc/vol-agent",
+            json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}}),
+        ),
+    ] {
+        let status = status.to_string();
+        let mut args = vec![
+            "patch",
+            object,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        ctx.kubectl(&args).expect_ok();
+    }
+    apply(
+        ctx,
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "vol-agent", "namespace": APPS},
+            "spec": {"selector": {"matchLabels": {"app": "vol-agent"}}, "template": {"metadata": {"labels": {"app": "vol-agent"}},
+                "spec": {"nodeSelector": {SCENARIO_LABEL: "vol"}, "containers": [{"name": "agent", "image": "busybox"}],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "vol-agent"}}]}}},
+        }),
+    );
+    apply(ctx, deployment("vol-db", "vol", 2, json!({})));
+    wait("the DaemonSet pods and the db pods", MINUTE, || {
+        (running(ctx, "vol-agent") == 2 && running(ctx, "vol-db") == 2).then_some(())
+    });
+    for (name, pv) in [("vol-va-db", "vol-pv-db"), ("vol-va-agent", "vol-pv-agent")] {
+        apply(ctx, attachment(name, &a, pv));
+    }
+
+    drain_plan(&s, "vol", &a, json!({}), json!({"suc-test/duration": "1s"}));
+    let expected =
+        format!("waiting for volume vol-pv-db (driver.longhorn.io) to detach from node {a}");
+    wait("the drain to wait for the db volume", 2 * MINUTE, || {
+        let (phase, message) = node_entry(&s, "vol");
+        (phase == "Draining" && message.contains(&expected)).then_some(())
+    });
+    assert!(
+        !pods_on(ctx, &a)
+            .iter()
+            .any(|p| p.metadata.labels.as_ref().unwrap()["app"] == "vol-db"),
+        "the db pod is still on the node"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (phase, message) = node_entry(&s, "vol");
+    assert_eq!(phase, "Draining", "{message}");
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let upgrade_pods = ctx
+        .block_on(api.list(&ListParams::default().labels("upgrade.cattle.io/plan=vol")))
+        .unwrap()
+        .items;
+    assert!(
+        upgrade_pods.iter().all(|p| p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("upgrade.cattle.io/drained"))),
+        "the gate opened with a volume attached"
+    );
+    assert!(
+        s.plan_events("vol")
+            .iter()
+            .any(|e| e.starts_with("WaitingForVolumes") && e.contains("vol-pv-db")),
+        "{:?}",
+        s.plan_events("vol")
+    );
+
+    // The volume detaches: the upgrade runs; the DaemonSet pod's volume stays attached.
+    ctx.kubectl(&["delete", "volumeattachment", "vol-va-db"])
+        .expect_ok();
+    s.wait_condition("vol", "Complete", "True", "Complete", 2 * MINUTE);
+    assert!(!s.unschedulable(&a), "uncordoned after the upgrade");
+
+    ctx.kubectl(&[
+        "-n",
+        APPS,
+        "delete",
+        "daemonset/vol-agent",
+        "deployment/vol-db",
+    ])
+    .expect_ok();
+    remove_volumes(ctx);
+    s.cleanup();
+}
+
+/// Removes the volume test's claim and volume and their attachments; the test bed runs no
+/// controller that would take their protection finalizers off.
+fn remove_volumes(ctx: &Ctx) {
+    let clear = r#"{"metadata":{"finalizers":null}}"#;
+    for (namespace, object) in [(Some(APPS), "pvc/vol-agent"), (None, "pv/vol-pv-agent")] {
+        let mut args = vec!["patch", object, "--type=merge", "-p", clear];
+        let mut delete = vec!["delete", object, "--ignore-not-found"];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+            delete.extend(["-n", namespace]);
+        }
+        // Absent already: nothing to clear.
+        let _ = ctx.kubectl(&args);
+        ctx.kubectl(&delete).expect_ok();
+    }
+    ctx.kubectl(&[
+        "delete",
+        "volumeattachment",
+        "vol-va-db",
+        "vol-va-agent",
+        "--ignore-not-found",
+    ])
+    .expect_ok();
+}
