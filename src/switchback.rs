@@ -9,9 +9,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{ANNOTATION_DRAIN_FAILED, IntOrDuration, IntOrPercent, LABEL_CONTROLLER, Plan};
+use crate::api::{
+    ANNOTATION_DRAIN_FAILED, IntOrDuration, IntOrPercent, LABEL_CONTROLLER, Plan,
+    TAINT_UPCOMING_PREFIX,
+};
 use crate::config::{SwitchBackConfig, kube_config};
-use crate::controller::cordon::{Claimant, claims_of};
+use crate::controller::cordon::{Claimant, claims_of, upcoming_taints};
 use crate::controller::decide::pods::is_native_gate;
 use crate::controller::decide::{finished_at, upgrade_may_have_started};
 use crate::error::Error;
@@ -179,6 +182,28 @@ pub fn findings(
         }
     }
     for node in nodes {
+        let tainted: Vec<&str> = upcoming_taints(node).collect();
+        if !tainted.is_empty() {
+            let fix = tainted
+                .iter()
+                .map(|plan| {
+                    format!(
+                        "kubectl taint node {} {TAINT_UPCOMING_PREFIX}{plan}-",
+                        node.name_any()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            found.push(Finding::note(
+                format!("Node {}", node.name_any()),
+                format!(
+                    "carries the PreferNoSchedule taint of Plan {} (waiting for its turn); the \
+                     Go controller never removes it",
+                    tainted.join(", ")
+                ),
+                fix,
+            ));
+        }
         let plans: Vec<&str> = claims_of(node, who).collect();
         if plans.is_empty() {
             continue;

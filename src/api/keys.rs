@@ -67,6 +67,10 @@ pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
 /// (`upgraded.upgrade.cattle.io/<plan>`, a JSON object: version, job, completed, seconds),
 /// written with the completion label, in place of a per-node event.
 pub const UPGRADED_PREFIX: &str = "upgraded.upgrade.cattle.io/";
+/// Node taint key prefix (`upcoming.upgrade.cattle.io/<plan>`, effect `PreferNoSchedule`): the
+/// node waits for its turn in the Plan's rollout, so pods evicted elsewhere prefer other nodes
+/// (`drain.preferUpgradedNodes`).
+pub const TAINT_UPCOMING_PREFIX: &str = "upcoming.upgrade.cattle.io/";
 /// The annotation the kubelet puts on the mirror of a static pod (drains skip them).
 pub const ANNOTATION_MIRROR_POD: &str = "kubernetes.io/config.mirror";
 

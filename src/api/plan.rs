@@ -259,6 +259,12 @@ pub struct DrainSpec {
     /// left on the node still use (DaemonSet pods, pods `podSelector` leaves), must be gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_detach: Option<VolumeDetach>,
+    /// Taint the nodes still waiting for their turn `upcoming.upgrade.cattle.io/<plan>:
+    /// PreferNoSchedule` (default true), so pods evicted from the nodes being drained prefer
+    /// nodes already upgraded and are not moved twice. A node loses the taint when it is done,
+    /// held, no longer selected, or when the Plan is paused, outside its window or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_upgraded_nodes: Option<bool>,
 }
 
 /// The values of `drain.onTimeout`.

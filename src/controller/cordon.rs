@@ -8,11 +8,11 @@
 //! and [`adopt`] apply them read-modify-write with the node's resourceVersion, so Plans acting
 //! on the same node at once cannot lose each other's claims.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{CORDON_CLAIM_PREFIX, Reason};
+use crate::api::{CORDON_CLAIM_PREFIX, Reason, TAINT_UPCOMING_PREFIX};
 
 /// Who writes claims: one controller instance, `<namespace>/<controller name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +235,76 @@ async fn read(nodes: &Api<Node>, node: &str) -> Result<Option<Node>, CordonError
             node: node.to_owned(),
             error,
         })
+}
+
+/// The merge patch putting a Plan's `upcoming.upgrade.cattle.io/<plan>:PreferNoSchedule` taint
+/// on a node (`on`) or taking it off, with the node's other taints as they are (a node's taints
+/// are one list, so the patch names the resourceVersion it was read at); `None` when the node
+/// already is as asked.
+pub fn taint_patch(node: &Node, plan: &str, on: bool) -> Option<serde_json::Value> {
+    let key = format!("{TAINT_UPCOMING_PREFIX}{plan}");
+    let mut taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let has = taints.iter().any(|t| t.key == key);
+    if has == on {
+        return None;
+    }
+    if on {
+        taints.push(Taint {
+            key,
+            effect: "PreferNoSchedule".into(),
+            ..Taint::default()
+        });
+    } else {
+        taints.retain(|t| t.key != key);
+    }
+    Some(serde_json::json!({
+        "metadata": {"resourceVersion": node.resource_version()},
+        "spec": {"taints": taints},
+    }))
+}
+
+/// The Plans whose `upcoming` taint a node carries.
+pub fn upcoming_taints(node: &Node) -> impl Iterator<Item = &str> {
+    node.spec
+        .iter()
+        .flat_map(|s| s.taints.iter().flatten())
+        .filter_map(|t| t.key.strip_prefix(TAINT_UPCOMING_PREFIX))
+}
+
+/// Puts the Plan's `upcoming` taint on a node or takes it off (see [`taint_patch`]), reading
+/// the node again when it changed between the read and the patch. A node gone needs nothing.
+pub async fn taint(
+    client: &Client,
+    plan: &str,
+    node: &str,
+    on: bool,
+    may_write: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(), CordonError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..ATTEMPTS {
+        let Some(current) = read(&nodes, node).await? else {
+            return Ok(());
+        };
+        let Some(patch) = taint_patch(&current, plan, on) else {
+            return Ok(());
+        };
+        if !may_write() {
+            return Err(CordonError::Fenced(node.to_owned()));
+        }
+        match patch_node(&nodes, node, &patch).await? {
+            Patched::Done => {
+                tracing::info!(on, "upcoming taint");
+                return Ok(());
+            }
+            Patched::Gone => return Ok(()),
+            Patched::Conflict => continue,
+        }
+    }
+    Err(CordonError::Conflict(node.to_owned()))
 }
 
 enum Patched {

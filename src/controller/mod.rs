@@ -281,7 +281,8 @@ fn plans_using_secret(plans: &Store<Plan>, secret: &str) -> Vec<ObjectRef<Plan>>
 }
 
 /// Drops this instance's cordon claims of Plans that no longer exist, uncordoning nodes nobody
-/// else holds. Claims of another instance (another namespace or controller name) are theirs.
+/// else holds, and those Plans' `upcoming` taints. Claims of another instance (another
+/// namespace or controller name) are theirs.
 async fn release_orphaned_claims(ctx: &Context) {
     let existing: Vec<String> = ctx
         .caches
@@ -296,6 +297,19 @@ async fn release_orphaned_claims(ctx: &Context) {
             .filter(|plan| !existing.iter().any(|e| e == plan))
             .map(str::to_owned)
             .collect();
+        let untaint: Vec<String> = cordon::upcoming_taints(&node)
+            .filter(|plan| !existing.iter().any(|e| e == plan))
+            .map(str::to_owned)
+            .collect();
+        for plan in untaint {
+            let name = node.name_any();
+            let span = tracing::info_span!("untaint", %plan, node = %name);
+            let may_write = || ctx.proved();
+            let removed = cordon::taint(&ctx.client, &plan, &name, false, &may_write);
+            if let Err(e) = removed.instrument(span.clone()).await {
+                span.in_scope(|| tracing::warn!(error = %e, "could not remove an upcoming taint"));
+            }
+        }
         for plan in orphaned {
             let node = node.name_any();
             let span = tracing::info_span!("release", %plan, %node);

@@ -299,6 +299,13 @@ impl Cluster {
                     annotations.remove(ANNOTATION_RETRY);
                 }
             }
+            Change::Taint { node, on } => {
+                if let Some(node) = self.node_mut(node)
+                    && let Some(patch) = cordon::taint_patch(node, &plan_name, *on)
+                {
+                    merge(node, &patch);
+                }
+            }
             Change::Release { node } => {
                 if let Some(node) = self.node_mut(node)
                     && let Some((patch, _)) =

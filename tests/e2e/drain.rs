@@ -989,3 +989,67 @@ fn remove_volumes(ctx: &Ctx) {
     ])
     .expect_ok();
 }
+
+/// The nodes carrying Plan `plan`'s PreferNoSchedule taint, of `nodes`.
+fn upcoming(s: &Scenario, plan: &str, nodes: &[String]) -> Vec<String> {
+    let key = format!("upcoming.upgrade.cattle.io/{plan}");
+    nodes
+        .iter()
+        .filter(|n| {
+            s.node(n)
+                .and_then(|n| n.spec)
+                .and_then(|s| s.taints)
+                .is_some_and(|t| {
+                    t.iter()
+                        .any(|t| t.key == key && t.effect == "PreferNoSchedule")
+                })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Nodes waiting for their turn in a rollout that drains carry the Plan's PreferNoSchedule
+/// taint, so evicted pods prefer nodes already done; each loses it when done, and all lose it
+/// when the Plan is deleted mid-rollout.
+pub fn waiting_nodes_carry_a_prefer_no_schedule_taint(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "upc", 3);
+    let spec = |duration: &str| {
+        (
+            json!({"concurrency": 1, "version": "v1.30.4+k3s1", "drain": {},
+                "upgrade": {"image": "rancher/k3s-upgrade"}}),
+            json!({"annotations": {"suc-test/duration": duration}}),
+        )
+    };
+    let (plan, meta) = spec("3s");
+    s.apply_plan("upc", plan, meta);
+    let first = wait("a node to be drained while the others wait", MINUTE, || {
+        let plan = s.plan_json("upc");
+        let entry = &plan["status"]["nodes"][0];
+        let node = entry["name"].as_str()?.to_owned();
+        let tainted = upcoming(&s, "upc", &s.nodes);
+        (matches!(entry["phase"].as_str(), Some("Draining" | "Upgrading")) && tainted.len() >= 2)
+            .then_some((node, tainted))
+    });
+    assert!(
+        first.1.iter().filter(|n| **n != first.0).count() == 2,
+        "the two waiting nodes are not both tainted: {first:?}"
+    );
+    s.wait_condition("upc", "Complete", "True", "Complete", 3 * MINUTE);
+    wait("every taint to go", MINUTE, || {
+        upcoming(&s, "upc", &s.nodes).is_empty().then_some(())
+    });
+
+    // Deleted mid-rollout: the nodes lose the taint.
+    s.delete_plan("upc");
+    let (plan, meta) = spec("60s");
+    s.apply_plan("upc2", plan, meta);
+    wait("the waiting nodes to be tainted", MINUTE, || {
+        (upcoming(&s, "upc2", &s.nodes).len() >= 2).then_some(())
+    });
+    s.delete_plan("upc2");
+    wait("the taints of the deleted Plan to go", MINUTE, || {
+        upcoming(&s, "upc2", &s.nodes).is_empty().then_some(())
+    });
+    s.cleanup();
+}

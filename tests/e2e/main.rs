@@ -138,6 +138,7 @@ const TESTS: &[Test] = tests! {
     cluster drain::a_drain_stops_when_its_job_fails,
     cluster drain::drain_timeouts_skip_delete_or_retry_as_the_plan_says,
     cluster drain::drains_wait_for_volumes_to_detach,
+    cluster drain::waiting_nodes_carry_a_prefer_no_schedule_taint,
     cluster takeover::finished_jobs_complete_while_the_plans_secret_is_missing,
     cluster takeover::job_settings_follow_the_plan_in_place,
     cluster takeover::a_job_name_held_by_another_controller_is_reported,

@@ -177,6 +177,12 @@ pub enum Change {
     ClearRetry {
         value: String,
     },
+    /// Put the Plan's `upcoming.upgrade.cattle.io/<plan>:PreferNoSchedule` taint on the node
+    /// (`on`), or take it off.
+    Taint {
+        node: String,
+        on: bool,
+    },
 }
 
 impl Change {
@@ -193,6 +199,7 @@ impl Change {
             | Change::DeletePod { .. }
             | Change::ReleasePod { .. }
             | Change::Release { .. }
+            | Change::Taint { .. }
             | Change::ClearRetry { .. } => None,
         }
     }
@@ -203,6 +210,7 @@ impl Change {
             Change::LabelNode { node, .. }
             | Change::AdoptCordon { node }
             | Change::Drain { node, .. }
+            | Change::Taint { node, .. }
             | Change::Release { node } => Some(node),
             Change::CreateJob(job) => job
                 .metadata

@@ -21,7 +21,8 @@
 //!    upgrade), failed and retried ([`retries`]), or replaced after an edit; nodes held by a
 //!    version rule get their entry ([`versions`]).
 //! 9. [`release`]: Jobs of nodes that no longer need the Plan stop, claims go back, stranded
-//!    pods go.
+//!    pods go; [`taints`]: nodes waiting for their turn carry the Plan's `PreferNoSchedule`
+//!    taint, others lose it.
 //! 10. [`progress`]: the count of nodes, the conditions, and the [`Decision`].
 //!
 //! Only starting something new needs a valid, resolved Plan; finishing what runs never waits
@@ -39,6 +40,7 @@ pub(crate) mod pods;
 mod progress;
 mod release;
 mod retries;
+mod taints;
 mod track;
 mod versions;
 
@@ -93,6 +95,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     };
     if ready && holds::window_closed(&pass, &jobs, &chosen) {
         holds::wait_for_window(&mut pass, &resolved);
+        taints::mark(&mut pass, &resolved, false);
         let tally = progress::count(&pass, &resolved, &[]);
         return progress::finish(pass, gate.as_ref(), tally, None);
     }
@@ -115,6 +118,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         release::leftovers(&mut pass, &jobs, &selected);
     }
     release::stranded_pods(&mut pass);
+    taints::mark(&mut pass, &resolved, ready);
     progress::conclude(pass, &resolved, gate.as_ref(), &selected)
 }
 

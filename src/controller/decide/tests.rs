@@ -268,6 +268,19 @@ impl World {
                             .remove("upgrade.cattle.io/retry");
                     }
                 }
+                Change::Taint { node, on } => {
+                    let key = "upcoming.upgrade.cattle.io/p";
+                    let node = self.node_mut(node);
+                    let mut taints = node["spec"]["taints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    taints.retain(|t| t["key"] != key);
+                    if *on {
+                        taints.push(json!({"key": key, "effect": "PreferNoSchedule"}));
+                    }
+                    node["spec"]["taints"] = json!(taints);
+                }
                 Change::Release { node } => {
                     let node = self.node_mut(node);
                     node["metadata"]["annotations"]
@@ -3551,4 +3564,61 @@ fn a_channel_that_answers_an_older_version_is_not_followed() {
     world.resolution = Some(Resolution::Channel("v1.30.9+k3s1".into()));
     let down = world.step();
     assert_eq!(down.status.latest_version.as_deref(), Some("v1.30.9-k3s1"));
+}
+
+fn tainted(world: &mut World) -> Vec<String> {
+    let mut found: Vec<String> = ["a", "b", "c"]
+        .into_iter()
+        .filter(|n| {
+            world.node_mut(n)["spec"]["taints"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["key"] == "upcoming.upgrade.cattle.io/p"))
+        })
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found
+}
+
+/// Nodes waiting for their turn in a rollout that drains carry the Plan's PreferNoSchedule
+/// taint, and lose it when done, when the Plan is paused, and when it opts out.
+#[test]
+fn nodes_waiting_for_their_turn_prefer_no_pods() {
+    let mut s = spec();
+    s["drain"] = json!({});
+    let mut world = World::new(s).nodes(&["a", "b", "c"]);
+    world.settle();
+    let running: Vec<String> = world
+        .jobs
+        .iter()
+        .map(|j| {
+            j["spec"]["template"]["metadata"]["labels"]["upgrade.cattle.io/node"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(running.len(), 1);
+    assert_eq!(tainted(&mut world), ["a", "b", "c"]);
+    let now = world.now.clone();
+    world.finish_job(&running[0], true, &now);
+    world.settle();
+    let left = tainted(&mut world);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&running[0]));
+
+    world.plan["spec"]["paused"] = json!(true);
+    world.settle();
+    assert!(tainted(&mut world).is_empty());
+    world.plan["spec"]["paused"] = json!(false);
+    world.settle();
+    assert_eq!(tainted(&mut world).len(), 2);
+    world.plan["spec"]["drain"]["preferUpgradedNodes"] = json!(false);
+    world.settle();
+    assert!(tainted(&mut world).is_empty());
+
+    // Without a drain nothing is evicted, so no node is tainted.
+    let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
+    world.settle();
+    assert!(tainted(&mut world).is_empty());
 }

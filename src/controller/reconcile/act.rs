@@ -293,6 +293,10 @@ pub(super) async fn apply(
             patch_job(&jobs, job, &patch).await?;
         }
         Change::Release { node } => release(ctx, &plan.name_any(), node).await?,
+        Change::Taint { node, on } => {
+            let may_write = || ctx.proved();
+            cordon::taint(&ctx.client, &plan.name_any(), node, *on, &may_write).await?;
+        }
         Change::ClearRetry { value } => clear_retry(ctx, plan, value).await?,
     }
     Ok(())

@@ -185,7 +185,7 @@ impl Context {
 
     /// Whether the last read of the Lease still proves this replica holds it (always without
     /// leader election), asked right before a write with no wait between.
-    fn proved(&self) -> bool {
+    pub(crate) fn proved(&self) -> bool {
         self.fence.as_ref().is_none_or(crate::leader::Fence::valid)
     }
 
