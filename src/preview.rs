@@ -471,6 +471,17 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
                 prometheus.url, prometheus.query
             ));
         }
+        for (i, gate) in gates.objects.iter().flatten().enumerate() {
+            let which = gate.name.as_ref().map_or_else(
+                || format!("{}s", gate.kind),
+                |n| format!("{} {n}", gate.kind),
+            );
+            notes.push(format!(
+                "healthGates.objects[{i}]: the controller checks {} on {which} before each \
+                 start (not checked by preview)",
+                gate.expression
+            ));
+        }
     }
     notes
 }

@@ -75,6 +75,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "controller::resolve",
             "controller::expect",
             "controller::crd",
+            "controller::budgets",
             "controller::cordon",
             "controller::detach",
         ],

@@ -508,7 +508,39 @@ pub struct HealthGates {
     /// No node starts while this Prometheus query returns any series (kured's model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusGate>,
+    /// No node starts unless each of these CEL expressions over objects of the cluster is true
+    /// (a CephCluster's health, every Longhorn volume robust, a Deployment at full strength).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<ObjectGate>>,
 }
+
+/// Objects of one kind and a CEL expression over them that is true while they are healthy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectGate {
+    /// The objects' API version, e.g. `ceph.rook.io/v1`, `apps/v1`, `v1`.
+    pub api_version: String,
+    /// Their kind, e.g. `CephCluster`.
+    pub kind: String,
+    /// Their namespace (for a namespaced kind; unset: every namespace when selecting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// One object by name: the expression reads it as `object`, and a missing object keeps the
+    /// gate closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The objects whose labels match (without `name`; unset selects all): the expression reads
+    /// them as the list `objects`, e.g. `objects.all(v, v.status.robustness == "healthy")`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// A CEL expression over `object` or `objects` that is true while they are healthy, e.g.
+    /// `object.status.ceph.health == "HEALTH_OK"`. False, an error (a missing field) or
+    /// objects that cannot be read keep the gate closed, with why in the Plan's status.
+    pub expression: String,
+}
+
+/// At most this many object gates per Plan.
+pub const MAX_OBJECT_GATES: usize = 16;
 
 /// A Prometheus instant query that must return no series.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

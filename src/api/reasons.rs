@@ -183,6 +183,9 @@ wire_words! {
         Deleted,
         /// Event: a PodDisruptionBudget refuses an eviction.
         WaitingForBudget,
+        /// Event: a PodDisruptionBudget refused a drain's eviction while an earlier drain of
+        /// the same Plan holds its node; this drain uncordoned its node and waits for that one.
+        DrainGaveWay,
         /// Event: the pods are gone and the drain waits for the node's volumes to detach
         /// (`drain.volumeDetach`).
         WaitingForVolumes,

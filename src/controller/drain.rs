@@ -18,6 +18,7 @@ use crate::api::{
     ANNOTATION_DRAIN_STARTED, ANNOTATION_DRAINED, ANNOTATION_MIRROR_POD, DrainSpec, IntOrDuration,
     LABEL_CONTROLLER, Plan, Reason,
 };
+use crate::controller::budgets::{Board, Seat};
 use crate::controller::cordon;
 use crate::controller::decide::{DrainProgress, Note, Target};
 use crate::controller::detach::{self, DetachTimeout, VolumeWait};
@@ -76,6 +77,9 @@ enum Undrained {
     NotLeading,
     /// The Job is gone (deleted, by hand or with its Plan, or replaced): the drain stops.
     JobGone,
+    /// A PodDisruptionBudget refused an eviction while an earlier drain of the same Plan holds
+    /// its node: this one gives way (uncordons its node and waits for the earlier ones); why.
+    GiveWay(String),
 }
 
 impl DrainOptions {
@@ -279,6 +283,9 @@ pub struct DrainHandle {
     pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
     pub wake: Wake,
+    /// The nodes each Plan's drains hold cordoned (so drains of one Plan never wait on each
+    /// other's PodDisruptionBudgets for good).
+    pub board: Arc<Board>,
 }
 
 impl DrainHandle {
@@ -325,31 +332,77 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         changed
     };
     let mut failures = 0;
-    let (since, proved) = loop {
-        if !handle.leads().await {
-            return not_leading(&handle, &request);
+    // Gave way to an earlier drain of the Plan: the next cordon starts the timeout afresh.
+    let mut gave_way = false;
+    // The drains this one gave way to: it cordons again only once they are over.
+    let mut behind: Vec<String> = Vec::new();
+    let result = loop {
+        let mut told_budget = false;
+        let (since, proved, seat) = loop {
+            // Waiting for the drains it gave way to writes nothing, so it proves nothing.
+            let others = handle.board.others(&request.plan.uid, &request.node);
+            behind.retain(|n| others.iter().any(|(o, _)| o == n));
+            if !behind.is_empty() {
+                tokio::time::sleep(BUDGET_LOOK).await;
+                continue;
+            }
+            if !handle.leads().await {
+                return not_leading(&handle, &request);
+            }
+            if !job_stands(&handle.client, &request).await {
+                // Deleted (by hand, or replaced): its node is not cordoned for it.
+                return job_gone(&handle, &request);
+            }
+            if let Some(options) = &request.options
+                && let Some(wait) = budget_wait(&handle, &request, options).await
+            {
+                if !told_budget {
+                    told_budget = true;
+                    handle.metrics.eviction("would_block");
+                    let message = format!("Drain of node {}: {wait}", request.node);
+                    handle
+                        .tell(&request, false, Reason::WaitingForBudget, message)
+                        .await;
+                }
+                if set(DrainProgress::Running(wait)) {
+                    handle.wake(&request);
+                }
+                tokio::time::sleep(BUDGET_LOOK).await;
+                continue;
+            }
+            let proved = tokio::time::Instant::now();
+            match begin(&handle, &request, gave_way).await {
+                Ok(since) => {
+                    let seat = handle.board.take(&request.plan.uid, &request.node);
+                    break (since, proved, seat);
+                }
+                Err(what) => again(&handle, &request, &set, &mut failures, what).await,
+            }
+        };
+        let drained = match &request.options {
+            None => Ok(0),
+            Some(options) => {
+                match evict_all(&handle, &request, options, since, proved, &seat, &set).await {
+                    Ok(evicted) => match &options.volumes {
+                        Some(wait) => await_volumes(&handle, &request, wait, &set)
+                            .await
+                            .map(|()| evicted),
+                        None => Ok(evicted),
+                    },
+                    Err(undrained) => Err(undrained),
+                }
+            }
+        };
+        let Err(Undrained::GiveWay(message)) = drained else {
+            break drained;
+        };
+        // Uncordoned while the earlier drains finish, so their evicted pods can come here.
+        behind = seat.behind();
+        drop(seat);
+        gave_way = true;
+        if let Err(undrained) = give_way(&handle, &request, &set, &mut failures, message).await {
+            break Err(undrained);
         }
-        if !job_stands(&handle.client, &request).await {
-            // Deleted (by hand, or replaced): its node is not cordoned for it.
-            return job_gone(&handle, &request);
-        }
-        let proved = tokio::time::Instant::now();
-        match begin(&handle, &request).await {
-            Ok(since) => break (since, proved),
-            Err(what) => again(&handle, &request, &set, &mut failures, what).await,
-        }
-    };
-    let result = match &request.options {
-        None => Ok(0),
-        Some(options) => match evict_all(&handle, &request, options, since, proved, &set).await {
-            Ok(evicted) => match &options.volumes {
-                Some(wait) => await_volumes(&handle, &request, wait, &set)
-                    .await
-                    .map(|()| evicted),
-                None => Ok(evicted),
-            },
-            Err(undrained) => Err(undrained),
-        },
     };
     match result {
         Ok(evicted) => {
@@ -386,7 +439,8 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
             set(DrainProgress::Failed(message));
         }
         Err(Undrained::NotLeading) => return not_leading(&handle, &request),
-        Err(Undrained::JobGone) => return job_gone(&handle, &request),
+        // Giving way ends in another cordon (above), never here.
+        Err(Undrained::JobGone | Undrained::GiveWay(_)) => return job_gone(&handle, &request),
         Err(Undrained::Skipped(message)) => {
             handle.metrics.drain_finished("skipped", started.elapsed());
             handle
@@ -396,6 +450,111 @@ pub async fn run(handle: DrainHandle, request: DrainRequest, progress: Arc<Mutex
         }
     }
     handle.wake(&request);
+}
+
+/// How often a drain waiting to cordon because of a PodDisruptionBudget looks again.
+const BUDGET_LOOK: Duration = Duration::from_secs(3);
+
+/// Before a drain cordons its node while other drains of its Plan hold theirs: why it must wait,
+/// if a PodDisruptionBudget would refuse evicting one of the node's pods now (a server-side dry
+/// run of each eviction). Its drain could not finish while those drains hold the budget, and
+/// cordoning would only take one more node from the pods they evict. Alone, a drain cordons
+/// and waits for its budgets within its timeout, as before. A failed dry run does not hold it.
+async fn budget_wait(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    options: &DrainOptions,
+) -> Option<String> {
+    if options.disable_eviction {
+        return None;
+    }
+    let others: Vec<String> = handle
+        .board
+        .others(&request.plan.uid, &request.node)
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let node = &request.node;
+    let all: Api<Pod> = Api::all(handle.client.clone());
+    let listing = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let pods = all.list(&listing).await.ok()?.items;
+    let now = Timestamp::now();
+    let params = kube::api::EvictParams {
+        post_options: kube::api::PostParams {
+            dry_run: true,
+            field_manager: None,
+        },
+        ..Default::default()
+    };
+    for pod in pods
+        .iter()
+        .filter(|p| pod_action(p, options, now) == PodAction::Evict)
+    {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(handle.client.clone(), namespace);
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        if let Err(kube::Error::Api(s)) = api.evict(name, &params).await
+            && s.code == 429
+        {
+            return Some(format!(
+                "not cordoning yet: {} while node {} of this Plan is drained",
+                refusal(&pod_key(pod), namespace, &s),
+                others.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+/// Gives way to an earlier drain of the Plan: uncordons the node (this Plan's claim) and says
+/// why; the drain then waits before cordoning again (see [`budget_wait`]).
+async fn give_way(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    set: &impl Fn(DrainProgress) -> bool,
+    failures: &mut u32,
+    message: String,
+) -> Result<(), Undrained> {
+    handle.metrics.eviction("gave_way");
+    handle
+        .tell(
+            request,
+            true,
+            Reason::DrainGaveWay,
+            format!("Drain of node {}: {message}", request.node),
+        )
+        .await;
+    if set(DrainProgress::Running(message)) {
+        handle.wake(request);
+    }
+    loop {
+        if !handle.leads().await {
+            return Err(Undrained::NotLeading);
+        }
+        let may_write = || handle.may_write();
+        let released = cordon::cordon(
+            &handle.client,
+            &handle.claimant,
+            &request.plan.name,
+            &request.node,
+            false,
+            &may_write,
+        )
+        .await;
+        match released {
+            Ok(Some((node, outcome))) => {
+                let target = Target::Node(request.node.clone());
+                let note = Note::new(target, false, outcome.reason, outcome.message);
+                handle.events.on_node(&node, &note).await;
+                return Ok(());
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => again(handle, request, set, failures, format!("uncordoning: {e}")).await,
+        }
+    }
 }
 
 /// Whether the drain's Job still stands (not deleted, not replaced under its name), as the API
@@ -433,7 +592,11 @@ fn not_leading(handle: &DrainHandle, request: &DrainRequest) {
 }
 
 /// Cordons the node (told on the node) and reads, or records, when this pod's drain began.
-async fn begin(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp, String> {
+async fn begin(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    fresh: bool,
+) -> Result<Timestamp, String> {
     let who = &handle.claimant;
     let may_write = || handle.may_write();
     let cordoned = cordon::cordon(
@@ -454,7 +617,7 @@ async fn begin(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp
         Ok(None) => {}
         Err(e) => return Err(format!("cordoning: {e}")),
     }
-    drain_started(handle, request)
+    drain_started(handle, request, fresh)
         .await
         .map_err(|e| format!("recording the drain's start: {e}"))
 }
@@ -492,16 +655,22 @@ async fn open_gate(handle: &DrainHandle, request: &DrainRequest) -> Result<(), S
 
 /// When this pod's drain began: recorded on the upgrade pod the first time, so a controller
 /// restarted in the middle of a drain keeps its timeout, while the Job's next pod (after a
-/// reboot failed the first) and a replaced Job's pod each get a timeout of their own.
-async fn drain_started(handle: &DrainHandle, request: &DrainRequest) -> Result<Timestamp, String> {
+/// reboot failed the first) and a replaced Job's pod each get a timeout of their own; so does a
+/// drain cordoning again after it gave way (`fresh`).
+async fn drain_started(
+    handle: &DrainHandle,
+    request: &DrainRequest,
+    fresh: bool,
+) -> Result<Timestamp, String> {
     let pods: Api<Pod> = Api::namespaced(handle.client.clone(), &request.plan.namespace);
     let pod = pods.get(&request.pod).await.map_err(|e| e.to_string())?;
-    if let Some(since) = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_DRAIN_STARTED))
-        .and_then(|t| t.parse().ok())
+    if !fresh
+        && let Some(since) = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_DRAIN_STARTED))
+            .and_then(|t| t.parse().ok())
     {
         return Ok(since);
     }
@@ -540,6 +709,7 @@ async fn evict_all(
     options: &DrainOptions,
     since: Timestamp,
     mut proved: tokio::time::Instant,
+    seat: &Seat,
     set: &impl Fn(DrainProgress) -> bool,
 ) -> Result<usize, Undrained> {
     let mut since = since;
@@ -611,6 +781,20 @@ async fn evict_all(
         }
         if waiting.is_empty() {
             return Ok(round.evicted.len());
+        }
+        if std::mem::take(&mut round.refused) {
+            let earlier = seat.behind();
+            if !earlier.is_empty() {
+                let refused = waiting
+                    .iter()
+                    .find(|w| w.contains("PodDisruptionBudget"))
+                    .unwrap_or(&waiting[0]);
+                return Err(Undrained::GiveWay(format!(
+                    "{refused}; node {node} gives way to node {} of this Plan, whose drain \
+                     began first: uncordoned until that drain is done",
+                    earlier.join(", ")
+                )));
+            }
         }
         // Budget refusals first: they are what an operator needs to see.
         waiting.sort_by_key(|w| !w.contains("PodDisruptionBudget"));
@@ -785,6 +969,8 @@ struct Round {
     told_budget: BTreeSet<String>,
     /// The timeout passed with `onTimeout: Delete`: pods are deleted, not evicted.
     delete_instead: bool,
+    /// A PodDisruptionBudget refused an eviction in this round.
+    refused: bool,
 }
 
 impl Round {
@@ -797,6 +983,7 @@ impl Round {
             evicted: BTreeSet::new(),
             told_budget: BTreeSet::new(),
             delete_instead: false,
+            refused: false,
         }
     }
 
@@ -843,6 +1030,7 @@ impl Round {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(kube::Error::Api(s)) if s.code == 429 => {
+                self.refused = true;
                 let reason = refusal(&key, namespace, &s);
                 // Counted and told once per pod and drain, not once per retry.
                 if self.told_budget.insert(key.clone()) {
@@ -1152,13 +1340,20 @@ pub(crate) mod tests {
             events: Arc::new(Events::new(events_client, reporter, nodes)),
             metrics: Metrics::new(),
             wake: Wake::new(wake),
+            board: Arc::default(),
         };
         (handle, api, woken)
     }
 
     /// As [`task`], for a replica elected as `me` when `fenced`; with the Plans it wakes.
     fn task_fenced(options: serde_json::Value, fenced: bool) -> Fenced {
-        let (handle, api, woken) = test_handle(fenced);
+        task_with(options, fenced, Arc::default())
+    }
+
+    /// As [`task_fenced`], with the board of drains under way it shares with others.
+    fn task_with(options: serde_json::Value, fenced: bool, board: Arc<Board>) -> Fenced {
+        let (mut handle, api, woken) = test_handle(fenced);
+        handle.board = board;
         let request = DrainRequest {
             plan: PlanRef {
                 name: "p".into(),
@@ -1229,6 +1424,120 @@ pub(crate) mod tests {
                 "metadata": {}, "items": items}),
         )
         .await;
+    }
+
+    /// The API server's refusal of an eviction that budget `web` does not allow.
+    async fn budget_refuses(
+        api: &mut crate::controller::testing::ApiServer,
+        pod: &str,
+    ) -> crate::controller::testing::Seen {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 429,
+            "reason": "TooManyRequests", "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": {"causes": [{"reason": "DisruptionBudget",
+                "message": "The disruption budget web needs 1 healthy pods and has 1 currently"}]}});
+        let path = format!("/api/v1/namespaces/ns/pods/{pod}/eviction");
+        api.expect("POST", &path, 429, status).await
+    }
+
+    /// While another drain of its Plan holds its node, a drain whose eviction a budget would
+    /// refuse (a server-side dry run) does not cordon its node, and says which budget holds it;
+    /// it cordons once that drain is over.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_uncordoned_while_a_budget_would_refuse_it_during_another_drain() {
+        let board = Arc::new(Board::default());
+        let other = board.take("plan-uid", "other");
+        let (mut api, progress, running, _) = task_with(json!({}), false, board.clone());
+        job_stands(&mut api, "job-uid").await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        let dry = budget_refuses(&mut api, "web-1").await;
+        assert!(dry.uri.contains("dryRun=All"), "{}", dry.uri);
+        job_stands(&mut api, "job-uid").await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        budget_refuses(&mut api, "web-1").await;
+        assert_eq!(
+            *progress.lock().unwrap(),
+            DrainProgress::Running(
+                "not cordoning yet: pod ns/web-1 blocked by PodDisruptionBudget ns/web while \
+                 node other of this Plan is drained"
+                    .into()
+            )
+        );
+        // The other drain is over: no dry run, the node is cordoned and drained.
+        drop(other);
+        cordon_and_start(&mut api, None).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[])).await;
+        running.abort();
+    }
+
+    /// Two drains of a Plan, each node cordoned: a budget refuses the later one's eviction, so it
+    /// gives way (uncordons its node) and cordons again, with a timeout of its own, only once the
+    /// earlier drain is over; the earlier one never gives way.
+    #[tokio::test(start_paused = true)]
+    async fn the_later_of_two_drains_refused_by_a_budget_gives_way_to_the_earlier() {
+        let board = Arc::new(Board::default());
+        let earlier = board.take("plan-uid", "other");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (mut api, progress, running, _) = task_with(json!({}), false, board.clone());
+        job_stands(&mut api, "job-uid").await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        // The dry run passes: the node is cordoned.
+        api.expect(
+            "POST",
+            "/api/v1/namespaces/ns/pods/web-1/eviction",
+            201,
+            json!({}),
+        )
+        .await;
+        let node = json!({"metadata": {"name": "n", "resourceVersion": "1"}, "spec": {}});
+        api.expect("GET", "/api/v1/nodes/n", 200, node.clone())
+            .await;
+        api.expect("PATCH", "/api/v1/nodes/n", 200, node).await;
+        let upgrade_pod = json!({"metadata": {"name": "upgrade-pod", "annotations": {
+            "upgrade.cattle.io/drain-started": "2026-11-26T11:00:00Z"}}});
+        api.expect("GET", UPGRADE_POD, 200, upgrade_pod).await;
+        api.expect("GET", "/api/v1/pods?", 200, listed(&[("web-1", false)]))
+            .await;
+        let evicted = budget_refuses(&mut api, "web-1").await;
+        assert!(!evicted.uri.contains("dryRun"), "{}", evicted.uri);
+        // It gives way: this Plan's claim goes and the node is uncordoned.
+        let claimed = json!({"metadata": {"name": "n", "resourceVersion": "2", "annotations": {
+            "cordoned.upgrade.cattle.io/p": "system-upgrade/suc 2026-11-26T11:00:00Z"}}, "spec": {"unschedulable": true}});
+        api.expect("GET", "/api/v1/nodes/n", 200, claimed).await;
+        let released = api.expect("PATCH", "/api/v1/nodes/n", 200, json!({})).await;
+        assert_eq!(
+            released.body["spec"]["unschedulable"],
+            serde_json::Value::Null
+        );
+        assert!(matches!(&*progress.lock().unwrap(),
+            DrainProgress::Running(m) if m.contains("gives way to node other of this Plan")));
+        // It waits for the earlier drain, asking nothing meanwhile.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(earlier);
+        job_stands(&mut api, "job-uid").await;
+        // Alone now: no dry run; cordoned again, with a drain start of its own.
+        cordon_fresh(&mut api).await;
+        running.abort();
+    }
+
+    /// A drain cordoning again after it gave way: its node claimed and a new drain start
+    /// recorded on the pod, whatever start it had.
+    async fn cordon_fresh(api: &mut crate::controller::testing::ApiServer) {
+        let node = json!({"metadata": {"name": "n", "resourceVersion": "3"}, "spec": {}});
+        api.expect("GET", "/api/v1/nodes/n", 200, node.clone())
+            .await;
+        api.expect("PATCH", "/api/v1/nodes/n", 200, node).await;
+        let upgrade_pod = json!({"metadata": {"name": "upgrade-pod", "annotations": {
+            "upgrade.cattle.io/drain-started": "2026-11-26T11:00:00Z"}}});
+        api.expect("GET", UPGRADE_POD, 200, upgrade_pod.clone())
+            .await;
+        let recorded = api.expect("PATCH", UPGRADE_POD, 200, upgrade_pod).await;
+        assert_ne!(
+            recorded.body["metadata"]["annotations"]["upgrade.cattle.io/drain-started"],
+            "2026-11-26T11:00:00Z"
+        );
     }
 
     /// Once its pods are gone, a drain waits for the node's volumes to detach before it lets the

@@ -5,6 +5,7 @@
 //! Jobs, Nodes and Secrets feed one kube-runtime Controller; the only timers are the channel
 //! polling interval and the requeues a reconcile asks for (delays, windows, TTLs, a resync).
 
+pub mod budgets;
 pub mod cordon;
 pub mod crd;
 pub mod decide;
@@ -15,6 +16,7 @@ pub mod events;
 pub mod expect;
 pub mod hash;
 pub mod job;
+pub mod objects;
 pub mod poll;
 pub mod query;
 pub mod reconcile;
@@ -92,6 +94,7 @@ pub async fn run(
         events: events.clone(),
         metrics: metrics.clone(),
         wake: wake.clone(),
+        board: Arc::default(),
     });
     let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))
         .map_err(|e| crate::error::Error::ChannelClient(e.to_string()))?;
@@ -229,6 +232,7 @@ async fn janitor(
                     ctx.drains.plan_deleted(&uid).await;
                     ctx.expect.forget(&uid);
                     ctx.queries.forget(&uid);
+                    ctx.objects.forget(&uid);
                     ctx.refusals.forget(&uid);
                     ctx.metrics.forget_plan(&ctx.settings.namespace, &plan);
                     release_orphaned_claims(&ctx).await;

@@ -111,6 +111,7 @@ impl Cluster {
             pods: &pods,
             drains: &self.drains,
             query: self.query.clone(),
+            object_gates: &[],
             refusals: &self.refusals,
             crd_gaps: &self.crd_gaps,
         })

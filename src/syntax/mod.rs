@@ -3,6 +3,7 @@
 //! write them.
 
 pub mod duration;
+pub mod expression;
 pub mod image;
 pub mod k8s;
 pub mod kube_version;

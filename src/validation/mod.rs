@@ -12,11 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::{
     ContainerSpec, DAY_NAMES, DRAIN_ON_TIMEOUT, DrainSpec, HOST_ROOT_MOUNT, HealthGates,
-    IntOrDuration, IntOrPercent, LATEST_HASH_VAR, LATEST_VERSION_VAR, PLAN_LABEL_PREFIX,
-    POD_INFO_MOUNT, Plan, PlanSpec, RetrySpec, SecretSpec, TimeWindowSpec,
+    IntOrDuration, IntOrPercent, LATEST_HASH_VAR, LATEST_VERSION_VAR, MAX_OBJECT_GATES, ObjectGate,
+    PLAN_LABEL_PREFIX, POD_INFO_MOUNT, Plan, PlanSpec, RetrySpec, SecretSpec, TimeWindowSpec,
     VOLUME_DETACH_ON_TIMEOUT, VolumeDetach,
 };
-use crate::syntax::{duration, image, k8s, window};
+use crate::syntax::{duration, expression, image, k8s, window};
 
 mod pods;
 mod rollout;

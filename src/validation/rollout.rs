@@ -56,6 +56,9 @@ pub(super) fn check_health_gates(gates: &HealthGates, report: &mut Report) {
     if let Some(ready_for) = &gates.node_ready_for {
         check_duration("spec.healthGates.nodeReadyFor", ready_for, None, report);
     }
+    if let Some(objects) = &gates.objects {
+        check_object_gates(objects, report);
+    }
     let Some(prometheus) = &gates.prometheus else {
         return;
     };
@@ -82,6 +85,84 @@ pub(super) fn check_health_gates(gates: &HealthGates, report: &mut Report) {
             Some(60),
             report,
         );
+    }
+}
+
+/// Object gates: an API version and kind that are well formed, `name` or `selector` (not both)
+/// and a CEL expression that compiles and reads the variable the gate defines.
+fn check_object_gates(gates: &[ObjectGate], report: &mut Report) {
+    if gates.len() > MAX_OBJECT_GATES {
+        report.problem(
+            "spec.healthGates.objects",
+            format!(
+                "has {} gates, more than {MAX_OBJECT_GATES}; combine expressions over the same \
+                 objects with &&",
+                gates.len()
+            ),
+        );
+        return;
+    }
+    for (i, gate) in gates.iter().enumerate() {
+        let field = |f: &str| format!("spec.healthGates.objects[{i}].{f}");
+        let version_ok = match gate.api_version.split_once('/') {
+            Some((group, version)) => {
+                k8s::dns_subdomain(group).is_ok() && k8s::dns_label(version).is_ok()
+            }
+            None => k8s::dns_label(&gate.api_version).is_ok(),
+        };
+        if !version_ok {
+            report.problem(
+                field("apiVersion"),
+                format!(
+                    "{:?} is not an API version; write group/version (ceph.rook.io/v1, apps/v1) \
+                     or v1 for the core group",
+                    gate.api_version
+                ),
+            );
+        }
+        let kind_ok = gate
+            .kind
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase())
+            && gate.kind.chars().all(|c| c.is_ascii_alphanumeric())
+            && gate.kind.len() <= 63;
+        if !kind_ok {
+            report.problem(
+                field("kind"),
+                format!(
+                    "{:?} is not a kind; write it as the API server names it, e.g. CephCluster",
+                    gate.kind
+                ),
+            );
+        }
+        if let Some(namespace) = &gate.namespace
+            && let Err(problem) = k8s::dns_label(namespace)
+        {
+            report.problem(field("namespace"), format!("{namespace:?} {problem}"));
+        }
+        if let Some(name) = &gate.name
+            && let Err(problem) = k8s::dns_subdomain(name)
+        {
+            report.problem(field("name"), format!("{name:?} {problem}"));
+        }
+        if gate.name.is_some() && gate.selector.is_some() {
+            report.problem(
+                field("selector"),
+                "is set with name; give name for one object or selector for several, not both",
+            );
+        }
+        if let Some(selector) = &gate.selector {
+            check_selector(&field("selector"), selector, report);
+        }
+        let variable = if gate.name.is_some() {
+            expression::Variable::Object
+        } else {
+            expression::Variable::Objects
+        };
+        if let Err(problem) = expression::compile(&gate.expression, variable) {
+            report.problem(field("expression"), problem);
+        }
     }
 }
 

@@ -741,3 +741,53 @@ fn prometheus_queries_are_parsed() {
         gate(&long)
     );
 }
+
+#[test]
+fn object_gates_compile_their_expressions() {
+    let gate = |object: serde_json::Value| {
+        problems(with(
+            "healthGates",
+            serde_json::json!({"objects": [object]}),
+        ))
+    };
+    let ceph = serde_json::json!({"apiVersion": "ceph.rook.io/v1", "kind": "CephCluster",
+        "namespace": "rook-ceph", "name": "rook-ceph",
+        "expression": "object.status.ceph.health == \"HEALTH_OK\""});
+    assert_eq!(gate(ceph.clone()), Vec::<String>::new());
+    let longhorn = serde_json::json!({"apiVersion": "longhorn.io/v1beta2", "kind": "Volume",
+        "namespace": "longhorn-system",
+        "expression": "objects.all(v, v.status.robustness == \"healthy\")"});
+    assert_eq!(gate(longhorn), Vec::<String>::new());
+    let deployment = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "namespace": "shop", "selector": {"matchLabels": {"tier": "web"}},
+        "expression": "objects.all(d, d.status.readyReplicas == d.spec.replicas)"});
+    assert_eq!(gate(deployment), Vec::<String>::new());
+
+    let mut broken = ceph.clone();
+    broken["expression"] = "object.status.".into();
+    assert_eq!(
+        gate(broken),
+        [
+            "spec.healthGates.objects[0].expression: \"object.status.\" is not CEL: 1:15: no viable alternative at input '.'"
+        ]
+    );
+    let mut wrong_variable = ceph.clone();
+    wrong_variable["expression"] = "objects.all(o, o.ok)".into();
+    assert!(gate(wrong_variable)[0].contains("reads `objects`; the gate names one object"));
+    let mut both = ceph.clone();
+    both["selector"] = serde_json::json!({});
+    let found = gate(both);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("spec.healthGates.objects[0].selector: is set with name")),
+        "{found:?}"
+    );
+    let mut bad_kind = ceph.clone();
+    bad_kind["kind"] = "cephcluster".into();
+    bad_kind["apiVersion"] = "ceph.rook.io/v1/x".into();
+    let found = gate(bad_kind);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("spec.healthGates.objects[0].apiVersion:"));
+    assert!(found[1].starts_with("spec.healthGates.objects[0].kind:"));
+}

@@ -776,3 +776,89 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
     assert_eq!(next, second, "preview said:\n{text}");
     s.cleanup(); // the scenario's nodes go, labels and all
 }
+
+/// `healthGates.objects` on a custom resource: a kind the API server does not serve, objects the
+/// controller may not read (its RBAC is the user's to grant), and an expression that is false
+/// each keep the gate closed with why in Complete; flipping the object's status opens it.
+pub fn object_gates_hold_the_rollout_until_their_expression_is_true(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "cel", 1);
+    let apply = |object: Value| {
+        ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
+            .expect_ok();
+    };
+    apply(
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.suc-test.io"},
+        "spec": {"group": "suc-test.io", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+    );
+    wait("the Widget kind to be served", MINUTE, || {
+        ctx.kubectl(&["get", "widgets.suc-test.io", "-A"])
+            .ok
+            .then_some(())
+    });
+    let widget = |health: &str| {
+        json!({"apiVersion": "suc-test.io/v1", "kind": "Widget",
+            "metadata": {"name": "storage", "namespace": "default"}, "status": {"health": health}})
+    };
+    apply(widget("degraded"));
+
+    // A kind nobody serves: named in the reason.
+    let gate = |kind: &str| {
+        let mut plan = spec();
+        plan["healthGates"] = json!({"objects": [{"apiVersion": "suc-test.io/v1", "kind": kind,
+            "namespace": "default", "name": "storage", "expression": "object.status.health == 'ok'"}]});
+        plan
+    };
+    s.apply_plan("cel", gate("Gizmo"), json!({}));
+    let message = s.wait_condition("cel", "Complete", "False", "WaitingForHealth", MINUTE);
+    assert!(
+        message.contains("the API server serves no kind Gizmo in suc-test.io/v1"),
+        "{message}"
+    );
+    // Served, but the controller may not read it: the reason names what to grant.
+    s.apply_plan("cel", gate("Widget"), json!({}));
+    let message = wait("the missing permission in Complete", MINUTE, || {
+        s.condition("cel", "Complete")
+            .map(|(_, _, m)| m)
+            .filter(|m| m.contains("may not read Widget default/storage"))
+    });
+    assert!(message.contains("widgets.suc-test.io"), "{message}");
+    apply(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "suc-reads-widgets", "namespace": "default"},
+        "rules": [{"apiGroups": ["suc-test.io"], "resources": ["widgets"], "verbs": ["get", "list"]}]}),
+    );
+    apply(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "suc-reads-widgets", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "suc-reads-widgets"},
+        "subjects": [{"kind": "ServiceAccount", "name": "system-upgrade-controller", "namespace": NAMESPACE}]}),
+    );
+    // Readable and unhealthy: the expression is false.
+    wait("the expression to be false", MINUTE, || {
+        s.condition("cel", "Complete")
+            .map(|(_, _, m)| m)
+            .filter(|m| m.contains("object.status.health == 'ok' is false for Widget default/storage (healthGates.objects[0])"))
+    });
+    assert!(s.jobs("cel").is_empty());
+    // Healthy: the rollout goes on.
+    apply(widget("ok"));
+    s.wait_condition("cel", "Complete", "True", "Complete", 2 * MINUTE);
+    assert_eq!(s.labelled("cel"), 1);
+    ctx.kubectl(&["delete", "crd", "widgets.suc-test.io", "--ignore-not-found"])
+        .expect_ok();
+    ctx.kubectl(&[
+        "-n",
+        "default",
+        "delete",
+        "role,rolebinding",
+        "suc-reads-widgets",
+        "--ignore-not-found",
+    ])
+    .expect_ok();
+    s.cleanup();
+}

@@ -21,7 +21,7 @@ fn ensure_namespace(ctx: &Ctx) {
         .expect_ok();
 }
 
-fn apply(ctx: &Ctx, object: serde_json::Value) {
+pub fn apply(ctx: &Ctx, object: serde_json::Value) {
     ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))
         .expect_ok();
 }
@@ -833,7 +833,7 @@ pub fn drain_timeouts_skip_delete_or_retry_as_the_plan_says(ctx: &Ctx) {
 }
 
 /// A VolumeAttachment as the attach/detach controller leaves it while `pv` is attached to `node`.
-fn attachment(name: &str, node: &str, pv: &str) -> serde_json::Value {
+pub fn attachment(name: &str, node: &str, pv: &str) -> serde_json::Value {
     json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
         "metadata": {"name": name},
@@ -852,47 +852,7 @@ pub fn drains_wait_for_volumes_to_detach(ctx: &Ctx) {
     remove_volumes(ctx);
     let a = s.nodes[0].clone();
     // A claim bound to a volume, used by a DaemonSet pod that the drain leaves on the node.
-    apply(
-        ctx,
-        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "vol-pv-agent"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
-                "hostPath": {"path": "/tmp/vol-pv-agent"},
-                "claimRef": {"namespace": APPS, "name": "vol-agent"}}}),
-    );
-    apply(
-        ctx,
-        // Bound as the volume binder would (the test bed runs no binder).
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "vol-agent", "namespace": APPS,
-                "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": "vol-pv-agent",
-                "resources": {"requests": {"storage": "1Gi"}}}}),
-    );
-    for (namespace, object, status) in [
-        (
-            None,
-            "pv/vol-pv-agent",
-            json!({"status": {"phase": "Bound"}}),
-        ),
-        (
-            Some(APPS),
-            "pvc/vol-agent",
-            json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}}),
-        ),
-    ] {
-        let status = status.to_string();
-        let mut args = vec![
-            "patch",
-            object,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ];
-        if let Some(namespace) = namespace {
-            args.extend(["-n", namespace]);
-        }
-        ctx.kubectl(&args).expect_ok();
-    }
+    bound_volume(ctx, APPS, "vol-agent", "vol-pv-agent");
     apply(
         ctx,
         json!({
@@ -965,21 +925,9 @@ pub fn drains_wait_for_volumes_to_detach(ctx: &Ctx) {
     s.cleanup();
 }
 
-/// Removes the volume test's claim and volume and their attachments; the test bed runs no
-/// controller that would take their protection finalizers off.
+/// Removes the volume test's claim, volume and attachments.
 fn remove_volumes(ctx: &Ctx) {
-    let clear = r#"{"metadata":{"finalizers":null}}"#;
-    for (namespace, object) in [(Some(APPS), "pvc/vol-agent"), (None, "pv/vol-pv-agent")] {
-        let mut args = vec!["patch", object, "--type=merge", "-p", clear];
-        let mut delete = vec!["delete", object, "--ignore-not-found"];
-        if let Some(namespace) = namespace {
-            args.extend(["-n", namespace]);
-            delete.extend(["-n", namespace]);
-        }
-        // Absent already: nothing to clear.
-        let _ = ctx.kubectl(&args);
-        ctx.kubectl(&delete).expect_ok();
-    }
+    remove_volume(ctx, APPS, "vol-agent", "vol-pv-agent");
     ctx.kubectl(&[
         "delete",
         "volumeattachment",
@@ -988,6 +936,78 @@ fn remove_volumes(ctx: &Ctx) {
         "--ignore-not-found",
     ])
     .expect_ok();
+}
+
+/// A PersistentVolume `pv` (a host path, made when first mounted) and claim `claim` bound to it,
+/// as the volume binder would leave them (the test bed runs no binder).
+pub fn bound_volume(ctx: &Ctx, namespace: &str, claim: &str, pv: &str) {
+    apply(
+        ctx,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                "hostPath": {"path": format!("/tmp/{pv}"), "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": namespace, "name": claim}}}),
+    );
+    apply(
+        ctx,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace,
+                "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    let bound = json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}})
+        .to_string();
+    let pv_object = format!("pv/{pv}");
+    let claim_object = format!("pvc/{claim}");
+    ctx.kubectl(&[
+        "patch",
+        &pv_object,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Bound"}}"#,
+    ])
+    .expect_ok();
+    ctx.kubectl(&[
+        "patch",
+        &claim_object,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &bound,
+    ])
+    .expect_ok();
+}
+
+/// Removes a claim and volume made by [`bound_volume`]; the test bed runs no controller that
+/// would take their protection finalizers off.
+pub fn remove_volume(ctx: &Ctx, namespace: &str, claim: &str, pv: &str) {
+    let clear = r#"{"metadata":{"finalizers":null}}"#;
+    let claim_object = format!("pvc/{claim}");
+    let pv_object = format!("pv/{pv}");
+    // Absent already: nothing to clear.
+    let _ = ctx.kubectl(&[
+        "patch",
+        &claim_object,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        clear,
+    ]);
+    ctx.kubectl(&[
+        "delete",
+        &claim_object,
+        "-n",
+        namespace,
+        "--ignore-not-found",
+    ])
+    .expect_ok();
+    let _ = ctx.kubectl(&["patch", &pv_object, "--type=merge", "-p", clear]);
+    ctx.kubectl(&["delete", &pv_object, "--ignore-not-found"])
+        .expect_ok();
 }
 
 /// The nodes carrying Plan `plan`'s PreferNoSchedule taint, of `nodes`.
@@ -1051,5 +1071,53 @@ pub fn waiting_nodes_carry_a_prefer_no_schedule_taint(ctx: &Ctx) {
     wait("the taints of the deleted Plan to go", MINUTE, || {
         upcoming(&s, "upc2", &s.nodes).is_empty().then_some(())
     });
+    s.cleanup();
+}
+
+/// Two nodes drained at once (concurrency 2) whose pods share a PodDisruptionBudget allowing one
+/// disruption, with nowhere else to go: without care both nodes end cordoned and half drained,
+/// each eviction refused because the other's evicted pod cannot be scheduled, for good. The
+/// later drain gives way (or never cordons), so the rollout completes and every pod runs.
+pub fn drains_of_one_plan_never_deadlock_on_a_shared_budget(ctx: &Ctx) {
+    ctx.ensure_server();
+    ensure_namespace(ctx);
+    let s = Scenario::new(ctx, "pdb", 2);
+    apply(ctx, deployment("pdb-web", "pdb", 4, json!({})));
+    apply(
+        ctx,
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "pdb-web", "namespace": APPS},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "pdb-web"}}}}),
+    );
+    wait("two web pods on each node", MINUTE, || {
+        let spread = s.nodes.iter().all(|n| {
+            pods_on(ctx, n)
+                .iter()
+                .filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == "pdb-web")
+                .count()
+                == 2
+        });
+        (running(ctx, "pdb-web") == 4 && spread).then_some(())
+    });
+    s.apply_plan(
+        "pdb",
+        json!({"concurrency": 2, "version": "v1.30.4+k3s1", "drain": {},
+            "upgrade": {"image": "rancher/k3s-upgrade"}}),
+        json!({"annotations": {"suc-test/duration": "2s"}}),
+    );
+    s.wait_condition("pdb", "Complete", "True", "Complete", 4 * MINUTE);
+    wait("every web pod running again", MINUTE, || {
+        (running(ctx, "pdb-web") == 4).then_some(())
+    });
+    for node in &s.nodes {
+        assert!(!s.unschedulable(node), "{node} left cordoned");
+    }
+    let events = s.plan_events("pdb");
+    assert!(
+        events.iter().any(|e| e.starts_with("DrainGaveWay")
+            || (e.starts_with("WaitingForBudget") && e.contains("not cordoning yet"))),
+        "neither drain gave way nor waited to cordon: {events:?}"
+    );
+    ctx.kubectl(&["-n", APPS, "delete", "deployment/pdb-web", "pdb/pdb-web"])
+        .expect_ok();
     s.cleanup();
 }

@@ -239,7 +239,10 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     std::fs::create_dir_all(&out).unwrap();
     let host_out = format!("/host{}", out.display());
 
-    // A workload that prefers the real node, so it runs there until the drain moves it.
+    // A workload that prefers the real node, so it runs there until the drain moves it, with a
+    // volume the drain then waits to see detached.
+    crate::drain::remove_volume(ctx, "default", "real-data", "real-data-pv");
+    crate::drain::bound_volume(ctx, "default", "real-data", "real-data-pv");
     let workload = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "real-workload", "namespace": "default"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "real-workload"}},
@@ -248,8 +251,10 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                     "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                         {"weight": 100, "preference": {"matchExpressions": [
                             {"key": "kubernetes.io/hostname", "operator": "In", "values": [REAL_NODE]}]}}]}},
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "real-data"}}],
                     "containers": [{"name": "c", "image": "suc-busybox:v1.0.0",
-                        "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}}}});
+                        "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}}});
     let delete_workload = |wait: &str| {
         ctx.kubectl(&[
             "-n",
@@ -319,6 +324,11 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
                 echo \"upgrade to $SYSTEM_UPGRADE_PLAN_LATEST_VERSION on $SYSTEM_UPGRADE_NODE_NAME\"; \
                 echo \"$SYSTEM_UPGRADE_NODE_NAME $SYSTEM_UPGRADE_PLAN_LATEST_VERSION\" > {host_out}/marker; \
                 echo 'marker written'")]}});
+    // The workload's volume attached to the node, as a CSI driver's attacher would leave it.
+    crate::drain::apply(
+        ctx,
+        crate::drain::attachment("real-data-va", REAL_NODE, "real-data-pv"),
+    );
     // A look-alike of the gate's annotation, copied from the Plan to the pod: a gate that matched
     // it (dots read as any character) would let the upgrade start before the drain.
     s.apply_plan(
@@ -383,6 +393,34 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     );
     let events = s.plan_events(plan);
     assert!(events.contains(&evicted), "no {evicted:?} in {events:#?}");
+
+    // The pod is gone but its volume is still attached: the upgrade waits, and says why.
+    let detach = format!(
+        "waiting for volume real-data-pv (driver.longhorn.io) to detach from node {REAL_NODE}"
+    );
+    wait(
+        "the drain to wait for the volume",
+        Duration::from_secs(60),
+        || {
+            let plan = s.plan_json(plan);
+            let message = plan["status"]["nodes"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            message.contains(&detach).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        opened_at.lock().unwrap().is_none(),
+        "the gate opened with the volume attached"
+    );
+    assert!(
+        !out.join("marker").exists(),
+        "the upgrade ran with the volume attached"
+    );
+    ctx.kubectl(&["delete", "volumeattachment", "real-data-va"])
+        .expect_ok();
 
     // The upgrade ran on the node: its file is on this machine.
     let marker = wait(
@@ -455,7 +493,8 @@ pub fn a_plan_with_prepare_drain_and_upgrade_runs_on_the_real_node(ctx: &Ctx) {
     );
     assert!(latency > 0.0, "the upgrade started before the gate opened");
 
-    delete_workload("--wait=false");
+    delete_workload("--wait=true");
+    crate::drain::remove_volume(ctx, "default", "real-data", "real-data-pv");
     s.delete_plan(plan);
 }
 

@@ -31,6 +31,8 @@ pub struct Observed<'a> {
     pub drains: &'a BTreeMap<String, DrainProgress>,
     /// The Prometheus health gate's answer; `None` without such a gate.
     pub query: Option<QueryOutcome>,
+    /// Why object health gates (`healthGates.objects`) are closed; empty when all are open.
+    pub object_gates: &'a [String],
     /// Jobs (by name) the API server refused, or whose pods cannot be created.
     pub refusals: &'a BTreeMap<String, Refusal>,
     /// Fields of this controller's Plan CRD that the CRD in the cluster lacks (`spec.paused`,

@@ -23,7 +23,7 @@ pub(super) type Gate = (Reason, String);
 
 /// The gate of this pass: the CRD's hold first; then, for a Plan that may start nodes, the
 /// health gates (every selected node Ready, `healthGates.allNodesReady`; the Prometheus query
-/// without series).
+/// without series; each object gate's expression true).
 pub(super) fn gate(pass: &mut Pass<'_, '_>, r: &Resolved) -> Option<Gate> {
     let mut gate = r.crd_hold.clone();
     if !r.ready {
@@ -61,6 +61,7 @@ pub(super) fn gate(pass: &mut Pass<'_, '_>, r: &Resolved) -> Option<Gate> {
         )),
         Some(QueryOutcome::Clear) | None => {}
     }
+    closed.extend(pass.cx.obs.object_gates.iter().cloned());
     if !closed.is_empty() {
         pass.out.requeue_within(GATE_RETRY);
         if gate.is_none() {

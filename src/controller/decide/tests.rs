@@ -39,6 +39,7 @@ struct World {
     resolution: Option<Resolution>,
     /// The Prometheus gate's answer.
     query: Option<QueryOutcome>,
+    object_gates: Vec<String>,
     /// Jobs the API server refused, as the shell keeps them.
     refusals: BTreeMap<String, Refusal>,
     /// Fields the cluster's Plan CRD lacks.
@@ -65,6 +66,7 @@ impl World {
             now: NOW.into(),
             resolution: None,
             query: None,
+            object_gates: Vec::new(),
             refusals: BTreeMap::new(),
             crd_gaps: Vec::new(),
         }
@@ -130,6 +132,7 @@ impl World {
             pods: &pod_refs,
             drains: &self.drains,
             query: self.query.clone(),
+            object_gates: &self.object_gates,
             refusals: &self.refusals,
             crd_gaps: &self.crd_gaps,
         })
@@ -3621,4 +3624,33 @@ fn nodes_waiting_for_their_turn_prefer_no_pods() {
     let mut world = World::new(spec()).nodes(&["a", "b", "c"]);
     world.settle();
     assert!(tainted(&mut world).is_empty());
+}
+
+/// A closed object gate holds new starts like any health gate, with its reason in the
+/// Complete condition, and the rollout goes on once it opens.
+#[test]
+fn a_closed_object_gate_holds_new_starts_and_says_why() {
+    let mut s = spec();
+    s["healthGates"] = json!({"objects": [{"apiVersion": "ceph.rook.io/v1", "kind": "CephCluster",
+        "namespace": "rook-ceph", "name": "rook-ceph", "expression": "object.status.ceph.health == 'HEALTH_OK'"}]});
+    let mut world = World::new(s).nodes(&["a"]);
+    world.object_gates = vec![
+        "object.status.ceph.health == 'HEALTH_OK' is false for CephCluster rook-ceph/rook-ceph \
+         (healthGates.objects[0])"
+            .into(),
+    ];
+    let held = world.step();
+    assert!(created(&held).is_empty());
+    let (status, reason, message) = condition(&held, COMPLETE);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WaitingForHealth")
+    );
+    assert!(
+        message.contains("is false for CephCluster rook-ceph/rook-ceph (healthGates.objects[0])"),
+        "{message}"
+    );
+    assert_eq!(held.requeue, GATE_RETRY);
+    world.object_gates.clear();
+    assert_eq!(created(&world.step()), ["a"]);
 }

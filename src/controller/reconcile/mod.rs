@@ -29,6 +29,7 @@ use crate::controller::drains::Drains;
 use crate::controller::events::Events;
 use crate::controller::expect::{Expectations, Shown};
 use crate::controller::job::JobSettings;
+use crate::controller::objects::ObjectGates;
 use crate::controller::poll::Channels;
 use crate::controller::query::Queries;
 use crate::controller::refusals::{self, Refusals};
@@ -78,6 +79,8 @@ pub struct Context {
     pub channels: Channels,
     /// The Prometheus health gates' answers.
     pub queries: Queries,
+    /// The object health gates' answers.
+    pub objects: ObjectGates,
     pub metrics: Arc<Metrics>,
     /// Asks for a Plan to be reconciled.
     pub wake: Wake,
@@ -164,6 +167,7 @@ impl Context {
         wake: Wake,
     ) -> Self {
         Self {
+            objects: ObjectGates::new(client.clone()),
             client,
             settings,
             caches,
@@ -323,6 +327,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         _ => {}
     }
     let query = ctx.queries.check(plan).await;
+    let object_gates = ctx.objects.check(plan).await;
     let seen = Snapshot::of(plan, ctx);
     let nodes: Vec<&Node> = seen.nodes.iter().map(AsRef::as_ref).collect();
     let jobs: Vec<&Job> = seen.jobs.iter().map(AsRef::as_ref).collect();
@@ -360,6 +365,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     let refusals = ctx.refusals.of(&plan_uid);
     let decision = decide::decide(&Observed {
         query,
+        object_gates: &object_gates,
         plan,
         nodes: &nodes,
         jobs: &jobs,
@@ -522,6 +528,7 @@ mod tests {
             events: events.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            board: Arc::default(),
         });
         let channel = ChannelClient::new(Duration::from_secs(1)).unwrap();
         let settings = Settings {
