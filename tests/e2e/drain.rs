@@ -955,6 +955,27 @@ pub fn bound_volume(ctx: &Ctx, namespace: &str, claim: &str, pv: &str) {
             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": pv,
                 "resources": {"requests": {"storage": "1Gi"}}}}),
     );
+    // The kubelet mounts a volume only when it names its claim's UID, as a binder would.
+    let uid = ctx
+        .kubectl(&[
+            "get",
+            &format!("pvc/{claim}"),
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect_ok()
+        .stdout;
+    let claim_ref = json!({"spec": {"claimRef": {"uid": uid.trim()}}}).to_string();
+    ctx.kubectl(&[
+        "patch",
+        &format!("pv/{pv}"),
+        "--type=merge",
+        "-p",
+        &claim_ref,
+    ])
+    .expect_ok();
     let bound = json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"}}})
         .to_string();
     let pv_object = format!("pv/{pv}");
