@@ -113,6 +113,9 @@ pub struct Answer {
     /// A K3s or RKE2 Plan admitted so far whose new `spec.version` is still to be checked
     /// against the nodes it selects (which needs the cluster: see [`refuse_for_versions`]).
     pub check_versions: Option<Box<Plan>>,
+    /// A Plan admitted so far with object health gates, to be tried on the objects as they are
+    /// now (which needs the cluster): a gate closed now is a warning, never a refusal.
+    pub check_objects: Option<Box<Plan>>,
 }
 
 impl Answer {
@@ -260,12 +263,14 @@ pub fn handle(webhook: Webhook, served: &str, body: &[u8]) -> Result<Answer, Bad
             ))));
         }
     };
-    let (response, decision, check_versions) = respond(webhook, served, &request, operation);
+    let (response, decision, plan) = respond(webhook, served, &request, operation);
+    let (check_versions, check_objects) = plan;
     Ok(Answer {
         response,
         operation,
         decision,
         check_versions,
+        check_objects,
     })
 }
 
@@ -279,13 +284,17 @@ fn cut(text: &str) -> &str {
     }
 }
 
+/// An admitted Plan to check on the cluster: its new version against the nodes, its object
+/// gates on the objects (see [`Answer`]).
+type ToCheck = (Option<Box<Plan>>, Option<Box<Plan>>);
+
 #[tracing::instrument(name = "review", skip_all, fields(uid = %request.uid, operation, namespace = cut(&request.namespace), plan = cut(&request.name)))]
 fn respond(
     webhook: Webhook,
     served: &str,
     request: &Request,
     operation: &str,
-) -> (Response, Decision, Option<Box<Plan>>) {
+) -> (Response, Decision, ToCheck) {
     let (response, decision, plan) = judge(webhook, served, request, operation);
     // Checked against the nodes only when the version is new: an unrelated edit of a Plan is
     // not refused because nodes moved on meanwhile.
@@ -295,13 +304,22 @@ fn respond(
             .and_then(|o| serde_json::from_str::<VersionOf>(o.get()).ok());
         old.is_none_or(|o| o.spec.version != p.spec.version)
     };
-    let check = plan.filter(|p| {
-        webhook == Webhook::Validate
-            && response.allowed
-            && versions::admission_target(&p.spec).is_some()
-            && version_changed(p)
+    let admitted = plan.filter(|_| webhook == Webhook::Validate && response.allowed);
+    let check = admitted
+        .clone()
+        .filter(|p| versions::admission_target(&p.spec).is_some() && version_changed(p));
+    let objects = admitted.filter(|p| {
+        p.spec
+            .health_gates
+            .as_ref()
+            .and_then(|g| g.objects.as_ref())
+            .is_some_and(|o| !o.is_empty())
     });
-    (response, decision, check.map(Box::new))
+    (
+        response,
+        decision,
+        (check.map(Box::new), objects.map(Box::new)),
+    )
 }
 
 /// Of a Plan, only `spec.version` (the old object of an update is read for nothing else).

@@ -24,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, Webhook};
+use crate::controller::objects::ObjectGates;
 use crate::controller::select;
 use crate::metrics::{AdmissionLabels, Metrics, WebhookLabels};
 use crate::validation;
@@ -211,6 +212,8 @@ struct AppState {
     reviewers: Arc<Semaphore>,
     /// Reads the nodes a K3s or RKE2 Plan's new version would move (none: not checked).
     nodes: Option<kube::Client>,
+    /// Tries an admitted Plan's object gates on the objects as they are (none: not tried).
+    objects: Option<Arc<ObjectGates>>,
 }
 
 /// The server's routes and limits, for a controller serving the Plans of namespace `served`;
@@ -227,6 +230,7 @@ pub fn router(
         readiness,
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET)),
         reviewers: Arc::new(Semaphore::new(MAX_REVIEWS)),
+        objects: nodes.clone().map(|c| Arc::new(ObjectGates::new(c))),
         nodes,
     };
     Router::new()
@@ -255,6 +259,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Route
         body_budget: Arc::new(Semaphore::new(0)),
         reviewers: Arc::new(Semaphore::new(0)),
         nodes: None,
+        objects: None,
     };
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -353,6 +358,45 @@ async fn check_versions(client: Option<&kube::Client>, answer: &mut admission::A
     }
 }
 
+/// How long the webhook tries a Plan's object gates, in all: with the nodes' 2 s, within the
+/// request's 4 s.
+const OBJECT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tries an admitted Plan's object gates on the objects as they are now (within
+/// [`OBJECT_PROBE_TIMEOUT`] in all) and warns of each that is closed: a field named wrongly, a kind
+/// not served, objects the controller may not read, or an expression false now. Never refuses:
+/// the objects, their CRD or the controller's rights may come after the Plan.
+async fn check_objects(objects: Option<&ObjectGates>, answer: &mut admission::Answer) {
+    let (Some(plan), Some(objects)) = (answer.check_objects.take(), objects) else {
+        return;
+    };
+    let gates = plan
+        .spec
+        .health_gates
+        .iter()
+        .flat_map(|g| g.objects.iter().flatten());
+    let tried = tokio::time::timeout(OBJECT_PROBE_TIMEOUT, async {
+        let mut closed = Vec::new();
+        for (i, gate) in gates.enumerate() {
+            if let Err(why) = objects.probe(gate).await {
+                closed.push(format!(
+                    "spec.healthGates.objects[{i}] is closed now: {why}; no node starts until it \
+                     is true"
+                ));
+            }
+        }
+        closed
+    })
+    .await;
+    match tried {
+        Ok(closed) => closed.into_iter().for_each(|w| answer.warn(w)),
+        Err(_) => answer.warn(format!(
+            "spec.healthGates.objects were not tried on the objects (that took more than {}s)",
+            OBJECT_PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     review(state, Webhook::Mutate, request).await
 }
@@ -399,6 +443,7 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
     let mut outcome = outcome;
     if let Ok(Ok(answer)) = &mut outcome {
         check_versions(state.nodes.as_ref(), answer).await;
+        check_objects(state.objects.as_deref(), answer).await;
     }
     let (operation, result) = match &outcome {
         Ok(Ok(answer)) => (answer.operation, answer.decision.as_str()),
@@ -698,6 +743,64 @@ mod tests {
         assert!(
             text.contains("Plan \\\"p\\\" is invalid: spec.version: node b runs v1.31.0+k3s1, newer than v1.30.4+k3s1"),
             "{text}"
+        );
+        api.done().await;
+    }
+
+    /// A Plan with an object gate on a Widget, as the webhook admits it.
+    fn gated_review() -> admission::Answer {
+        let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": "p", "namespace": "system-upgrade"},
+            "spec": {"concurrency": 1, "version": "v1.0.0", "nodeSelector": {},
+                "healthGates": {"objects": [{"apiVersion": "suc-test.io/v1", "kind": "Widget",
+                    "namespace": "default", "name": "storage", "expression": "object.status.helth == 'ok'"}]},
+                "upgrade": {"image": "busybox"}}});
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u1", "kind": {"group": "upgrade.cattle.io", "version": "v1", "kind": "Plan"},
+                "operation": "CREATE", "name": "p", "namespace": "system-upgrade", "object": plan}});
+        let body = serde_json::to_vec(&review).unwrap();
+        admission::handle(Webhook::Validate, "system-upgrade", &body).unwrap()
+    }
+
+    /// The webhook tries an admitted Plan's object gate on the object as it is: a field named
+    /// wrongly is a warning, and the Plan is admitted.
+    #[tokio::test]
+    async fn an_object_gate_closed_now_is_a_warning() {
+        let (client, mut api) = testing::client();
+        let mut answer = gated_review();
+        assert!(answer.response.allowed, "{:?}", answer.response);
+        assert!(answer.check_objects.is_some());
+        assert!(answer.check_versions.is_none());
+        let check = tokio::spawn(async move {
+            check_objects(Some(&ObjectGates::new(client)), &mut answer).await;
+            answer
+        });
+        api.expect(
+            "GET",
+            "/apis/suc-test.io/v1",
+            200,
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "suc-test.io/v1",
+                "resources": [{"name": "widgets", "singularName": "widget", "namespaced": true,
+                    "kind": "Widget", "verbs": ["get", "list"]}]}),
+        )
+        .await;
+        api.expect(
+            "GET",
+            "/apis/suc-test.io/v1/namespaces/default/widgets/storage",
+            200,
+            json!({"apiVersion": "suc-test.io/v1", "kind": "Widget",
+                "metadata": {"name": "storage", "namespace": "default"}, "status": {"health": "ok"}}),
+        )
+        .await;
+        let answer = check.await.unwrap();
+        assert!(answer.response.allowed);
+        let warnings = answer.response.warnings.clone().unwrap_or_default();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "spec.healthGates.objects[0] is closed now: Widget default/storage: the expression fails"
+            ) && warnings[0].contains("helth"),
+            "{warnings:?}"
         );
         api.done().await;
     }

@@ -813,7 +813,15 @@ pub fn object_gates_hold_the_rollout_until_their_expression_is_true(ctx: &Ctx) {
             "namespace": "default", "name": "storage", "expression": "object.status.health == 'ok'"}]});
         plan
     };
-    s.apply_plan("cel", gate("Gizmo"), json!({}));
+    let applied = s.apply_plan("cel", gate("Gizmo"), json!({}));
+    // The webhook tried the gate on the cluster as it is: a warning, not a refusal.
+    assert!(
+        applied.stderr.contains(
+            "spec.healthGates.objects[0] is closed now: the API server serves no kind Gizmo"
+        ),
+        "{}",
+        applied.stderr
+    );
     let message = s.wait_condition("cel", "Complete", "False", "WaitingForHealth", MINUTE);
     assert!(
         message.contains("the API server serves no kind Gizmo in suc-test.io/v1"),
@@ -838,6 +846,22 @@ pub fn object_gates_hold_the_rollout_until_their_expression_is_true(ctx: &Ctx) {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "suc-reads-widgets"},
         "subjects": [{"kind": "ServiceAccount", "name": "system-upgrade-controller", "namespace": NAMESPACE}]}),
     );
+    // A field named wrongly shows when the webhook tries the expression on the object.
+    let mut typo = gate("Widget");
+    typo["healthGates"]["objects"][0]["expression"] = json!("object.status.helth == 'ok'");
+    let applied = wait("the webhook to read the Widget", MINUTE, || {
+        let applied = s.apply_plan("cel", typo.clone(), json!({}));
+        applied
+            .stderr
+            .contains("No such key: helth")
+            .then_some(applied)
+    });
+    assert!(
+        applied.stderr.contains("spec.healthGates.objects[0] is closed now: Widget default/storage: the expression fails"),
+        "{}",
+        applied.stderr
+    );
+    s.apply_plan("cel", gate("Widget"), json!({}));
     // Readable and unhealthy: the expression is false.
     wait("the expression to be false", MINUTE, || {
         s.condition("cel", "Complete")

@@ -90,7 +90,13 @@ impl<'a> Scenario<'a> {
 
     /// Applies a Plan named after the scenario (or `name`), selecting the scenario's nodes unless
     /// the spec selects otherwise.
-    pub fn apply_plan(&self, name: &str, mut spec: Value, metadata: Value) {
+    /// Returns what kubectl printed (the webhook's warnings are on stderr).
+    pub fn apply_plan(
+        &self,
+        name: &str,
+        mut spec: Value,
+        metadata: Value,
+    ) -> crate::support::Kubectl {
         if spec.get("nodeSelector").is_none() {
             spec["nodeSelector"] = json!({"matchLabels": {SCENARIO_LABEL: self.name}});
         }
@@ -101,7 +107,7 @@ impl<'a> Scenario<'a> {
         let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": meta, "spec": spec});
         self.ctx
             .kubectl_with_input(&["apply", "-f", "-"], Some(&plan.to_string()))
-            .expect_ok();
+            .expect_ok()
     }
 
     pub fn plan(&self, name: &str) -> Option<Plan> {
