@@ -30,6 +30,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: &'static str,
 }
@@ -93,6 +99,7 @@ pub struct Metrics {
     pub drain_duration: Family<ResultLabels, Histogram>,
     pub job_duration: Family<ResultLabels, Histogram>,
     pub channel_resolutions: Family<ResultLabels, Counter>,
+    pub hook_runs: Family<HookLabels, Counter>,
     pub plan_nodes: Family<PlanLabels, Gauge>,
     pub leader: Gauge,
     process: Process,
@@ -232,6 +239,18 @@ impl Metrics {
             "Channel polls, by result (resolved, failed)",
             channel_resolutions.clone(),
         );
+        let hook_runs = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "hook_runs",
+            "Runs of Plans' hooks (spec.hooks) that ended, by hook (before, after) and result \
+             (succeeded, failed)",
+            hook_runs.clone(),
+        );
+        for hook in ["before", "after"] {
+            for result in ["succeeded", "failed"] {
+                let _ = hook_runs.get_or_create(&HookLabels { hook, result });
+            }
+        }
         let plan_nodes = Family::<PlanLabels, Gauge>::default();
         registry.register(
             "plan_nodes",
@@ -296,6 +315,7 @@ impl Metrics {
             drain_duration,
             job_duration,
             channel_resolutions,
+            hook_runs,
             plan_nodes,
             leader,
             process,
@@ -344,6 +364,14 @@ impl Metrics {
         self.job_duration
             .get_or_create(&ResultLabels { result })
             .observe(took.as_secs_f64());
+    }
+
+    /// A hook's Job ended.
+    pub fn hook_finished(&self, hook: &'static str, succeeded: bool) {
+        let result = if succeeded { "succeeded" } else { "failed" };
+        self.hook_runs
+            .get_or_create(&HookLabels { hook, result })
+            .inc();
     }
 
     /// A channel was polled: `result` is resolved or failed.

@@ -25,7 +25,7 @@ use crate::api::{
 use crate::check;
 use crate::config::{PreviewConfig, kube_config};
 use crate::controller::decide::{self, Decision, Resolution};
-use crate::controller::job::JobSettings;
+use crate::controller::job::{Hook, JobSettings};
 use crate::controller::resolve::ChannelClient;
 use crate::controller::select;
 use crate::controller::simulate::Cluster;
@@ -441,6 +441,8 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             Reason::DowngradeHeld,
             Reason::MinorSkipHeld,
             Reason::WaitingForServers,
+            Reason::RunningHook,
+            Reason::HookFailed,
         ];
         if holding.iter().any(|r| r.as_str() == reason) {
             notes.push(message);
@@ -552,8 +554,19 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
         }
         batches.insert(0, first);
     }
+    let ran = |hook: Hook| rollout.steps.iter().any(|s| s.hooks.contains(&hook));
+    if ran(Hook::Before) {
+        out.push_str(
+            "    first: the before hook (spec.hooks.before); nodes start once it succeeded\n",
+        );
+    }
     for (i, batch) in batches.iter().enumerate() {
         out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
+    }
+    if ran(Hook::After) {
+        out.push_str(
+            "    last: the after hook (spec.hooks.after); the Plan is Complete once it succeeded\n",
+        );
     }
     if !rollout.complete {
         let conditions = rollout.last.status.conditions.clone().unwrap_or_default();

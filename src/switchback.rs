@@ -107,6 +107,7 @@ pub fn findings(
             ("spec.healthGates", spec.health_gates.is_some()),
             ("spec.versionSafety", spec.version_safety.is_some()),
             ("spec.convergence", spec.convergence.is_some()),
+            ("spec.hooks", spec.hooks.is_some()),
             (
                 "spec.drain.onTimeout",
                 spec.drain.as_ref().is_some_and(|d| d.on_timeout.is_some()),

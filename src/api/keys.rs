@@ -26,6 +26,8 @@ pub const LABEL_NODE: &str = "upgrade.cattle.io/node";
 pub const LABEL_VERSION: &str = "upgrade.cattle.io/version";
 /// Job and pod label (shared) of Plans marked exclusive: their Jobs never run side by side.
 pub const LABEL_EXCLUSIVE: &str = "upgrade.cattle.io/exclusive";
+/// Job and pod label of a Plan's hook (`spec.hooks`): `before` or `after`. Hook Jobs name no node.
+pub const LABEL_HOOK: &str = "upgrade.cattle.io/hook";
 /// The well-known node label holding the node's host name (the Go controller writes these in
 /// `status.applying`).
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";

@@ -154,6 +154,12 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainSpec>,
 
+    /// Steps that run once around a rollout, as Jobs bound to no node (for example
+    /// `ceph osd set noout` before the first node, `unset noout` after the last). An addition
+    /// to the Go controller, which ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+
     /// Image pull secrets for the upgrade pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
@@ -199,6 +205,27 @@ pub struct ContainerSpec {
     /// CAP_SYS_BOOT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+}
+
+/// Steps that run once around a rollout (`spec.hooks`). Each is a Job of one container bound to
+/// no node and not privileged, with the Plan's image rules, image pull secrets, service
+/// account and Secrets. Hooks should be idempotent: a hook may run again after a change of
+/// version or a controller restart at the wrong moment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    /// Runs before the first node of a rollout starts; no node starts until it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<ContainerSpec>,
+    /// Runs once the last node is done (the Plan is Complete only after it succeeded); new
+    /// nodes wait while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<ContainerSpec>,
+    /// When set, the after hook also runs once the Plan has been paused (`spec.paused`) this
+    /// long with no upgrade under way, e.g. `1h` (`0s`: as soon as it is paused). When the
+    /// Plan resumes, the before hook runs again before the next node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_when_paused_for: Option<String>,
 }
 
 /// A host path volume mounted into a container.
@@ -694,6 +721,37 @@ pub struct PlanStatus {
     /// Nodes done with the latest hash out of the nodes the Plan selects, e.g. `3/10`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// The hooks of the Plan's rollouts (`spec.hooks`), when it has any: where each stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub hooks: Option<Vec<HookStatus>>,
+}
+
+/// Where a hook (`spec.hooks`) stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    /// `before` or `after`.
+    pub name: String,
+    /// Due (the after hook is owed: a rollout is under way), Paused (owed, the Plan is paused;
+    /// see `afterWhenPausedFor`), Starting (its Job is created once an earlier one of its name is gone), Running,
+    /// Succeeded or Failed (it holds the rollout until retried or the Plan's hash changes).
+    pub phase: String,
+    /// The Plan hash (`status.latestHash`) of the rollout it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Its Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Details: why it failed, what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it entered this phase (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// How many times it was retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i32>,
 }
 
 /// Where the upgrade of one node stands.

@@ -90,6 +90,32 @@ wire_words! {
     }
 }
 
+wire_words! {
+    /// Where a hook stands (`status.hooks[].phase`).
+    HookPhase {
+        /// The after hook is owed: a rollout is under way.
+        Due,
+        /// The after hook is owed and the Plan is paused with nothing under way; it runs after
+        /// `hooks.afterWhenPausedFor`.
+        Paused,
+        /// Its Job runs.
+        Running,
+        /// Its Job is created once the Job of an earlier run (of the same name) has gone.
+        Starting,
+        /// Its Job succeeded.
+        Succeeded,
+        /// Its Job failed: it holds the rollout until retried or the Plan's hash changes.
+        Failed,
+    }
+}
+
+impl HookPhase {
+    /// The phase a stored hook entry names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<HookPhase> {
+        HookPhase::ALL.iter().copied().find(|p| p.as_str() == text)
+    }
+}
+
 impl Phase {
     /// The phase a stored entry names, if it is one of ours.
     pub fn parse(text: &str) -> Option<Phase> {
@@ -161,6 +187,14 @@ wire_words! {
         /// Event: the channel answered an older version than the one resolved before; it is not
         /// followed.
         ChannelWentBack,
+        /// Condition and event: a hook (`spec.hooks`) runs; nodes wait for the before hook, and
+        /// Complete for the after hook.
+        RunningHook,
+        /// Condition and event: a hook's Job failed; the rollout waits until it is retried or
+        /// the Plan's hash changes.
+        HookFailed,
+        /// Event: a hook's Job succeeded.
+        HookSucceeded,
         // Nodes and Jobs
         /// Event: a node's Job succeeded and it waits out `postCompleteDelay`.
         JobCompleteWaiting,

@@ -367,6 +367,33 @@ fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
             ..Volume::default()
         },
     ];
+    let (secrets, secret_mounts) = secret_volumes(plan);
+    volumes.extend(secrets);
+    // Upgrade volumes, then prepare volumes not already present (the Go controller forgets the
+    // latter, which makes the pod invalid).
+    for spec in [&plan.spec.upgrade, &plan.spec.prepare]
+        .into_iter()
+        .flatten()
+    {
+        for v in spec.volumes.iter().flatten() {
+            if !volumes.iter().any(|existing| existing.name == v.name) {
+                volumes.push(Volume {
+                    name: v.name.clone(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: v.source.clone(),
+                        type_: None,
+                    }),
+                    ..Volume::default()
+                });
+            }
+        }
+    }
+    (volumes, secret_mounts)
+}
+
+/// The volumes of the Plan's Secrets and their mounts (read only, at each Secret's path).
+fn secret_volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = Vec::new();
     let mut secret_mounts = Vec::new();
     for secret in plan.spec.secrets.iter().flatten() {
         let volume_name = safe_concat_name(&["secret", &secret.name]);
@@ -386,25 +413,6 @@ fn volumes(plan: &Plan) -> (Vec<Volume>, Vec<VolumeMount>) {
             read_only: Some(true),
             ..VolumeMount::default()
         });
-    }
-    // Upgrade volumes, then prepare volumes not already present (the Go controller forgets the
-    // latter, which makes the pod invalid).
-    for spec in [&plan.spec.upgrade, &plan.spec.prepare]
-        .into_iter()
-        .flatten()
-    {
-        for v in spec.volumes.iter().flatten() {
-            if !volumes.iter().any(|existing| existing.name == v.name) {
-                volumes.push(Volume {
-                    name: v.name.clone(),
-                    host_path: Some(HostPathVolumeSource {
-                        path: v.source.clone(),
-                        type_: None,
-                    }),
-                    ..Volume::default()
-                });
-            }
-        }
     }
     (volumes, secret_mounts)
 }
@@ -649,6 +657,9 @@ fn value_env(name: &str, value: &str) -> EnvVar {
         ..EnvVar::default()
     }
 }
+
+mod hook;
+pub use hook::{Hook, hook_job, hook_job_name, hook_of};
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use crate::controller::cordon::{self, Claimant};
 use crate::controller::decide::{
     self, Change, Decision, DrainProgress, Observed, QueryOutcome, Refusal, Resolution, pods,
 };
-use crate::controller::job::{GATE_NAMES, JobSettings};
+use crate::controller::job::{GATE_NAMES, Hook, JobSettings, hook_of};
 use crate::controller::status::{self, COMPLETE, stamp};
 use crate::validation::versions;
 
@@ -58,6 +58,8 @@ pub struct Step {
     pub started: Vec<String>,
     /// Nodes labelled done with the Plan's hash in this step.
     pub done: Vec<String>,
+    /// Hooks (`spec.hooks`) whose Job was created in this step.
+    pub hooks: Vec<Hook>,
 }
 
 /// A rollout played to its end, or to where it stops.
@@ -137,6 +139,14 @@ impl Cluster {
                     .filter(|c| matches!(c, Change::CreateJob(_)))
                     .filter_map(|c| c.node().map(str::to_owned))
                     .collect(),
+                hooks: decision
+                    .after
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::CreateJob(job) => hook_of(job),
+                        _ => None,
+                    })
+                    .collect(),
                 done: decision
                     .before
                     .iter()
@@ -160,7 +170,7 @@ impl Cluster {
                 .conditions
                 .as_deref()
                 .is_some_and(|c| status::is(c, COMPLETE, "True"));
-            if !step.started.is_empty() || !step.done.is_empty() {
+            if !step.started.is_empty() || !step.done.is_empty() || !step.hooks.is_empty() {
                 steps.push(step);
             }
             let requeue = decision.requeue;
@@ -343,9 +353,9 @@ impl Cluster {
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_NODE))
-            .cloned()
-            .unwrap_or_default();
-        spec.node_name = Some(node);
+            .cloned();
+        // A hook's pod goes wherever the scheduler puts it; no node matters here.
+        spec.node_name = node;
         metadata.name = Some(format!("{name}-simulated"));
         metadata.namespace = job.metadata.namespace.clone();
         metadata.creation_timestamp = Some(Time(self.now));

@@ -272,6 +272,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     if let Some(prepare) = &spec.prepare {
         check_container("spec.prepare", prepare, report);
     }
+    if let Some(hooks) = &spec.hooks {
+        pods::check_hooks(hooks, report);
+    }
     check_volume_names(spec, report);
     check_mount_paths(spec, report);
     check_version_and_channel(spec, report);

@@ -3,6 +3,7 @@
 //! never waits on a Job that cannot be created.
 
 use super::*;
+use crate::api::Hooks;
 
 /// An optional reference to another object by name must be a DNS subdomain when it is set.
 pub(super) fn check_object_name(field: &str, name: Option<&str>, kind: &str, report: &mut Report) {
@@ -13,6 +14,45 @@ pub(super) fn check_object_name(field: &str, name: Option<&str>, kind: &str, rep
             field,
             format!("{name:?} is not a valid {kind} name: it {reason}"),
         );
+    }
+}
+
+/// `spec.hooks`: each hook a container as `prepare` is, without host paths (a hook runs on no
+/// particular node); `afterWhenPausedFor` a duration, for an after hook.
+pub(super) fn check_hooks(hooks: &Hooks, report: &mut Report) {
+    for (name, hook) in [("before", &hooks.before), ("after", &hooks.after)] {
+        let Some(hook) = hook else { continue };
+        let path = format!("spec.hooks.{name}");
+        check_container(&path, hook, report);
+        if hook.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+            report.problem(
+                format!("{path}.volumes"),
+                "a hook runs on no particular node, so host paths are not mounted into it; \
+                 remove volumes (the Plan's secrets are mounted, and envFrom reads ConfigMaps \
+                 and Secrets)",
+            );
+        }
+    }
+    if hooks.before.is_none() && hooks.after.is_none() {
+        report.warn("spec.hooks names neither before nor after, so no hook runs; remove it");
+    }
+    if let Some(wait) = &hooks.after_when_paused_for {
+        let field = "spec.hooks.afterWhenPausedFor";
+        match duration::parse(wait) {
+            Ok(nanos) if nanos < 0 => report.problem(
+                field,
+                format!("{wait:?} is negative; use 0s (as soon as paused) or e.g. 1h"),
+            ),
+            Ok(_) if hooks.after.is_none() => report.problem(
+                field,
+                "there is no after hook to run; set spec.hooks.after or remove this field",
+            ),
+            Ok(_) => {}
+            Err(e) => report.problem(
+                field,
+                format!("{wait:?} is not a duration ({e}); use e.g. 30m or 1h"),
+            ),
+        }
     }
 }
 

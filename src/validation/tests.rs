@@ -791,3 +791,38 @@ fn object_gates_compile_their_expressions() {
     assert!(found[0].starts_with("spec.healthGates.objects[0].apiVersion:"));
     assert!(found[1].starts_with("spec.healthGates.objects[0].kind:"));
 }
+
+#[test]
+fn hooks_are_containers_without_host_paths_and_a_paused_wait_needs_an_after_hook() {
+    let hook = serde_json::json!({"image": "alpine:3.20", "command": ["true"]});
+    assert!(
+        problems(with(
+            "hooks",
+            serde_json::json!({"before": hook, "after": hook, "afterWhenPausedFor": "0s"})
+        ))
+        .is_empty()
+    );
+    let lonely = problems(with(
+        "hooks",
+        serde_json::json!({"before": hook, "afterWhenPausedFor": "1h"}),
+    ));
+    assert_eq!(lonely.len(), 1, "{lonely:?}");
+    assert!(lonely[0].contains("there is no after hook"), "{lonely:?}");
+    let negative = problems(with(
+        "hooks",
+        serde_json::json!({"after": hook, "afterWhenPausedFor": "-1m"}),
+    ));
+    assert!(negative[0].contains("is negative"), "{negative:?}");
+    let env = problems(with(
+        "hooks",
+        serde_json::json!({"after": {"image": "alpine", "envs": [{"name": "A=B", "value": "y"}]}}),
+    ));
+    assert!(env[0].starts_with("spec.hooks.after.envs[0]"), "{env:?}");
+    let empty = validate_value(&plan(with("hooks", serde_json::json!({}))));
+    assert!(empty.problems.is_empty());
+    assert!(
+        empty.warnings[0].contains("neither before nor after"),
+        "{:?}",
+        empty.warnings
+    );
+}

@@ -886,3 +886,130 @@ pub fn object_gates_hold_the_rollout_until_their_expression_is_true(ctx: &Ctx) {
     .expect_ok();
     s.cleanup();
 }
+
+/// `spec.hooks`: the before hook runs once before the first node and the after hook once after
+/// the last, as Jobs bound to no node; the Plan is Complete only after the after hook. A failed
+/// hook holds the rollout (Stalled, no node Job) until the retry annotation names it. Three nodes,
+/// the most common K3s shape.
+pub fn hooks_run_once_around_the_rollout_in_order(ctx: &Ctx) {
+    use k8s_openapi::api::batch::v1::Job;
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "hooks", 3);
+    let mut plan = spec();
+    plan["hooks"] = json!({
+        "before": {"image": "busybox:1.36", "command": ["sh", "-c", "echo noout set"]},
+        "after": {"image": "busybox:1.36", "command": ["sh", "-c", "echo noout unset"]},
+    });
+    // Plan labels reach the hook's pod too: this one makes kwok fail it.
+    s.apply_plan("hooks", plan, json!({"labels": {"suc-test/fail": "true"}}));
+    let message = s.wait_condition("hooks", "Complete", "False", "HookFailed", 3 * MINUTE);
+    assert!(
+        message.contains("the before hook's Job hook-hooks-before-with-")
+            && message.contains("upgrade.cattle.io/retry=hook/before"),
+        "{message}"
+    );
+    assert_eq!(s.condition("hooks", "Stalled").unwrap().0, "True");
+    let node_job = |j: &Job| {
+        j.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("upgrade.cattle.io/node"))
+    };
+    assert!(
+        !s.jobs("hooks").iter().any(node_job),
+        "no node starts while the before hook has failed"
+    );
+    assert!(
+        s.plan_events("hooks")
+            .iter()
+            .any(|e| e.starts_with("HookFailed: the before hook's Job")),
+        "{:?}",
+        s.plan_events("hooks")
+    );
+
+    // Fixed, and retried by hand: the hook runs again, then the nodes, then the after hook.
+    patch_plan(
+        ctx,
+        "hooks",
+        json!({"metadata": {"labels": {"suc-test/fail": null}}}),
+    );
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "hooks",
+        "upgrade.cattle.io/retry=hook/before",
+    ])
+    .expect_ok();
+    s.wait_condition("hooks", "Complete", "True", "Complete", 3 * MINUTE);
+    let status = s.plan_json("hooks")["status"].clone();
+    assert_eq!(status["hooks"][0]["name"], "before");
+    assert_eq!(status["hooks"][0]["phase"], "Succeeded");
+    assert_eq!(status["hooks"][1]["name"], "after");
+    assert_eq!(status["hooks"][1]["phase"], "Succeeded");
+    assert_eq!(status["progress"], "3/3");
+
+    // In order, by the API server's clock: the before hook ended before any node's Job was
+    // created, and every node's Job ended before the after hook's was created.
+    let jobs = s.jobs("hooks");
+    let created = |j: &Job| j.metadata.creation_timestamp.clone().unwrap().0;
+    let ended = |j: &Job| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.completion_time.clone())
+            .unwrap_or_else(|| panic!("{:?} has not completed", j.metadata.name))
+            .0
+    };
+    let hook = |which: &str| -> Vec<&Job> {
+        jobs.iter()
+            .filter(|j| {
+                j.metadata
+                    .labels
+                    .as_ref()
+                    .unwrap()
+                    .get("upgrade.cattle.io/hook")
+                    == Some(&which.to_owned())
+            })
+            .collect()
+    };
+    let (before, after) = (hook("before"), hook("after"));
+    assert_eq!((before.len(), after.len()), (1, 1), "{jobs:?}");
+    let nodes: Vec<&Job> = jobs.iter().filter(|j| node_job(j)).collect();
+    assert_eq!(nodes.len(), 3, "each node once");
+    for node in &nodes {
+        assert!(
+            ended(before[0]) <= created(node),
+            "{:?}",
+            node.metadata.name
+        );
+        assert!(ended(node) <= created(after[0]), "{:?}", node.metadata.name);
+    }
+    let pod = &after[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.host_pid, None, "a hook shares nothing with a host");
+    assert_eq!(pod.node_name, None);
+    let events = s.plan_events("hooks");
+    for expected in [
+        "RunningHook: Plan hooks: the before hook retried on request",
+        "HookSucceeded: Plan hooks: the before hook succeeded",
+        "RunningHook: Plan hooks: the after hook runs after the last node",
+        "HookSucceeded: Plan hooks: the after hook succeeded",
+    ] {
+        assert!(
+            events.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {events:?}"
+        );
+    }
+    // Nothing runs again once the Plan is Complete.
+    s.wait_observed("hooks", MINUTE);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.jobs("hooks").len(), 5);
+    s.cleanup();
+}

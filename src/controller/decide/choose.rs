@@ -80,7 +80,7 @@ pub(super) fn select<'a>(
 /// finishing, or a node persisted as applying where something began (a Job of the Plan, failed
 /// or finished and waiting to be labelled, or a cordon for the Plan: its Job may have begun and
 /// gone). They keep their place whatever the concurrency.
-fn under_way(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
+pub(super) fn under_way(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> Vec<String> {
     let mut under_way: BTreeSet<String> = jobs.finishing.keys().cloned().collect();
     under_way.extend(
         jobs.current

@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::api::{LABEL_NODE, Plan, PlanStatus, Reason};
-use crate::controller::job::JobSettings;
+use crate::controller::job::{Hook, JobSettings};
 
 /// Most nodes named in the Plan's JobComplete event of one pass (the rest are counted).
 const COMPLETED_LISTED: usize = 20;
@@ -107,6 +107,8 @@ pub struct Decision {
     pub requeue: Duration,
     /// Jobs this pass saw finished for the first time: succeeded or not, and how long they ran.
     pub finished_jobs: Vec<(bool, Duration)>,
+    /// Hook Jobs seen finished in this pass, and whether they succeeded.
+    pub finished_hooks: Vec<(Hook, bool)>,
 }
 
 /// A change to make in the cluster.

@@ -34,6 +34,9 @@ pub(super) fn sort<'a>(pass: &mut Pass<'_, 'a>, r: &Resolved) -> Jobs<'a> {
     let mut jobs = Jobs::default();
     let mut completed = Vec::new();
     for &job in pass.cx.obs.jobs {
+        if job::hook_of(job).is_some() {
+            continue; // a hook's, followed by `hooks`
+        }
         let name = job.metadata.name.clone().unwrap_or_default();
         let labels = job.metadata.labels.clone().unwrap_or_default();
         let node_name = labels.get(LABEL_NODE).cloned();
@@ -182,7 +185,7 @@ fn sync_ttl(pass: &mut Pass<'_, '_>, job: &Job) {
 
 /// Deletes a finished Job after its TTL (also when the TTL controller is off); returns
 /// whether it did.
-fn expire(pass: &mut Pass<'_, '_>, job: &Job, finished: Timestamp) -> bool {
+pub(super) fn expire(pass: &mut Pass<'_, '_>, job: &Job, finished: Timestamp) -> bool {
     let ttl = i64::from(job::ttl_seconds(pass.cx.plan, pass.cx.obs.settings));
     let expiry = finished
         .checked_add(jiff::SignedDuration::from_secs(ttl))

@@ -33,6 +33,7 @@ mod decision;
 mod facts;
 mod finish;
 mod holds;
+mod hooks;
 mod jobs;
 mod pass;
 mod plan;
@@ -80,16 +81,26 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         // Never resolved: no Job of this Plan can be judged yet; what runs keeps its place.
         let continuing = choose::continuing(&pass, &jobs::Jobs::default());
         let gate = resolved.crd_hold.clone();
-        return progress::conclude(pass, &resolved, gate.as_ref(), &continuing);
+        let tally = progress::count(&pass, &resolved, &continuing);
+        return progress::conclude(pass, &resolved, gate.as_ref(), &continuing, tally, None);
     }
     let jobs = jobs::sort(&mut pass, &resolved);
+    hooks::follow(&mut pass, &resolved);
     retries::carry_skipped(&mut pass, &resolved);
-    let gate = holds::gate(&mut pass, &resolved);
+    let mut gate = holds::gate(&mut pass, &resolved);
     if ready {
         versions::find_holds(&mut pass, &resolved);
     }
     let chosen = if ready {
-        choose::select(&pass, &resolved, &jobs, gate.is_some())
+        let chosen = choose::select(&pass, &resolved, &jobs, gate.is_some());
+        let open = gate.is_none() && !holds::window_closed(&pass, &jobs, &chosen);
+        match open.then(|| hooks::before(&mut pass, &resolved, &jobs, &chosen)) {
+            Some(Some(hold)) => {
+                gate = Some(hold);
+                choose::select(&pass, &resolved, &jobs, true)
+            }
+            _ => chosen,
+        }
     } else {
         choose::continuing(&pass, &jobs)
     };
@@ -101,10 +112,6 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     }
     track::nodes(&mut pass, &resolved, &jobs, gate.as_ref(), &chosen);
     versions::enter_holds(&mut pass, &chosen);
-    if ready {
-        // Only a pass that could act on the retry annotation consumes it.
-        retries::consume_retry_request(&mut pass);
-    }
     let selected: Vec<&Node> = chosen
         .into_iter()
         .filter(|n| {
@@ -119,7 +126,21 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     }
     release::stranded_pods(&mut pass);
     taints::mark(&mut pass, &resolved, ready);
-    progress::conclude(pass, &resolved, gate.as_ref(), &selected)
+    let tally = progress::count(&pass, &resolved, &selected);
+    let busy = !choose::under_way(&pass, &jobs).is_empty();
+    let after_hook = hooks::after(&mut pass, &resolved, &tally, &selected, busy);
+    if ready {
+        // Only a pass that could act on the retry annotation consumes it.
+        retries::consume_retry_request(&mut pass);
+    }
+    progress::conclude(
+        pass,
+        &resolved,
+        gate.as_ref(),
+        &selected,
+        tally,
+        after_hook.as_ref(),
+    )
 }
 
 /// Which Jobs may have a drain running for them: those neither finished, suspended nor being

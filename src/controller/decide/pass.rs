@@ -15,6 +15,7 @@ use crate::api::{
     ANNOTATION_RETRY, Condition, NodeStatus, PLAN_LABEL_PREFIX, Phase, Plan, PlanStatus, Reason,
 };
 use crate::controller::cordon::{Claimant, has_claim};
+use crate::controller::job::Hook;
 use crate::controller::status::{self, COMPLETE, VALIDATED, Wanted, stamp};
 
 /// The observation and the stored status, taken apart once; no phase changes it.
@@ -90,6 +91,7 @@ impl<'a> Context<'a> {
             after: Vec::new(),
             requeue: RESYNC,
             finished_jobs: Vec::new(),
+            finished_hooks: Vec::new(),
         };
         (cx, effects)
     }
@@ -153,6 +155,8 @@ pub(super) struct Effects {
     pub after: Vec<Change>,
     pub requeue: Duration,
     pub finished_jobs: Vec<(bool, Duration)>,
+    /// Hook Jobs seen finished in this pass, and whether they succeeded.
+    pub finished_hooks: Vec<(Hook, bool)>,
 }
 
 impl Effects {

@@ -16,15 +16,17 @@ use crate::api::{ANNOTATION_RETRY, LABEL_PAUSE, Phase, Reason};
 use crate::controller::select;
 use crate::controller::status::{self, COMPLETE, RECONCILING, STALLED, VALIDATED};
 
-/// Ends a pass that applies the Plan to `selected`: counts, sets Complete, and finishes.
+/// Ends a pass that applies the Plan to `selected`, counted in `tally`: sets Complete (which
+/// waits for the after hook, `after_hook`, when it runs or failed), and finishes.
 pub(super) fn conclude(
     mut pass: Pass<'_, '_>,
     r: &Resolved,
     gate: Option<&Gate>,
     selected: &[&Node],
+    tally: Tally,
+    after_hook: Option<&Gate>,
 ) -> Decision {
-    let tally = count(&pass, r, selected);
-    complete_condition(&mut pass, r, gate, &tally, selected);
+    complete_condition(&mut pass, r, gate, &tally, selected, after_hook);
     finish(pass, gate, tally, Some(selected))
 }
 
@@ -72,6 +74,7 @@ fn complete_condition(
     gate: Option<&Gate>,
     tally: &Tally,
     selected: &[&Node],
+    after_hook: Option<&Gate>,
 ) {
     let ready = r.ready;
     let applying = node_names(selected);
@@ -128,6 +131,8 @@ fn complete_condition(
             nodes.join(",")
         );
         out.set_condition(COMPLETE, "False", Reason::DrainSkipped, &message);
+    } else if let Some((reason, message)) = after_hook.filter(|_| applying.is_empty()) {
+        out.set_condition(COMPLETE, "False", *reason, message);
     } else if applying.is_empty() {
         if out.set_condition(COMPLETE, "True", Reason::Complete, "") {
             out.note(
@@ -286,6 +291,7 @@ pub(super) fn finish(
     status.progress = Some(format!("{}/{}", tally.done, tally.selected));
     Decision {
         finished_jobs: out.finished_jobs,
+        finished_hooks: out.finished_hooks,
         tally,
         status,
         before: out.before,
@@ -317,7 +323,8 @@ fn kstatus_conditions(out: &mut Effects) {
             | Reason::CRDOutdated
             | Reason::DowngradeHeld
             | Reason::MinorSkipHeld
-            | Reason::NotConverged),
+            | Reason::NotConverged
+            | Reason::HookFailed),
         ) => (None, Some(failed)),
         _ if invalid => (None, Some(Reason::ValidateFailed)),
         Some(other) => (Some(other), None),

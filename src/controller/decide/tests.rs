@@ -169,9 +169,10 @@ impl World {
                     value["metadata"]["creationTimestamp"] = json!(self.now);
                     value["status"] = json!({"active": 1});
                     let template = value["spec"]["template"].clone();
+                    // A hook's pod names no node: the scheduler puts it anywhere.
                     let node = template["metadata"]["labels"]["upgrade.cattle.io/node"]
                         .as_str()
-                        .unwrap()
+                        .unwrap_or("anywhere")
                         .to_owned();
                     let scheduled = !self.unschedulable.contains(&node);
                     let mut spec = template["spec"].clone();
@@ -365,13 +366,28 @@ impl World {
             .iter_mut()
             .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == node)
             .unwrap();
-        job["status"] = if succeeded {
-            json!({"succeeded": 1, "completionTime": at, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": at}]})
-        } else {
-            json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": at,
-                "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
-        };
+        finish(job, succeeded, at);
     }
+
+    /// Finishes the Job of a hook (`before` or `after`).
+    fn finish_hook(&mut self, hook: &str, succeeded: bool, at: &str) {
+        let job = self
+            .jobs
+            .iter_mut()
+            .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/hook"] == hook)
+            .unwrap();
+        finish(job, succeeded, at);
+    }
+}
+
+/// A Job's status once it succeeded or failed at `at`.
+fn finish(job: &mut Value, succeeded: bool, at: &str) {
+    job["status"] = if succeeded {
+        json!({"succeeded": 1, "completionTime": at, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": at}]})
+    } else {
+        json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": at,
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})
+    };
 }
 
 /// The statuses of a pod's init containers: `prepare` running (or done), then the gate waiting
@@ -416,7 +432,11 @@ fn created(decision: &Decision) -> Vec<String> {
         .iter()
         .filter_map(|c| match c {
             Change::CreateJob(job) => {
-                Some(job.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone())
+                let labels = job.metadata.labels.as_ref().unwrap();
+                Some(match labels.get("upgrade.cattle.io/hook") {
+                    Some(hook) => format!("hook/{hook}"),
+                    None => labels["upgrade.cattle.io/node"].clone(),
+                })
             }
             _ => None,
         })
@@ -437,6 +457,8 @@ fn deleted(decision: &Decision) -> Vec<String> {
 fn reasons(decision: &Decision) -> Vec<&'static str> {
     decision.notes.iter().map(|n| n.reason.as_str()).collect()
 }
+
+mod hooks;
 
 #[test]
 fn static_version_resolves_and_starts_one_node() {

@@ -80,7 +80,7 @@ pub(super) fn nodes<'a>(
 }
 
 /// The Plan as Jobs are built from it: with the version and hash of this pass.
-fn current_plan(plan: &Plan, r: &Resolved) -> Plan {
+pub(super) fn current_plan(plan: &Plan, r: &Resolved) -> Plan {
     let mut current = plan.clone();
     current.status = Some(PlanStatus {
         latest_version: Some(r.version.clone()),

@@ -385,6 +385,9 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         let result = if *succeeded { "succeeded" } else { "failed" };
         ctx.metrics.job_finished(result, *took);
     }
+    for (hook, succeeded) in &decision.finished_hooks {
+        ctx.metrics.hook_finished(hook.as_str(), *succeeded);
+    }
     ctx.metrics.plan_nodes(
         &plan.namespace().unwrap_or_default(),
         &plan.name_any(),
@@ -650,6 +653,7 @@ mod tests {
             status: plan.status.clone().unwrap_or_default(),
             tally: Default::default(),
             finished_jobs: Vec::new(),
+            finished_hooks: Vec::new(),
             before: vec![
                 Change::DeleteJob {
                     name: "old".into(),
@@ -716,6 +720,7 @@ mod tests {
                 status: plan.status.clone().unwrap_or_default(),
                 tally: Default::default(),
                 finished_jobs: Vec::new(),
+                finished_hooks: Vec::new(),
                 before: vec![Change::DeleteJob {
                     name: "j".into(),
                     why: "replacing the Job after a Plan edit".into(),
