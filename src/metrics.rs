@@ -53,12 +53,13 @@ pub struct PlanLabels {
 }
 
 /// What a failed reconcile's `error` label says (`ReconcileError::kind`).
-pub const RECONCILE_ERRORS: [&str; 8] = [
+pub const RECONCILE_ERRORS: [&str; 9] = [
     "conflict",
     "write_status",
     "job",
     "label_node",
     "clear_retry",
+    "finalizer",
     "cordon",
     "blocked",
     "not_leading",

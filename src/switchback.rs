@@ -10,8 +10,8 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ANNOTATION_DRAIN_FAILED, IntOrDuration, IntOrPercent, LABEL_CONTROLLER, Plan,
-    TAINT_UPCOMING_PREFIX,
+    ANNOTATION_DRAIN_FAILED, FINALIZER_AFTER_HOOK, IntOrDuration, IntOrPercent, LABEL_CONTROLLER,
+    Plan, TAINT_UPCOMING_PREFIX,
 };
 use crate::config::{SwitchBackConfig, kube_config};
 use crate::controller::cordon::{Claimant, claims_of, upcoming_taints};
@@ -90,6 +90,24 @@ pub fn findings(
                     "write it as a duration: timeout: {}",
                     duration::format(*nanos)
                 ),
+            ));
+        }
+        if plan
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == FINALIZER_AFTER_HOOK)
+        {
+            found.push(Finding::must(
+                object.clone(),
+                format!(
+                    "it carries the finalizer {FINALIZER_AFTER_HOOK} (its after hook is owed); the \
+                     Go controller never removes it, so deleting the Plan would hang"
+                ),
+                "let the rollout and its after hook finish here (status.hooks), or remove the \
+                 finalizer: kubectl patch plan with --type=json and a remove of \
+                 /metadata/finalizers",
             ));
         }
         if spec.paused == Some(true) {
@@ -345,6 +363,15 @@ mod tests {
                 "fine",
                 json!({"concurrency": 1, "drain": {"timeout": "5m"}, "upgrade": {"image": "x"}}),
             ),
+            {
+                let mut hooked = plan(
+                    "hooked",
+                    json!({"concurrency": 1, "upgrade": {"image": "x"},
+                        "hooks": {"after": {"image": "y"}, "afterWhenDeleted": true}}),
+                );
+                hooked.metadata.finalizers = Some(vec![FINALIZER_AFTER_HOOK.to_owned()]);
+                hooked
+            },
         ];
         let jobs = [
             gated_job("waiting", false),
@@ -368,6 +395,7 @@ mod tests {
                 "Plan system-upgrade/pct",
                 "Plan system-upgrade/long",
                 "Plan system-upgrade/held",
+                "Plan system-upgrade/hooked",
                 "Job system-upgrade/job-waiting",
                 "Job system-upgrade/job-failed",
                 "Node agent-1",
@@ -380,9 +408,14 @@ mod tests {
                 .iter()
                 .any(|f| !f.blocking && f.problem.starts_with("spec.retry"))
         );
+        assert!(
+            found
+                .iter()
+                .any(|f| !f.blocking && f.problem.starts_with("spec.hooks mean nothing"))
+        );
         let text = report(&found, "system-upgrade");
         assert!(
-            text.starts_with("6 thing(s) to change before the Go controller takes over:\n"),
+            text.starts_with("7 thing(s) to change before the Go controller takes over:\n"),
             "{text}"
         );
         assert!(text.contains("Plan os by this controller"), "{text}");

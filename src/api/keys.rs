@@ -28,6 +28,9 @@ pub const LABEL_VERSION: &str = "upgrade.cattle.io/version";
 pub const LABEL_EXCLUSIVE: &str = "upgrade.cattle.io/exclusive";
 /// Job and pod label of a Plan's hook (`spec.hooks`): `before` or `after`. Hook Jobs name no node.
 pub const LABEL_HOOK: &str = "upgrade.cattle.io/hook";
+/// Plan finalizer while its after hook is owed and `hooks.afterWhenDeleted` asks for it to run
+/// when the Plan is deleted.
+pub const FINALIZER_AFTER_HOOK: &str = "upgrade.cattle.io/after-hook";
 /// The well-known node label holding the node's host name (the Go controller writes these in
 /// `status.applying`).
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";

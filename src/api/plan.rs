@@ -226,6 +226,12 @@ pub struct Hooks {
     /// Plan resumes, the before hook runs again before the next node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_when_paused_for: Option<String>,
+    /// When true, deleting the Plan while its after hook is owed starts no new node, lets the
+    /// upgrades under way finish and runs the after hook before the Plan goes: the Plan carries
+    /// the finalizer `upgrade.cattle.io/after-hook` while the hook is owed. A finalizer holds
+    /// the Plan (and its namespace) while the controller is not running: remove it by hand then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_when_deleted: Option<bool>,
 }
 
 /// A host path volume mounted into a container.

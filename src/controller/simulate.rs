@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::api::{
-    ANNOTATION_DRAINED, ANNOTATION_RETRY, LABEL_NODE, LABEL_VERSION, PLAN_LABEL_PREFIX, Plan,
+    ANNOTATION_DRAINED, ANNOTATION_RETRY, FINALIZER_AFTER_HOOK, LABEL_NODE, LABEL_VERSION,
+    PLAN_LABEL_PREFIX, Plan,
 };
 use crate::controller::cordon::{self, Claimant};
 use crate::controller::decide::{
@@ -301,6 +302,13 @@ impl Cluster {
                         .annotations
                         .get_or_insert_default()
                         .extend(annotations.clone());
+                }
+            }
+            Change::Finalizer { on } => {
+                let list = self.plan.metadata.finalizers.get_or_insert_default();
+                list.retain(|f| f != FINALIZER_AFTER_HOOK);
+                if *on {
+                    list.push(FINALIZER_AFTER_HOOK.to_owned());
                 }
             }
             Change::ClearRetry { value } => {

@@ -115,6 +115,7 @@ pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<se
             "nodes",
             "observedGeneration",
             "progress",
+            "hooks",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
@@ -201,9 +202,24 @@ mod tests {
                 "metadata": {"resourceVersion": "42"},
                 "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
                            "applying": null, "nodes": null, "observedGeneration": null,
-                           "progress": null},
+                           "progress": null, "hooks": null},
             })
         );
+    }
+
+    #[test]
+    fn a_written_status_clears_every_field_it_does_not_set() {
+        // A field left out of the merge patch would keep its stored value for good.
+        let schema = serde_json::to_value(schemars::schema_for!(PlanStatus)).unwrap();
+        let fields: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let stored = plan(serde_json::json!({"latestVersion": "v1"}));
+        let patch = status_patch(&stored, &PlanStatus::default(), false).unwrap();
+        for field in fields {
+            assert!(
+                patch["status"].get(field).is_some(),
+                "status.{field} is not cleared by the status patch"
+            );
+        }
     }
 
     #[test]

@@ -1013,3 +1013,88 @@ pub fn hooks_run_once_around_the_rollout_in_order(ctx: &Ctx) {
     assert_eq!(s.jobs("hooks").len(), 5);
     s.cleanup();
 }
+
+/// `hooks.afterWhenDeleted`: a Plan deleted in the middle of its rollout starts no more nodes,
+/// lets the upgrade under way finish, runs its after hook, and only then goes (its finalizer
+/// `upgrade.cattle.io/after-hook` held it meanwhile).
+pub fn deleting_a_plan_runs_its_after_hook_first_when_asked(ctx: &Ctx) {
+    use k8s_openapi::api::batch::v1::Job;
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "hookdel", 3);
+    let mut plan = spec();
+    plan["hooks"] = json!({
+        "before": {"image": "busybox:1.36", "command": ["true"]},
+        "after": {"image": "busybox:1.36", "command": ["true"]},
+        "afterWhenDeleted": true,
+    });
+    // Each pod (the hooks' too) runs 6 s on the test bed.
+    s.apply_plan(
+        "hookdel",
+        plan,
+        json!({"annotations": {"suc-test/duration": "6s"}}),
+    );
+    let is = |j: &Job, key: &str| {
+        j.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(key))
+    };
+    wait("the first node's Job", 2 * MINUTE, || {
+        s.jobs("hookdel")
+            .iter()
+            .any(|j| is(j, "upgrade.cattle.io/node"))
+            .then_some(())
+    });
+    let stored = s.plan_json("hookdel");
+    assert_eq!(
+        stored["metadata"]["finalizers"],
+        json!(["upgrade.cattle.io/after-hook"]),
+        "held while the after hook is owed"
+    );
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_owned();
+    ctx.kubectl(&["-n", NAMESPACE, "delete", "plan", "hookdel", "--wait=false"])
+        .expect_ok();
+    let jobs = wait("the after hook's Job", 2 * MINUTE, || {
+        let jobs = s.jobs("hookdel");
+        jobs.iter()
+            .any(|j| {
+                is(j, "upgrade.cattle.io/hook")
+                    && j.metadata.name.as_deref().unwrap().contains("-after-")
+            })
+            .then_some(jobs)
+    });
+    let nodes: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| is(j, "upgrade.cattle.io/node"))
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        1,
+        "no node starts once the Plan is being deleted"
+    );
+    let finished = nodes[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.clone())
+        .expect("the upgrade under way finished first");
+    let after = jobs
+        .iter()
+        .find(|j| j.metadata.name.as_deref().unwrap().contains("-after-"))
+        .unwrap();
+    assert!(finished.0 <= after.metadata.creation_timestamp.clone().unwrap().0);
+    assert!(s.plan("hookdel").is_some(), "the finalizer holds the Plan");
+    wait("the Plan to go", 2 * MINUTE, || {
+        s.plan("hookdel").is_none().then_some(())
+    });
+    let events = s.events_of(NAMESPACE, &uid);
+    for expected in [
+        "RunningHook: Plan hookdel: the after hook runs because the Plan is being deleted",
+        "HookSucceeded: Plan hookdel: the after hook succeeded",
+    ] {
+        assert!(
+            events.iter().any(|e| e.starts_with(expected)),
+            "{expected} not in {events:?}"
+        );
+    }
+    s.cleanup();
+}

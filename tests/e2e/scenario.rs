@@ -228,7 +228,7 @@ impl<'a> Scenario<'a> {
         self.events_of("default", &uid)
     }
 
-    fn events_of(&self, namespace: &str, uid: &str) -> Vec<String> {
+    pub fn events_of(&self, namespace: &str, uid: &str) -> Vec<String> {
         self.events_where(namespace, &format!("involvedObject.uid={uid}"))
     }
 

@@ -181,6 +181,11 @@ pub enum Change {
     ClearRetry {
         value: String,
     },
+    /// Put the Plan's finalizer `upgrade.cattle.io/after-hook` on the Plan (`on`), or take it
+    /// off (`hooks.afterWhenDeleted`).
+    Finalizer {
+        on: bool,
+    },
     /// Put the Plan's `upcoming.upgrade.cattle.io/<plan>:PreferNoSchedule` taint on the node
     /// (`on`), or take it off.
     Taint {
@@ -204,6 +209,7 @@ impl Change {
             | Change::ReleasePod { .. }
             | Change::Release { .. }
             | Change::Taint { .. }
+            | Change::Finalizer { .. }
             | Change::ClearRetry { .. } => None,
         }
     }

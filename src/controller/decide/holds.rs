@@ -75,6 +75,9 @@ pub(super) fn gate(pass: &mut Pass<'_, '_>, r: &Resolved) -> Option<Gate> {
 /// `spec.paused`, the node's pause label, or a closed gate; the reason for the Complete
 /// condition and what to say. Jobs that exist are never held.
 pub(super) fn hold(pass: &Pass<'_, '_>, gate: Option<&Gate>, node_name: &str) -> Option<Gate> {
+    if pass.cx.deleting() {
+        return Some((Reason::Paused, "the Plan is being deleted".into()));
+    }
     if pass.cx.paused() {
         return Some((Reason::Paused, "spec.paused is true".into()));
     }

@@ -25,7 +25,7 @@ use super::pass::Pass;
 use super::plan::Resolved;
 use super::retries::{backoff_after, retry_ordinal, retry_policy, retry_requested};
 use super::track::current_plan;
-use crate::api::{HookPhase, HookStatus, Reason};
+use crate::api::{FINALIZER_AFTER_HOOK, HookPhase, HookStatus, Reason};
 use crate::controller::job::{Hook, hook_job, hook_job_name, hook_of};
 use crate::controller::select;
 use crate::controller::status::stamp;
@@ -86,18 +86,28 @@ fn follow_one(pass: &mut Pass<'_, '_>, r: &Resolved, hook: Hook) {
         if let Some(Refusal::Job {
             message, retry_at, ..
         }) = pass.cx.obs.refusals.get(&job_name)
-            && pass.cx.obs.now < *retry_at
         {
-            pass.out.requeue_within(until(pass.cx.obs.now, *retry_at));
             let text = format!("the API server refused Job {job_name}: {message}");
-            put(
-                pass,
-                HookStatus {
+            if pass.cx.deleting() {
+                // A namespace being deleted takes no new Job: the Plan goes without the hook.
+                let failed = HookStatus {
+                    phase: HookPhase::Failed.as_str().into(),
+                    message: Some(text),
+                    since: Some(pass.cx.now.clone()),
+                    ..entry
+                };
+                put(pass, failed);
+                return;
+            }
+            if pass.cx.obs.now < *retry_at {
+                pass.out.requeue_within(until(pass.cx.obs.now, *retry_at));
+                let refused = HookStatus {
                     message: Some(text),
                     ..entry
-                },
-            );
-            return;
+                };
+                put(pass, refused);
+                return;
+            }
         }
         if r.ready {
             create(pass, r, hook, &entry);
@@ -268,10 +278,23 @@ fn bracket_open(pass: &Pass<'_, '_>, r: &Resolved, before: &HookStatus) -> bool 
     })
 }
 
-/// The after hook: owed once a node applies; run when nothing is left to do, or when the Plan
-/// has been paused for `afterWhenPausedFor` with nothing `busy`. What it says for the Complete
-/// condition while it runs or failed.
+/// The after hook: owed once a node applies; run when nothing is left to do, when the Plan has
+/// been paused for `afterWhenPausedFor`, or when it is being deleted (`afterWhenDeleted`), with
+/// nothing `busy`. What it says for the Complete condition while it runs or failed. The Plan's
+/// finalizer follows.
 pub(super) fn after(
+    pass: &mut Pass<'_, '_>,
+    r: &Resolved,
+    tally: &Tally,
+    selected: &[&Node],
+    busy: bool,
+) -> Option<Gate> {
+    let gate = run_after(pass, r, tally, selected, busy);
+    finalizer(pass);
+    gate
+}
+
+fn run_after(
     pass: &mut Pass<'_, '_>,
     r: &Resolved,
     tally: &Tally,
@@ -286,9 +309,15 @@ pub(super) fn after(
         owe_after(pass, r);
     }
     let entry = entry(pass, Hook::After)?;
+    let on_delete = when_deleted(pass);
     match HookPhase::parse(&entry.phase)? {
         HookPhase::Running | HookPhase::Starting => Some(running_gate(Hook::After, &entry)),
-        HookPhase::Failed if entry.hash.as_deref() == Some(&r.hash) => {
+        HookPhase::Failed if on_delete && failed_before_deletion(pass, &entry) && r.ready => {
+            let why = "runs again because the Plan is being deleted";
+            Some(launch(pass, r, Hook::After, Some(0), why))
+        }
+        // A Plan being deleted runs a failed after hook once more (above), then goes.
+        HookPhase::Failed if !on_delete && entry.hash.as_deref() == Some(&r.hash) => {
             failed(pass, r, Hook::After, &entry)
         }
         HookPhase::Failed | HookPhase::Succeeded => None,
@@ -299,17 +328,77 @@ pub(super) fn after(
                 && pass.ledger.skipped.is_empty()
                 && pass.ledger.failure.is_none();
             if done {
-                return Some(launch(
-                    pass,
-                    r,
-                    Hook::After,
-                    None,
-                    "runs after the last node",
-                ));
+                let why = "runs after the last node";
+                return Some(launch(pass, r, Hook::After, None, why));
+            }
+            if on_delete && !busy && r.ready {
+                let why = "runs because the Plan is being deleted";
+                return Some(launch(pass, r, Hook::After, None, why));
             }
             paused_long(pass, r, &entry, phase, busy)
         }
     }
+}
+
+/// `hooks.afterWhenDeleted` asks for the after hook, and the Plan is being deleted.
+fn when_deleted(pass: &Pass<'_, '_>) -> bool {
+    pass.cx.deleting() && asked_when_deleted(pass)
+}
+
+fn asked_when_deleted(pass: &Pass<'_, '_>) -> bool {
+    (pass.cx.plan.spec.hooks.as_ref())
+        .is_some_and(|h| h.after.is_some() && h.after_when_deleted == Some(true))
+}
+
+/// A failed hook failed before the Plan's deletion began (so deleting runs it once more).
+fn failed_before_deletion(pass: &Pass<'_, '_>, entry: &HookStatus) -> bool {
+    let deleted = pass
+        .cx
+        .plan
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0);
+    let since: Option<jiff::Timestamp> = entry.since.as_deref().and_then(|s| s.parse().ok());
+    matches!((deleted, since), (Some(d), Some(s)) if s < d)
+}
+
+/// `hooks.afterWhenDeleted`: the Plan carries the finalizer `upgrade.cattle.io/after-hook` while
+/// its after hook is owed (due, paused, running, or failed before any deletion), so deleting
+/// it runs the hook first. Once the hook ran (or failed while the Plan was being deleted, which
+/// a warning says), the finalizer goes and the Plan with it. None is added to a Plan being
+/// deleted (the API server forbids it).
+fn finalizer(pass: &mut Pass<'_, '_>) {
+    let entry = entry(pass, Hook::After);
+    let phase = entry.as_ref().and_then(|e| HookPhase::parse(&e.phase));
+    let owed = match (phase, &entry) {
+        (
+            Some(HookPhase::Due | HookPhase::Paused | HookPhase::Running | HookPhase::Starting),
+            _,
+        ) => true,
+        (Some(HookPhase::Failed), Some(e)) => {
+            !pass.cx.deleting() || failed_before_deletion(pass, e)
+        }
+        _ => false,
+    };
+    let wanted = asked_when_deleted(pass) && owed;
+    let has =
+        (pass.cx.plan.metadata.finalizers.iter().flatten()).any(|f| f == FINALIZER_AFTER_HOOK);
+    if wanted == has || (wanted && pass.cx.deleting()) {
+        return;
+    }
+    if !wanted
+        && pass.cx.deleting()
+        && let Some(e) = entry.filter(|_| phase == Some(HookPhase::Failed))
+    {
+        let text = format!(
+            "Plan {} is deleted without its after hook, which failed: {}",
+            pass.cx.plan_name,
+            e.message.unwrap_or_default()
+        );
+        pass.out.note(true, Reason::HookFailed, text);
+    }
+    pass.out.after.push(Change::Finalizer { on: wanted });
 }
 
 /// `hooks.afterWhenPausedFor`: an owed after hook of a Plan paused with nothing under way waits

@@ -96,9 +96,15 @@ impl<'a> Context<'a> {
         (cx, effects)
     }
 
-    /// `spec.paused` is true.
+    /// `spec.paused` is true, or the Plan is being deleted (a finalizer holds it): either way
+    /// nothing new starts and what runs finishes.
     pub fn paused(&self) -> bool {
-        self.plan.spec.paused == Some(true)
+        self.plan.spec.paused == Some(true) || self.deleting()
+    }
+
+    /// The Plan is being deleted (a finalizer, ours or another's, holds it).
+    pub fn deleting(&self) -> bool {
+        self.plan.metadata.deletion_timestamp.is_some()
     }
 
     /// The Plan cordons or drains: its Jobs wait in a gate for the controller.

@@ -193,7 +193,9 @@ fn pause_condition(
     applying: &[String],
 ) {
     let Tally { waiting, held, .. } = *tally;
-    let mut message = if paused {
+    let mut message = if pass.cx.deleting() {
+        format!("the Plan is being deleted: {waiting} node(s) wait and start no more")
+    } else if paused {
         format!("spec.paused is true: {waiting} node(s) wait; set it to false to resume")
     } else {
         format!(

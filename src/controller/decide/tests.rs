@@ -263,6 +263,16 @@ impl World {
                         node["metadata"]["annotations"][k] = json!(v);
                     }
                 }
+                Change::Finalizer { on } => {
+                    let key = "upgrade.cattle.io/after-hook";
+                    let meta = &mut self.plan["metadata"];
+                    let mut list = meta["finalizers"].as_array().cloned().unwrap_or_default();
+                    list.retain(|f| f != key);
+                    if *on {
+                        list.push(json!(key));
+                    }
+                    meta["finalizers"] = json!(list);
+                }
                 Change::ClearRetry { value } => {
                     let annotations = &mut self.plan["metadata"]["annotations"];
                     if annotations["upgrade.cattle.io/retry"] == value.as_str() {

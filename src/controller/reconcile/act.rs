@@ -298,6 +298,7 @@ pub(super) async fn apply(
             cordon::taint(&ctx.client, &plan.name_any(), node, *on, &may_write).await?;
         }
         Change::ClearRetry { value } => clear_retry(ctx, plan, value).await?,
+        Change::Finalizer { on } => finalizer(ctx, plan, *on).await?,
     }
     Ok(())
 }
@@ -336,6 +337,53 @@ pub(super) async fn clear_retry(
         // Gone, or changed meanwhile (the test failed).
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
         Err(e) => Err(ReconcileError::ClearRetry(e)),
+    }
+}
+
+/// Puts the after hook's finalizer on the Plan or takes it off, by a JSON patch that tests the
+/// list as this pass saw it (a 422 means it changed meanwhile: the next pass looks again).
+pub(super) async fn finalizer(ctx: &Context, plan: &Plan, on: bool) -> Result<(), ReconcileError> {
+    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    let Some(ops) = finalizer_patch(plan.metadata.finalizers.as_deref(), on) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(ops)
+        .map_err(|e| ReconcileError::Blocked(format!("building the finalizer patch: {e}")))?;
+    match api
+        .patch(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(on, "the after hook's finalizer");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
+        Err(e) => Err(ReconcileError::Finalizer(e)),
+    }
+}
+
+/// The JSON patch that adds (`on`) or removes the after hook's finalizer from `finalizers` as
+/// they are, testing them first; `None` when there is nothing to do.
+pub fn finalizer_patch(finalizers: Option<&[String]>, on: bool) -> Option<serde_json::Value> {
+    let list = finalizers.unwrap_or_default();
+    let at = list.iter().position(|f| f == FINALIZER_AFTER_HOOK);
+    match (on, at, finalizers) {
+        (true, None, None) => Some(serde_json::json!([
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER_AFTER_HOOK]},
+        ])),
+        (true, None, Some(list)) => Some(serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": list},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER_AFTER_HOOK},
+        ])),
+        (false, Some(i), _) => Some(serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER_AFTER_HOOK},
+            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+        ])),
+        _ => None,
     }
 }
 

@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
     ANNOTATION_DRAIN_FAILED, ANNOTATION_RETRY, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
-    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
+    FINALIZER_AFTER_HOOK, LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, Claimant, CordonError};
 use crate::controller::crd;
@@ -119,6 +119,8 @@ pub enum ReconcileError {
     LabelNode { node: String, error: kube::Error },
     #[error("removing the Plan's retry annotation: {0}")]
     ClearRetry(kube::Error),
+    #[error("writing the Plan's after-hook finalizer: {0}")]
+    Finalizer(kube::Error),
     #[error(transparent)]
     Cordon(#[from] CordonError),
     /// Something outside the controller blocks the Plan; said in an event, retried with backoff.
@@ -139,6 +141,7 @@ impl ReconcileError {
             Self::Job { .. } => "job",
             Self::LabelNode { .. } => "label_node",
             Self::ClearRetry(_) => "clear_retry",
+            Self::Finalizer(_) => "finalizer",
             Self::Cordon(_) => "cordon",
             Self::Blocked(_) => "blocked",
             Self::NotLeading => "not_leading",
@@ -950,5 +953,33 @@ mod patch_tests {
             job_fields_patch(&deadline),
             json!({"spec": {"activeDeadlineSeconds": 600}})
         );
+    }
+
+    #[test]
+    fn the_finalizer_is_added_and_removed_testing_the_list_as_seen() {
+        let key = FINALIZER_AFTER_HOOK;
+        assert_eq!(
+            finalizer_patch(None, true),
+            Some(json!([{"op": "add", "path": "/metadata/finalizers", "value": [key]}]))
+        );
+        let others = vec!["example.com/keep".to_owned()];
+        assert_eq!(
+            finalizer_patch(Some(&others), true),
+            Some(json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": ["example.com/keep"]},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": key},
+            ]))
+        );
+        let both = vec!["example.com/keep".to_owned(), key.to_owned()];
+        assert_eq!(
+            finalizer_patch(Some(&both), false),
+            Some(json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": key},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ]))
+        );
+        assert_eq!(finalizer_patch(Some(&both), true), None);
+        assert_eq!(finalizer_patch(Some(&others), false), None);
+        assert_eq!(finalizer_patch(None, false), None);
     }
 }

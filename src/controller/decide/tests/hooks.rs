@@ -252,3 +252,102 @@ fn removing_the_hooks_stops_their_jobs_and_clears_their_status() {
     assert_eq!(d.status.hooks, None);
     assert_eq!(created(&d), ["a"]);
 }
+
+fn finalizer_changes(decision: &Decision) -> Vec<bool> {
+    decision
+        .after
+        .iter()
+        .filter_map(|c| match c {
+            Change::Finalizer { on } => Some(*on),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finalizers(w: &World) -> Value {
+    w.plan["metadata"]["finalizers"].clone()
+}
+
+#[test]
+fn deleting_a_plan_runs_its_after_hook_first_when_asked() {
+    let mut hooks = both();
+    hooks["afterWhenDeleted"] = json!(true);
+    let mut w = World::new(hooked(hooks)).nodes(&["a", "b"]);
+    let d = w.step();
+    assert!(finalizer_changes(&d).is_empty(), "nothing owed yet");
+    w.finish_hook("before", true, NOW);
+    let d = w.step();
+    assert_eq!(created(&d), ["a"]);
+    assert_eq!(finalizer_changes(&d), [true], "the after hook is owed");
+    assert_eq!(finalizers(&w), json!(["upgrade.cattle.io/after-hook"]));
+
+    // Deleted while a upgrades: b never starts, a finishes, then the after hook runs.
+    w.plan["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:01:00Z");
+    let d = w.step();
+    assert!(created(&d).is_empty());
+    assert!(finalizer_changes(&d).is_empty(), "kept while owed");
+    let (_, reason, message) = condition(&d, COMPLETE);
+    assert_eq!(reason, "Paused");
+    assert!(
+        message.starts_with("the Plan is being deleted"),
+        "{message}"
+    );
+    w.finish_job("a", true, NOW);
+    let d = w.step();
+    assert_eq!(created(&d), ["hook/after"], "b does not start");
+    let after = hook(&d, "after");
+    assert_eq!(after.phase, "Running");
+    assert!(after.message.unwrap().contains("being deleted"));
+    w.finish_hook("after", true, LATER);
+    let d = w.step();
+    assert_eq!(finalizer_changes(&d), [false], "the Plan may go");
+    assert_eq!(finalizers(&w), json!([]));
+}
+
+#[test]
+fn without_after_when_deleted_no_finalizer_is_added() {
+    let mut w = World::new(hooked(both())).nodes(&["a"]);
+    w.step();
+    w.finish_hook("before", true, NOW);
+    let d = w.step();
+    assert_eq!(created(&d), ["a"]);
+    assert!(finalizer_changes(&d).is_empty());
+    assert!(w.plan["metadata"].get("finalizers").is_none());
+}
+
+#[test]
+fn a_failed_after_hook_runs_once_more_on_deletion_then_the_plan_goes_with_a_warning() {
+    let mut hooks = json!({"after": {"image": "alpine:3.20"}, "afterWhenDeleted": true});
+    hooks["after"]["command"] = json!(["false"]);
+    let mut w = World::new(hooked(hooks)).nodes(&["a"]);
+    w.step();
+    w.finish_job("a", true, NOW);
+    assert_eq!(created(&w.step()), ["hook/after"]);
+    w.finish_hook("after", false, NOW);
+    let d = w.step();
+    assert_eq!(condition(&d, COMPLETE).1, "HookFailed");
+    assert!(
+        finalizer_changes(&d).is_empty(),
+        "kept: the hook is still owed"
+    );
+
+    w.plan["metadata"]["deletionTimestamp"] = json!(LATER);
+    w.now = LATER.into();
+    let d = w.step();
+    assert_eq!(
+        deleted(&d).len(),
+        1,
+        "the failed Job goes, to run once more"
+    );
+    assert_eq!(created(&w.step()), ["hook/after"]);
+    w.finish_hook("after", false, "2026-11-23T10:06:00Z");
+    w.now = "2026-11-23T10:06:00Z".into();
+    let d = w.step();
+    assert_eq!(finalizer_changes(&d), [false]);
+    let warning = d
+        .notes
+        .iter()
+        .find(|n| n.message.contains("is deleted without its after hook"))
+        .expect("a warning says the hook did not run");
+    assert!(warning.warning);
+}
