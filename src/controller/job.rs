@@ -313,16 +313,30 @@ fn job(
         template_hash(&template, plan.spec.drain.as_ref()),
     );
     annotations.insert(ANNOTATION_RUN.into(), run_hash(plan));
+    let name = job_name(&parts.plan_name, node_name, &parts.hash);
+    owned_job(plan, settings, name, (labels, annotations), ttl, template)
+}
+
+/// A Job of the Plan (its controller owner), run once, with the settings' backoff limit and pod
+/// replacement policy, the Plan's deadline and the TTL `ttl`.
+fn owned_job(
+    plan: &Plan,
+    settings: &JobSettings,
+    name: String,
+    (labels, annotations): (BTreeMap<String, String>, BTreeMap<String, String>),
+    ttl: i32,
+    template: PodTemplateSpec,
+) -> Job {
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&parts.plan_name, node_name, &parts.hash)),
+            name: Some(name),
             namespace: plan.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references: Some(vec![OwnerReference {
                 api_version: PLAN_API_VERSION.into(),
                 kind: PLAN_KIND.into(),
-                name: parts.plan_name.clone(),
+                name: plan.metadata.name.clone().unwrap_or_default(),
                 uid: plan.metadata.uid.clone().unwrap_or_default(),
                 controller: Some(true),
                 block_owner_deletion: Some(false),

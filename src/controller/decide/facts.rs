@@ -151,6 +151,12 @@ pub fn finished_at(job: &Job) -> Option<(bool, Timestamp)> {
 /// "Job <ns>/<job> failed on Node <node>: <reason>: <message>", as in the Go controller.
 pub(super) fn failure_message(job: &Job, namespace: &str, node: &str) -> String {
     let name = job.metadata.name.clone().unwrap_or_default();
+    let (reason, message) = failed_condition(job);
+    format!("Job {namespace}/{name} failed on Node {node}: {reason}: {message}")
+}
+
+/// The reason and message of a Job's Failed condition (empty when it has none).
+pub(super) fn failed_condition(job: &Job) -> (String, String) {
     let failed = job
         .status
         .as_ref()
@@ -158,7 +164,7 @@ pub(super) fn failure_message(job: &Job, namespace: &str, node: &str) -> String 
         .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"));
     let reason = failed.and_then(|c| c.reason.clone()).unwrap_or_default();
     let message = failed.and_then(|c| c.message.clone()).unwrap_or_default();
-    format!("Job {namespace}/{name} failed on Node {node}: {reason}: {message}")
+    (reason, message)
 }
 
 /// The Plan's postCompleteLabels with `$(LATEST_VERSION)` and `$(LATEST_HASH)` expanded the

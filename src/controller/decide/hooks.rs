@@ -18,7 +18,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 
 use super::decision::{Change, Note, Refusal, Tally, Target};
-use super::facts::{finished_at, uid_of, until};
+use super::facts::{failed_condition, finished_at, uid_of, until};
 use super::holds::Gate;
 use super::jobs::{Jobs, expire};
 use super::pass::Pass;
@@ -588,13 +588,7 @@ fn running_gate(hook: Hook, entry: &HookStatus) -> Gate {
 /// Why a hook's Job failed, from its Failed condition.
 fn failure(job: &Job, hook: Hook) -> String {
     let name = job.metadata.name.clone().unwrap_or_default();
-    let failed = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"));
-    let reason = failed.and_then(|c| c.reason.clone()).unwrap_or_default();
-    let message = failed.and_then(|c| c.message.clone()).unwrap_or_default();
+    let (reason, message) = failed_condition(job);
     format!(
         "the {} hook's Job {name} failed: {reason}: {message}",
         hook.as_str()

@@ -3,17 +3,17 @@
 //! class and Secrets; labelled with the Plan, its version and hash like a node's Job, and with
 //! the hook instead of a node.
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    JobSettings, active_deadline, copied_annotations, copied_labels, image_with_version,
-    secret_volumes, shorten, value_env,
+    JobSettings, copied_annotations, copied_labels, image_with_version, owned_job, secret_volumes,
+    shorten, value_env,
 };
 use crate::api::{
     ANNOTATION_TTL, ContainerSpec, LABEL_CONTROLLER, LABEL_HOOK, LABEL_PLAN, LABEL_VERSION,
-    PLAN_API_VERSION, PLAN_KIND, PLAN_LABEL_PREFIX, Plan,
+    PLAN_LABEL_PREFIX, Plan,
 };
 
 /// Which hook of a Plan.
@@ -120,38 +120,17 @@ pub fn hook_job(plan: &Plan, hook: Hook, settings: &JobSettings) -> Option<Job> 
             ..PodSpec::default()
         }),
     };
-    Some(Job {
-        metadata: ObjectMeta {
-            name: Some(hook_job_name(&plan_name, hook, &hash)),
-            namespace: plan.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: Some({
-                let mut annotations = annotations;
-                annotations.insert(ANNOTATION_TTL.to_owned(), ttl.to_string());
-                annotations
-            }),
-            owner_references: Some(vec![OwnerReference {
-                api_version: PLAN_API_VERSION.into(),
-                kind: PLAN_KIND.into(),
-                name: plan_name,
-                uid: plan.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(false),
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            completions: Some(1),
-            parallelism: Some(1),
-            backoff_limit: Some(settings.backoff_limit),
-            active_deadline_seconds: active_deadline(plan.spec.job_active_deadline_secs, settings),
-            ttl_seconds_after_finished: Some(ttl),
-            pod_replacement_policy: Some(settings.pod_replacement_policy.clone()),
-            template,
-            ..JobSpec::default()
-        }),
-        status: None,
-    })
+    let mut annotations = annotations;
+    annotations.insert(ANNOTATION_TTL.to_owned(), ttl.to_string());
+    let name = hook_job_name(&plan_name, hook, &hash);
+    Some(owned_job(
+        plan,
+        settings,
+        name,
+        (labels, annotations),
+        ttl,
+        template,
+    ))
 }
 
 /// The hook a Job of a Plan runs, if it is a hook's.

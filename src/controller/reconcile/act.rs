@@ -310,45 +310,47 @@ pub(super) async fn clear_retry(
     plan: &Plan,
     value: &str,
 ) -> Result<(), ReconcileError> {
-    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
     let path = format!(
         "/metadata/annotations/{}",
         ANNOTATION_RETRY.replace('/', "~1")
     );
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+    let ops = serde_json::json!([
         {"op": "test", "path": path, "value": value},
         {"op": "remove", "path": path},
-    ]))
-    .map_err(|e| {
-        ReconcileError::Blocked(format!("building the retry annotation's removal: {e}"))
-    })?;
-    match api
-        .patch(
-            &plan.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
+    ]);
+    if patch_plan(ctx, plan, ops)
         .await
+        .map_err(ReconcileError::ClearRetry)?
     {
-        Ok(_) => {
-            tracing::info!(request = value, "acted on the retry annotation");
-            Ok(())
-        }
-        // Gone, or changed meanwhile (the test failed).
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
-        Err(e) => Err(ReconcileError::ClearRetry(e)),
+        tracing::info!(request = value, "acted on the retry annotation");
     }
+    Ok(())
 }
 
 /// Puts the after hook's finalizer on the Plan or takes it off, by a JSON patch that tests the
-/// list as this pass saw it (a 422 means it changed meanwhile: the next pass looks again).
+/// list as this pass saw it.
 pub(super) async fn finalizer(ctx: &Context, plan: &Plan, on: bool) -> Result<(), ReconcileError> {
-    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
     let Some(ops) = finalizer_patch(plan.metadata.finalizers.as_deref(), on) else {
         return Ok(());
     };
-    let patch: json_patch::Patch = serde_json::from_value(ops)
-        .map_err(|e| ReconcileError::Blocked(format!("building the finalizer patch: {e}")))?;
+    if patch_plan(ctx, plan, ops)
+        .await
+        .map_err(ReconcileError::Finalizer)?
+    {
+        tracing::info!(on, "the after hook's finalizer");
+    }
+    Ok(())
+}
+
+/// Applies a JSON patch (testing first what the pass saw, where it can) to the Plan; whether it
+/// applied. A Plan gone, or changed meanwhile (the test failed: 422), is left to the next pass.
+async fn patch_plan(
+    ctx: &Context,
+    plan: &Plan,
+    ops: serde_json::Value,
+) -> Result<bool, kube::Error> {
+    let api: Api<Plan> = Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(kube::Error::SerdeError)?;
     match api
         .patch(
             &plan.name_any(),
@@ -357,12 +359,9 @@ pub(super) async fn finalizer(ctx: &Context, plan: &Plan, on: bool) -> Result<()
         )
         .await
     {
-        Ok(_) => {
-            tracing::info!(on, "the after hook's finalizer");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(()),
-        Err(e) => Err(ReconcileError::Finalizer(e)),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
