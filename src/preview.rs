@@ -842,4 +842,25 @@ mod tests {
         );
         assert!(!text.contains("then:"), "{text}");
     }
+
+    #[test]
+    fn hooks_are_shown_before_the_first_batch_and_after_the_last() {
+        let spec = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
+            "hooks": {"before": {"image": "alpine:3.20"}, "after": {"image": "alpine:3.20"}},
+            "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let plan = plan(spec);
+        let nodes = [node("a", json!({})), node("b", json!({}))];
+        let text = report(&input(&plan, Some(&plan), &nodes));
+        let order: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("order:"))
+            .skip(1)
+            .map(str::trim)
+            .collect();
+        assert!(order[0].starts_with("first: the before hook"), "{text}");
+        assert!(order[1].starts_with("1: "), "{text}");
+        assert!(order[2].starts_with("2: "), "{text}");
+        assert!(order[3].starts_with("last: the after hook"), "{text}");
+        assert!(!text.contains("then:"), "the rollout completes: {text}");
+    }
 }
