@@ -58,7 +58,7 @@ pub const RECONCILE_ERRORS: [&str; 9] = [
     "write_status",
     "job",
     "label_node",
-    "clear_retry",
+    "clear_annotation",
     "finalizer",
     "cordon",
     "blocked",

@@ -19,8 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::api::{
-    ANNOTATION_DRAINED, ANNOTATION_RETRY, FINALIZER_AFTER_HOOK, LABEL_NODE, LABEL_VERSION,
-    PLAN_LABEL_PREFIX, Plan,
+    ANNOTATION_DRAINED, FINALIZER_AFTER_HOOK, LABEL_NODE, LABEL_VERSION, PLAN_LABEL_PREFIX, Plan,
 };
 use crate::controller::cordon::{self, Claimant};
 use crate::controller::decide::{
@@ -311,11 +310,11 @@ impl Cluster {
                     list.push(FINALIZER_AFTER_HOOK.to_owned());
                 }
             }
-            Change::ClearRetry { value } => {
+            Change::ClearAnnotation { key, value } => {
                 if let Some(annotations) = self.plan.metadata.annotations.as_mut()
-                    && annotations.get(ANNOTATION_RETRY) == Some(value)
+                    && annotations.get(*key) == Some(value)
                 {
-                    annotations.remove(ANNOTATION_RETRY);
+                    annotations.remove(*key);
                 }
             }
             Change::Taint { node, on } => {

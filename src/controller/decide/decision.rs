@@ -177,8 +177,10 @@ pub enum Change {
     Release {
         node: String,
     },
-    /// Remove the Plan's retry annotation, if it still has this value: the request was acted on.
-    ClearRetry {
+    /// Remove an annotation of the Plan (retry, cancel, resume), if it still has this value: the
+    /// request was acted on.
+    ClearAnnotation {
+        key: &'static str,
         value: String,
     },
     /// Put the Plan's finalizer `upgrade.cattle.io/after-hook` on the Plan (`on`), or take it
@@ -210,7 +212,7 @@ impl Change {
             | Change::Release { .. }
             | Change::Taint { .. }
             | Change::Finalizer { .. }
-            | Change::ClearRetry { .. } => None,
+            | Change::ClearAnnotation { .. } => None,
         }
     }
 

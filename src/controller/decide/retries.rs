@@ -266,7 +266,10 @@ pub(super) fn consume_retry_request(pass: &mut Pass<'_, '_>) {
             ),
         );
     }
-    pass.out.after.push(Change::ClearRetry { value });
+    pass.out.after.push(Change::ClearAnnotation {
+        key: ANNOTATION_RETRY,
+        value,
+    });
 }
 
 /// When a failed node is tried again.

@@ -273,13 +273,10 @@ impl World {
                     }
                     meta["finalizers"] = json!(list);
                 }
-                Change::ClearRetry { value } => {
+                Change::ClearAnnotation { key, value } => {
                     let annotations = &mut self.plan["metadata"]["annotations"];
-                    if annotations["upgrade.cattle.io/retry"] == value.as_str() {
-                        annotations
-                            .as_object_mut()
-                            .unwrap()
-                            .remove("upgrade.cattle.io/retry");
+                    if annotations[*key] == value.as_str() {
+                        annotations.as_object_mut().unwrap().remove(*key);
                     }
                 }
                 Change::Taint { node, on } => {
@@ -2153,7 +2150,7 @@ fn the_retry_annotation_retries_failed_nodes_now_and_is_consumed() {
     assert!(
         one.after
             .iter()
-            .any(|c| matches!(c, Change::ClearRetry { value } if *value == running[0]))
+            .any(|c| matches!(c, Change::ClearAnnotation { value, .. } if *value == running[0]))
     );
     assert!(
         world.plan["metadata"]["annotations"]
@@ -2186,7 +2183,7 @@ fn the_retry_annotation_retries_failed_nodes_now_and_is_consumed() {
         unmatched
             .after
             .iter()
-            .any(|c| matches!(c, Change::ClearRetry { .. }))
+            .any(|c| matches!(c, Change::ClearAnnotation { .. }))
     );
 }
 
@@ -2988,7 +2985,7 @@ fn the_retry_annotation_stays_until_a_pass_can_act_on_it() {
         !closed
             .after
             .iter()
-            .any(|c| matches!(c, Change::ClearRetry { .. })),
+            .any(|c| matches!(c, Change::ClearAnnotation { .. })),
         "a pass that waits for its window did not act on it"
     );
     world.plan["spec"]["version"] = Value::Null;
@@ -2997,7 +2994,7 @@ fn the_retry_annotation_stays_until_a_pass_can_act_on_it() {
         !unresolved
             .after
             .iter()
-            .any(|c| matches!(c, Change::ClearRetry { .. }))
+            .any(|c| matches!(c, Change::ClearAnnotation { .. }))
     );
 }
 

@@ -297,32 +297,30 @@ pub(super) async fn apply(
             let may_write = || ctx.proved();
             cordon::taint(&ctx.client, &plan.name_any(), node, *on, &may_write).await?;
         }
-        Change::ClearRetry { value } => clear_retry(ctx, plan, value).await?,
+        Change::ClearAnnotation { key, value } => clear_annotation(ctx, plan, key, value).await?,
         Change::Finalizer { on } => finalizer(ctx, plan, *on).await?,
     }
     Ok(())
 }
 
-/// Removes the retry annotation the pass acted on, unless it was changed meanwhile (then the
-/// next pass acts on the new request).
-pub(super) async fn clear_retry(
+/// Removes an annotation the pass acted on (retry, cancel, resume), unless it was changed
+/// meanwhile (then the next pass acts on the new request).
+pub(super) async fn clear_annotation(
     ctx: &Context,
     plan: &Plan,
+    key: &str,
     value: &str,
 ) -> Result<(), ReconcileError> {
-    let path = format!(
-        "/metadata/annotations/{}",
-        ANNOTATION_RETRY.replace('/', "~1")
-    );
+    let path = format!("/metadata/annotations/{}", key.replace('/', "~1"));
     let ops = serde_json::json!([
         {"op": "test", "path": path, "value": value},
         {"op": "remove", "path": path},
     ]);
     if patch_plan(ctx, plan, ops)
         .await
-        .map_err(ReconcileError::ClearRetry)?
+        .map_err(ReconcileError::ClearAnnotation)?
     {
-        tracing::info!(request = value, "acted on the retry annotation");
+        tracing::info!(annotation = key, request = value, "acted on the annotation");
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ANNOTATION_DRAIN_FAILED, ANNOTATION_RETRY, ANNOTATION_TEMPLATE, ANNOTATION_TTL,
-    FINALIZER_AFTER_HOOK, LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
+    ANNOTATION_DRAIN_FAILED, ANNOTATION_TEMPLATE, ANNOTATION_TTL, FINALIZER_AFTER_HOOK,
+    LABEL_CONTROLLER, LABEL_PLAN, Plan, Reason,
 };
 use crate::controller::cordon::{self, Claimant, CordonError};
 use crate::controller::crd;
@@ -117,8 +117,8 @@ pub enum ReconcileError {
     },
     #[error("labelling node {node} done: {error}")]
     LabelNode { node: String, error: kube::Error },
-    #[error("removing the Plan's retry annotation: {0}")]
-    ClearRetry(kube::Error),
+    #[error("removing an annotation the Plan's pass acted on: {0}")]
+    ClearAnnotation(kube::Error),
     #[error("writing the Plan's after-hook finalizer: {0}")]
     Finalizer(kube::Error),
     #[error(transparent)]
@@ -140,7 +140,7 @@ impl ReconcileError {
             Self::WriteStatus(_) => "write_status",
             Self::Job { .. } => "job",
             Self::LabelNode { .. } => "label_node",
-            Self::ClearRetry(_) => "clear_retry",
+            Self::ClearAnnotation(_) => "clear_annotation",
             Self::Finalizer(_) => "finalizer",
             Self::Cordon(_) => "cordon",
             Self::Blocked(_) => "blocked",

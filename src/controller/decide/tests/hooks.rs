@@ -138,7 +138,7 @@ fn a_failed_hook_holds_the_rollout_until_the_retry_annotation_names_it() {
     assert!(
         d.after
             .iter()
-            .any(|c| matches!(c, Change::ClearRetry { .. })),
+            .any(|c| matches!(c, Change::ClearAnnotation { .. })),
         "the annotation is consumed"
     );
     assert!(!reasons(&d).contains(&"Retrying"), "{:?}", reasons(&d));
