@@ -443,6 +443,7 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             Reason::WaitingForServers,
             Reason::RunningHook,
             Reason::HookFailed,
+            Reason::Cancelled,
         ];
         if holding.iter().any(|r| r.as_str() == reason) {
             notes.push(message);

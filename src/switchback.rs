@@ -110,6 +110,18 @@ pub fn findings(
                  /metadata/finalizers",
             ));
         }
+        if let Some(cancelled) = plan.status.as_ref().and_then(|s| s.cancelled.as_ref()) {
+            found.push(Finding::must(
+                object.clone(),
+                format!(
+                    "its rollout of hash {} is cancelled; the Go controller has no cancel and \
+                     would start the nodes left at once",
+                    cancelled.hash
+                ),
+                "leave the Plan cancelled here until the nodes may run, or delete it (or its \
+                 nodeSelector) before switching",
+            ));
+        }
         if spec.paused == Some(true) {
             found.push(Finding::must(
                 object.clone(),
@@ -372,6 +384,15 @@ mod tests {
                 hooked.metadata.finalizers = Some(vec![FINALIZER_AFTER_HOOK.to_owned()]);
                 hooked
             },
+            {
+                let mut cancelled = plan(
+                    "cancelled",
+                    json!({"concurrency": 1, "upgrade": {"image": "x"}}),
+                );
+                cancelled.status =
+                    serde_json::from_value(json!({"cancelled": {"hash": "h1"}})).unwrap();
+                cancelled
+            },
         ];
         let jobs = [
             gated_job("waiting", false),
@@ -396,6 +417,7 @@ mod tests {
                 "Plan system-upgrade/long",
                 "Plan system-upgrade/held",
                 "Plan system-upgrade/hooked",
+                "Plan system-upgrade/cancelled",
                 "Job system-upgrade/job-waiting",
                 "Job system-upgrade/job-failed",
                 "Node agent-1",
@@ -415,7 +437,7 @@ mod tests {
         );
         let text = report(&found, "system-upgrade");
         assert!(
-            text.starts_with("7 thing(s) to change before the Go controller takes over:\n"),
+            text.starts_with("8 thing(s) to change before the Go controller takes over:\n"),
             "{text}"
         );
         assert!(text.contains("Plan os by this controller"), "{text}");

@@ -1,7 +1,8 @@
 -- Argo CD health check for upgrade.cattle.io/Plan (system-upgrade-controller in Rust).
 -- Healthy: every selected node runs the latest version. Progressing: the controller has not yet
 -- seen the latest spec, or the rollout is under way (or waits for its window or channel).
--- Suspended: spec.paused, or the nodes left are labelled upgrade.cattle.io/pause=true.
+-- Suspended: spec.paused, the nodes left are labelled upgrade.cattle.io/pause=true, or the
+-- rollout was cancelled (upgrade.cattle.io/cancel).
 -- Degraded: a node's Job or drain failed, or the Plan is invalid.
 local hs = {}
 local status = obj.status
@@ -32,7 +33,7 @@ if complete.status == "True" then
   hs.message = "upgraded " .. progress .. " nodes"
   return hs
 end
-if complete.reason == "Paused" then
+if complete.reason == "Paused" or complete.reason == "Cancelled" then
   hs.status = "Suspended"
   hs.message = complete.message
   return hs

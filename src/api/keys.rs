@@ -93,3 +93,10 @@ pub const LABEL_PAUSE: &str = "upgrade.cattle.io/pause";
 /// Plan annotation asking to retry failed nodes now: `all`, or node names separated by commas.
 /// The controller removes it once it has acted on it.
 pub const ANNOTATION_RETRY: &str = "upgrade.cattle.io/retry";
+
+/// Plan annotation cancelling the rollout of the current version (any value): upgrades not begun
+/// stop, begun ones finish, nothing new starts. The controller removes it once acted on.
+pub const ANNOTATION_CANCEL: &str = "upgrade.cattle.io/cancel";
+
+/// Plan annotation resuming a cancelled rollout (any value); removed once acted on.
+pub const ANNOTATION_RESUME: &str = "upgrade.cattle.io/resume";

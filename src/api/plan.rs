@@ -232,6 +232,10 @@ pub struct Hooks {
     /// the Plan (and its namespace) while the controller is not running: remove it by hand then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_when_deleted: Option<bool>,
+    /// When true, cancelling the rollout (`upgrade.cattle.io/cancel`) runs the owed after hook
+    /// once the upgrades under way have finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_when_cancelled: Option<bool>,
 }
 
 /// A host path volume mounted into a container.
@@ -731,6 +735,24 @@ pub struct PlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub hooks: Option<Vec<HookStatus>>,
+    /// Set while the rollout of `latestHash` is cancelled (`upgrade.cattle.io/cancel`): nothing new
+    /// starts until `upgrade.cattle.io/resume` or a new version or hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
+}
+
+/// A cancelled rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancellation {
+    /// The Plan hash whose rollout is cancelled.
+    pub hash: String,
+    /// Its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When it was cancelled (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// Where a hook (`spec.hooks`) stands.

@@ -165,8 +165,12 @@ wire_words! {
         /// Condition and event: `spec.paused`, or the pause label on every node left, holds the
         /// rollout.
         Paused,
-        /// Event: the Plan was paused and starts nodes again.
+        /// Event: the Plan was paused (or its rollout cancelled) and starts nodes again.
         Resumed,
+        /// Condition and event: the rollout of the current version was cancelled
+        /// (`upgrade.cattle.io/cancel`); nothing new starts until it is resumed or the version
+        /// changes.
+        Cancelled,
         /// Condition and event: a health gate (`spec.healthGates`) holds the rollout.
         WaitingForHealth,
         /// Condition and event: the Plan CRD in the cluster lacks fields of this controller's

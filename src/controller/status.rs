@@ -116,6 +116,7 @@ pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<se
             "observedGeneration",
             "progress",
             "hooks",
+            "cancelled",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
@@ -202,7 +203,7 @@ mod tests {
                 "metadata": {"resourceVersion": "42"},
                 "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
                            "applying": null, "nodes": null, "observedGeneration": null,
-                           "progress": null, "hooks": null},
+                           "progress": null, "hooks": null, "cancelled": null},
             })
         );
     }

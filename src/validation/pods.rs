@@ -36,11 +36,16 @@ pub(super) fn check_hooks(hooks: &Hooks, report: &mut Report) {
     if hooks.before.is_none() && hooks.after.is_none() {
         report.warn("spec.hooks names neither before nor after, so no hook runs; remove it");
     }
-    if hooks.after_when_deleted == Some(true) && hooks.after.is_none() {
-        report.problem(
-            "spec.hooks.afterWhenDeleted",
-            "there is no after hook to run; set spec.hooks.after or remove this field",
-        );
+    for (field, set) in [
+        ("spec.hooks.afterWhenDeleted", hooks.after_when_deleted),
+        ("spec.hooks.afterWhenCancelled", hooks.after_when_cancelled),
+    ] {
+        if set == Some(true) && hooks.after.is_none() {
+            report.problem(
+                field,
+                "there is no after hook to run; set spec.hooks.after or remove this field",
+            );
+        }
     }
     if let Some(wait) = &hooks.after_when_paused_for {
         let field = "spec.hooks.afterWhenPausedFor";

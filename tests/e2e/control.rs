@@ -1098,3 +1098,116 @@ pub fn deleting_a_plan_runs_its_after_hook_first_when_asked(ctx: &Ctx) {
     }
     s.cleanup();
 }
+
+/// `upgrade.cattle.io/cancel`: the upgrade that began finishes, the Job whose pod never began is
+/// deleted, nothing new starts, and Complete says Cancelled with the nodes done and not; the
+/// resume annotation starts the rest. Three nodes, concurrency 2: one node's upgrade runs, one
+/// node's pod cannot be scheduled (a taint it does not tolerate), one waits its turn.
+pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx: &Ctx) {
+    use k8s_openapi::api::batch::v1::Job;
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "cancel", 3);
+    let blocked = s.nodes[0].clone();
+    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
+        .expect_ok();
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    plan["cordon"] = json!(true);
+    s.apply_plan(
+        "cancel",
+        plan,
+        json!({"annotations": {"suc-test/duration": "25s"}}),
+    );
+    let node_of = |j: &Job| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone();
+    // One upgrade runs, the blocked node's pod is Pending.
+    let running = wait(
+        "an upgrade to run and the blocked node's Job to exist",
+        2 * MINUTE,
+        || {
+            let jobs = s.jobs("cancel");
+            let names: Vec<String> = jobs.iter().map(node_of).collect();
+            let running = s.plan_json("cancel")["status"]["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["phase"] == "Upgrading")
+                .map(|e| e["name"].as_str().unwrap().to_owned());
+            running.filter(|_| names.contains(&blocked))
+        },
+    );
+    assert_ne!(running, blocked);
+    let waiting: Vec<&String> = s
+        .nodes
+        .iter()
+        .filter(|n| **n != running && **n != blocked)
+        .collect();
+
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "cancel",
+        "upgrade.cattle.io/cancel=true",
+    ])
+    .expect_ok();
+    let message = s.wait_condition("cancel", "Complete", "False", "Cancelled", MINUTE);
+    assert!(
+        message.contains(&format!("the upgrades that began on {running} finish")),
+        "{message}"
+    );
+    wait("the blocked node's Job to go", MINUTE, || {
+        (!s.jobs("cancel").iter().any(|j| node_of(j) == blocked)).then_some(())
+    });
+    wait("the annotation to be removed", MINUTE, || {
+        s.plan_json("cancel")["metadata"]["annotations"]
+            .get("upgrade.cattle.io/cancel")
+            .is_none()
+            .then_some(())
+    });
+    // The begun upgrade finishes and is labelled; nothing else starts.
+    let message = wait("the begun upgrade to finish", 2 * MINUTE, || {
+        s.condition("cancel", "Complete")
+            .map(|(_, _, m)| m)
+            .filter(|m| m.contains("1 of 3 node(s) done"))
+    });
+    assert!(message.contains(&format!("(node {running})")), "{message}");
+    assert!(
+        s.node_label(&running, "plan.upgrade.cattle.io/cancel")
+            .is_some()
+    );
+    assert!(!s.unschedulable(&running), "uncordoned once done");
+    assert!(s.condition("cancel", "Stalled").unwrap().0 == "False");
+    std::thread::sleep(Duration::from_secs(3));
+    let nodes: Vec<String> = s.jobs("cancel").iter().map(node_of).collect();
+    assert_eq!(nodes, std::slice::from_ref(&running), "nothing new started");
+    assert!(!nodes.contains(waiting[0]));
+    assert!(
+        s.plan_events("cancel")
+            .iter()
+            .any(|e| e.starts_with("Cancelled: Plan cancel: the rollout of version")),
+        "{:?}",
+        s.plan_events("cancel")
+    );
+
+    // Resumed (the taint gone): the other two run and the Plan completes.
+    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block-"])
+        .expect_ok();
+    patch_plan(
+        ctx,
+        "cancel",
+        json!({"metadata": {"annotations": {"suc-test/duration": "1s"}}}),
+    );
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "cancel",
+        "upgrade.cattle.io/resume=true",
+    ])
+    .expect_ok();
+    s.wait_condition("cancel", "Complete", "True", "Complete", 2 * MINUTE);
+    assert!(s.plan_json("cancel")["status"].get("cancelled").is_none());
+    s.cleanup();
+}

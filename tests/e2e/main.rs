@@ -108,6 +108,7 @@ const TESTS: &[Test] = tests! {
     cluster control::object_gates_hold_the_rollout_until_their_expression_is_true,
     cluster control::hooks_run_once_around_the_rollout_in_order,
     cluster control::deleting_a_plan_runs_its_after_hook_first_when_asked,
+    cluster control::a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request,
     cluster control::preview_shows_what_a_plan_would_do_and_the_controller_does_it,
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,

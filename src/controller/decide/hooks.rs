@@ -335,6 +335,12 @@ fn run_after(
                 let why = "runs because the Plan is being deleted";
                 return Some(launch(pass, r, Hook::After, None, why));
             }
+            let on_cancel = (pass.cx.plan.spec.hooks.as_ref())
+                .is_some_and(|h| h.after_when_cancelled == Some(true));
+            if r.cancelled && on_cancel && !busy && r.ready {
+                let why = "runs because the rollout was cancelled";
+                return Some(launch(pass, r, Hook::After, None, why));
+            }
             paused_long(pass, r, &entry, phase, busy)
         }
     }

@@ -28,6 +28,7 @@
 //! Only starting something new needs a valid, resolved Plan; finishing what runs never waits
 //! for it.
 
+mod cancel;
 mod choose;
 mod decision;
 mod facts;
@@ -75,7 +76,7 @@ pub const CONCURRENCY_UNSET: &str = "spec.concurrency: not set, so this Plan upg
 pub fn decide(obs: &Observed<'_>) -> Decision {
     let (cx, effects) = Context::new(obs);
     let mut pass = Pass::new(&cx, effects);
-    let resolved = plan::judge(&mut pass);
+    let mut resolved = plan::judge(&mut pass);
     let ready = resolved.ready;
     if resolved.version.is_empty() || resolved.hash.is_empty() {
         // Never resolved: no Job of this Plan can be judged yet; what runs keeps its place.
@@ -86,12 +87,16 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     }
     let jobs = jobs::sort(&mut pass, &resolved);
     hooks::follow(&mut pass, &resolved);
+    resolved.cancelled = cancel::judge(&mut pass, &resolved);
+    let cancelled = resolved.cancelled;
     retries::carry_skipped(&mut pass, &resolved);
     let mut gate = holds::gate(&mut pass, &resolved);
     if ready {
         versions::find_holds(&mut pass, &resolved);
     }
-    let chosen = if ready {
+    let chosen = if cancelled {
+        cancel::begun(&pass, &jobs)
+    } else if ready {
         let chosen = choose::select(&pass, &resolved, &jobs, gate.is_some());
         let open = gate.is_none() && !holds::window_closed(&pass, &jobs, &chosen);
         match open.then(|| hooks::before(&mut pass, &resolved, &jobs, &chosen)) {
@@ -121,13 +126,18 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
                 .contains(n.metadata.name.as_deref().unwrap_or_default())
         })
         .collect();
-    if ready {
-        release::leftovers(&mut pass, &jobs, &selected);
+    if ready || cancelled {
+        release::leftovers(&mut pass, &jobs, &selected, cancelled);
     }
     release::stranded_pods(&mut pass);
-    taints::mark(&mut pass, &resolved, ready);
+    taints::mark(&mut pass, &resolved, ready && !cancelled);
     let tally = progress::count(&pass, &resolved, &selected);
-    let busy = !choose::under_way(&pass, &jobs).is_empty();
+    // A cancelled rollout keeps only what began: its other Jobs go in this pass.
+    let busy = if cancelled {
+        !selected.is_empty()
+    } else {
+        !choose::under_way(&pass, &jobs).is_empty()
+    };
     let after_hook = hooks::after(&mut pass, &resolved, &tally, &selected, busy);
     if ready {
         // Only a pass that could act on the retry annotation consumes it.

@@ -26,6 +26,9 @@ pub(super) struct Resolved {
     /// A Plan CRD that lacks this controller's spec fields holds new starts: the reason for
     /// the Complete condition and what to say.
     pub crd_hold: Option<(Reason, String)>,
+    /// The rollout of this hash is cancelled (`upgrade.cattle.io/cancel`): only upgrades that
+    /// began go on (set by [`super::cancel`]).
+    pub cancelled: bool,
 }
 
 /// Validates, resolves and hashes the Plan, setting `Validated`, `LatestResolved` and
@@ -44,6 +47,7 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>) -> Resolved {
         version,
         hash,
         crd_hold,
+        cancelled: false,
     }
 }
 

@@ -78,6 +78,10 @@ fn complete_condition(
 ) {
     let ready = r.ready;
     let applying = node_names(selected);
+    if r.cancelled {
+        super::cancel::condition(pass, r, &applying);
+        return;
+    }
     let reason_before = status::get(&pass.out.conditions, COMPLETE).and_then(|c| c.reason.clone());
     let was_paused = reason_before.as_deref() == Some(Reason::Paused.as_str());
     let paused = pass.cx.paused();
@@ -316,7 +320,8 @@ fn kstatus_conditions(out: &mut Effects) {
     let invalid = status::is(&out.conditions, VALIDATED, "False");
     let (reconciling, stalled) = match reason {
         _ if complete_true => (None, None),
-        Some(Reason::Paused) => (None, None),
+        // At rest as asked: a pause, a cancelled rollout.
+        Some(Reason::Paused | Reason::Cancelled) => (None, None),
         Some(
             failed @ (Reason::JobFailed
             | Reason::DrainFailed

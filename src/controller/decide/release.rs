@@ -17,7 +17,14 @@ use super::pods;
 const STRANDED_AFTER_SECS: i64 = 120;
 
 /// Running Jobs of nodes that are not `selected` stop, and this Plan's claims on such nodes go.
-pub(super) fn leftovers(pass: &mut Pass<'_, '_>, jobs: &Jobs<'_>, selected: &[&Node]) {
+/// In a `cancelled` rollout they are Jobs whose upgrade has not begun, as the shell checks
+/// again on the pods before it deletes one.
+pub(super) fn leftovers(
+    pass: &mut Pass<'_, '_>,
+    jobs: &Jobs<'_>,
+    selected: &[&Node],
+    cancelled: bool,
+) {
     let selected: BTreeSet<&str> = selected
         .iter()
         .map(|n| n.metadata.name.as_deref().unwrap_or_default())
@@ -34,10 +41,15 @@ pub(super) fn leftovers(pass: &mut Pass<'_, '_>, jobs: &Jobs<'_>, selected: &[&N
         .map(|(node, job)| (node.clone(), job.metadata.name.clone().unwrap_or_default()))
         .collect();
     for (node, name) in stopping {
+        let why = if cancelled {
+            format!("the rollout was cancelled before node {node}'s upgrade began")
+        } else {
+            format!("node {node} no longer needs the Plan")
+        };
         pass.out.before.push(Change::DeleteJob {
             name,
-            why: format!("node {node} no longer needs the Plan"),
-            unless_begun: false,
+            why,
+            unless_begun: cancelled,
         });
     }
     let releases: Vec<String> = pass

@@ -465,6 +465,7 @@ fn reasons(decision: &Decision) -> Vec<&'static str> {
     decision.notes.iter().map(|n| n.reason.as_str()).collect()
 }
 
+mod cancel;
 mod hooks;
 
 #[test]
