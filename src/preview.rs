@@ -449,10 +449,27 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             notes.push(message);
         }
     }
-    if let Some(w) = &plan.spec.window {
+    for (field, w) in (plan
+        .spec
+        .window
+        .iter()
+        .map(|w| ("spec.window".to_owned(), w)))
+    .chain(
+        plan.spec
+            .windows
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, w)| (format!("spec.windows[{i}]"), w)),
+    ) {
         let days: Vec<String> = w.days.iter().flatten().map(|d| d.0.clone()).collect();
+        let stop = if w.on_close.as_deref() == Some("Stop") {
+            "; once it closes, only upgrades that began go on (onClose: Stop)"
+        } else {
+            ""
+        };
         notes.push(format!(
-            "spec.window: a rollout starts only within {} {}-{} {}",
+            "{field}: a rollout starts only within {} {}-{} {}{stop}",
             days.join(","),
             w.start_time.as_deref().unwrap_or_default(),
             w.end_time.as_deref().unwrap_or_default(),
@@ -494,6 +511,7 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
 fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency: usize) {
     cluster.plan.spec.paused = None;
     cluster.plan.spec.window = None;
+    cluster.plan.spec.windows = None;
     cluster.query = None;
     for node in &mut cluster.nodes {
         let conditions = node

@@ -122,6 +122,15 @@ pub fn findings(
                  nodeSelector) before switching",
             ));
         }
+        if spec.windows.as_ref().is_some_and(|w| !w.is_empty()) {
+            found.push(Finding::must(
+                object.clone(),
+                "spec.windows is set; the Go controller knows only spec.window and would start \
+                 the rollout outside these windows"
+                    .to_owned(),
+                "keep one window in spec.window and remove spec.windows",
+            ));
+        }
         if spec.paused == Some(true) {
             found.push(Finding::must(
                 object.clone(),
@@ -138,6 +147,10 @@ pub fn findings(
             ("spec.versionSafety", spec.version_safety.is_some()),
             ("spec.convergence", spec.convergence.is_some()),
             ("spec.hooks", spec.hooks.is_some()),
+            (
+                "spec.window.onClose",
+                spec.window.as_ref().is_some_and(|w| w.on_close.is_some()),
+            ),
             (
                 "spec.drain.onTimeout",
                 spec.drain.as_ref().is_some_and(|d| d.on_timeout.is_some()),

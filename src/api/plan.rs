@@ -131,9 +131,14 @@ pub struct PlanSpec {
     pub exclusive: Option<bool>,
 
     /// A time window in which a rollout of this Plan may start. A rollout that started inside the
-    /// window runs to completion.
+    /// window runs to completion (unless the window says `onClose: Stop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<TimeWindowSpec>,
+
+    /// More time windows (an addition to the Go controller, which knows only `window`): a rollout
+    /// may start while any of these, or `window`, is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<TimeWindowSpec>>,
 
     /// The prepare init container, run before cordon/drain, which run before the upgrade
     /// container.
@@ -646,6 +651,13 @@ pub struct TimeWindowSpec {
     /// IANA time zone of the window, e.g. `Europe/Berlin`; UTC when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// What a rollout under way does once this window closes (an addition to the Go
+    /// controller): `Continue` (the default, as the Go controller: it runs on to its end) or
+    /// `Stop` (no node starts until a window opens again; Jobs whose upgrade has not begun stop
+    /// and their nodes are released; upgrades that began finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Continue", "Stop"]))]
+    pub on_close: Option<String>,
 }
 
 /// A day of the week: its name, a 2- or 3-letter abbreviation, or 0-6 with 0 = Sunday.

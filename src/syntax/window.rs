@@ -109,6 +109,32 @@ impl TimeWindow {
     }
 }
 
+impl TimeWindow {
+    /// When the window last closed before `instant` (within the last eight days), if it did:
+    /// the end of its latest opening that ended by then.
+    pub fn last_close_before(&self, instant: Timestamp) -> Option<Timestamp> {
+        let today = instant.to_zoned(self.zone.clone()).date();
+        (0..=8)
+            .filter_map(|back| today.checked_sub(jiff::Span::new().days(back)).ok())
+            .filter(|date| self.days[date.weekday().to_sunday_zero_offset() as usize])
+            .filter_map(|date| {
+                let end = date
+                    .to_datetime(self.end)
+                    .to_zoned(self.zone.clone())
+                    .ok()?;
+                let end = end.timestamp();
+                // A window past midnight closes the day after it opens (24 elapsed hours, as Go).
+                let end = if self.start > self.end {
+                    end.checked_add(SignedDuration::from_hours(24)).ok()?
+                } else {
+                    end
+                };
+                (end <= instant).then_some(end)
+            })
+            .max()
+    }
+}
+
 /// A day by number (0-6, 0 = Sunday) or by name or abbreviation, any case; its Sunday-based index.
 pub fn parse_day(day: &str) -> Option<usize> {
     if let Ok(n) = day.parse::<i64>() {
@@ -232,6 +258,29 @@ mod tests {
 
     fn t(h: i8, m: i8, s: i8) -> Option<Time> {
         Some(Time::new(h, m, s, 0).unwrap())
+    }
+
+    #[test]
+    fn the_last_close_is_the_end_of_the_latest_opening_that_ended() {
+        let days = |d: &[&str]| d.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let overnight = TimeWindow::parse(&days(&["mo"]), "22:00", "02:00", "UTC").unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        // Tuesday 03:00: Monday's window closed at Tuesday 02:00.
+        assert_eq!(
+            overnight.last_close_before(at("2026-11-24T03:00:00Z")),
+            Some(at("2026-11-24T02:00:00Z"))
+        );
+        // Monday 23:00 (open now): the last close was a week before.
+        assert_eq!(
+            overnight.last_close_before(at("2026-11-23T23:00:00Z")),
+            Some(at("2026-11-17T02:00:00Z"))
+        );
+        let berlin = TimeWindow::parse(&days(&["we"]), "09:00", "17:00", "Europe/Berlin").unwrap();
+        // Thursday: Wednesday 17:00 in Berlin (CET) is 16:00 UTC.
+        assert_eq!(
+            berlin.last_close_before(at("2026-11-26T10:00:00Z")),
+            Some(at("2026-11-25T16:00:00Z"))
+        );
     }
 
     #[test]

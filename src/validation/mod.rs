@@ -261,6 +261,9 @@ fn check_name(plan: &Plan, report: &mut Report) {
     }
 }
 
+/// The most windows a Plan may list in `spec.windows`.
+pub const MAX_WINDOWS: usize = 16;
+
 fn check_spec(spec: &PlanSpec, report: &mut Report) {
     match &spec.upgrade {
         Some(upgrade) => check_container("spec.upgrade", upgrade, report),
@@ -314,7 +317,20 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
         ),
     }
     if let Some(window) = &spec.window {
-        check_window(window, report);
+        check_window("spec.window", window, report);
+    }
+    let windows = spec.windows.as_deref().unwrap_or_default();
+    if windows.len() > MAX_WINDOWS {
+        report.problem(
+            "spec.windows",
+            format!(
+                "{} windows; at most {MAX_WINDOWS} are allowed (a window may list several days)",
+                windows.len()
+            ),
+        );
+    }
+    for (i, window) in windows.iter().enumerate().take(MAX_WINDOWS) {
+        check_window(&format!("spec.windows[{i}]"), window, report);
     }
     if let Some(delay) = &spec.post_complete_delay {
         match duration::parse(delay) {

@@ -349,7 +349,17 @@ pub(super) fn check_version(version: &str, kubernetes_image: bool, report: &mut 
     }
 }
 
-pub(super) fn check_window(spec: &TimeWindowSpec, report: &mut Report) {
+/// A window's problem: in the Go controller's words for `spec.window` ("spec.window is invalid,
+/// <detail>"), led by the field for the others (`spec.windows[1].days[0]: …`).
+fn window_message(path: &str, detail: &str) -> String {
+    if path == "spec.window" {
+        format!("{path} is invalid, {detail}")
+    } else {
+        format!("{path}.{detail}")
+    }
+}
+
+pub(super) fn check_window(path: &str, spec: &TimeWindowSpec, report: &mut Report) {
     let days: Vec<String> = spec.days.iter().flatten().map(|d| d.0.clone()).collect();
     let start = spec.start_time.as_deref().unwrap_or_default();
     let end = spec.end_time.as_deref().unwrap_or_default();
@@ -358,24 +368,41 @@ pub(super) fn check_window(spec: &TimeWindowSpec, report: &mut Report) {
     for (i, day) in days.iter().enumerate() {
         if !DAY_NAMES.contains(&day.as_str()) && window::parse_day(day).is_some() {
             report.problems.push(Problem::text(
-                format!("spec.window.days[{i}]"),
-                format!("spec.window is invalid, days[{i}]: {day:?} must be written in lowercase ({:?})", day.to_lowercase()),
+                format!("{path}.days[{i}]"),
+                window_message(
+                    path,
+                    &format!(
+                        "days[{i}]: {day:?} must be written in lowercase ({:?})",
+                        day.to_lowercase()
+                    ),
+                ),
             ));
         }
     }
     if let Err(errors) = window::TimeWindow::parse(&days, start, end, zone) {
         for error in errors {
             let field = match &error {
-                window::WindowError::NoDays => "spec.window.days".to_owned(),
-                window::WindowError::Day(i, _) => format!("spec.window.days[{i}]"),
-                window::WindowError::Time(name, _) => format!("spec.window.{name}"),
-                window::WindowError::Zone(_) => "spec.window.timeZone".to_owned(),
+                window::WindowError::NoDays => format!("{path}.days"),
+                window::WindowError::Day(i, _) => format!("{path}.days[{i}]"),
+                window::WindowError::Time(name, _) => format!("{path}.{name}"),
+                window::WindowError::Zone(_) => format!("{path}.timeZone"),
             };
             report.problems.push(Problem::text(
                 field,
-                format!("spec.window is invalid, {error}"),
+                window_message(path, &error.to_string()),
             ));
         }
+    }
+    if let Some(on_close) = spec.on_close.as_deref()
+        && !matches!(on_close, "Continue" | "Stop")
+    {
+        report.problem(
+            format!("{path}.onClose"),
+            format!(
+                "{on_close:?} is not a policy: use Continue (a rollout under way runs on to its \
+                 end) or Stop (no node starts until a window opens again)"
+            ),
+        );
     }
 }
 

@@ -1211,3 +1211,91 @@ pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx
     assert!(s.plan_json("cancel")["status"].get("cancelled").is_none());
     s.cleanup();
 }
+
+/// `spec.windows` in another time zone (Asia/Kolkata, +05:30), with `onClose: Stop`: the
+/// rollout starts while the window is open although `spec.window` is closed; once the window
+/// closes, the upgrade that began finishes, the Job whose pod never began goes, and nothing else
+/// starts until the window opens again.
+pub fn windows_in_another_zone_start_and_stop_a_rollout(ctx: &Ctx) {
+    use k8s_openapi::api::batch::v1::Job;
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "windows", 3);
+    let blocked = s.nodes[0].clone();
+    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
+        .expect_ok();
+    let zone = jiff::tz::TimeZone::get("Asia/Kolkata").unwrap();
+    let local = |minutes: i64| {
+        let at = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_mins(minutes))
+            .unwrap();
+        at.to_zoned(zone.clone()).strftime("%H:%M").to_string()
+    };
+    let all_week = json!(["su", "mo", "tu", "we", "th", "fr", "sa"]);
+    let window = |start: i64, end: i64| {
+        json!([{"days": all_week, "startTime": local(start), "endTime": local(end),
+            "timeZone": "Asia/Kolkata", "onClose": "Stop"}])
+    };
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    plan["cordon"] = json!(true);
+    // The Go controller's field: a minute a week, long past; the list decides.
+    plan["window"] = json!({"days": ["su"], "startTime": local(-180), "endTime": local(-179)});
+    plan["windows"] = window(-60, 60);
+    s.apply_plan(
+        "windows",
+        plan.clone(),
+        json!({"annotations": {"suc-test/duration": "20s"}}),
+    );
+    let node_of = |j: &Job| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone();
+    let running = wait(
+        "an upgrade to run and the blocked node's Job to exist",
+        2 * MINUTE,
+        || {
+            let names: Vec<String> = s.jobs("windows").iter().map(node_of).collect();
+            s.plan_json("windows")["status"]["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["phase"] == "Upgrading")
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .filter(|_| names.contains(&blocked))
+        },
+    );
+
+    // The window closes (it ended a minute ago, local time).
+    plan["windows"] = window(-120, -1);
+    s.apply_plan("windows", plan.clone(), json!({}));
+    let message = s.wait_condition("windows", "Complete", "False", "Waiting", MINUTE);
+    assert!(message.contains("(onClose: Stop)"), "{message}");
+    assert!(
+        message.contains(&format!("the upgrades that began on {running} finish")),
+        "{message}"
+    );
+    wait("the blocked node's Job to go", MINUTE, || {
+        (!s.jobs("windows").iter().any(|j| node_of(j) == blocked)).then_some(())
+    });
+    wait("the begun upgrade to be labelled", 2 * MINUTE, || {
+        s.node_label(&running, "plan.upgrade.cattle.io/windows")
+    });
+    s.wait_observed("windows", MINUTE);
+    std::thread::sleep(Duration::from_secs(3));
+    let nodes: Vec<String> = s.jobs("windows").iter().map(node_of).collect();
+    assert_eq!(nodes, std::slice::from_ref(&running), "nothing new starts");
+    assert_eq!(
+        s.condition("windows", "Complete").unwrap().1,
+        "Waiting",
+        "outside every window"
+    );
+
+    // Open again: the rest runs.
+    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block-"])
+        .expect_ok();
+    plan["windows"] = window(-60, 60);
+    s.apply_plan(
+        "windows",
+        plan,
+        json!({"annotations": {"suc-test/duration": "1s"}}),
+    );
+    s.wait_condition("windows", "Complete", "True", "Complete", 2 * MINUTE);
+    s.cleanup();
+}

@@ -12,7 +12,7 @@ use super::facts::{listed, ready_since};
 use super::jobs::Jobs;
 use super::pass::Pass;
 use super::plan::Resolved;
-use crate::api::{LABEL_PAUSE, Reason};
+use crate::api::{LABEL_PAUSE, Plan, Reason};
 use crate::controller::select;
 use crate::controller::status::{self, COMPLETE};
 use crate::syntax::window;
@@ -88,22 +88,83 @@ pub(super) fn hold(pass: &Pass<'_, '_>, gate: Option<&Gate>, node_name: &str) ->
     gate.cloned()
 }
 
-/// A rollout may only start inside its window; once started it runs to completion.
+/// A rollout may only start inside one of its windows (`window`, `windows`); once started it
+/// runs to completion, unless the window that closed last says `onClose: Stop` (see
+/// [`stopped_by_window`]).
 pub(super) fn window_closed(pass: &Pass<'_, '_>, jobs: &Jobs<'_>, chosen: &[&Node]) -> bool {
-    let Some(spec) = &pass.cx.plan.spec.window else {
-        return false;
-    };
-    if chosen.is_empty() || !choose::running(pass, jobs).is_empty() {
+    let windows = windows(pass.cx.plan);
+    if windows.as_ref().is_some_and(Vec::is_empty)
+        || chosen.is_empty()
+        || !choose::running(pass, jobs).is_empty()
+    {
         return false;
     }
-    let days: Vec<String> = spec.days.iter().flatten().map(|d| d.0.clone()).collect();
-    !window::TimeWindow::parse(
-        &days,
-        spec.start_time.as_deref().unwrap_or_default(),
-        spec.end_time.as_deref().unwrap_or_default(),
-        spec.time_zone.as_deref().unwrap_or_default(),
-    )
-    .is_ok_and(|w| w.contains(pass.cx.obs.now))
+    // One that does not parse (the Plan is then invalid) is never open.
+    !windows.is_some_and(|w| w.iter().any(|(w, _)| w.contains(pass.cx.obs.now)))
+}
+
+/// Outside every window, with a rollout under way, the window that closed last says
+/// `onClose: Stop`: no node starts, and only upgrades that began go on until a window opens.
+pub(super) fn stopped_by_window(pass: &Pass<'_, '_>, jobs: &Jobs<'_>) -> bool {
+    let Some(windows) = windows(pass.cx.plan).filter(|w| !w.is_empty()) else {
+        return false;
+    };
+    let now = pass.cx.obs.now;
+    if windows.iter().any(|(w, _)| w.contains(now)) || choose::running(pass, jobs).is_empty() {
+        return false;
+    }
+    windows
+        .iter()
+        .filter_map(|(w, stop)| Some((w.last_close_before(now)?, *stop)))
+        .max_by_key(|(closed, _)| *closed)
+        .is_some_and(|(_, stop)| stop)
+}
+
+/// Complete while a window that closed with `onClose: Stop` holds the rollout: Waiting, as
+/// outside a window, saying that the upgrades that began finish (told once, as Waiting is).
+pub(super) fn stopped_condition(pass: &mut Pass<'_, '_>, r: &Resolved, applying: &[String]) {
+    let mut message = "current time is not within configured window (onClose: Stop)".to_owned();
+    if !applying.is_empty() {
+        message.push_str(&format!(
+            "; the upgrades that began on {} finish; no other node starts until a window opens",
+            applying.join(",")
+        ));
+    }
+    let out = &mut pass.out;
+    if status::get(&out.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
+        != Some(Reason::Waiting.as_str())
+    {
+        out.note(
+            false,
+            Reason::Waiting,
+            format!(
+                "The window closed (onClose: Stop): version {} stops starting nodes until a window \
+                 opens. Hash: {}",
+                r.version, r.hash
+            ),
+        );
+    }
+    out.set_condition(COMPLETE, "False", Reason::Waiting, &message);
+    out.requeue_within(WINDOW_RETRY);
+}
+
+/// The Plan's windows (`window`, then `windows`), each with whether it stops a rollout under
+/// way when it closes; `None` when one does not parse.
+fn windows(plan: &Plan) -> Option<Vec<(window::TimeWindow, bool)>> {
+    (plan.spec.window.iter())
+        .chain(plan.spec.windows.iter().flatten())
+        .map(|spec| {
+            let days: Vec<String> = spec.days.iter().flatten().map(|d| d.0.clone()).collect();
+            let parsed = window::TimeWindow::parse(
+                &days,
+                spec.start_time.as_deref().unwrap_or_default(),
+                spec.end_time.as_deref().unwrap_or_default(),
+                spec.time_zone.as_deref().unwrap_or_default(),
+            )
+            .ok()?;
+            Some((parsed, spec.on_close.as_deref() == Some("Stop")))
+        })
+        .collect()
 }
 
 /// The window is closed and nothing runs: `Complete` says so (told once), and the Plan is

@@ -88,13 +88,17 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     let jobs = jobs::sort(&mut pass, &resolved);
     hooks::follow(&mut pass, &resolved);
     resolved.cancelled = cancel::judge(&mut pass, &resolved);
+    resolved.window_stopped =
+        ready && !resolved.cancelled && holds::stopped_by_window(&pass, &jobs);
     let cancelled = resolved.cancelled;
+    // Only upgrades that began go on: the rollout is cancelled, or its window closed with Stop.
+    let begun_only = cancelled || resolved.window_stopped;
     retries::carry_skipped(&mut pass, &resolved);
     let mut gate = holds::gate(&mut pass, &resolved);
     if ready {
         versions::find_holds(&mut pass, &resolved);
     }
-    let chosen = if cancelled {
+    let chosen = if begun_only {
         cancel::begun(&pass, &jobs)
     } else if ready {
         let chosen = choose::select(&pass, &resolved, &jobs, gate.is_some());
@@ -127,13 +131,20 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         })
         .collect();
     if ready || cancelled {
-        release::leftovers(&mut pass, &jobs, &selected, cancelled);
+        let stopping = if cancelled {
+            Some("the rollout was cancelled")
+        } else {
+            resolved
+                .window_stopped
+                .then_some("the window closed (onClose: Stop)")
+        };
+        release::leftovers(&mut pass, &jobs, &selected, stopping);
     }
     release::stranded_pods(&mut pass);
-    taints::mark(&mut pass, &resolved, ready && !cancelled);
+    taints::mark(&mut pass, &resolved, ready && !begun_only);
     let tally = progress::count(&pass, &resolved, &selected);
-    // A cancelled rollout keeps only what began: its other Jobs go in this pass.
-    let busy = if cancelled {
+    // Where only what began goes on, the other Jobs go in this pass.
+    let busy = if begun_only {
         !selected.is_empty()
     } else {
         !choose::under_way(&pass, &jobs).is_empty()

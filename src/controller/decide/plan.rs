@@ -29,6 +29,9 @@ pub(super) struct Resolved {
     /// The rollout of this hash is cancelled (`upgrade.cattle.io/cancel`): only upgrades that
     /// began go on (set by [`super::cancel`]).
     pub cancelled: bool,
+    /// Outside every window, whose last to close said `onClose: Stop`: only upgrades that began
+    /// go on (set by `decide` from [`super::holds::stopped_by_window`]).
+    pub window_stopped: bool,
 }
 
 /// Validates, resolves and hashes the Plan, setting `Validated`, `LatestResolved` and
@@ -48,6 +51,7 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>) -> Resolved {
         hash,
         crd_hold,
         cancelled: false,
+        window_stopped: false,
     }
 }
 

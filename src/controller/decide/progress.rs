@@ -82,6 +82,10 @@ fn complete_condition(
         super::cancel::condition(pass, r, &applying);
         return;
     }
+    if r.window_stopped {
+        super::holds::stopped_condition(pass, r, &applying);
+        return;
+    }
     let reason_before = status::get(&pass.out.conditions, COMPLETE).and_then(|c| c.reason.clone());
     let was_paused = reason_before.as_deref() == Some(Reason::Paused.as_str());
     let paused = pass.cx.paused();

@@ -17,13 +17,14 @@ use super::pods;
 const STRANDED_AFTER_SECS: i64 = 120;
 
 /// Running Jobs of nodes that are not `selected` stop, and this Plan's claims on such nodes go.
-/// In a `cancelled` rollout they are Jobs whose upgrade has not begun, as the shell checks
-/// again on the pods before it deletes one.
+/// When the rollout is `ending` (cancelled, or its window closed with Stop; the words say
+/// which) they are Jobs whose upgrade has not begun, as the shell checks again on the pods
+/// before it deletes one.
 pub(super) fn leftovers(
     pass: &mut Pass<'_, '_>,
     jobs: &Jobs<'_>,
     selected: &[&Node],
-    cancelled: bool,
+    ending: Option<&str>,
 ) {
     let selected: BTreeSet<&str> = selected
         .iter()
@@ -41,15 +42,14 @@ pub(super) fn leftovers(
         .map(|(node, job)| (node.clone(), job.metadata.name.clone().unwrap_or_default()))
         .collect();
     for (node, name) in stopping {
-        let why = if cancelled {
-            format!("the rollout was cancelled before node {node}'s upgrade began")
-        } else {
-            format!("node {node} no longer needs the Plan")
+        let why = match ending {
+            Some(what) => format!("{what} before node {node}'s upgrade began"),
+            None => format!("node {node} no longer needs the Plan"),
         };
         pass.out.before.push(Change::DeleteJob {
             name,
             why,
-            unless_begun: cancelled,
+            unless_begun: ending.is_some(),
         });
     }
     let releases: Vec<String> = pass

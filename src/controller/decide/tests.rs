@@ -467,6 +467,7 @@ fn reasons(decision: &Decision) -> Vec<&'static str> {
 
 mod cancel;
 mod hooks;
+mod windows;
 
 #[test]
 fn static_version_resolves_and_starts_one_node() {
