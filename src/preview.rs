@@ -476,6 +476,20 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             w.time_zone.as_deref().unwrap_or("UTC"),
         ));
     }
+    if let Some(budget) = &plan.spec.failure_budget {
+        let nodes = match &budget.nodes {
+            IntOrPercent::Int(n) => n.to_string(),
+            IntOrPercent::Text(t) => t.clone(),
+        };
+        notes.push(format!(
+            "failureBudget: the rollout goes on without up to {nodes} failed node(s), left {}",
+            budget
+                .failed_nodes
+                .as_deref()
+                .unwrap_or("Cordoned")
+                .to_lowercase()
+        ));
+    }
     if let Some(gates) = &plan.spec.health_gates {
         if let Some(ready_for) = gates.node_ready_for.as_deref() {
             let shown = duration::parse(ready_for).map_or(ready_for.to_owned(), duration::format);

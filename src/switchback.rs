@@ -143,6 +143,7 @@ pub fn findings(
         }
         let ignored: Vec<&str> = [
             ("spec.retry", spec.retry.is_some()),
+            ("spec.failureBudget", spec.failure_budget.is_some()),
             ("spec.healthGates", spec.health_gates.is_some()),
             ("spec.versionSafety", spec.version_safety.is_some()),
             ("spec.convergence", spec.convergence.is_some()),

@@ -72,6 +72,12 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
 
+    /// How many nodes may fail (after their retries) while the rollout goes on with the others
+    /// (an addition to the Go controller, which stops at the first failure). Without it, the
+    /// first failed node stops the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_budget: Option<FailureBudget>,
+
     /// Health checks between nodes: a closed gate holds the rollout (nothing new starts; what
     /// runs finishes) and says why in status and events; it never fails the Plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,6 +216,20 @@ pub struct ContainerSpec {
     /// CAP_SYS_BOOT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+}
+
+/// `spec.failureBudget`: failed nodes the rollout goes on without.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureBudget {
+    /// How many nodes may fail: a number (0 stops at the first failure, as without a budget), or
+    /// a percentage of the nodes the Plan selects such as `"10%"` (rounded down, at least one).
+    pub nodes: IntOrPercent,
+    /// What a failed node the rollout goes on without is left as: `Cordoned` (the default, as
+    /// a failed node is today: kept out of service until someone looks) or `Uncordoned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Cordoned", "Uncordoned"]))]
+    pub failed_nodes: Option<String>,
 }
 
 /// Steps that run once around a rollout (`spec.hooks`). Each is a Job of one container bound to
@@ -825,6 +845,9 @@ pub struct NodeStatus {
     /// How many times the node was retried (automatically, or by the retry annotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<i32>,
+    /// A failed node the rollout went on without, within `spec.failureBudget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_up: Option<bool>,
 }
 
 /// A condition of a Plan, as in the Go controller (with lastUpdateTime).

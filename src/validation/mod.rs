@@ -290,6 +290,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     if let Some(retry) = &spec.retry {
         check_retry(retry, report);
     }
+    if let Some(budget) = &spec.failure_budget {
+        check_failure_budget(budget, report);
+    }
     if let Some(gates) = &spec.health_gates {
         check_health_gates(gates, report);
     }

@@ -2,6 +2,7 @@
 //! and channel, the window, the drain, selectors, Secrets and the labels a node gets when done.
 
 use super::*;
+use crate::api::FailureBudget;
 
 /// A number of nodes (at least 1) or a whole percentage from 1% to 100%.
 pub(super) fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report) {
@@ -26,6 +27,40 @@ pub(super) fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report)
             ),
         ),
         _ => {}
+    }
+}
+
+/// `spec.failureBudget`: a number of nodes (0 or more) or a percentage from 1% to 100%, and a
+/// known policy for the failed nodes.
+pub(super) fn check_failure_budget(budget: &FailureBudget, report: &mut Report) {
+    const FIELD: &str = "spec.failureBudget.nodes";
+    match (&budget.nodes, budget.nodes.percent()) {
+        (IntOrPercent::Int(n), _) if *n < 0 => report.problem(
+            FIELD,
+            format!("must not be negative, got {n}; it is how many nodes may fail"),
+        ),
+        (IntOrPercent::Text(text), Some(p)) if !(1..=100).contains(&p) => report.problem(
+            FIELD,
+            format!("{text:?} is not between 1% and 100% of the selected nodes, e.g. \"10%\""),
+        ),
+        (IntOrPercent::Text(text), None) => report.problem(
+            FIELD,
+            format!(
+                "{text:?} is neither a number of nodes nor a percentage; use e.g. 2 or \"10%\""
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(policy) = budget.failed_nodes.as_deref()
+        && !matches!(policy, "Cordoned" | "Uncordoned")
+    {
+        report.problem(
+            "spec.failureBudget.failedNodes",
+            format!(
+                "{policy:?} is not a policy: use Cordoned (failed nodes stay out of service) or \
+                 Uncordoned"
+            ),
+        );
     }
 }
 

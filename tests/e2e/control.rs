@@ -1299,3 +1299,61 @@ pub fn windows_in_another_zone_start_and_stop_a_rollout(ctx: &Ctx) {
     s.wait_condition("windows", "Complete", "True", "Complete", 2 * MINUTE);
     s.cleanup();
 }
+
+/// `spec.failureBudget: {nodes: 2}` with three failing nodes (concurrency 3, every pod fails on
+/// the test bed): the first two failures are given up (their slots freed, kept cordoned), the
+/// third is over the budget and stops the rollout, which names all three.
+pub fn a_failure_budget_of_two_gives_up_two_failed_nodes_and_stops_at_the_third(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "budget", 3);
+    let mut plan = spec();
+    plan["concurrency"] = json!(3);
+    plan["cordon"] = json!(true);
+    plan["failureBudget"] = json!({"nodes": 2});
+    s.apply_plan("budget", plan, json!({"labels": {"suc-test/fail": "true"}}));
+    let message = s.wait_condition("budget", "Complete", "False", "JobFailed", 3 * MINUTE);
+    let entries = wait("three failed entries", MINUTE, || {
+        let entries: Vec<Value> = s.plan_json("budget")["status"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (entries.iter().filter(|e| e["phase"] == "Failed").count() == 3).then_some(entries)
+    });
+    let given_up: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["givenUp"] == true)
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(given_up.len(), 2, "{entries:?}");
+    let holding = entries
+        .iter()
+        .find(|e| e["givenUp"].is_null())
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .unwrap();
+    let message = if message.contains(&format!("on Node {holding}")) {
+        message
+    } else {
+        s.condition("budget", "Complete").unwrap().2
+    };
+    assert!(message.contains(&format!("on Node {holding}")), "{message}");
+    assert!(
+        message.contains(&format!(
+            "also failed, within failureBudget: nodes {}",
+            given_up.join(",")
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        s.plan_json("budget")["status"]["applying"],
+        json!([holding]),
+        "only the failure over the budget holds a slot"
+    );
+    assert_eq!(s.condition("budget", "Stalled").unwrap().0, "True");
+    for node in &given_up {
+        assert!(
+            s.unschedulable(node),
+            "{node} stays cordoned (failedNodes: Cordoned)"
+        );
+    }
+    s.cleanup();
+}

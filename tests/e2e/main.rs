@@ -110,6 +110,7 @@ const TESTS: &[Test] = tests! {
     cluster control::deleting_a_plan_runs_its_after_hook_first_when_asked,
     cluster control::a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request,
     cluster control::windows_in_another_zone_start_and_stop_a_rollout,
+    cluster control::a_failure_budget_of_two_gives_up_two_failed_nodes_and_stops_at_the_third,
     cluster control::preview_shows_what_a_plan_would_do_and_the_controller_does_it,
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,

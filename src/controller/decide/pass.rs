@@ -140,6 +140,7 @@ impl<'a> Context<'a> {
             message: (!message.is_empty()).then(|| message.to_owned()),
             since: Some(since),
             template: None,
+            given_up: None,
             retries,
         }
     }
@@ -227,6 +228,9 @@ pub(super) struct Ledger {
     pub adopted_cordons: BTreeSet<String>,
     /// Nodes whose drain timed out with `onTimeout: Skip` (for the current hash).
     pub skipped: BTreeSet<String>,
+    /// Failed nodes the rollout goes on without (`spec.failureBudget`; also in `skipped`, so
+    /// they hold no slot).
+    pub given_up: BTreeSet<String>,
     /// Nodes the retry annotation asked for that were retried.
     pub retried_on_request: BTreeSet<String>,
     /// Applying nodes whose Job waits to be created, or whose retry waits, because a pause or a

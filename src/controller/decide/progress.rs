@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::Node;
 
 use super::decision::{Decision, Merge, Note, Tally, Target};
-use super::facts::{entries_list, node_names};
+use super::facts::{entries_list, listed, node_names};
 use super::holds::Gate;
 use super::pass::{Effects, Pass};
 use super::plan::Resolved;
@@ -52,6 +52,8 @@ pub(super) fn count(pass: &Pass<'_, '_>, r: &Resolved, selected: &[&Node]) -> Ta
                 || (!r.hash.is_empty() && select::done(&cx.plan_name, node, &r.hash))
             {
                 tally.done += 1;
+            } else if pass.ledger.given_up.contains(name) {
+                // Counted as failed, from its entry.
             } else if pass.ledger.skipped.contains(name) {
                 tally.skipped += 1;
             } else if !applying.contains(name.as_str()) {
@@ -131,6 +133,15 @@ fn complete_condition(
             Reason::NotReady,
             "plan is not valid and resolved",
         );
+    } else if applying.is_empty() && !ledger.given_up.is_empty() {
+        let nodes: Vec<&str> = ledger.given_up.iter().map(String::as_str).collect();
+        let message = format!(
+            "the rollout went on without {} that failed (within spec.failureBudget), and every \
+             other node is done or skipped; see status.nodes for why, then annotate the Plan with \
+             {ANNOTATION_RETRY}=all to try them again",
+            listed("node", &nodes)
+        );
+        out.set_condition(COMPLETE, "False", Reason::JobFailed, &message);
     } else if applying.is_empty() && !ledger.skipped.is_empty() {
         let nodes: Vec<&str> = ledger.skipped.iter().map(String::as_str).collect();
         let message = format!(

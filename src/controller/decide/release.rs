@@ -11,6 +11,7 @@ use super::facts::finished_at;
 use super::jobs::Jobs;
 use super::pass::Pass;
 use super::pods;
+use super::retries;
 
 /// How long a pod whose Job is gone is seen before it is deleted (its Job may only be late in
 /// the cache).
@@ -57,9 +58,13 @@ pub(super) fn leftovers(
         .nodes
         .iter()
         .filter(|(name, node)| {
+            // A failed node the rollout went on without stays as the budget says.
+            let kept =
+                pass.ledger.given_up.contains(*name) && retries::keeps_failed_cordoned(pass.cx);
             pass.claims(name, node)
                 && !selected.contains(name.as_str())
                 && !pass.ledger.released.contains(*name)
+                && !kept
         })
         .map(|(name, _)| name.clone())
         .collect();

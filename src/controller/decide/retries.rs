@@ -10,9 +10,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 
 use super::decision::Change;
-use super::facts::{finished_at, ran_for, uid_of, until};
+use super::facts::{finished_at, listed, ran_for, uid_of, until};
 use super::holds::{Gate, hold};
-use super::pass::Pass;
+use super::pass::{Context, Pass};
 use super::plan::Resolved;
 use crate::api::{ANNOTATION_RETRY, NodeStatus, Phase, Plan, Reason};
 use crate::controller::job;
@@ -27,7 +27,10 @@ pub(super) fn carry_skipped(pass: &mut Pass<'_, '_>, r: &Resolved) {
     let skipped: Vec<NodeStatus> = cx
         .old_entries
         .values()
-        .filter(|e| e.phase == Phase::Skipped.as_str())
+        .filter(|e| {
+            e.phase == Phase::Skipped.as_str()
+                || (e.phase == Phase::Failed.as_str() && e.given_up == Some(true))
+        })
         .cloned()
         .collect();
     let selector = select::node_selector(cx.plan).ok().flatten();
@@ -53,6 +56,19 @@ pub(super) fn carry_skipped(pass: &mut Pass<'_, '_>, r: &Resolved) {
             let message = entry.message.clone().unwrap_or_default();
             note_retry(pass, &node, &current, &since, &why, &message);
             continue;
+        }
+        if entry.given_up == Some(true) {
+            if failure_budget(cx).is_none() {
+                // The budget is gone: the node holds its slot again, as any failed node.
+                continue;
+            }
+            pass.ledger.given_up.insert(node.clone());
+            if !keeps_failed_cordoned(cx)
+                && let Some(n) = pass.node(&node)
+                && pass.claims(&node, n)
+            {
+                pass.release(&node);
+            }
         }
         pass.ledger.skipped.insert(node.clone());
         pass.out.enter(entry);
@@ -118,11 +134,21 @@ pub(super) fn fail(
                 .insert(node_name.to_owned(), (reason, shown.clone()));
             shown
         }
+        RetryDue::Never if within_budget(pass) => {
+            give_up(pass, node_name);
+            format!(
+                "{message}; the rollout goes on without it (failureBudget: {} of {})",
+                pass.ledger.given_up.len(),
+                failure_budget(pass.cx).unwrap_or(0)
+            )
+        }
         RetryDue::Never => {
-            pass.record_failure(reason, message.clone());
+            let also = given_up_list(pass);
+            pass.record_failure(reason, format!("{message}{also}"));
             message
         }
     };
+    let given_up = pass.ledger.given_up.contains(node_name).then_some(true);
     pass.out.enter(NodeStatus {
         name: node_name.to_owned(),
         phase: Phase::Failed.as_str().into(),
@@ -131,6 +157,7 @@ pub(super) fn fail(
         since: Some(since),
         template,
         retries,
+        given_up,
     });
 }
 
@@ -180,6 +207,63 @@ pub(super) fn due(
     }
 }
 
+/// How many nodes the Plan's `failureBudget` lets fail, if it has one: a number, or a
+/// percentage of the nodes it selects (rounded down, at least one).
+pub(super) fn failure_budget(cx: &Context<'_>) -> Option<usize> {
+    let budget = cx.plan.spec.failure_budget.as_ref()?;
+    let selector = select::node_selector(cx.plan).ok().flatten();
+    let selected = cx
+        .nodes
+        .values()
+        .filter(|n| {
+            selector
+                .as_ref()
+                .is_some_and(|s| select::eligible(&cx.plan_name, s, n))
+        })
+        .count();
+    budget.nodes.nodes(selected)
+}
+
+/// Another failed node fits in the budget.
+fn within_budget(pass: &Pass<'_, '_>) -> bool {
+    failure_budget(pass.cx).is_some_and(|allowed| pass.ledger.given_up.len() < allowed)
+}
+
+/// The rollout goes on without a failed node: it holds no slot (as a skipped node), and its
+/// claim goes back unless the budget keeps failed nodes cordoned.
+fn give_up(pass: &mut Pass<'_, '_>, node_name: &str) {
+    pass.ledger.given_up.insert(node_name.to_owned());
+    pass.ledger.skipped.insert(node_name.to_owned());
+    if !keeps_failed_cordoned(pass.cx)
+        && let Some(node) = pass.node(node_name)
+        && pass.claims(node_name, node)
+    {
+        pass.release(node_name);
+    }
+}
+
+/// `failureBudget.failedNodes` is not `Uncordoned`.
+pub(super) fn keeps_failed_cordoned(cx: &Context<'_>) -> bool {
+    cx.plan
+        .spec
+        .failure_budget
+        .as_ref()
+        .is_none_or(|b| b.failed_nodes.as_deref() != Some("Uncordoned"))
+}
+
+/// "; also failed: …" naming the nodes the rollout went on without, or nothing.
+pub(super) fn given_up_list(pass: &Pass<'_, '_>) -> String {
+    let nodes: Vec<&str> = pass.ledger.given_up.iter().map(String::as_str).collect();
+    if nodes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; also failed, within failureBudget: {}",
+            listed("node", &nodes)
+        )
+    }
+}
+
 /// A failed node is tried again: its Job goes (the next pass creates it anew, drain
 /// included), and the node keeps its slot meanwhile.
 fn retry(
@@ -205,6 +289,7 @@ fn retry(
         since: Some(pass.cx.now.clone()),
         template: None,
         retries: Some(retries),
+        given_up: None,
     });
 }
 

@@ -465,6 +465,7 @@ fn reasons(decision: &Decision) -> Vec<&'static str> {
     decision.notes.iter().map(|n| n.reason.as_str()).collect()
 }
 
+mod budget;
 mod cancel;
 mod hooks;
 mod windows;
