@@ -1099,43 +1099,55 @@ pub fn deleting_a_plan_runs_its_after_hook_first_when_asked(ctx: &Ctx) {
     s.cleanup();
 }
 
+/// The node a Job of a Plan upgrades.
+fn job_node(job: &k8s_openapi::api::batch::v1::Job) -> String {
+    job.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone()
+}
+
+/// Taints the scenario's first node so no upgrade pod can be scheduled there, applies the Plan,
+/// and waits until another node's upgrade runs while the blocked node's Job waits (never begun).
+/// Returns the running node and the blocked one.
+fn one_running_one_blocked(
+    s: &Scenario,
+    plan: &str,
+    spec: Value,
+    metadata: Value,
+) -> (String, String) {
+    let blocked = s.nodes[0].clone();
+    s.ctx
+        .kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
+        .expect_ok();
+    s.apply_plan(plan, spec, metadata);
+    let running = wait(
+        "an upgrade to run and the blocked node's Job to exist",
+        2 * MINUTE,
+        || {
+            let names: Vec<String> = s.jobs(plan).iter().map(job_node).collect();
+            s.plan_json(plan)["status"]["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["phase"] == "Upgrading")
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .filter(|_| names.contains(&blocked))
+        },
+    );
+    assert_ne!(running, blocked);
+    (running, blocked)
+}
+
 /// `upgrade.cattle.io/cancel`: the upgrade that began finishes, the Job whose pod never began is
 /// deleted, nothing new starts, and Complete says Cancelled with the nodes done and not; the
 /// resume annotation starts the rest. Three nodes, concurrency 2: one node's upgrade runs, one
 /// node's pod cannot be scheduled (a taint it does not tolerate), one waits its turn.
 pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx: &Ctx) {
-    use k8s_openapi::api::batch::v1::Job;
     ctx.ensure_server();
     let s = Scenario::new(ctx, "cancel", 3);
-    let blocked = s.nodes[0].clone();
-    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
-        .expect_ok();
     let mut plan = spec();
     plan["concurrency"] = json!(2);
     plan["cordon"] = json!(true);
-    s.apply_plan(
-        "cancel",
-        plan,
-        json!({"annotations": {"suc-test/duration": "25s"}}),
-    );
-    let node_of = |j: &Job| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone();
-    // One upgrade runs, the blocked node's pod is Pending.
-    let running = wait(
-        "an upgrade to run and the blocked node's Job to exist",
-        2 * MINUTE,
-        || {
-            let jobs = s.jobs("cancel");
-            let names: Vec<String> = jobs.iter().map(node_of).collect();
-            let running = s.plan_json("cancel")["status"]["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["phase"] == "Upgrading")
-                .map(|e| e["name"].as_str().unwrap().to_owned());
-            running.filter(|_| names.contains(&blocked))
-        },
-    );
-    assert_ne!(running, blocked);
+    let metadata = json!({"annotations": {"suc-test/duration": "25s"}});
+    let (running, blocked) = one_running_one_blocked(&s, "cancel", plan, metadata);
     let waiting: Vec<&String> = s
         .nodes
         .iter()
@@ -1157,7 +1169,7 @@ pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx
         "{message}"
     );
     wait("the blocked node's Job to go", MINUTE, || {
-        (!s.jobs("cancel").iter().any(|j| node_of(j) == blocked)).then_some(())
+        (!s.jobs("cancel").iter().any(|j| job_node(j) == blocked)).then_some(())
     });
     wait("the annotation to be removed", MINUTE, || {
         s.plan_json("cancel")["metadata"]["annotations"]
@@ -1179,7 +1191,7 @@ pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx
     assert!(!s.unschedulable(&running), "uncordoned once done");
     assert!(s.condition("cancel", "Stalled").unwrap().0 == "False");
     std::thread::sleep(Duration::from_secs(3));
-    let nodes: Vec<String> = s.jobs("cancel").iter().map(node_of).collect();
+    let nodes: Vec<String> = s.jobs("cancel").iter().map(job_node).collect();
     assert_eq!(nodes, std::slice::from_ref(&running), "nothing new started");
     assert!(!nodes.contains(waiting[0]));
     assert!(
@@ -1217,12 +1229,8 @@ pub fn a_cancelled_rollout_lets_begun_upgrades_finish_and_resumes_on_request(ctx
 /// closes, the upgrade that began finishes, the Job whose pod never began goes, and nothing else
 /// starts until the window opens again.
 pub fn windows_in_another_zone_start_and_stop_a_rollout(ctx: &Ctx) {
-    use k8s_openapi::api::batch::v1::Job;
     ctx.ensure_server();
     let s = Scenario::new(ctx, "windows", 3);
-    let blocked = s.nodes[0].clone();
-    ctx.kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
-        .expect_ok();
     let zone = jiff::tz::TimeZone::get("Asia/Kolkata").unwrap();
     let local = |minutes: i64| {
         let at = jiff::Timestamp::now()
@@ -1241,26 +1249,8 @@ pub fn windows_in_another_zone_start_and_stop_a_rollout(ctx: &Ctx) {
     // The Go controller's field: a minute a week, long past; the list decides.
     plan["window"] = json!({"days": ["su"], "startTime": local(-180), "endTime": local(-179)});
     plan["windows"] = window(-60, 60);
-    s.apply_plan(
-        "windows",
-        plan.clone(),
-        json!({"annotations": {"suc-test/duration": "20s"}}),
-    );
-    let node_of = |j: &Job| j.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone();
-    let running = wait(
-        "an upgrade to run and the blocked node's Job to exist",
-        2 * MINUTE,
-        || {
-            let names: Vec<String> = s.jobs("windows").iter().map(node_of).collect();
-            s.plan_json("windows")["status"]["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["phase"] == "Upgrading")
-                .map(|e| e["name"].as_str().unwrap().to_owned())
-                .filter(|_| names.contains(&blocked))
-        },
-    );
+    let metadata = json!({"annotations": {"suc-test/duration": "20s"}});
+    let (running, blocked) = one_running_one_blocked(&s, "windows", plan.clone(), metadata);
 
     // The window closes (it ended a minute ago, local time).
     plan["windows"] = window(-120, -1);
@@ -1272,14 +1262,14 @@ pub fn windows_in_another_zone_start_and_stop_a_rollout(ctx: &Ctx) {
         "{message}"
     );
     wait("the blocked node's Job to go", MINUTE, || {
-        (!s.jobs("windows").iter().any(|j| node_of(j) == blocked)).then_some(())
+        (!s.jobs("windows").iter().any(|j| job_node(j) == blocked)).then_some(())
     });
     wait("the begun upgrade to be labelled", 2 * MINUTE, || {
         s.node_label(&running, "plan.upgrade.cattle.io/windows")
     });
     s.wait_observed("windows", MINUTE);
     std::thread::sleep(Duration::from_secs(3));
-    let nodes: Vec<String> = s.jobs("windows").iter().map(node_of).collect();
+    let nodes: Vec<String> = s.jobs("windows").iter().map(job_node).collect();
     assert_eq!(nodes, std::slice::from_ref(&running), "nothing new starts");
     assert_eq!(
         s.condition("windows", "Complete").unwrap().1,

@@ -130,22 +130,12 @@ pub(super) fn stopped_condition(pass: &mut Pass<'_, '_>, r: &Resolved, applying:
             applying.join(",")
         ));
     }
-    let out = &mut pass.out;
-    if status::get(&out.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
-        != Some(Reason::Waiting.as_str())
-    {
-        out.note(
-            false,
-            Reason::Waiting,
-            format!(
-                "The window closed (onClose: Stop): version {} stops starting nodes until a window \
-                 opens. Hash: {}",
-                r.version, r.hash
-            ),
-        );
-    }
-    out.set_condition(COMPLETE, "False", Reason::Waiting, &message);
-    out.requeue_within(WINDOW_RETRY);
+    let event = format!(
+        "The window closed (onClose: Stop): version {} stops starting nodes until a window \
+         opens. Hash: {}",
+        r.version, r.hash
+    );
+    waiting(pass, &message, event);
 }
 
 /// The Plan's windows (`window`, then `windows`), each with whether it stops a rollout under
@@ -170,19 +160,21 @@ fn windows(plan: &Plan) -> Option<Vec<(window::TimeWindow, bool)>> {
 /// The window is closed and nothing runs: `Complete` says so (told once), and the Plan is
 /// looked at again within a minute.
 pub(super) fn wait_for_window(pass: &mut Pass<'_, '_>, r: &Resolved) {
+    let event = format!(
+        "Waiting for start of Spec.Window to sync Jobs for version {}. Hash: {}",
+        r.version, r.hash
+    );
+    waiting(pass, "current time is not within configured window", event);
+}
+
+/// Complete is False/Waiting with `message`, `event` told when the Plan starts waiting, and the
+/// Plan looked at again within a minute.
+fn waiting(pass: &mut Pass<'_, '_>, message: &str, event: String) {
     let out = &mut pass.out;
-    let message = "current time is not within configured window";
     if status::get(&out.conditions, COMPLETE).and_then(|c| c.reason.as_deref())
         != Some(Reason::Waiting.as_str())
     {
-        out.note(
-            false,
-            Reason::Waiting,
-            format!(
-                "Waiting for start of Spec.Window to sync Jobs for version {}. Hash: {}",
-                r.version, r.hash
-            ),
-        );
+        out.note(false, Reason::Waiting, event);
     }
     out.set_condition(COMPLETE, "False", Reason::Waiting, message);
     out.requeue_within(WINDOW_RETRY);
