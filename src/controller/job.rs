@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
-    EnvVarSource, HostPathVolumeSource, LocalObjectReference, Node, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, PodTemplateSpec, SecretVolumeSource, SecurityContext, Toleration,
-    Volume, VolumeMount, WindowsSecurityContextOptions,
+    EnvVarSource, HostPathVolumeSource, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    PodTemplateSpec, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
@@ -259,28 +259,12 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             host_pid: Some(true),
             host_network: Some(true),
             dns_policy: Some("ClusterFirstWithHostNet".into()),
-            restart_policy: Some("Never".into()),
-            service_account_name: plan
-                .spec
-                .service_account_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            priority_class_name: plan
-                .spec
-                .priority_class_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            image_pull_secrets: plan
-                .spec
-                .image_pull_secrets
-                .clone()
-                .map(|s| s.into_iter().collect::<Vec<LocalObjectReference>>()),
             affinity: Some(affinity(plan, &parts.plan_name, hostname)),
             tolerations: Some(tolerations(plan)),
             volumes: Some(volumes),
             init_containers: (!init_containers.is_empty()).then_some(init_containers),
             containers: vec![parts.upgrade()],
-            ..PodSpec::default()
+            ..plan_pod(plan)
         }),
     };
     let mut job = job(&parts, &node_name, labels, pod_annotations, template);
@@ -293,6 +277,19 @@ pub fn build(plan: &Plan, node: &Node, settings: &JobSettings) -> Job {
             .insert(ANNOTATION_BOOT_ID.into(), boot_id);
     }
     job
+}
+
+/// What every pod of the Plan (a node's upgrade, a hook) takes from it: run once, its service
+/// account, priority class and image pull secrets.
+fn plan_pod(plan: &Plan) -> PodSpec {
+    let set = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: set(&plan.spec.service_account_name),
+        priority_class_name: set(&plan.spec.priority_class_name),
+        image_pull_secrets: plan.spec.image_pull_secrets.clone(),
+        ..PodSpec::default()
+    }
 }
 
 /// The Job around a pod template: its name, labels, TTL and template digest, owner and limits.

@@ -85,7 +85,8 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>, r: &Resolved) -> bool {
 
 /// The nodes of a cancelled rollout that go on: those whose upgrade may have begun (a Job
 /// finishing from an earlier hash, a Job past its gate, one that succeeded and whose node waits
-/// to be labelled). The others are let go: their Jobs stop and their claims go back.
+/// to be labelled, one that failed: a failure stays one, with its slot, until someone acts).
+/// The others are let go: their Jobs stop and their claims go back.
 pub(super) fn begun<'a>(pass: &Pass<'_, 'a>, jobs: &Jobs<'a>) -> Vec<&'a Node> {
     let pods = pass.cx.obs.pods;
     choose::under_way(pass, jobs)
@@ -95,17 +96,15 @@ pub(super) fn begun<'a>(pass: &Pass<'_, 'a>, jobs: &Jobs<'a>) -> Vec<&'a Node> {
                 return true;
             }
             if let Some(job) = jobs.current.get(name) {
-                return match finished_at(job) {
-                    Some((succeeded, _)) => succeeded,
-                    None => pods::upgrade_may_have_started(job, pods),
-                };
+                return finished_at(job).is_some() || pods::upgrade_may_have_started(job, pods);
             }
+            // Waiting to be labelled, or failed with its Job expired since.
             pass.out.entries.get(name).is_some_and(|e| {
                 matches!(
                     Phase::parse(&e.phase),
                     Some(Phase::WaitingDelay | Phase::WaitingHealthy | Phase::Converging)
                 )
-            })
+            }) || pass.cx.old_phase(name) == Some(Phase::Failed)
         })
         .filter_map(|name| pass.node(&name))
         .collect()

@@ -114,8 +114,19 @@ fn follow_one(pass: &mut Pass<'_, '_>, r: &Resolved, hook: Hook) {
         }
         return;
     };
-    if job.metadata.deletion_timestamp.is_some() || phase == Some(HookPhase::Starting) {
-        return; // the Job of an earlier run goes first
+    if phase == Some(HookPhase::Starting) {
+        // The Job of an earlier run goes first (asked again until it is seen going).
+        if job.metadata.deletion_timestamp.is_none() {
+            pass.out.before.push(Change::DeleteJob {
+                name: job_name,
+                why: format!("the {} hook runs again", hook.as_str()),
+                unless_begun: false,
+            });
+        }
+        return;
+    }
+    if job.metadata.deletion_timestamp.is_some() {
+        return; // deleted by someone: created again once it is gone
     }
     match finished_at(job) {
         None => {

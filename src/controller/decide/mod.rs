@@ -11,7 +11,9 @@
 //! 3. [`jobs`]: what the caches say about the Plan's Jobs: finished ones complete their node
 //!    ([`finish`]: uncordon, `postCompleteDelay`, `nodeReadyFor`, the label) and expire; stale
 //!    ones go unless their upgrade may have begun; gives [`jobs::Jobs`].
-//! 4. [`retries`]: nodes skipped after a drain timeout stay skipped unless a retry names them.
+//! 4. [`retries`]: nodes skipped after a drain timeout, and failed nodes given up within
+//!    `spec.failureBudget`, stay so unless a retry names them; [`cancel`]: the cancel and resume
+//!    annotations.
 //! 5. [`holds`]: what holds new starts (a CRD that lacks spec fields, a closed health gate);
 //!    [`versions`]: which nodes a version rule holds (a downgrade, a skipped minor, servers
 //!    behind).

@@ -190,6 +190,14 @@ pub(super) fn due(
     if retries >= limit {
         return RetryDue::Never;
     }
+    // Nothing starts anew in a cancelled rollout, nor after a window closed with Stop.
+    if r.cancelled {
+        return RetryDue::Held((Reason::Cancelled, "the rollout is cancelled".into()));
+    }
+    if r.window_stopped {
+        let why = "the window closed (onClose: Stop)".into();
+        return RetryDue::Held((Reason::Waiting, why));
+    }
     if let Some(hold) = hold(pass, gate, node_name) {
         return RetryDue::Held(hold);
     }

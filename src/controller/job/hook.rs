@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    JobSettings, copied_annotations, copied_labels, image_with_version, owned_job, secret_volumes,
-    shorten, value_env,
+    JobSettings, copied_annotations, copied_labels, image_with_version, owned_job, plan_pod,
+    secret_volumes, shorten, value_env,
 };
 use crate::api::{
     ANNOTATION_TTL, ContainerSpec, LABEL_CONTROLLER, LABEL_HOOK, LABEL_PLAN, LABEL_VERSION,
@@ -103,21 +103,9 @@ pub fn hook_job(plan: &Plan, hook: Hook, settings: &JobSettings) -> Option<Job> 
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            service_account_name: plan
-                .spec
-                .service_account_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            priority_class_name: plan
-                .spec
-                .priority_class_name
-                .clone()
-                .filter(|s| !s.is_empty()),
-            image_pull_secrets: plan.spec.image_pull_secrets.clone(),
             volumes: (!volumes.is_empty()).then_some(volumes),
             containers: vec![container],
-            ..PodSpec::default()
+            ..plan_pod(plan)
         }),
     };
     let mut annotations = annotations;

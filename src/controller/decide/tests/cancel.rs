@@ -139,3 +139,43 @@ fn cancelling_runs_the_owed_after_hook_when_asked() {
     assert_eq!(condition(&d, COMPLETE).1, "Cancelled");
     assert!(created(&d).is_empty());
 }
+
+#[test]
+fn a_failed_node_stays_failed_and_is_not_retried_while_the_rollout_is_cancelled() {
+    let mut spec = spec();
+    spec["retry"] = json!({"limit": 3, "backoff": "1m"});
+    let mut w = World::new(spec).nodes(&["a", "b"]);
+    let d = w.settle();
+    let node = d.status.applying.clone().unwrap()[0].clone();
+    w.finish_job(&node, false, NOW);
+    w.step();
+    cancel(&mut w);
+    let d = w.step();
+    assert_eq!(
+        d.status.applying,
+        Some(vec![node.clone()]),
+        "it keeps its slot"
+    );
+    let e = entry(&d, &node);
+    assert_eq!(e.phase, "Failed");
+    assert!(
+        e.message
+            .unwrap()
+            .contains("waits while the rollout is cancelled"),
+        "no automatic retry"
+    );
+    assert!(deleted(&d).is_empty() && created(&d).is_empty());
+    // An hour on: past its backoff, and its Job expired; still no new Job.
+    w.now = "2026-11-23T11:00:00Z".into();
+    w.step();
+    let d = w.step();
+    assert!(created(&d).is_empty(), "not after its backoff either");
+    assert_eq!(d.status.applying, Some(vec![node.clone()]));
+    assert_eq!(entry(&d, &node).phase, "Failed");
+    assert!(
+        w.node_mut(&node)["metadata"]["annotations"]
+            .get("cordoned.upgrade.cattle.io/p")
+            .is_some(),
+        "a failure stays cordoned until someone acts"
+    );
+}

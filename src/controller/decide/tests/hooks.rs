@@ -351,3 +351,21 @@ fn a_failed_after_hook_runs_once_more_on_deletion_then_the_plan_goes_with_a_warn
         .expect("a warning says the hook did not run");
     assert!(warning.warning);
 }
+
+#[test]
+fn a_hook_job_to_replace_is_deleted_again_until_it_is_seen_going() {
+    let mut w = World::new(hooked(both())).nodes(&["a"]);
+    w.step();
+    w.finish_hook("before", false, NOW);
+    w.step();
+    w.plan["metadata"]["annotations"] = json!({"upgrade.cattle.io/retry": "hook/before"});
+    // The deletion is decided but does not happen (a failed request): only the status is kept.
+    let d = w.decide();
+    assert_eq!(deleted(&d).len(), 1);
+    w.plan["status"] = serde_json::to_value(&d.status).unwrap();
+    w.plan["metadata"]["annotations"] = json!({});
+    let d = w.decide();
+    assert_eq!(hook(&d, "before").phase, "Starting");
+    assert_eq!(deleted(&d).len(), 1, "asked again");
+    assert!(created(&d).is_empty());
+}
