@@ -1104,35 +1104,44 @@ fn job_node(job: &k8s_openapi::api::batch::v1::Job) -> String {
     job.metadata.labels.as_ref().unwrap()["upgrade.cattle.io/node"].clone()
 }
 
-/// Taints the scenario's first node so no upgrade pod can be scheduled there, applies the Plan,
-/// and waits until another node's upgrade runs while the blocked node's Job waits (never begun).
-/// Returns the running node and the blocked one.
+/// Applies the Plan (concurrency 2 over the scenario's three nodes) so that one chosen node's
+/// upgrade runs while the other chosen node's Job waits, its pod unschedulable (never begun):
+/// every node is tainted first (a taint upgrade pods do not tolerate), then all but one of the
+/// two chosen are untainted. Returns the running node and the blocked one.
 fn one_running_one_blocked(
     s: &Scenario,
     plan: &str,
     spec: Value,
     metadata: Value,
 ) -> (String, String) {
-    let blocked = s.nodes[0].clone();
-    s.ctx
-        .kubectl(&["taint", "node", &blocked, "suc-test/block=true:NoSchedule"])
-        .expect_ok();
+    let taint = |node: &str, on: bool| {
+        let taint = if on {
+            "suc-test/block=true:NoSchedule"
+        } else {
+            "suc-test/block-"
+        };
+        s.ctx.kubectl(&["taint", "node", node, taint]).expect_ok();
+    };
+    for node in &s.nodes {
+        taint(node, true);
+    }
     s.apply_plan(plan, spec, metadata);
-    let running = wait(
-        "an upgrade to run and the blocked node's Job to exist",
-        2 * MINUTE,
-        || {
-            let names: Vec<String> = s.jobs(plan).iter().map(job_node).collect();
-            s.plan_json(plan)["status"]["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["phase"] == "Upgrading")
-                .map(|e| e["name"].as_str().unwrap().to_owned())
-                .filter(|_| names.contains(&blocked))
-        },
-    );
-    assert_ne!(running, blocked);
+    let chosen = wait("the first two nodes' Jobs", 2 * MINUTE, || {
+        let names: Vec<String> = s.jobs(plan).iter().map(job_node).collect();
+        (names.len() == 2).then_some(names)
+    });
+    let (running, blocked) = (chosen[0].clone(), chosen[1].clone());
+    for node in s.nodes.iter().filter(|n| **n != blocked) {
+        taint(node, false);
+    }
+    wait("the upgrade to run", 2 * MINUTE, || {
+        s.plan_json(plan)["status"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["name"] == running.as_str() && e["phase"] == "Upgrading")
+            .then_some(())
+    });
     (running, blocked)
 }
 
