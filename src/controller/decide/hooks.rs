@@ -143,21 +143,47 @@ fn follow_one(pass: &mut Pass<'_, '_>, r: &Resolved, hook: Hook) {
         Some((true, at)) => succeeded(pass, r, hook, &entry, job, at),
         Some((false, _)) => {
             let message = failure(job, hook);
-            let key = format!("HookFailed/{}", uid_of(job));
-            let note = Note::new(Target::Plan, true, Reason::HookFailed, message.clone());
-            pass.out.notes.push(note.once(key));
-            pass.out.finished_hooks.push((hook, false));
-            put(
+            let phase = (
+                HookPhase::Failed,
+                Some(message.clone()),
+                pass.cx.now.clone(),
+            );
+            ended(
                 pass,
-                HookStatus {
-                    phase: HookPhase::Failed.as_str().into(),
-                    message: Some(message),
-                    since: Some(pass.cx.now.clone()),
-                    ..entry
-                },
+                hook,
+                &entry,
+                job,
+                (Reason::HookFailed, message),
+                phase,
             );
         }
     }
+}
+
+/// A hook's Job ended: its event (once per Job object, a warning when it failed), the metric,
+/// and its entry in its new `phase` (with the entry's message and since).
+fn ended(
+    pass: &mut Pass<'_, '_>,
+    hook: Hook,
+    entry: &HookStatus,
+    job: &Job,
+    (reason, text): (Reason, String),
+    (phase, message, since): (HookPhase, Option<String>, String),
+) {
+    let failed = reason == Reason::HookFailed;
+    let key = format!("{reason}/{}", uid_of(job));
+    let note = Note::new(Target::Plan, failed, reason, text);
+    pass.out.notes.push(note.once(key));
+    pass.out.finished_hooks.push((hook, !failed));
+    put(
+        pass,
+        HookStatus {
+            phase: phase.as_str().into(),
+            message,
+            since: Some(since),
+            ..entry.clone()
+        },
+    );
 }
 
 /// A hook's Job succeeded: its entry says so, and a before hook opens the bracket (the after
@@ -176,19 +202,8 @@ fn succeeded(
         "Plan {plan}: the {} hook succeeded (Job {job_name})",
         hook.as_str()
     );
-    let key = format!("HookSucceeded/{}", uid_of(job));
-    let note = Note::new(Target::Plan, false, Reason::HookSucceeded, text);
-    pass.out.notes.push(note.once(key));
-    pass.out.finished_hooks.push((hook, true));
-    put(
-        pass,
-        HookStatus {
-            phase: HookPhase::Succeeded.as_str().into(),
-            message: None,
-            since: Some(stamp(at)),
-            ..entry.clone()
-        },
-    );
+    let phase = (HookPhase::Succeeded, None, stamp(at));
+    ended(pass, hook, entry, job, (Reason::HookSucceeded, text), phase);
     if hook == Hook::Before {
         owe_after(pass, r);
     }
