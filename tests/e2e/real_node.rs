@@ -788,6 +788,8 @@ pub fn the_only_server_drained_cordoned_and_upgraded_keeps_its_controller(ctx: &
         &servers,
         "a dead replica replaced on the cordoned server",
     );
+    // kube-proxy may still send a Service connection to the dead replica for a moment.
+    webhook_answers(ctx);
     ctx.kubectl(&["uncordon", REAL_NODE]).expect_ok();
 
     // The K3s server Plan's shape: cordon, no drain, the only server.
