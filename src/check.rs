@@ -1,6 +1,7 @@
 //! `system-upgrade-controller check -f FILE...`: the webhook's rules, offline, for GitOps
 //! pipelines. Documents that are not Plans are skipped; every problem of every Plan is printed.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -19,6 +20,8 @@ pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
     let mut output = String::new();
     let mut valid = true;
     let mut plans = 0;
+    // Each Plan's dependsOn, by namespace, for cycles that span files.
+    let mut order: BTreeMap<String, BTreeMap<String, (String, Vec<String>)>> = BTreeMap::new();
     for file in files {
         let file = file.as_ref();
         let name = file.display().to_string();
@@ -35,6 +38,23 @@ pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
         output.push_str(&report.0);
         valid &= report.1;
         plans += count;
+        for (namespace, plan, depends_on) in depends_on(&text, served) {
+            let graph = order.entry(namespace).or_default();
+            graph.insert(plan, (name.clone(), depends_on));
+        }
+    }
+    for graph in order.values() {
+        let edges: BTreeMap<String, Vec<String>> = graph
+            .iter()
+            .map(|(plan, (_, deps))| (plan.clone(), deps.clone()))
+            .collect();
+        for (plan, (file, _)) in graph {
+            if let Some(cycle) = validation::order::cycle(plan, &edges) {
+                let message = validation::order::cycle_message(&cycle);
+                output.push_str(&format!("{file}: Plan {plan:?}: error: {message}\n"));
+                valid = false;
+            }
+        }
     }
     let verdict = if valid {
         "all valid"
@@ -43,6 +63,32 @@ pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
     };
     output.push_str(&format!("{plans} Plan(s) checked: {verdict}\n"));
     Outcome { output, valid }
+}
+
+/// The Plans of a file's text that name `spec.dependsOn`: namespace (`served` when none),
+/// name and the Plans it waits for.
+fn depends_on(text: &str, served: &str) -> Vec<(String, String, Vec<String>)> {
+    let documents = crate::yaml::documents(text).unwrap_or_default();
+    documents
+        .iter()
+        .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Plan"))
+        .filter_map(|d| {
+            let names = d.pointer("/spec/dependsOn")?.as_array()?;
+            let text = |pointer: &str| {
+                d.pointer(pointer)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            Some((
+                text("/metadata/namespace").unwrap_or_else(|| served.to_owned()),
+                text("/metadata/name")?,
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect(),
+            ))
+        })
+        .collect()
 }
 
 /// A file's text (`-` is standard input), up to [`MAX_FILE`] bytes.
@@ -190,6 +236,33 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
         assert!(
             output.contains("warning: spec.nodeSelector is not set"),
             "{output}"
+        );
+    }
+
+    #[test]
+    fn plans_that_wait_for_each_other_across_files_are_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = |name: &str, depends_on: &str| {
+            format!(
+                "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {{name: {name}, namespace: system-upgrade}}\n\
+                 spec: {{concurrency: 1, version: v1.30.4, nodeSelector: {{}}, dependsOn: [{depends_on}], upgrade: {{image: alpine}}}}\n"
+            )
+        };
+        let os = dir.path().join("os.yaml");
+        let k3s = dir.path().join("k3s.yaml");
+        std::fs::write(&os, plan("os", "k3s")).unwrap();
+        std::fs::write(&k3s, plan("k3s", "os")).unwrap();
+        let outcome = run(&[&os], "system-upgrade");
+        assert!(outcome.valid, "alone, os only waits: {}", outcome.output);
+        let outcome = run(&[&os, &k3s], "system-upgrade");
+        assert!(!outcome.valid);
+        assert!(
+            outcome.output.contains(&format!(
+                "{}: Plan \"os\": error: spec.dependsOn: Plans os → k3s → os wait for each other",
+                os.display()
+            )),
+            "{}",
+            outcome.output
         );
     }
 

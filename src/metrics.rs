@@ -66,7 +66,7 @@ pub const RECONCILE_ERRORS: [&str; 9] = [
 ];
 
 /// The states `suc_plan_nodes` counts, as `decide::Tally` names them.
-pub const PLAN_NODE_STATES: [&str; 11] = [
+pub const PLAN_NODE_STATES: [&str; 12] = [
     "selected",
     "done",
     "applying",
@@ -78,6 +78,7 @@ pub const PLAN_NODE_STATES: [&str; 11] = [
     "cordoned",
     "refused",
     "version_held",
+    "canary_held",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -258,8 +259,9 @@ impl Metrics {
             "A Plan's nodes by state: selected, done (with the latest hash), applying, failed, \
              waiting, held (pause label), skipped (drain timeout) and gated (waiting while a \
              health gate or spec.paused holds the rollout, or waiting to be healthy), \
-             cordoned (kept cordoned by the Plan), refused (Job or pod refused) and \
-             version_held (waiting, held by a version rule of a K3s or RKE2 Plan)",
+             cordoned (kept cordoned by the Plan), refused (Job or pod refused), \
+             version_held (waiting, held by a version rule of a K3s or RKE2 Plan) and \
+             canary_held (waiting for the approval or soak after the first wave, spec.canary)",
             plan_nodes.clone(),
         );
         let leader = Gauge::default();
@@ -498,7 +500,7 @@ mod tests {
     #[test]
     fn process_and_plan_metrics() {
         let metrics = Metrics::new();
-        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1, 0, 0]);
+        metrics.plan_nodes("ns", "p", [5, 2, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
         let text = metrics.encode();
         assert!(
             text.contains("suc_plan_nodes{namespace=\"ns\",plan=\"p\",state=\"done\"} 2"),

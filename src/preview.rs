@@ -19,12 +19,12 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::admission;
 use crate::api::{
-    GROUP, IntOrPercent, LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_PAUSE, LABEL_PLAN,
-    PLAN_LABEL_PREFIX, Phase, Plan, Reason,
+    ANNOTATION_APPROVE, GROUP, IntOrPercent, LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_PAUSE,
+    LABEL_PLAN, PLAN_LABEL_PREFIX, Phase, Plan, Reason,
 };
 use crate::check;
 use crate::config::{PreviewConfig, kube_config};
-use crate::controller::decide::{self, Decision, Resolution};
+use crate::controller::decide::{self, Decision, Peer, Resolution};
 use crate::controller::job::{Hook, JobSettings};
 use crate::controller::resolve::ChannelClient;
 use crate::controller::select;
@@ -50,6 +50,8 @@ pub struct Input<'a> {
     /// Secrets of the Plan's namespace that it names, by name.
     pub secrets: &'a BTreeMap<String, Secret>,
     pub now: Timestamp,
+    /// The other Plans of the namespace (`spec.dependsOn`, `spec.exclusiveGroup`).
+    pub peers: &'a [Peer],
 }
 
 /// The preview of every Plan asked for, as text.
@@ -100,6 +102,7 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
         let resolution = resolve(plan, stored.as_ref(), &channels).await;
         let (jobs, pods) = jobs_of(&client, &namespace, &name).await?;
         let secrets = secrets_of(&client, plan).await?;
+        let peers = peers_of(&client, plan).await?;
         out.push_str(&report(&Input {
             plan,
             stored: stored.as_ref(),
@@ -109,10 +112,33 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
             pods: &pods,
             secrets: &secrets,
             now: Timestamp::now(),
+            peers: &peers,
         }));
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The other Plans of the Plan's namespace, when it has an order to keep with them.
+async fn peers_of(client: &Client, plan: &Plan) -> Result<Vec<Peer>, Error> {
+    let ordered = plan.spec.depends_on.as_ref().is_some_and(|d| !d.is_empty())
+        || plan.spec.exclusive_group.is_some();
+    if !ordered {
+        return Ok(Vec::new());
+    }
+    let namespace = plan.metadata.namespace.clone().unwrap_or_default();
+    let name = plan.metadata.name.clone().unwrap_or_default();
+    let api: Api<Plan> = Api::namespaced(client.clone(), &namespace);
+    let plans = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::Preview(format!("listing the Plans of {namespace}: {e}")))?;
+    Ok(plans
+        .items
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+        .map(Peer::of)
+        .collect())
 }
 
 /// The Plans of some files, with the namespace given where they name none.
@@ -246,6 +272,7 @@ pub fn report(input: &Input<'_>) -> String {
     cluster.jobs = input.jobs.to_vec();
     cluster.pods = input.pods.to_vec();
     cluster.secrets = input.secrets.clone();
+    cluster.peers = input.peers.to_vec();
     let now = cluster.decide();
     let conditions = now.status.conditions.clone().unwrap_or_default();
     let source = match input.resolution {
@@ -444,6 +471,10 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             Reason::RunningHook,
             Reason::HookFailed,
             Reason::Cancelled,
+            Reason::AwaitingApproval,
+            Reason::Soaking,
+            Reason::WaitingForPlans,
+            Reason::WaitingForGroup,
         ];
         if holding.iter().any(|r| r.as_str() == reason) {
             notes.push(message);
@@ -474,6 +505,34 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
             w.start_time.as_deref().unwrap_or_default(),
             w.end_time.as_deref().unwrap_or_default(),
             w.time_zone.as_deref().unwrap_or("UTC"),
+        ));
+    }
+    if let Some(names) = plan.spec.depends_on.as_ref().filter(|d| !d.is_empty()) {
+        notes.push(format!(
+            "dependsOn: no node starts until Plans {} are Complete for their current version",
+            names.join(", ")
+        ));
+    }
+    if let Some(group) = &plan.spec.exclusive_group {
+        notes.push(format!(
+            "exclusiveGroup {group}: no node starts while another Plan of the group has an \
+             upgrade or a hook under way"
+        ));
+    }
+    if let Some(canary) = &plan.spec.canary {
+        let wave = match (&canary.nodes, &canary.node_selector) {
+            (Some(nodes), _) => format!(
+                "the first {} node(s) in the order below",
+                nodes.to_string().trim_matches('"')
+            ),
+            _ => "the selected nodes that match canary.nodeSelector".to_owned(),
+        };
+        let lift = canary.soak_for.as_deref().map_or_else(
+            || format!("until approved ({ANNOTATION_APPROVE})"),
+            |soak| format!("until approved ({ANNOTATION_APPROVE}) or soaked for {soak} with the health gates open"),
+        );
+        notes.push(format!(
+            "canary: {wave} run alone, then the rest waits {lift}"
         ));
     }
     if let Some(budget) = &plan.spec.failure_budget {
@@ -524,6 +583,8 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
 /// what holds it now lifted (a pause, the window, the health gates), every upgrade succeeding.
 fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency: usize) {
     cluster.plan.spec.paused = None;
+    cluster.plan.spec.depends_on = None;
+    cluster.plan.spec.exclusive_group = None;
     cluster.plan.spec.window = None;
     cluster.plan.spec.windows = None;
     cluster.query = None;
@@ -541,6 +602,7 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
             ..NodeCondition::default()
         });
     }
+    cluster.approves = true;
     let uid = cluster.plan.metadata.uid.clone().unwrap_or_default();
     let rollout = cluster.play();
     let hash = rollout.last.status.latest_hash.clone().unwrap_or_default();
@@ -553,16 +615,19 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
             .map(|n| select::start_order_key(n, &uid, &hash))
     };
     let running = applying(input);
-    let mut batches: Vec<Vec<String>> = rollout
-        .steps
-        .iter()
-        .filter(|s| !s.started.is_empty())
-        .map(|s| {
-            let mut batch = s.started.clone();
+    // Batches of nodes, and where a first wave's hold (spec.canary) stands between them.
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut holds_after: Vec<(usize, String)> = Vec::new();
+    for step in &rollout.steps {
+        if let Some(held) = &step.held {
+            holds_after.push((batches.len(), held.clone()));
+        }
+        if !step.started.is_empty() {
+            let mut batch = step.started.clone();
             batch.sort_by_cached_key(picked);
-            batch
-        })
-        .collect();
+            batches.push(batch);
+        }
+    }
     let starting: usize = batches.iter().map(Vec::len).sum();
     if starting == 0 && running.is_empty() && rollout.complete {
         out.push_str(&format!("  {:<12} nothing left to upgrade\n", "order:"));
@@ -584,6 +649,11 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
         let mut first: Vec<String> = running.clone();
         if first_new && !batches.is_empty() {
             first.extend(batches.remove(0));
+        } else {
+            // A batch more before each hold.
+            for (after, _) in &mut holds_after {
+                *after += 1;
+            }
         }
         batches.insert(0, first);
     }
@@ -593,9 +663,18 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
             "    first: the before hook (spec.hooks.before); nodes start once it succeeded\n",
         );
     }
+    let hold_line = |out: &mut String, i: usize| {
+        for (_, held) in holds_after.iter().filter(|(after, _)| *after == i) {
+            out.push_str(&format!(
+                "    then: the first wave holds the rest (spec.canary): {held}; shown as if lifted\n"
+            ));
+        }
+    };
     for (i, batch) in batches.iter().enumerate() {
+        hold_line(out, i);
         out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
     }
+    hold_line(out, batches.len());
     if ran(Hook::After) {
         out.push_str(
             "    last: the after hook (spec.hooks.after); the Plan is Complete once it succeeded\n",
@@ -678,6 +757,7 @@ mod tests {
             pods: &[],
             secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
+            peers: &[],
         });
         assert!(
             text.contains("version:     v1.30.4-k3s1 (from spec.version)"),
@@ -727,6 +807,7 @@ mod tests {
             pods: &[],
             secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
+            peers: &[],
         });
         assert!(
             text.contains("spec.concurrency: must be at least 1"),
@@ -748,6 +829,7 @@ mod tests {
             pods: &[],
             secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
+            peers: &[],
         });
         // As the controller: nothing starts, and nothing can be ordered, before a version.
         assert!(
@@ -771,6 +853,7 @@ mod tests {
             pods: &[],
             secrets: &BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
+            peers: &[],
         });
         assert!(text.contains("hold:        spec.paused is true"), "{text}");
         assert!(text.contains("    1: a\n"), "{text}");
@@ -786,6 +869,7 @@ mod tests {
             pods: &[],
             secrets: &NO_SECRETS,
             now: "2026-11-23T10:00:00Z".parse().unwrap(), // a Monday
+            peers: &[],
         }
     }
 
@@ -874,6 +958,73 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("then:"), "{text}");
+    }
+
+    #[test]
+    fn a_plan_that_waits_for_another_says_so_and_shows_its_order() {
+        let spec = json!({"concurrency": 1, "version": "v1.30.4+k3s1", "nodeSelector": {},
+            "dependsOn": ["k3s-server"], "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let plan = plan(spec);
+        let nodes = [node("a", json!({}))];
+        let peers = [Peer {
+            name: "k3s-server".into(),
+            complete: Some((false, "SyncJob".into(), String::new())),
+            ..Peer::default()
+        }];
+        let text = report(&Input {
+            peers: &peers,
+            ..input(&plan, Some(&plan), &nodes)
+        });
+        assert!(
+            text.contains("hold:        1 node(s) wait: waiting for spec.dependsOn: Plan k3s-server is not Complete (SyncJob)"),
+            "{text}"
+        );
+        assert!(text.contains("    1: a\n"), "{text}");
+    }
+
+    #[test]
+    fn a_first_wave_is_shown_as_its_own_batch_with_the_hold_after_it() {
+        for (canary, lifts) in [
+            (json!({"nodes": 1}), "wait for approval"),
+            (
+                json!({"nodes": 1, "soakFor": "1h"}),
+                "once it has soaked for 1h",
+            ),
+        ] {
+            let spec = json!({"concurrency": 2, "version": "v1.30.4+k3s1", "nodeSelector": {},
+                "canary": canary, "upgrade": {"image": "rancher/k3s-upgrade"}});
+            let plan = plan(spec);
+            let nodes = [
+                node("a", json!({})),
+                node("b", json!({})),
+                node("c", json!({})),
+                node("d", json!({})),
+            ];
+            let text = report(&input(&plan, Some(&plan), &nodes));
+            let order: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.starts_with("  order:"))
+                .skip(1)
+                .map(str::trim)
+                .collect();
+            assert_eq!(order.len(), 4, "{text}");
+            assert_eq!(
+                order[0].split(", ").count(),
+                1,
+                "the wave runs alone: {text}"
+            );
+            assert!(
+                order[1].starts_with("then: the first wave holds the rest (spec.canary)")
+                    && order[1].contains(lifts),
+                "{text}"
+            );
+            assert_eq!(order[2].split(", ").count(), 2, "{text}");
+            assert!(order[3].starts_with("3: "), "{text}");
+            assert!(
+                text.contains("hold:        canary: the first 1 node(s)"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -122,6 +122,21 @@ pub fn findings(
                  nodeSelector) before switching",
             ));
         }
+        if let Some(wave) = (plan.status.as_ref())
+            .and_then(|s| s.canary.as_ref())
+            .filter(|w| matches!(w.phase.as_str(), "Running" | "AwaitingApproval" | "Soaking"))
+        {
+            found.push(Finding::must(
+                object.clone(),
+                format!(
+                    "its first wave (spec.canary) is {}; the Go controller has no canary and \
+                     would start every node left at once",
+                    wave.phase
+                ),
+                "approve or finish the rollout here first, or delete the Plan (or its \
+                 nodeSelector) before switching",
+            ));
+        }
         if spec.windows.as_ref().is_some_and(|w| !w.is_empty()) {
             found.push(Finding::must(
                 object.clone(),
@@ -144,6 +159,9 @@ pub fn findings(
         let ignored: Vec<&str> = [
             ("spec.retry", spec.retry.is_some()),
             ("spec.failureBudget", spec.failure_budget.is_some()),
+            ("spec.canary", spec.canary.is_some()),
+            ("spec.dependsOn", spec.depends_on.is_some()),
+            ("spec.exclusiveGroup", spec.exclusive_group.is_some()),
             ("spec.healthGates", spec.health_gates.is_some()),
             ("spec.versionSafety", spec.version_safety.is_some()),
             ("spec.convergence", spec.convergence.is_some()),
@@ -407,6 +425,17 @@ mod tests {
                     serde_json::from_value(json!({"cancelled": {"hash": "h1"}})).unwrap();
                 cancelled
             },
+            {
+                let mut waiting = plan(
+                    "waiting",
+                    json!({"concurrency": 1, "upgrade": {"image": "x"}, "canary": {"nodes": 1}}),
+                );
+                waiting.status = serde_json::from_value(
+                    json!({"canary": {"hash": "h1", "phase": "AwaitingApproval"}}),
+                )
+                .unwrap();
+                waiting
+            },
         ];
         let jobs = [
             gated_job("waiting", false),
@@ -432,6 +461,7 @@ mod tests {
                 "Plan system-upgrade/held",
                 "Plan system-upgrade/hooked",
                 "Plan system-upgrade/cancelled",
+                "Plan system-upgrade/waiting",
                 "Job system-upgrade/job-waiting",
                 "Job system-upgrade/job-failed",
                 "Node agent-1",
@@ -451,7 +481,7 @@ mod tests {
         );
         let text = report(&found, "system-upgrade");
         assert!(
-            text.starts_with("8 thing(s) to change before the Go controller takes over:\n"),
+            text.starts_with("9 thing(s) to change before the Go controller takes over:\n"),
             "{text}"
         );
         assert!(text.contains("Plan os by this controller"), "{text}");

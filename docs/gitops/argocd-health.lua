@@ -2,7 +2,7 @@
 -- Healthy: every selected node runs the latest version. Progressing: the controller has not yet
 -- seen the latest spec, or the rollout is under way (or waits for its window or channel).
 -- Suspended: spec.paused, the nodes left are labelled upgrade.cattle.io/pause=true, or the
--- rollout was cancelled (upgrade.cattle.io/cancel).
+-- rollout was cancelled (upgrade.cattle.io/cancel), or its first wave waits for approval.
 -- Degraded: a node's Job or drain failed, or the Plan is invalid.
 local hs = {}
 local status = obj.status
@@ -33,7 +33,8 @@ if complete.status == "True" then
   hs.message = "upgraded " .. progress .. " nodes"
   return hs
 end
-if complete.reason == "Paused" or complete.reason == "Cancelled" then
+if complete.reason == "Paused" or complete.reason == "Cancelled"
+    or complete.reason == "AwaitingApproval" then
   hs.status = "Suspended"
   hs.message = complete.message
   return hs

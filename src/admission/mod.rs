@@ -111,16 +111,20 @@ pub struct Answer {
     pub operation: &'static str,
     pub decision: Decision,
     /// A K3s or RKE2 Plan admitted so far whose new `spec.version` is still to be checked
-    /// against the nodes it selects (which needs the cluster: see [`refuse_for_versions`]).
+    /// against the nodes it selects (which needs the cluster: see [`refuse_on_cluster`]).
     pub check_versions: Option<Box<Plan>>,
     /// A Plan admitted so far with object health gates, to be tried on the objects as they are
     /// now (which needs the cluster): a gate closed now is a warning, never a refusal.
     pub check_objects: Option<Box<Plan>>,
+    /// A Plan admitted so far whose `spec.dependsOn` is still to be checked for a cycle through
+    /// the other Plans of its namespace (which needs the cluster).
+    pub check_order: Option<Box<Plan>>,
 }
 
 impl Answer {
-    /// Refuses the Plan for `message` (a version that would downgrade or skip a node).
-    pub fn refuse_for_versions(&mut self, message: String) {
+    /// Refuses the Plan for `message`, found on the cluster (a version that would downgrade or
+    /// skip a node, a cycle of `dependsOn`).
+    pub fn refuse_on_cluster(&mut self, message: String) {
         self.response = self.response.clone().deny(message);
         self.decision = Decision::Denied;
     }
@@ -264,13 +268,14 @@ pub fn handle(webhook: Webhook, served: &str, body: &[u8]) -> Result<Answer, Bad
         }
     };
     let (response, decision, plan) = respond(webhook, served, &request, operation);
-    let (check_versions, check_objects) = plan;
+    let (check_versions, check_objects, check_order) = plan;
     Ok(Answer {
         response,
         operation,
         decision,
         check_versions,
         check_objects,
+        check_order,
     })
 }
 
@@ -285,8 +290,8 @@ fn cut(text: &str) -> &str {
 }
 
 /// An admitted Plan to check on the cluster: its new version against the nodes, its object
-/// gates on the objects (see [`Answer`]).
-type ToCheck = (Option<Box<Plan>>, Option<Box<Plan>>);
+/// gates on the objects, its `dependsOn` against the other Plans (see [`Answer`]).
+type ToCheck = (Option<Box<Plan>>, Option<Box<Plan>>, Option<Box<Plan>>);
 
 #[tracing::instrument(name = "review", skip_all, fields(uid = %request.uid, operation, namespace = cut(&request.namespace), plan = cut(&request.name)))]
 fn respond(
@@ -308,6 +313,9 @@ fn respond(
     let check = admitted
         .clone()
         .filter(|p| versions::admission_target(&p.spec).is_some() && version_changed(p));
+    let order = admitted
+        .clone()
+        .filter(|p| p.spec.depends_on.as_ref().is_some_and(|d| !d.is_empty()));
     let objects = admitted.filter(|p| {
         p.spec
             .health_gates
@@ -318,7 +326,11 @@ fn respond(
     (
         response,
         decision,
-        (check.map(Box::new), objects.map(Box::new)),
+        (
+            check.map(Box::new),
+            objects.map(Box::new),
+            order.map(Box::new),
+        ),
     )
 }
 

@@ -100,3 +100,7 @@ pub const ANNOTATION_CANCEL: &str = "upgrade.cattle.io/cancel";
 
 /// Plan annotation resuming a cancelled rollout (any value); removed once acted on.
 pub const ANNOTATION_RESUME: &str = "upgrade.cattle.io/resume";
+
+/// Plan annotation approving the rollout of the current version past its first wave
+/// (`spec.canary`; any value); removed once acted on.
+pub const ANNOTATION_APPROVE: &str = "upgrade.cattle.io/approve";

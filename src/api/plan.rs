@@ -78,6 +78,24 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_budget: Option<FailureBudget>,
 
+    /// Plans of this namespace, by name, that must be Complete for their current version before
+    /// this Plan starts a node (e.g. OS packages after K3s). A missing, failed or unfinished one
+    /// holds new starts and is named in status; what runs finishes. A cycle is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
+
+    /// Plans that share this name start nodes one Plan at a time: while one of them has an
+    /// upgrade (or a hook) under way, the others start none (`exclusive` only keeps two Plans'
+    /// Jobs off the same node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_group: Option<String>,
+
+    /// A first wave of nodes that runs alone, then holds the rollout until approved
+    /// (`upgrade.cattle.io/approve`) or, with `soakFor`, until the wave has been done that long
+    /// with every health gate open (an addition to the Go controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+
     /// Health checks between nodes: a closed gate holds the rollout (nothing new starts; what
     /// runs finishes) and says why in status and events; it never fails the Plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +234,26 @@ pub struct ContainerSpec {
     /// CAP_SYS_BOOT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+}
+
+/// `spec.canary`: the first wave of a rollout, and what lifts the hold after it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// How many nodes the first wave upgrades: a number (at least 1), or a percentage of the
+    /// nodes the Plan selects such as `"10%"` (rounded down, at least one). The wave's nodes are
+    /// the first to start in the Plan's order. Set this or `nodeSelector`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<IntOrPercent>,
+    /// The first wave: the selected nodes that also match this selector (e.g. a label you put
+    /// on the nodes you test on). Set this or `nodes`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Lifts the hold once the wave has been done this long with every health gate open, e.g.
+    /// `"1h"` (a closed gate starts the soak again). Without it only the approval annotation
+    /// lifts the hold; with it the annotation still lifts it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_for: Option<String>,
 }
 
 /// `spec.failureBudget`: failed nodes the rollout goes on without.
@@ -771,6 +809,35 @@ pub struct PlanStatus {
     /// starts until `upgrade.cattle.io/resume` or a new version or hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<Cancellation>,
+    /// The first wave of the rollout of `latestHash` (`spec.canary`): where it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Where the first wave of a rollout stands (`status.canary`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The Plan hash whose rollout this wave opens.
+    pub hash: String,
+    /// Its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Running (the wave runs alone), AwaitingApproval (the wave is done, or a node of it
+    /// failed, and the rest waits for `upgrade.cattle.io/approve`), Soaking (done, and the rest
+    /// starts once `soakFor` has passed with the health gates open), or what lifted the hold:
+    /// Approved, Soaked, or Done (the wave was every node left).
+    pub phase: String,
+    /// Since when it has been in this phase; while Soaking, since when the health gates have
+    /// been open (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The wave's nodes, once it is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// What holds the rollout, or lifted the hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A cancelled rollout.

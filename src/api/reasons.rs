@@ -173,6 +173,20 @@ wire_words! {
         Cancelled,
         /// Condition and event: a health gate (`spec.healthGates`) holds the rollout.
         WaitingForHealth,
+        /// Condition and event: the first wave (`spec.canary`) is done, or a node of it failed,
+        /// and the rest of the rollout waits for `upgrade.cattle.io/approve`.
+        AwaitingApproval,
+        /// Condition and event: the first wave is done and the rest of the rollout starts once
+        /// `canary.soakFor` has passed with the health gates open.
+        Soaking,
+        /// Event: the rollout was approved past its first wave, or its soak ended.
+        CanaryLifted,
+        /// Condition and event: a Plan of `spec.dependsOn` is missing, failed or not Complete
+        /// for its current version; nothing new starts.
+        WaitingForPlans,
+        /// Condition and event: another Plan of the same `spec.exclusiveGroup` has an upgrade
+        /// under way; nothing new starts.
+        WaitingForGroup,
         /// Condition and event: the Plan CRD in the cluster lacks fields of this controller's
         /// (the API server drops them); while spec fields are missing nothing new starts.
         CRDOutdated,

@@ -17,6 +17,7 @@ pub mod expect;
 pub mod hash;
 pub mod job;
 pub mod objects;
+pub mod peers;
 pub mod poll;
 pub mod query;
 pub mod reconcile;

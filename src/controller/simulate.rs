@@ -19,11 +19,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use crate::api::{
-    ANNOTATION_DRAINED, FINALIZER_AFTER_HOOK, LABEL_NODE, LABEL_VERSION, PLAN_LABEL_PREFIX, Plan,
+    ANNOTATION_APPROVE, ANNOTATION_DRAINED, FINALIZER_AFTER_HOOK, LABEL_NODE, LABEL_VERSION,
+    PLAN_LABEL_PREFIX, Plan, Reason,
 };
 use crate::controller::cordon::{self, Claimant};
 use crate::controller::decide::{
-    self, Change, Decision, DrainProgress, Observed, QueryOutcome, Refusal, Resolution, pods,
+    self, Change, Decision, DrainProgress, Observed, Peer, QueryOutcome, Refusal, Resolution, pods,
 };
 use crate::controller::job::{GATE_NAMES, Hook, JobSettings, hook_of};
 use crate::controller::status::{self, COMPLETE, stamp};
@@ -46,6 +47,10 @@ pub struct Cluster {
     pub refusals: BTreeMap<String, Refusal>,
     pub crd_gaps: Vec<String>,
     pub settings: JobSettings,
+    /// The other Plans of the namespace (`spec.dependsOn`, `spec.exclusiveGroup`).
+    pub peers: Vec<Peer>,
+    /// Whether a person approves the rollout once its first wave holds it (`spec.canary`).
+    pub approves: bool,
     /// Jobs created so far, for their UIDs.
     created: usize,
 }
@@ -60,6 +65,8 @@ pub struct Step {
     pub done: Vec<String>,
     /// Hooks (`spec.hooks`) whose Job was created in this step.
     pub hooks: Vec<Hook>,
+    /// The hold after a first wave (`spec.canary`) that began in this step: what it says.
+    pub held: Option<String>,
 }
 
 /// A rollout played to its end, or to where it stops.
@@ -91,6 +98,8 @@ impl Cluster {
             refusals: BTreeMap::new(),
             crd_gaps: Vec::new(),
             settings: JobSettings::default(),
+            approves: false,
+            peers: Vec::new(),
             created: 0,
         }
     }
@@ -103,6 +112,7 @@ impl Cluster {
         let secrets: BTreeMap<String, &Secret> =
             self.secrets.iter().map(|(k, v)| (k.clone(), v)).collect();
         decide::decide(&Observed {
+            peers: &self.peers,
             plan: &self.plan,
             nodes: &nodes,
             jobs: &jobs,
@@ -128,6 +138,8 @@ impl Cluster {
         );
         let mut steps = Vec::new();
         let mut last = None;
+        // The canary hold of the pass before, if one held.
+        let mut held_reason: Option<String> = None;
         for _ in 0..limit {
             let decision = self.decide();
             let hash = decision.status.latest_hash.clone().unwrap_or_default();
@@ -159,7 +171,31 @@ impl Cluster {
                         _ => None,
                     })
                     .collect(),
+                held: None,
             };
+            let mut step = step;
+            let complete_reason = decision
+                .status
+                .conditions
+                .as_deref()
+                .and_then(|c| status::get(c, COMPLETE))
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                });
+            let canary_hold = complete_reason.filter(|(reason, _)| {
+                [Reason::AwaitingApproval, Reason::Soaking]
+                    .iter()
+                    .any(|r| r.as_str() == reason)
+            });
+            if let Some((reason, message)) = &canary_hold
+                && held_reason.as_deref() != Some(reason.as_str())
+            {
+                step.held = Some(message.clone());
+            }
+            held_reason = canary_hold.as_ref().map(|(reason, _)| reason.clone());
             let stored = self.plan.status.clone();
             let quiet = decision.before.is_empty()
                 && decision.after.is_empty()
@@ -170,7 +206,18 @@ impl Cluster {
                 .conditions
                 .as_deref()
                 .is_some_and(|c| status::is(c, COMPLETE, "True"));
-            if !step.started.is_empty() || !step.done.is_empty() || !step.hooks.is_empty() {
+            let approving = held_reason.as_deref() == Some(Reason::AwaitingApproval.as_str())
+                && quiet
+                && self.approves;
+            if approving {
+                let annotations = self.plan.metadata.annotations.get_or_insert_default();
+                annotations.insert(ANNOTATION_APPROVE.to_owned(), "true".to_owned());
+            }
+            if !step.started.is_empty()
+                || !step.done.is_empty()
+                || !step.hooks.is_empty()
+                || step.held.is_some()
+            {
                 steps.push(step);
             }
             let requeue = decision.requeue;
@@ -181,9 +228,17 @@ impl Cluster {
                     complete: true,
                 };
             }
+            let soak_ends = (decision.status.canary.as_ref())
+                .and_then(|wave| decide::canary::soak_ends(&self.plan, wave))
+                .filter(|_| held_reason.as_deref() == Some(Reason::Soaking.as_str()));
             last = Some(decision);
             let upgraded = self.finish_upgrades();
-            if quiet && !upgraded {
+            if quiet && !upgraded && !approving {
+                if let Some(ends) = soak_ends {
+                    // A long soak passes in one step.
+                    self.now = ends.max(self.now);
+                    continue;
+                }
                 if requeue >= decide::RESYNC {
                     break;
                 }

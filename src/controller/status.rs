@@ -117,6 +117,7 @@ pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<se
             "progress",
             "hooks",
             "cancelled",
+            "canary",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
@@ -203,7 +204,8 @@ mod tests {
                 "metadata": {"resourceVersion": "42"},
                 "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
                            "applying": null, "nodes": null, "observedGeneration": null,
-                           "progress": null, "hooks": null, "cancelled": null},
+                           "progress": null, "hooks": null, "cancelled": null,
+                           "canary": null},
             })
         );
     }

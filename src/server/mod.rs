@@ -341,7 +341,7 @@ async fn check_versions(client: Option<&kube::Client>, answer: &mut admission::A
                 .collect();
             if let Some(message) = versions::refusal(&plan.spec, &selected) {
                 let name = validation::bounded(&format!("{plan_name:?}"));
-                answer.refuse_for_versions(validation::bounded(&format!(
+                answer.refuse_on_cluster(validation::bounded(&format!(
                     "Plan {name} is invalid: {message}"
                 )));
             }
@@ -397,6 +397,61 @@ async fn check_objects(objects: Option<&ObjectGates>, answer: &mut admission::An
     }
 }
 
+/// How long the webhook waits for the Plans of a namespace to look for a `dependsOn` cycle.
+const PLAN_LIST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refuses a Plan whose `spec.dependsOn` closes a cycle through the other Plans of its
+/// namespace, and warns of each Plan it names that does not exist yet. Fails open with a
+/// warning when the Plans cannot be read in time: the controller holds a Plan of a cycle and
+/// says so in its status.
+async fn check_order(client: Option<&kube::Client>, answer: &mut admission::Answer) {
+    let (Some(plan), Some(client)) = (answer.check_order.take(), client) else {
+        return;
+    };
+    let namespace = plan.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<crate::api::Plan> = Api::namespaced(client.clone(), &namespace);
+    let listed = tokio::time::timeout(PLAN_LIST_TIMEOUT, api.list(&ListParams::default())).await;
+    let plans = match listed {
+        Ok(Ok(list)) => list.items,
+        Ok(Err(e)) => {
+            answer.warn(format!(
+                "spec.dependsOn was not checked for a cycle (reading the Plans failed: {e}); the                  controller holds a Plan of a cycle"
+            ));
+            return;
+        }
+        Err(_) => {
+            answer.warn(format!(
+                "spec.dependsOn was not checked for a cycle (reading the Plans took more than                  {}s); the controller holds a Plan of a cycle",
+                PLAN_LIST_TIMEOUT.as_secs()
+            ));
+            return;
+        }
+    };
+    let name = plan.metadata.name.clone().unwrap_or_default();
+    let wanted = plan.spec.depends_on.clone().unwrap_or_default();
+    let mut graph: std::collections::BTreeMap<String, Vec<String>> = plans
+        .iter()
+        .map(|p| {
+            let deps = p.spec.depends_on.clone().unwrap_or_default();
+            (p.metadata.name.clone().unwrap_or_default(), deps)
+        })
+        .collect();
+    let missing: Vec<&String> = wanted.iter().filter(|d| !graph.contains_key(*d)).collect();
+    for other in missing {
+        answer.warn(format!(
+            "spec.dependsOn: Plan {other} does not exist in namespace {namespace} yet; this Plan              starts no node until it does and is Complete"
+        ));
+    }
+    graph.insert(name.clone(), wanted);
+    if let Some(cycle) = validation::order::cycle(&name, &graph) {
+        let plan_name = validation::bounded(&format!("{name:?}"));
+        answer.refuse_on_cluster(validation::bounded(&format!(
+            "Plan {plan_name} is invalid: {}",
+            validation::order::cycle_message(&cycle)
+        )));
+    }
+}
+
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     review(state, Webhook::Mutate, request).await
 }
@@ -444,6 +499,7 @@ async fn review(state: AppState, webhook: Webhook, request: Request) -> Response
     if let Ok(Ok(answer)) = &mut outcome {
         check_versions(state.nodes.as_ref(), answer).await;
         check_objects(state.objects.as_deref(), answer).await;
+        check_order(state.nodes.as_ref(), answer).await;
     }
     let (operation, result) = match &outcome {
         Ok(Ok(answer)) => (answer.operation, answer.decision.as_str()),
@@ -745,6 +801,62 @@ mod tests {
             "{text}"
         );
         api.done().await;
+    }
+
+    /// A cycle of `dependsOn` through a stored Plan is refused, naming it; a Plan named that does
+    /// not exist is a warning.
+    #[tokio::test]
+    async fn a_depends_on_cycle_through_stored_plans_is_refused() {
+        let review = |depends_on: serde_json::Value| {
+            let plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                "metadata": {"name": "os", "namespace": "system-upgrade"},
+                "spec": {"concurrency": 1, "version": "v1.0.0", "nodeSelector": {},
+                    "dependsOn": depends_on, "upgrade": {"image": "busybox"}}});
+            let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u1", "kind": {"group": "upgrade.cattle.io", "version": "v1", "kind": "Plan"},
+                    "operation": "CREATE", "name": "os", "namespace": "system-upgrade", "object": plan}});
+            admission::handle(
+                Webhook::Validate,
+                "system-upgrade",
+                &serde_json::to_vec(&review).unwrap(),
+            )
+            .unwrap()
+        };
+        let stored = json!({"kind": "PlanList", "apiVersion": "upgrade.cattle.io/v1", "metadata": {},
+            "items": [{"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+                "metadata": {"name": "k3s", "namespace": "system-upgrade"},
+                "spec": {"dependsOn": ["os"], "upgrade": {"image": "x"}}}]});
+        for (depends_on, refused) in [(json!(["k3s"]), true), (json!(["kernel"]), false)] {
+            let (client, mut api) = testing::client();
+            let mut answer = review(depends_on);
+            assert!(answer.check_order.is_some());
+            let check = tokio::spawn(async move {
+                check_order(Some(&client), &mut answer).await;
+                answer
+            });
+            api.expect(
+                "GET",
+                "/apis/upgrade.cattle.io/v1/namespaces/system-upgrade/plans?",
+                200,
+                stored.clone(),
+            )
+            .await;
+            let answer = check.await.unwrap();
+            let text = serde_json::to_string(&answer.response).unwrap();
+            assert_eq!(answer.response.allowed, !refused, "{text}");
+            if refused {
+                assert!(
+                    text.contains("spec.dependsOn: Plans os → k3s → os wait for each other"),
+                    "{text}"
+                );
+            } else {
+                assert!(
+                    text.contains("Plan kernel does not exist in namespace system-upgrade yet"),
+                    "{text}"
+                );
+            }
+            api.done().await;
+        }
     }
 
     /// A Plan with an object gate on a Widget, as the webhook admits it.

@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::syntax::{duration, expression, image, k8s, window};
 
+pub mod order;
 mod pods;
 mod rollout;
 pub mod versions;
@@ -220,6 +221,7 @@ pub fn validate(plan: &Plan) -> Report {
     let mut report = Report::default();
     check_name(plan, &mut report);
     check_spec(&plan.spec, &mut report);
+    order::check(plan, &mut report);
     report
 }
 
@@ -292,6 +294,9 @@ fn check_spec(spec: &PlanSpec, report: &mut Report) {
     }
     if let Some(budget) = &spec.failure_budget {
         check_failure_budget(budget, report);
+    }
+    if let Some(canary) = &spec.canary {
+        check_canary(canary, report);
     }
     if let Some(gates) = &spec.health_gates {
         check_health_gates(gates, report);

@@ -2,7 +2,7 @@
 //! and channel, the window, the drain, selectors, Secrets and the labels a node gets when done.
 
 use super::*;
-use crate::api::FailureBudget;
+use crate::api::{Canary, FailureBudget};
 
 /// A number of nodes (at least 1) or a whole percentage from 1% to 100%.
 pub(super) fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report) {
@@ -61,6 +61,52 @@ pub(super) fn check_failure_budget(budget: &FailureBudget, report: &mut Report) 
                  Uncordoned"
             ),
         );
+    }
+}
+
+/// `spec.canary`: a first wave named by a count (at least 1, or 1% to 100%) or by a selector,
+/// not both, and a positive soak of at most 30 days.
+pub(super) fn check_canary(canary: &Canary, report: &mut Report) {
+    match (&canary.nodes, &canary.node_selector) {
+        (Some(_), Some(_)) => report.problem(
+            "spec.canary",
+            "sets both nodes and nodeSelector; the first wave is one or the other: keep one",
+        ),
+        (None, None) => report.problem(
+            "spec.canary",
+            "names no first wave: set nodes (e.g. 1 or \"10%\") or nodeSelector",
+        ),
+        (Some(nodes), None) => {
+            const FIELD: &str = "spec.canary.nodes";
+            match (nodes, nodes.percent()) {
+                (IntOrPercent::Int(n), _) if *n < 1 => report.problem(
+                    FIELD,
+                    format!("must be at least 1, got {n}; it is how many nodes go first"),
+                ),
+                (IntOrPercent::Text(text), Some(p)) if !(1..=100).contains(&p) => report.problem(
+                    FIELD,
+                    format!("{text:?} is not between 1% and 100% of the selected nodes, e.g. \"10%\""),
+                ),
+                (IntOrPercent::Text(text), None) => report.problem(
+                    FIELD,
+                    format!(
+                        "{text:?} is neither a number of nodes nor a percentage; use e.g. 1 or \"10%\""
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        (None, Some(selector)) => check_selector("spec.canary.nodeSelector", selector, report),
+    }
+    if let Some(soak) = canary.soak_for.as_deref() {
+        const THIRTY_DAYS: i64 = 30 * 24 * 3600;
+        check_duration("spec.canary.soakFor", soak, Some(THIRTY_DAYS), report);
+        if duration::parse(soak).is_ok_and(|d| d == 0) {
+            report.problem(
+                "spec.canary.soakFor",
+                "must be more than 0; leave it out to wait for approval alone",
+            );
+        }
     }
 }
 

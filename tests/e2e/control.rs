@@ -1356,3 +1356,206 @@ pub fn a_failure_budget_of_two_gives_up_two_failed_nodes_and_stops_at_the_third(
     }
     s.cleanup();
 }
+
+/// The nodes of a Plan's Jobs, in the order they were created.
+fn job_nodes_in_order(s: &Scenario, plan: &str) -> Vec<String> {
+    let mut jobs = s.jobs(plan);
+    jobs.sort_by_key(|j| j.metadata.creation_timestamp.clone().map(|t| t.0));
+    jobs.iter().map(job_node).collect()
+}
+
+/// `spec.canary` by count: one node goes first and alone, the rest waits (`AwaitingApproval`,
+/// neither Reconciling nor Stalled) until `upgrade.cattle.io/approve`, which the controller
+/// removes once acted on.
+pub fn a_canary_wave_runs_alone_and_the_rest_waits_for_approval(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "canary", 3);
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    plan["canary"] = json!({"nodes": 1});
+    let metadata = json!({"annotations": {"suc-test/duration": "2s"}});
+    s.apply_plan("canary", plan, metadata);
+    let message = s.wait_condition(
+        "canary",
+        "Complete",
+        "False",
+        "AwaitingApproval",
+        2 * MINUTE,
+    );
+    let first = job_nodes_in_order(&s, "canary");
+    assert_eq!(first.len(), 1, "only the wave ran: {first:?}");
+    assert!(
+        message.contains(&format!(
+            "the first wave (node {}) is done; 2 node(s) wait for approval",
+            first[0]
+        )) && message.contains("annotate plan canary upgrade.cattle.io/approve=true"),
+        "{message}"
+    );
+    let canary = &s.plan_json("canary")["status"]["canary"];
+    assert_eq!(canary["phase"], "AwaitingApproval", "{canary}");
+    assert_eq!(canary["nodes"], json!(first), "{canary}");
+    assert_eq!(s.condition("canary", "Reconciling").unwrap().0, "False");
+    assert_eq!(s.condition("canary", "Stalled").unwrap().0, "False");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.jobs("canary").len(), 1, "the hold holds");
+
+    ctx.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "annotate",
+        "plan",
+        "canary",
+        "upgrade.cattle.io/approve=true",
+    ])
+    .expect_ok();
+    s.wait_condition("canary", "Complete", "True", "Complete", 2 * MINUTE);
+    let plan = s.plan_json("canary");
+    assert!(
+        plan["metadata"]["annotations"]
+            .get("upgrade.cattle.io/approve")
+            .is_none(),
+        "the approval is removed once acted on"
+    );
+    assert_eq!(plan["status"]["canary"]["phase"], "Approved");
+    assert_eq!(job_nodes_in_order(&s, "canary").len(), 3);
+    let events = s.plan_events("canary");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("AwaitingApproval: 2 node(s) wait"))
+            && events
+                .iter()
+                .any(|e| e.starts_with("CanaryLifted: Plan canary: the rollout of version")),
+        "{events:?}"
+    );
+    s.cleanup();
+}
+
+/// `spec.canary` by selector with `soakFor`: the labelled node goes first, the rest starts once
+/// the wave has been done for the soak (`Soaking` meanwhile, Reconciling).
+pub fn a_canary_wave_by_label_soaks_before_the_rest_start(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "soak", 3);
+    let chosen = s.nodes[2].clone();
+    ctx.kubectl(&["label", "node", &chosen, "upgrade-first=true"])
+        .expect_ok();
+    let mut plan = spec();
+    plan["concurrency"] = json!(2);
+    plan["canary"] =
+        json!({"nodeSelector": {"matchLabels": {"upgrade-first": "true"}}, "soakFor": "20s"});
+    plan["healthGates"] = json!({"allNodesReady": true});
+    let metadata = json!({"annotations": {"suc-test/duration": "2s"}});
+    s.apply_plan("soak", plan, metadata);
+    let message = s.wait_condition("soak", "Complete", "False", "Soaking", 2 * MINUTE);
+    let soak_began = std::time::Instant::now();
+    assert!(
+        message.contains(&format!("the first wave (node {chosen}) is done")),
+        "{message}"
+    );
+    assert_eq!(job_nodes_in_order(&s, "soak"), std::slice::from_ref(&chosen));
+    assert_eq!(s.condition("soak", "Reconciling").unwrap().0, "True");
+    let second = wait("the rest to start", MINUTE, || {
+        (s.jobs("soak").len() > 1).then(std::time::Instant::now)
+    });
+    assert!(
+        second.duration_since(soak_began) >= Duration::from_secs(15),
+        "the rest started {:?} into a 20 s soak",
+        second.duration_since(soak_began)
+    );
+    s.wait_condition("soak", "Complete", "True", "Complete", 2 * MINUTE);
+    assert_eq!(s.plan_json("soak")["status"]["canary"]["phase"], "Soaked");
+    s.cleanup();
+}
+
+/// When a Job ran: from its creation to its completion.
+fn job_span(job: &k8s_openapi::api::batch::v1::Job) -> (jiff::Timestamp, jiff::Timestamp) {
+    let created = job.metadata.creation_timestamp.clone().unwrap().0;
+    let completed = (job.status.as_ref())
+        .and_then(|s| s.completion_time.clone())
+        .map_or(jiff::Timestamp::MAX, |t| t.0);
+    (created, completed)
+}
+
+/// Three Plans applied together: `order-apt` waits (`WaitingForPlans`) until `order-k3s` is
+/// Complete, and it shares an `exclusiveGroup` with `order-kernel`, so their Jobs never run at
+/// the same time. A `dependsOn` cycle is refused at admission.
+pub fn ordered_plans_and_an_exclusive_group_applied_together(ctx: &Ctx) {
+    ctx.ensure_server();
+    let s = Scenario::new(ctx, "order", 3);
+    let selector = json!({"matchLabels": {"suc-test/scenario": "order"}});
+    let plan = |name: &str, duration: &str, extra: Value| {
+        let mut spec = spec();
+        spec["nodeSelector"] = selector.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+            "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {"suc-test/duration": duration}},
+            "spec": spec})
+    };
+    // The kernel Plan runs longest, so apt, once K3s is done, waits for it too.
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        plan("order-apt", "2s", json!({"dependsOn": ["order-k3s"], "exclusiveGroup": "maintenance"})),
+        plan("order-kernel", "10s", json!({"exclusiveGroup": "maintenance"})),
+        plan("order-k3s", "2s", json!({})),
+    ]});
+    ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&list.to_string()))
+        .expect_ok();
+    for name in ["order-k3s", "order-kernel", "order-apt"] {
+        s.wait_condition(name, "Complete", "True", "Complete", 4 * MINUTE);
+    }
+    let k3s_done = s
+        .jobs("order-k3s")
+        .iter()
+        .map(|j| job_span(j).1)
+        .max()
+        .unwrap();
+    let apt: Vec<_> = s.jobs("order-apt").iter().map(job_span).collect();
+    let kernel: Vec<_> = s.jobs("order-kernel").iter().map(job_span).collect();
+    assert_eq!((apt.len(), kernel.len()), (3, 3));
+    for (start, _) in &apt {
+        assert!(
+            *start >= k3s_done,
+            "an apt Job started at {start}, before K3s was done at {k3s_done}"
+        );
+    }
+    for (a_start, a_end) in &apt {
+        for (k_start, k_end) in &kernel {
+            assert!(
+                a_end <= k_start || k_end <= a_start,
+                "apt ran {a_start}..{a_end} while kernel ran {k_start}..{k_end}"
+            );
+        }
+    }
+    let waited = s.plan_events("order-apt");
+    assert!(
+        waited.iter().any(|e| e.starts_with(
+            "WaitingForPlans: 3 node(s) wait: waiting for spec.dependsOn: Plan order-k3s"
+        )),
+        "{waited:?}"
+    );
+    let held = s
+        .plan_events("order-apt")
+        .into_iter()
+        .chain(s.plan_events("order-kernel"));
+    assert!(
+        held.into_iter().any(|e| e.starts_with("WaitingForGroup:")),
+        "one of the group waited for the other"
+    );
+
+    // A cycle through a stored Plan is refused, naming it.
+    let cycle = plan("order-k3s", "2s", json!({"dependsOn": ["order-apt"]}));
+    let out = ctx.kubectl_with_input(&["apply", "-f", "-"], Some(&cycle.to_string()));
+    assert!(!out.ok, "a cycle was admitted");
+    assert!(
+        out.stderr.contains(
+            "spec.dependsOn: Plans order-k3s → order-apt → order-k3s wait for each other"
+        ),
+        "{}",
+        out.stderr
+    );
+    for name in ["order-apt", "order-kernel", "order-k3s"] {
+        s.delete_plan(name);
+    }
+    s.cleanup();
+}

@@ -75,7 +75,7 @@ fn rule_queries() -> Vec<String> {
 fn families() -> BTreeMap<String, String> {
     let metrics = Metrics::new();
     // The per-Plan gauge has series once a Plan is reconciled.
-    metrics.plan_nodes("system-upgrade", "p", [0; 11]);
+    metrics.plan_nodes("system-upgrade", "p", [0; 12]);
     metrics
         .encode()
         .lines()

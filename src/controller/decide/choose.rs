@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Node;
 
+use super::canary::Wave;
 use super::facts::finished_at;
 use super::jobs::Jobs;
 use super::pass::Pass;
@@ -16,11 +17,13 @@ use crate::controller::select;
 
 /// The nodes of a Plan that may start nodes: those under way, then those chosen before, then
 /// new ones in order up to `concurrency` (a percentage counts the eligible nodes, done or not),
-/// no new ones while the Plan is paused or `gated`. Without a `nodeSelector` nothing is selected.
+/// no new ones while the Plan is paused or `gated`, and only the first wave's while it runs
+/// (`wave`). Without a `nodeSelector` nothing is selected.
 pub(super) fn select<'a>(
     pass: &Pass<'_, 'a>,
     r: &Resolved,
     jobs: &Jobs<'a>,
+    wave: &Wave,
     gated: bool,
 ) -> Vec<&'a Node> {
     let cx = pass.cx;
@@ -40,10 +43,11 @@ pub(super) fn select<'a>(
         .copied()
         .filter(|n| {
             let name = n.metadata.name.as_deref().unwrap_or_default();
+            let going = under_way.iter().any(|u| u == name);
             !pass.ledger.done_now.contains(name)
                 && !pass.ledger.skipped.contains(name)
-                && (!pass.ledger.version_held.contains_key(name)
-                    || under_way.iter().any(|u| u == name))
+                && (!pass.ledger.version_held.contains_key(name) || going)
+                && (wave.admits(name) || going)
         })
         .collect();
     // The concurrency stays what the Plan says while it is paused or gated: nodes chosen
@@ -54,7 +58,8 @@ pub(super) fn select<'a>(
         .concurrency
         .as_ref()
         .and_then(|c| c.nodes(eligible))
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(wave.room().unwrap_or(usize::MAX));
     let placed: Vec<String> = pass
         .cx
         .applying_before

@@ -38,6 +38,60 @@ pub struct Observed<'a> {
     /// Fields of this controller's Plan CRD that the CRD in the cluster lacks (`spec.paused`,
     /// `status.nodes`): the API server drops them.
     pub crd_gaps: &'a [String],
+    /// The other Plans this controller serves, for `spec.dependsOn` and `spec.exclusiveGroup`.
+    pub peers: &'a [Peer],
+}
+
+/// Another Plan, as far as the order between Plans needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// Its `spec.dependsOn`.
+    pub depends_on: Vec<String>,
+    /// Its `spec.exclusiveGroup`.
+    pub exclusive_group: Option<String>,
+    /// What it has under way: the nodes it applies on and its hooks that run (this process's
+    /// last pass of it when newer than the cache).
+    pub busy: Vec<String>,
+    /// Its Complete condition, when its status is about its current spec: whether True, and
+    /// its reason and message.
+    pub complete: Option<(bool, String, String)>,
+    /// It is Stalled (failed, or invalid).
+    pub stalled: bool,
+}
+
+impl Peer {
+    /// The Plan as a peer of others: what its status says.
+    pub fn of(plan: &crate::api::Plan) -> Peer {
+        use crate::controller::status::{self, COMPLETE, STALLED};
+        let st = plan.status.clone().unwrap_or_default();
+        let conditions = st.conditions.unwrap_or_default();
+        let current =
+            st.observed_generation.is_some() && st.observed_generation == plan.metadata.generation;
+        let complete = status::get(&conditions, COMPLETE)
+            .filter(|_| current)
+            .map(|c| {
+                (
+                    c.status == "True",
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            });
+        let hooks_running = st.hooks.iter().flatten().filter(|h| {
+            h.phase == crate::api::HookPhase::Running.as_str()
+                || h.phase == crate::api::HookPhase::Starting.as_str()
+        });
+        Peer {
+            name: plan.metadata.name.clone().unwrap_or_default(),
+            depends_on: plan.spec.depends_on.clone().unwrap_or_default(),
+            exclusive_group: plan.spec.exclusive_group.clone(),
+            busy: (st.applying.iter().flatten().cloned())
+                .chain(hooks_running.map(|h| format!("hook/{}", h.name)))
+                .collect(),
+            complete,
+            stalled: status::is(&conditions, STALLED, "True"),
+        }
+    }
 }
 
 /// What version resolution found in this pass (done by the caller: it may need the network).
@@ -272,11 +326,14 @@ pub struct Tally {
     pub refused: usize,
     /// Waiting nodes a version rule holds (a downgrade, a skipped minor, servers behind).
     pub version_held: usize,
+    /// Waiting nodes (not label-held) the first wave's hold keeps waiting (`spec.canary`:
+    /// awaiting approval or soaking).
+    pub canary_held: usize,
 }
 
 impl Tally {
     /// The counts in the order of the metric's states (`metrics::PLAN_NODE_STATES`).
-    pub fn counts(&self) -> [usize; 11] {
+    pub fn counts(&self) -> [usize; 12] {
         [
             self.selected,
             self.done,
@@ -289,6 +346,7 @@ impl Tally {
             self.cordoned,
             self.refused,
             self.version_held,
+            self.canary_held,
         ]
     }
 }

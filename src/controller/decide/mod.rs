@@ -15,6 +15,8 @@
 //!    `spec.failureBudget`, stay so unless a retry names them; [`cancel`]: the cancel and resume
 //!    annotations.
 //! 5. [`holds`]: what holds new starts (a CRD that lacks spec fields, a closed health gate);
+//!    [`canary`]: the first wave runs alone, then holds the rest until approved or soaked;
+//!    [`order`]: Plans of `dependsOn` not Complete, or another of the `exclusiveGroup` busy;
 //!    [`versions`]: which nodes a version rule holds (a downgrade, a skipped minor, servers
 //!    behind).
 //! 6. [`choose`]: the nodes that apply the Plan now, within the concurrency.
@@ -30,6 +32,7 @@
 //! Only starting something new needs a valid, resolved Plan; finishing what runs never waits
 //! for it.
 
+pub(crate) mod canary;
 mod cancel;
 mod choose;
 mod decision;
@@ -38,6 +41,7 @@ mod finish;
 mod holds;
 mod hooks;
 mod jobs;
+mod order;
 mod pass;
 mod plan;
 pub(crate) mod pods;
@@ -54,7 +58,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 
 pub use decision::{
-    Change, Decision, DrainProgress, JobFields, Merge, Note, Observed, QueryOutcome, Refusal,
+    Change, Decision, DrainProgress, JobFields, Merge, Note, Observed, Peer, QueryOutcome, Refusal,
     Resolution, Tally, Target, completed_message,
 };
 pub use facts::{completion_labels, finished_at};
@@ -97,18 +101,31 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
     let begun_only = cancelled || resolved.window_stopped;
     retries::carry_skipped(&mut pass, &resolved);
     let mut gate = holds::gate(&mut pass, &resolved);
+    let wave = if ready {
+        canary::judge(&mut pass, &resolved, gate.as_ref())
+    } else {
+        canary::Wave::Open
+    };
+    if let canary::Wave::Hold(hold) = &wave
+        && gate.is_none()
+    {
+        gate = Some(hold.clone());
+    }
+    if ready && gate.is_none() {
+        gate = order::gate(&mut pass);
+    }
     if ready {
         versions::find_holds(&mut pass, &resolved);
     }
     let chosen = if begun_only {
         cancel::begun(&pass, &jobs)
     } else if ready {
-        let chosen = choose::select(&pass, &resolved, &jobs, gate.is_some());
+        let chosen = choose::select(&pass, &resolved, &jobs, &wave, gate.is_some());
         let open = gate.is_none() && !holds::window_closed(&pass, &jobs, &chosen);
         match open.then(|| hooks::before(&mut pass, &resolved, &jobs, &chosen)) {
             Some(Some(hold)) => {
                 gate = Some(hold);
-                choose::select(&pass, &resolved, &jobs, true)
+                choose::select(&pass, &resolved, &jobs, &wave, true)
             }
             _ => chosen,
         }

@@ -294,12 +294,19 @@ pub(super) fn finish(
         .count();
     tally.refused = ledger.refused.len();
     let holding = gate.is_some() || cx.paused();
+    let canary = gate.is_some_and(|(r, _)| matches!(r, Reason::AwaitingApproval | Reason::Soaking))
+        && !cx.paused();
+    tally.canary_held = if canary {
+        tally.waiting - tally.held
+    } else {
+        0
+    };
     tally.gated = out
         .entries
         .values()
         .filter(|e| e.phase == Phase::WaitingHealthy.as_str())
         .count()
-        + if holding {
+        + if holding && !canary {
             tally.waiting - tally.held
         } else {
             0
@@ -335,8 +342,8 @@ fn kstatus_conditions(out: &mut Effects) {
     let invalid = status::is(&out.conditions, VALIDATED, "False");
     let (reconciling, stalled) = match reason {
         _ if complete_true => (None, None),
-        // At rest as asked: a pause, a cancelled rollout.
-        Some(Reason::Paused | Reason::Cancelled) => (None, None),
+        // At rest as asked: a pause, a cancelled rollout, a first wave waiting for approval.
+        Some(Reason::Paused | Reason::Cancelled | Reason::AwaitingApproval) => (None, None),
         Some(
             failed @ (Reason::JobFailed
             | Reason::DrainFailed

@@ -44,6 +44,8 @@ struct World {
     refusals: BTreeMap<String, Refusal>,
     /// Fields the cluster's Plan CRD lacks.
     crd_gaps: Vec<String>,
+    /// The other Plans of the namespace.
+    peers: Vec<Peer>,
 }
 
 impl World {
@@ -69,6 +71,7 @@ impl World {
             object_gates: Vec::new(),
             refusals: BTreeMap::new(),
             crd_gaps: Vec::new(),
+            peers: Vec::new(),
         }
     }
 
@@ -135,6 +138,7 @@ impl World {
             object_gates: &self.object_gates,
             refusals: &self.refusals,
             crd_gaps: &self.crd_gaps,
+            peers: &self.peers,
         })
     }
 
@@ -466,8 +470,10 @@ fn reasons(decision: &Decision) -> Vec<&'static str> {
 }
 
 mod budget;
+mod canary;
 mod cancel;
 mod hooks;
+mod order;
 mod windows;
 
 #[test]

@@ -30,6 +30,7 @@ use crate::controller::events::Events;
 use crate::controller::expect::{Expectations, Shown};
 use crate::controller::job::JobSettings;
 use crate::controller::objects::ObjectGates;
+use crate::controller::peers::Peers;
 use crate::controller::poll::Channels;
 use crate::controller::query::Queries;
 use crate::controller::refusals::{self, Refusals};
@@ -97,6 +98,8 @@ pub struct Context {
     pub expect: Expectations,
     /// Jobs the API server refused, and Jobs whose pod cannot be created.
     pub refusals: Refusals,
+    /// The other Plans, for the order between Plans.
+    pub peers: Peers,
     /// With leader election: proves, before each write of a pass, that this replica still
     /// holds the Lease (a process stopped in the middle of a pass must not write on waking).
     pub fence: Option<crate::leader::Fence>,
@@ -186,6 +189,7 @@ impl Context {
             backoff: Backoff::default(),
             expect: Expectations::default(),
             refusals: Refusals::default(),
+            peers: Peers::default(),
             fence: None,
         }
     }
@@ -366,7 +370,18 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     let drains = ctx.drains.of(&plan_uid);
     look_up_pod_refusals(ctx, &plan_uid, &jobs, &pods).await;
     let refusals = ctx.refusals.of(&plan_uid);
+    // Passes of one exclusive group run one at a time, from reading the others to writing.
+    let _turn = match plan.spec.exclusive_group.as_deref() {
+        Some(group) => Some(ctx.peers.exclusive(group).await),
+        None => None,
+    };
+    let peers = ctx.peers.of(
+        &ctx.caches.plans.state(),
+        &plan.namespace().unwrap_or_default(),
+        &plan_uid,
+    );
     let decision = decide::decide(&Observed {
+        peers: &peers,
         query,
         object_gates: &object_gates,
         plan,
@@ -382,6 +397,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         crd_gaps: &ctx.crd.now(),
     });
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
+    ctx.peers.record(plan, &decision);
     act(ctx, plan, &decision).await?;
     // Only for a pass whose status was written: a retried pass would count its Jobs again.
     for (succeeded, took) in &decision.finished_jobs {
