@@ -30,27 +30,37 @@ pub(super) fn check_concurrency(concurrency: &IntOrPercent, report: &mut Report)
     }
 }
 
-/// `spec.failureBudget`: a number of nodes (0 or more) or a percentage from 1% to 100%, and a
-/// known policy for the failed nodes.
-pub(super) fn check_failure_budget(budget: &FailureBudget, report: &mut Report) {
-    const FIELD: &str = "spec.failureBudget.nodes";
-    match (&budget.nodes, budget.nodes.percent()) {
-        (IntOrPercent::Int(n), _) if *n < 0 => report.problem(
-            FIELD,
-            format!("must not be negative, got {n}; it is how many nodes may fail"),
-        ),
+/// A number of nodes (at least `min`; `what` says what it counts) or a whole percentage from 1%
+/// to 100% of the selected nodes.
+fn check_node_count(field: &str, nodes: &IntOrPercent, min: i64, what: &str, report: &mut Report) {
+    match (nodes, nodes.percent()) {
+        (IntOrPercent::Int(n), _) if *n < min => {
+            let rule = match min {
+                0 => "must not be negative".to_owned(),
+                _ => format!("must be at least {min}"),
+            };
+            report.problem(field, format!("{rule}, got {n}; it is {what}"));
+        }
         (IntOrPercent::Text(text), Some(p)) if !(1..=100).contains(&p) => report.problem(
-            FIELD,
+            field,
             format!("{text:?} is not between 1% and 100% of the selected nodes, e.g. \"10%\""),
         ),
         (IntOrPercent::Text(text), None) => report.problem(
-            FIELD,
+            field,
             format!(
-                "{text:?} is neither a number of nodes nor a percentage; use e.g. 2 or \"10%\""
+                "{text:?} is neither a number of nodes nor a percentage; use e.g. {} or \"10%\"",
+                min.max(1)
             ),
         ),
         _ => {}
     }
+}
+
+/// `spec.failureBudget`: a number of nodes (0 or more) or a percentage from 1% to 100%, and a
+/// known policy for the failed nodes.
+pub(super) fn check_failure_budget(budget: &FailureBudget, report: &mut Report) {
+    let field = "spec.failureBudget.nodes";
+    check_node_count(field, &budget.nodes, 0, "how many nodes may fail", report);
     if let Some(policy) = budget.failed_nodes.as_deref()
         && !matches!(policy, "Cordoned" | "Uncordoned")
     {
@@ -77,24 +87,8 @@ pub(super) fn check_canary(canary: &Canary, report: &mut Report) {
             "names no first wave: set nodes (e.g. 1 or \"10%\") or nodeSelector",
         ),
         (Some(nodes), None) => {
-            const FIELD: &str = "spec.canary.nodes";
-            match (nodes, nodes.percent()) {
-                (IntOrPercent::Int(n), _) if *n < 1 => report.problem(
-                    FIELD,
-                    format!("must be at least 1, got {n}; it is how many nodes go first"),
-                ),
-                (IntOrPercent::Text(text), Some(p)) if !(1..=100).contains(&p) => report.problem(
-                    FIELD,
-                    format!("{text:?} is not between 1% and 100% of the selected nodes, e.g. \"10%\""),
-                ),
-                (IntOrPercent::Text(text), None) => report.problem(
-                    FIELD,
-                    format!(
-                        "{text:?} is neither a number of nodes nor a percentage; use e.g. 1 or \"10%\""
-                    ),
-                ),
-                _ => {}
-            }
+            let field = "spec.canary.nodes";
+            check_node_count(field, nodes, 1, "how many nodes go first", report);
         }
         (None, Some(selector)) => check_selector("spec.canary.nodeSelector", selector, report),
     }

@@ -1452,7 +1452,10 @@ pub fn a_canary_wave_by_label_soaks_before_the_rest_start(ctx: &Ctx) {
         message.contains(&format!("the first wave (node {chosen}) is done")),
         "{message}"
     );
-    assert_eq!(job_nodes_in_order(&s, "soak"), std::slice::from_ref(&chosen));
+    assert_eq!(
+        job_nodes_in_order(&s, "soak"),
+        std::slice::from_ref(&chosen)
+    );
     assert_eq!(s.condition("soak", "Reconciling").unwrap().0, "True");
     let second = wait("the rest to start", MINUTE, || {
         (s.jobs("soak").len() > 1).then(std::time::Instant::now)
