@@ -415,13 +415,15 @@ async fn check_order(client: Option<&kube::Client>, answer: &mut admission::Answ
         Ok(Ok(list)) => list.items,
         Ok(Err(e)) => {
             answer.warn(format!(
-                "spec.dependsOn was not checked for a cycle (reading the Plans failed: {e}); the                  controller holds a Plan of a cycle"
+                "spec.dependsOn was not checked for a cycle (reading the Plans failed: {e}); the \
+                 controller holds a Plan of a cycle"
             ));
             return;
         }
         Err(_) => {
             answer.warn(format!(
-                "spec.dependsOn was not checked for a cycle (reading the Plans took more than                  {}s); the controller holds a Plan of a cycle",
+                "spec.dependsOn was not checked for a cycle (reading the Plans took more than \
+                 {}s); the controller holds a Plan of a cycle",
                 PLAN_LIST_TIMEOUT.as_secs()
             ));
             return;
@@ -439,7 +441,8 @@ async fn check_order(client: Option<&kube::Client>, answer: &mut admission::Answ
     let missing: Vec<&String> = wanted.iter().filter(|d| !graph.contains_key(*d)).collect();
     for other in missing {
         answer.warn(format!(
-            "spec.dependsOn: Plan {other} does not exist in namespace {namespace} yet; this Plan              starts no node until it does and is Complete"
+            "spec.dependsOn: Plan {other} does not exist in namespace {namespace} yet; this Plan \
+             starts no node until it does and is Complete"
         ));
     }
     graph.insert(name.clone(), wanted);

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use kube::core::{Selector, SelectorExt};
 
 use super::decision::Change;
 use super::facts::listed;
@@ -133,11 +134,7 @@ fn judge_wave(
     let Ok(Some(selector)) = select::node_selector(cx.plan) else {
         return Wave::Open;
     };
-    let wave_selector = match canary
-        .node_selector
-        .clone()
-        .map(kube::core::Selector::try_from)
-    {
+    let wave_selector = match canary.node_selector.clone().map(Selector::try_from) {
         Some(Ok(s)) => Some(s),
         // The Plan is then invalid and starts nothing; say so rather than guess.
         Some(Err(_)) => {
@@ -162,10 +159,8 @@ fn judge_wave(
             pass.ledger.done_now.contains(name) || select::done(&cx.plan_name, node, &r.hash);
         let given_up = pass.ledger.given_up.contains(name);
         remaining += usize::from(!is_done && !given_up);
-        let member = wave_selector.as_ref().is_none_or(|s| {
-            use kube::core::SelectorExt;
-            s.matches(node.metadata.labels.as_ref().unwrap_or(&Default::default()))
-        });
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let member = wave_selector.as_ref().is_none_or(|s| s.matches(&labels));
         if !member {
             continue;
         }
