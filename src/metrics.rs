@@ -325,8 +325,12 @@ impl Metrics {
         })
     }
 
+    /// This replica starts or stops leading. The per-Plan gauges go either way: only the leader
+    /// exports them, and a new term fills them afresh (a Plan deleted while another replica led
+    /// never comes back).
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+        self.plan_nodes.clear();
     }
 
     /// A reconcile finished: `failed` names what failed, `None` when it succeeded.
@@ -523,5 +527,14 @@ mod tests {
         assert!(rss > 1e6, "{rss}");
         metrics.forget_plan("ns", "p");
         assert!(!metrics.encode().contains("plan=\"p\""));
+        // Only the leader exports per-Plan state: losing the Lease drops it all, and a new
+        // term starts with none (a Plan deleted meanwhile is not exported again).
+        metrics.set_leader(true);
+        metrics.plan_nodes("ns", "q", [1; PLAN_NODE_STATES.len()]);
+        metrics.set_leader(false);
+        assert!(!metrics.encode().contains("plan=\"q\""));
+        metrics.plan_nodes("ns", "q", [1; PLAN_NODE_STATES.len()]);
+        metrics.set_leader(true);
+        assert!(!metrics.encode().contains("plan=\"q\""));
     }
 }

@@ -298,7 +298,7 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
         "--set",
         "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true",
         "--set",
-        "monitoring.grafanaDashboard.enabled=true,monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+        "monitoring.grafanaDashboard.enabled=true",
     ]);
     assert!(ok, "{stderr}");
     let https = objects(&https);
@@ -316,10 +316,22 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
         rule["spec"], deploy_rule["spec"],
         "the chart's alerts differ from deploy/'s"
     );
-    assert_eq!(
-        rule["metadata"]["labels"]["release"],
-        "kube-prometheus-stack"
-    );
+    // The labels the common Prometheus installs select on, set the same way as in deploy/.
+    let deploy_monitor = &system_upgrade_controller::yaml::documents(
+        &std::fs::read_to_string(repo("deploy/monitoring/servicemonitor.yaml")).unwrap(),
+    )
+    .unwrap()[0];
+    let monitor = &https[&format!("ServiceMonitor {NAMESPACE}/system-upgrade-controller")];
+    for (chart, deploy) in [(rule, deploy_rule), (monitor, deploy_monitor)] {
+        assert_eq!(
+            chart["metadata"]["labels"]["release"],
+            "kube-prometheus-stack"
+        );
+        assert_eq!(
+            chart["metadata"]["labels"], deploy["metadata"]["labels"],
+            "the chart's labels differ from deploy/'s"
+        );
+    }
     let dashboard = &https[&format!("ConfigMap {NAMESPACE}/system-upgrade-controller-dashboard")];
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let shipped: Value = serde_json::from_str(

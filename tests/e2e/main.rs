@@ -82,6 +82,7 @@ const TESTS: &[Test] = tests! {
     alone install::chart_renders_the_same_objects_as_deploy,
     alone monitoring::dashboards_and_alerts_query_metrics_that_exist,
     alone monitoring::metrics_are_served_over_plain_http_when_asked,
+    alone monitoring::alerts_fire_where_they_should_and_stay_quiet_where_they_should_not,
     cluster install::chart_values_are_applied_and_checked,
     cluster install::monitoring_objects_fit_prometheus_operators_schemas,
     cluster install::release_manifests_install_the_tagged_image,

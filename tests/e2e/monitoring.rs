@@ -185,3 +185,84 @@ pub fn metrics_are_served_over_plain_http_when_asked() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Every alert fires where it should and stays quiet where it should not, on recorded series:
+/// promtool (Prometheus' own rule engine) checks the PrometheusRule's rules and runs
+/// tests/monitoring/alerts-test.yaml on them. Each alert is tested both ways, and links through
+/// its `runbook_url` to its section of docs/alerts.md.
+pub fn alerts_fire_where_they_should_and_stay_quiet_where_they_should_not() {
+    let promtool = script("tests/testbin/build-promtool.sh", &[])
+        .trim()
+        .to_owned();
+    let text = std::fs::read_to_string(repo("deploy/monitoring/prometheusrule.yaml")).unwrap();
+    let rule = system_upgrade_controller::yaml::documents(&text)
+        .unwrap()
+        .remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML: the rule file is the PrometheusRule's spec, as Prometheus loads it.
+    std::fs::write(dir.path().join("rules.yaml"), rule["spec"].to_string()).unwrap();
+    let tests_file = repo("tests/monitoring/alerts-test.yaml");
+    std::fs::copy(&tests_file, dir.path().join("alerts-test.yaml")).unwrap();
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "alerts-test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let tests =
+        system_upgrade_controller::yaml::documents(&std::fs::read_to_string(&tests_file).unwrap())
+            .unwrap()
+            .remove(0);
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            let fires = c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
+            (c["alertname"].as_str().unwrap().to_owned(), fires)
+        })
+        .collect();
+    let runbooks = std::fs::read_to_string(repo("docs/alerts.md")).unwrap();
+    let alerts: Vec<&Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter(|r| r.get("alert").is_some())
+        .collect();
+    assert!(alerts.len() >= 6, "{alerts:?}");
+    for alert in alerts {
+        let name = alert["alert"].as_str().unwrap();
+        for fires in [true, false] {
+            assert!(
+                cases.contains(&(name.to_owned(), fires)),
+                "{name} has no test where it {}",
+                if fires { "fires" } else { "stays quiet" }
+            );
+        }
+        let url = alert["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            url.ends_with(&format!("/docs/alerts.md#{}", name.to_lowercase())),
+            "{name}: runbook_url {url:?}"
+        );
+        assert!(
+            runbooks.contains(&format!("\n## {name}\n")),
+            "docs/alerts.md has no section {name}"
+        );
+    }
+}
