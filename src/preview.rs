@@ -303,6 +303,7 @@ pub fn report(input: &Input<'_>) -> String {
         "hash:",
         if hash.is_empty() { "unknown" } else { &hash },
     );
+    history(&mut out, input);
     let Some(eligible) = nodes(&mut out, &plan, input, &hash) else {
         return out;
     };
@@ -450,6 +451,26 @@ fn applying(input: &Input<'_>) -> Vec<String> {
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.applying.clone())
         .unwrap_or_default()
+}
+
+/// The stored Plan's last rollouts (`status.history`), newest first.
+fn history(out: &mut String, input: &Input<'_>) {
+    let runs = (input.stored)
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.history.as_deref())
+        .unwrap_or_default();
+    for (i, run) in runs.iter().enumerate() {
+        let key = if i == 0 { "rollouts:" } else { "" };
+        let ended = match (&run.result, &run.finished) {
+            (Some(result), Some(at)) => format!("{result} at {at}"),
+            (Some(result), None) => result.clone(),
+            _ => "running".to_owned(),
+        };
+        out.push_str(&format!(
+            "  {key:<12} {} from {}: {ended}; {}/{} done, {} failed\n",
+            run.version, run.started, run.done, run.selected, run.failed
+        ));
+    }
 }
 
 /// What holds the rollout now, in the controller's words (its Complete condition), and the
@@ -958,6 +979,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("then:"), "{text}");
+    }
+
+    #[test]
+    fn the_plans_last_rollouts_are_shown_newest_first() {
+        let spec = json!({"concurrency": 1, "version": "v1.30.5+k3s1", "nodeSelector": {},
+            "upgrade": {"image": "rancher/k3s-upgrade"}});
+        let mut stored = plan(spec);
+        stored.status = serde_json::from_value(json!({"history": [
+            {"version": "v1.30.5-k3s1", "hash": "h2", "started": "2026-12-05T10:00:00Z",
+             "done": 1, "failed": 0, "selected": 2},
+            {"version": "v1.30.4-k3s1", "hash": "h1", "started": "2026-12-01T10:00:00Z",
+             "finished": "2026-12-01T10:20:00Z", "result": "Complete", "done": 2, "failed": 0,
+             "selected": 2}]}))
+        .unwrap();
+        let nodes = [node("a", json!({})), node("b", json!({}))];
+        let text = report(&input(&stored, Some(&stored), &nodes));
+        assert!(
+            text.contains(
+                "  rollouts:    v1.30.5-k3s1 from 2026-12-05T10:00:00Z: running; 1/2 done, 0 failed\n"
+            ) && text.contains(
+                "               v1.30.4-k3s1 from 2026-12-01T10:00:00Z: Complete at 2026-12-01T10:20:00Z; \
+                 2/2 done, 0 failed\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub const CORDON_CLAIM_PREFIX: &str = "cordoned.upgrade.cattle.io/";
 /// (`upgraded.upgrade.cattle.io/<plan>`, a JSON object: version, job, completed, seconds),
 /// written with the completion label, in place of a per-node event.
 pub const UPGRADED_PREFIX: &str = "upgraded.upgrade.cattle.io/";
+/// Node annotation: the node's last upgrades by any Plan, newest first (a JSON array of at most
+/// [`NODE_HISTORY`] objects: plan, version, result `Succeeded` or `Failed`, at, seconds).
+pub const ANNOTATION_HISTORY: &str = "upgrade.cattle.io/history";
+/// How many upgrades a node's history keeps.
+pub const NODE_HISTORY: usize = 10;
+/// How many rollouts a Plan's `status.history` keeps.
+pub const PLAN_HISTORY: usize = 5;
 /// Node taint key prefix (`upcoming.upgrade.cattle.io/<plan>`, effect `PreferNoSchedule`): the
 /// node waits for its turn in the Plan's rollout, so pods evicted elsewhere prefer other nodes
 /// (`drain.preferUpgradedNodes`).

@@ -812,6 +812,34 @@ pub struct PlanStatus {
     /// The first wave of the rollout of `latestHash` (`spec.canary`): where it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// The Plan's last rollouts, newest first (at most 5): one per hash it rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<PlanRun>>,
+}
+
+/// One rollout of a Plan (`status.history[]`): a version and hash from start to end.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRun {
+    /// The version rolled out.
+    pub version: String,
+    /// The Plan hash (`status.latestHash`) of the rollout.
+    pub hash: String,
+    /// When the controller first saw this hash (RFC 3339).
+    pub started: String,
+    /// When every selected node was done, or the rollout was cancelled; unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// `Complete`, `Cancelled`, or `Failed` (a failure stops it, or failed nodes are all that is
+    /// left); unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Nodes done with this hash, out of `selected`.
+    pub done: i64,
+    /// Nodes whose upgrade failed.
+    pub failed: i64,
+    /// Nodes the Plan selected.
+    pub selected: i64,
 }
 
 /// Where the first wave of a rollout stands (`status.canary`).

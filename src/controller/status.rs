@@ -118,6 +118,7 @@ pub fn status_patch(plan: &Plan, wanted: &PlanStatus, pruned: bool) -> Option<se
             "hooks",
             "cancelled",
             "canary",
+            "history",
         ] {
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
@@ -205,7 +206,7 @@ mod tests {
                 "status": {"latestVersion": "v2", "conditions": null, "latestHash": null,
                            "applying": null, "nodes": null, "observedGeneration": null,
                            "progress": null, "hooks": null, "cancelled": null,
-                           "canary": null},
+                           "canary": null, "history": null},
             })
         );
     }

@@ -1353,6 +1353,12 @@ pub fn a_failure_budget_of_two_gives_up_two_failed_nodes_and_stops_at_the_third(
             s.unschedulable(node),
             "{node} stays cordoned (failedNodes: Cordoned)"
         );
+        // The node's history tells the failure.
+        let annotations = s.node(node).unwrap().metadata.annotations.unwrap();
+        let history: Vec<Value> =
+            serde_json::from_str(&annotations["upgrade.cattle.io/history"]).unwrap();
+        assert_eq!(history[0]["plan"], "budget", "{history:?}");
+        assert_eq!(history[0]["result"], "Failed", "{history:?}");
     }
     s.cleanup();
 }

@@ -68,7 +68,37 @@ pub fn rollout_within_concurrency_labels_and_uncordons(ctx: &Ctx) {
             record["completed"].is_string() && record["seconds"].is_u64(),
             "{record}"
         );
+        // And its history across Plans, newest first.
+        let history: Vec<Value> =
+            serde_json::from_str(&annotations["upgrade.cattle.io/history"]).unwrap();
+        assert_eq!(
+            (
+                &history[0]["plan"],
+                &history[0]["version"],
+                &history[0]["result"]
+            ),
+            (&json!("conc"), &json!("v1.30.4-k3s1"), &json!("Succeeded")),
+            "{history:?}"
+        );
     }
+    // The Plan keeps the rollout: when, and how it ended.
+    let run = &plan["status"]["history"][0];
+    assert_eq!(
+        (
+            &run["version"],
+            &run["result"],
+            &run["done"],
+            &run["selected"]
+        ),
+        (
+            &json!("v1.30.4-k3s1"),
+            &json!("Complete"),
+            &json!(5),
+            &json!(5)
+        ),
+        "{run}"
+    );
+    assert!(run["started"].as_str() <= run["finished"].as_str(), "{run}");
     assert_rollout_kept_its_promises(&s, &watch, 2);
     assert!(watch.max_unfinished() >= 1);
     let events = s.events(NAMESPACE, "Plan", "conc");

@@ -191,7 +191,8 @@ pub enum Change {
         fields: JobFields,
     },
     /// Set labels on a node (the completion label and postCompleteLabels), and annotations
-    /// (the record of the upgrade) in the same write.
+    /// (the record of the upgrade, the node's history) in the same write. Without labels, it
+    /// only records a failed upgrade in the node's history.
     LabelNode {
         node: String,
         labels: BTreeMap<String, String>,

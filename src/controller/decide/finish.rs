@@ -15,9 +15,13 @@ use super::facts::annotation;
 use super::facts::{
     completion_labels, listed, post_complete_delay, ran_for, ready_since, uid_of, until,
 };
+use super::history;
 use super::pass::Pass;
 use super::plan::Resolved;
-use crate::api::{ANNOTATION_BOOT_ID, LABEL_VERSION, NodeStatus, Phase, Reason, UPGRADED_PREFIX};
+use crate::api::{
+    ANNOTATION_BOOT_ID, ANNOTATION_HISTORY, LABEL_VERSION, NodeStatus, Phase, Reason,
+    UPGRADED_PREFIX,
+};
 use crate::controller::cordon::claims;
 use crate::controller::status::stamp;
 use crate::syntax::duration;
@@ -101,8 +105,13 @@ pub(super) fn complete(
     if let Some(waiting) = converging(pass, job, node, version, at) {
         return waiting;
     }
-    let upgraded = record(version, &job_name, at, Some(ran_for(job, at)));
-    label_done(pass, r, &node_name, job_hash, upgraded);
+    let upgraded = Upgraded {
+        version,
+        job: &job_name,
+        completed: at,
+        ran_for: Some(ran_for(job, at)),
+    };
+    label_done(pass, r, &node_name, job_hash, &upgraded);
     Completion::Labelled
 }
 
@@ -148,15 +157,25 @@ fn converging(
     Some(Completion::Waiting)
 }
 
-/// The record of a node's upgrade by this Plan, written with its completion label: the node
-/// says what it last ran and when (`kubectl describe node`), without an event per node.
-fn record(version: &str, job: &str, completed: Timestamp, ran_for: Option<Duration>) -> String {
-    let mut record =
-        serde_json::json!({"version": version, "job": job, "completed": stamp(completed)});
-    if let Some(ran_for) = ran_for {
-        record["seconds"] = ran_for.as_secs().into();
+/// A node's upgrade by this Plan, as its completion records it.
+struct Upgraded<'a> {
+    version: &'a str,
+    job: &'a str,
+    completed: Timestamp,
+    ran_for: Option<Duration>,
+}
+
+impl Upgraded<'_> {
+    /// The record written with the node's completion label: the node says what this Plan last
+    /// ran and when (`kubectl describe node`), without an event per node.
+    fn record(&self) -> String {
+        let mut record = serde_json::json!({"version": self.version, "job": self.job,
+            "completed": stamp(self.completed)});
+        if let Some(ran_for) = self.ran_for {
+            record["seconds"] = ran_for.as_secs().into();
+        }
+        record.to_string()
     }
-    record.to_string()
 }
 
 /// A node whose Job succeeded and went away (deleted by hand, or expired) while it waited out
@@ -192,27 +211,45 @@ pub(super) fn without_job(
     if let Some(node) = pass.node(node_name)
         && !wait_until_healthy(pass, node, job_name, from)
     {
-        let upgraded = record(&r.version, job_name, since, None);
-        label_done(pass, r, node_name, &r.hash, upgraded);
+        let upgraded = Upgraded {
+            version: &r.version,
+            job: job_name,
+            completed: since,
+            ran_for: None,
+        };
+        label_done(pass, r, node_name, &r.hash, &upgraded);
     }
 }
 
 /// Labels a node done with `job_hash` (and the Plan's postCompleteLabels), recording the
-/// upgrade in the same write.
+/// upgrade in the same write: this Plan's record and the node's history.
 fn label_done(
     pass: &mut Pass<'_, '_>,
     r: &Resolved,
     node_name: &str,
     job_hash: &str,
-    upgraded: String,
+    upgraded: &Upgraded<'_>,
 ) {
     let mut labels = completion_labels(pass.cx.plan, &r.version, &r.hash);
     labels.insert(pass.cx.plan_label.clone(), job_hash.to_owned());
     let key = format!("{UPGRADED_PREFIX}{}", pass.cx.plan_name);
+    let history = history::node(
+        pass.node(node_name),
+        &history::Upgrade {
+            plan: &pass.cx.plan_name,
+            version: upgraded.version,
+            succeeded: true,
+            at: &stamp(upgraded.completed),
+            seconds: upgraded.ran_for.map(|d| d.as_secs()),
+        },
+    );
     pass.out.before.push(Change::LabelNode {
         node: node_name.to_owned(),
         labels,
-        annotations: BTreeMap::from([(key, upgraded)]),
+        annotations: BTreeMap::from([
+            (key, upgraded.record()),
+            (ANNOTATION_HISTORY.to_owned(), history),
+        ]),
     });
     if job_hash == r.hash {
         pass.ledger.done_now.insert(node_name.to_owned());

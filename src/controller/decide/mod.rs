@@ -38,6 +38,7 @@ mod choose;
 mod decision;
 mod facts;
 mod finish;
+mod history;
 mod holds;
 mod hooks;
 mod jobs;

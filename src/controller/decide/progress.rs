@@ -317,6 +317,9 @@ pub(super) fn finish(
         status.applying = (!applying.is_empty()).then_some(applying);
     }
     status.progress = Some(format!("{}/{}", tally.done, tally.selected));
+    let conditions = status.conditions.take().unwrap_or_default();
+    super::history::plan(&mut status, &conditions, &tally, &cx.now);
+    status.conditions = Some(conditions);
     Decision {
         finished_jobs: out.finished_jobs,
         finished_hooks: out.finished_hooks,

@@ -3,7 +3,7 @@
 //! annotation names it; a node whose drain timed out with `onTimeout: Skip` is given up for
 //! this hash, unless the retry annotation names it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -11,10 +11,11 @@ use k8s_openapi::api::batch::v1::Job;
 
 use super::decision::Change;
 use super::facts::{finished_at, listed, ran_for, uid_of, until};
+use super::history;
 use super::holds::{Gate, hold};
 use super::pass::{Context, Pass};
 use super::plan::Resolved;
-use crate::api::{ANNOTATION_RETRY, NodeStatus, Phase, Plan, Reason};
+use crate::api::{ANNOTATION_HISTORY, ANNOTATION_RETRY, NodeStatus, Phase, Plan, Reason};
 use crate::controller::job;
 use crate::controller::select;
 use crate::controller::status::stamp;
@@ -109,6 +110,7 @@ pub(super) fn fail(
         let key = format!("{reason}/{}", uid_of(job));
         pass.out
             .note_once(node_name, true, reason, message.clone(), &key);
+        record_failure_on_node(pass, job, node_name, &r.version);
     }
     let shown = match due(pass, r, gate, node_name, &since, retries.unwrap_or(0)) {
         RetryDue::Now { retries, why } => {
@@ -230,6 +232,26 @@ pub(super) fn failure_budget(cx: &Context<'_>) -> Option<usize> {
         })
         .count();
     budget.nodes.nodes(selected)
+}
+
+/// A failed Job (each one, when first seen failed) goes into the node's history.
+fn record_failure_on_node(pass: &mut Pass<'_, '_>, job: &Job, node_name: &str, version: &str) {
+    let at = finished_at(job).map_or(pass.cx.obs.now, |(_, at)| at);
+    let history = history::node(
+        pass.node(node_name),
+        &history::Upgrade {
+            plan: &pass.cx.plan_name,
+            version,
+            succeeded: false,
+            at: &stamp(at),
+            seconds: Some(ran_for(job, at).as_secs()),
+        },
+    );
+    pass.out.before.push(Change::LabelNode {
+        node: node_name.to_owned(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::from([(ANNOTATION_HISTORY.to_owned(), history)]),
+    });
 }
 
 /// Another failed node fits in the budget.

@@ -472,6 +472,7 @@ fn reasons(decision: &Decision) -> Vec<&'static str> {
 mod budget;
 mod canary;
 mod cancel;
+mod history;
 mod hooks;
 mod order;
 mod windows;

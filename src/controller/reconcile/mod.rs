@@ -118,7 +118,7 @@ pub enum ReconcileError {
         job: String,
         error: kube::Error,
     },
-    #[error("labelling node {node} done: {error}")]
+    #[error("labelling node {node} done (or recording its history): {error}")]
     LabelNode { node: String, error: kube::Error },
     #[error("removing an annotation the Plan's pass acted on: {0}")]
     ClearAnnotation(kube::Error),
