@@ -10,7 +10,9 @@ use crate::support::{Ctx, NAMESPACE, path, repo, script};
 
 /// helm, built from the Go module proxy the first time.
 fn helm() -> String {
-    script("tests/testbin/build-helm.sh", &[]).trim().to_owned()
+    script("tests/testbin/build-tool.sh", &["helm"])
+        .trim()
+        .to_owned()
 }
 
 /// The objects `kubectl apply -k deploy/` applies.

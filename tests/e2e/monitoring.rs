@@ -191,7 +191,7 @@ pub fn metrics_are_served_over_plain_http_when_asked() {
 /// tests/monitoring/alerts-test.yaml on them. Each alert is tested both ways, and links through
 /// its `runbook_url` to its section of docs/alerts.md.
 pub fn alerts_fire_where_they_should_and_stay_quiet_where_they_should_not() {
-    let promtool = script("tests/testbin/build-promtool.sh", &[])
+    let promtool = script("tests/testbin/build-tool.sh", &["promtool"])
         .trim()
         .to_owned();
     let text = std::fs::read_to_string(repo("deploy/monitoring/prometheusrule.yaml")).unwrap();
