@@ -121,9 +121,7 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
 
 /// The other Plans of the Plan's namespace, when it has an order to keep with them.
 async fn peers_of(client: &Client, plan: &Plan) -> Result<Vec<Peer>, Error> {
-    let ordered = plan.spec.depends_on.as_ref().is_some_and(|d| !d.is_empty())
-        || plan.spec.exclusive_group.is_some();
-    if !ordered {
+    if !plan.spec.ordered() {
         return Ok(Vec::new());
     }
     let namespace = plan.metadata.namespace.clone().unwrap_or_default();

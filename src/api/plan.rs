@@ -455,6 +455,13 @@ pub enum IntOrPercent {
     Text(String),
 }
 
+impl PlanSpec {
+    /// The Plan keeps an order with other Plans (`dependsOn`, `exclusiveGroup`).
+    pub fn ordered(&self) -> bool {
+        self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) || self.exclusive_group.is_some()
+    }
+}
+
 impl IntOrPercent {
     /// The number of nodes this stands for out of `selected`: a number as it is (0 when below
     /// 1), a percentage rounded down but at least 1; `None` for a malformed string.

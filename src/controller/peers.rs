@@ -32,13 +32,17 @@ impl Peers {
         lock.lock_owned().await
     }
 
-    /// The Plans of `namespace` other than `own` (by UID) as peers.
-    pub fn of(&self, plans: &[Arc<Plan>], namespace: &str, own: &str) -> Vec<Peer> {
+    /// The Plans of `plan`'s namespace other than it, as peers; none for a Plan that keeps no
+    /// order with others (no `dependsOn`, no `exclusiveGroup`).
+    pub fn of(&self, plans: &[Arc<Plan>], plan: &Plan) -> Vec<Peer> {
+        if !plan.spec.ordered() {
+            return Vec::new();
+        }
         let written = crate::sync::lock(&self.written);
         plans
             .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-            .filter(|p| p.metadata.uid.as_deref() != Some(own))
+            .filter(|p| p.metadata.namespace == plan.metadata.namespace)
+            .filter(|p| p.metadata.uid != plan.metadata.uid)
             .map(|p| {
                 let mut peer = Peer::of(p);
                 if let Some((busy, at)) = written.get(p.metadata.uid.as_deref().unwrap_or_default())
@@ -51,11 +55,13 @@ impl Peers {
             .collect()
     }
 
-    /// Records what a pass of `plan` is about to write, before it writes it.
+    /// Records what a pass of a Plan of an exclusive group is about to write, before it writes
+    /// it (only group members read it).
     pub fn record(&self, plan: &Plan, decision: &Decision) {
-        let mut plan = plan.clone();
-        plan.status = Some(decision.status.clone());
-        let busy = Peer::of(&plan).busy;
+        if plan.spec.exclusive_group.is_none() {
+            return;
+        }
+        let busy = Peer::busy(&decision.status);
         let mut written = crate::sync::lock(&self.written);
         written.retain(|_, (_, at)| at.elapsed() < TRUSTED_FOR);
         written.insert(

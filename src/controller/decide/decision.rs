@@ -64,11 +64,12 @@ impl Peer {
     /// The Plan as a peer of others: what its status says.
     pub fn of(plan: &crate::api::Plan) -> Peer {
         use crate::controller::status::{self, COMPLETE, STALLED};
-        let st = plan.status.clone().unwrap_or_default();
-        let conditions = st.conditions.unwrap_or_default();
+        let none = crate::api::PlanStatus::default();
+        let st = plan.status.as_ref().unwrap_or(&none);
+        let conditions = st.conditions.as_deref().unwrap_or_default();
         let current =
             st.observed_generation.is_some() && st.observed_generation == plan.metadata.generation;
-        let complete = status::get(&conditions, COMPLETE)
+        let complete = status::get(conditions, COMPLETE)
             .filter(|_| current)
             .map(|c| {
                 (
@@ -77,20 +78,25 @@ impl Peer {
                     c.message.clone().unwrap_or_default(),
                 )
             });
-        let hooks_running = st.hooks.iter().flatten().filter(|h| {
-            h.phase == crate::api::HookPhase::Running.as_str()
-                || h.phase == crate::api::HookPhase::Starting.as_str()
-        });
         Peer {
             name: plan.metadata.name.clone().unwrap_or_default(),
             depends_on: plan.spec.depends_on.clone().unwrap_or_default(),
             exclusive_group: plan.spec.exclusive_group.clone(),
-            busy: (st.applying.iter().flatten().cloned())
-                .chain(hooks_running.map(|h| format!("hook/{}", h.name)))
-                .collect(),
+            busy: Peer::busy(st),
             complete,
-            stalled: status::is(&conditions, STALLED, "True"),
+            stalled: status::is(conditions, STALLED, "True"),
         }
+    }
+
+    /// What a status says is under way: the nodes applying and the hooks that run.
+    pub fn busy(status: &crate::api::PlanStatus) -> Vec<String> {
+        let hooks_running = status.hooks.iter().flatten().filter(|h| {
+            h.phase == crate::api::HookPhase::Running.as_str()
+                || h.phase == crate::api::HookPhase::Starting.as_str()
+        });
+        (status.applying.iter().flatten().cloned())
+            .chain(hooks_running.map(|h| format!("hook/{}", h.name)))
+            .collect()
     }
 }
 

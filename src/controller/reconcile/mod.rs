@@ -375,11 +375,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
         Some(group) => Some(ctx.peers.exclusive(group).await),
         None => None,
     };
-    let peers = ctx.peers.of(
-        &ctx.caches.plans.state(),
-        &plan.namespace().unwrap_or_default(),
-        &plan_uid,
-    );
+    let peers = ctx.peers.of(&ctx.caches.plans.state(), plan);
     let decision = decide::decide(&Observed {
         peers: &peers,
         query,
