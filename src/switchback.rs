@@ -10,8 +10,8 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{
-    ANNOTATION_DRAIN_FAILED, FINALIZER_AFTER_HOOK, IntOrDuration, IntOrPercent, LABEL_CONTROLLER,
-    Plan, TAINT_UPCOMING_PREFIX,
+    ANNOTATION_DRAIN_FAILED, CanaryPhase, FINALIZER_AFTER_HOOK, IntOrDuration, IntOrPercent,
+    LABEL_CONTROLLER, Plan, TAINT_UPCOMING_PREFIX,
 };
 use crate::config::{SwitchBackConfig, kube_config};
 use crate::controller::cordon::{Claimant, claims_of, upcoming_taints};
@@ -124,7 +124,7 @@ pub fn findings(
         }
         if let Some(wave) = (plan.status.as_ref())
             .and_then(|s| s.canary.as_ref())
-            .filter(|w| matches!(w.phase.as_str(), "Running" | "AwaitingApproval" | "Soaking"))
+            .filter(|w| CanaryPhase::parse(&w.phase).is_some_and(|p| !p.lifted()))
         {
             found.push(Finding::must(
                 object.clone(),

@@ -8,7 +8,7 @@ pub mod reasons;
 
 pub use keys::*;
 pub use plan::*;
-pub use reasons::{HookPhase, Phase, Reason, conditions};
+pub use reasons::{CanaryPhase, HookPhase, Phase, Reason, conditions};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

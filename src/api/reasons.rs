@@ -109,6 +109,39 @@ wire_words! {
     }
 }
 
+wire_words! {
+    /// Where the first wave of a rollout stands (`status.canary.phase`, `spec.canary`).
+    CanaryPhase {
+        /// The wave runs alone.
+        Running,
+        /// The wave is done, or a node of it failed; the rest waits for the approve annotation.
+        AwaitingApproval,
+        /// The wave is done; the rest starts once `soakFor` has passed with the gates open.
+        Soaking,
+        /// Lifted by the approve annotation.
+        Approved,
+        /// Lifted by the soak.
+        Soaked,
+        /// Lifted: the wave was every node left.
+        Done,
+    }
+}
+
+impl CanaryPhase {
+    /// The phase a stored wave names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<CanaryPhase> {
+        CanaryPhase::ALL
+            .iter()
+            .copied()
+            .find(|p| p.as_str() == text)
+    }
+
+    /// The hold is over for the wave's hash.
+    pub fn lifted(self) -> bool {
+        matches!(self, Self::Approved | Self::Soaked | Self::Done)
+    }
+}
+
 impl HookPhase {
     /// The phase a stored hook entry names, if it is one of ours.
     pub fn parse(text: &str) -> Option<HookPhase> {

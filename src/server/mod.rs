@@ -431,22 +431,23 @@ async fn check_order(client: Option<&kube::Client>, answer: &mut admission::Answ
     };
     let name = plan.metadata.name.clone().unwrap_or_default();
     let wanted = plan.spec.depends_on.clone().unwrap_or_default();
-    let mut graph: std::collections::BTreeMap<String, Vec<String>> = plans
+    let others: Vec<(&str, &[String])> = plans
         .iter()
         .map(|p| {
-            let deps = p.spec.depends_on.clone().unwrap_or_default();
-            (p.metadata.name.clone().unwrap_or_default(), deps)
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            (name, p.spec.depends_on.as_deref().unwrap_or_default())
         })
         .collect();
-    let missing: Vec<&String> = wanted.iter().filter(|d| !graph.contains_key(*d)).collect();
+    let missing = wanted
+        .iter()
+        .filter(|d| !others.iter().any(|(n, _)| n == d));
     for other in missing {
         answer.warn(format!(
             "spec.dependsOn: Plan {other} does not exist in namespace {namespace} yet; this Plan \
              starts no node until it does and is Complete"
         ));
     }
-    graph.insert(name.clone(), wanted);
-    if let Some(cycle) = validation::order::cycle(&name, &graph) {
+    if let Some(cycle) = validation::order::cycle_with(&name, &wanted, others) {
         let plan_name = validation::bounded(&format!("{name:?}"));
         answer.refuse_on_cluster(validation::bounded(&format!(
             "Plan {plan_name} is invalid: {}",

@@ -89,6 +89,21 @@ pub fn cycle(name: &str, graph: &BTreeMap<String, Vec<String>>) -> Option<Vec<St
     walk(graph, name, &mut path, &mut visited).then_some(path)
 }
 
+/// The cycle `depends_on` would make for the Plan `name` among `others` (each Plan of the
+/// namespace with the Plans it depends on; an entry for `name` itself is replaced).
+pub fn cycle_with<'a>(
+    name: &str,
+    depends_on: &[String],
+    others: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Option<Vec<String>> {
+    let mut graph: BTreeMap<String, Vec<String>> = others
+        .into_iter()
+        .map(|(plan, deps)| (plan.to_owned(), deps.to_vec()))
+        .collect();
+    graph.insert(name.to_owned(), depends_on.to_vec());
+    cycle(name, &graph)
+}
+
 /// What to say of a cycle: `spec.dependsOn: Plans a → b → a wait for each other, so none of
 /// them would ever start; remove one of these dependencies`.
 pub fn cycle_message(cycle: &[String]) -> String {

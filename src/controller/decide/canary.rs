@@ -17,7 +17,7 @@ use super::facts::listed;
 use super::holds::Gate;
 use super::pass::Pass;
 use super::plan::Resolved;
-use crate::api::{ANNOTATION_APPROVE, Canary, CanaryStatus, Plan, Reason};
+use crate::api::{ANNOTATION_APPROVE, Canary, CanaryPhase, CanaryStatus, Plan, Reason};
 use crate::controller::select;
 use crate::syntax::duration;
 
@@ -56,11 +56,10 @@ impl Wave {
     }
 }
 
-const RUNNING: &str = "Running";
-const AWAITING: &str = "AwaitingApproval";
-const SOAKING: &str = "Soaking";
-/// The phases that say the hold was lifted for this hash.
-const LIFTED: [&str; 3] = ["Approved", "Soaked", "Done"];
+/// The stored wave's hold was lifted (a phase that is not ours is judged again).
+fn lifted(wave: &CanaryStatus) -> bool {
+    CanaryPhase::parse(&wave.phase).is_some_and(CanaryPhase::lifted)
+}
 
 /// Acts on the approve annotation and judges the wave of `r.hash`; `gate` is the health gate
 /// of this pass (a closed one stops the soak clock).
@@ -85,13 +84,13 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>, r: &Resolved, gate: Option<&Gate>) 
         _ => CanaryStatus {
             hash: r.hash.clone(),
             version: Some(r.version.clone()),
-            phase: RUNNING.into(),
+            phase: CanaryPhase::Running.to_string(),
             since: Some(cx.now.clone()),
             ..CanaryStatus::default()
         },
     };
     if let Some(value) = approve {
-        if LIFTED.contains(&wave.phase.as_str()) {
+        if lifted(&wave) {
             let text = format!(
                 "{ANNOTATION_APPROVE}: the first wave of Plan {} no longer holds its rollout ({})",
                 cx.plan_name, wave.phase
@@ -107,13 +106,13 @@ pub(super) fn judge(pass: &mut Pass<'_, '_>, r: &Resolved, gate: Option<&Gate>) 
             set_phase(
                 pass,
                 &mut wave,
-                "Approved",
+                CanaryPhase::Approved,
                 format!("approved ({ANNOTATION_APPROVE})"),
             );
         }
         clear(pass, value);
     }
-    let outcome = if LIFTED.contains(&wave.phase.as_str()) {
+    let outcome = if lifted(&wave) {
         Wave::Open
     } else {
         judge_wave(pass, r, canary, gate, &mut wave)
@@ -175,7 +174,7 @@ fn judge_wave(
         set_phase(
             pass,
             wave,
-            "Done",
+            CanaryPhase::Done,
             "every node of the rollout is done".into(),
         );
         return Wave::Open;
@@ -194,7 +193,7 @@ fn judge_wave(
                 set_phase(
                     pass,
                     wave,
-                    RUNNING,
+                    CanaryPhase::Running,
                     format!("the first {size} node(s) run alone"),
                 );
                 return Wave::Alone {
@@ -211,7 +210,7 @@ fn judge_wave(
              fix it, or approve the rollout with {}",
             approve_command(pass)
         );
-        set_phase(pass, wave, AWAITING, message.clone());
+        set_phase(pass, wave, CanaryPhase::AwaitingApproval, message.clone());
         return Wave::Hold((Reason::AwaitingApproval, message));
     }
     if !over {
@@ -219,7 +218,7 @@ fn judge_wave(
             "the first wave ({}) runs alone",
             listed("node", &as_strs(&members))
         );
-        set_phase(pass, wave, RUNNING, message);
+        set_phase(pass, wave, CanaryPhase::Running, message);
         return Wave::Alone {
             room: None,
             members: Some(members),
@@ -236,7 +235,7 @@ fn judge_wave(
             listed("node", &as_strs(&failed)),
             approve_command(pass)
         );
-        set_phase(pass, wave, AWAITING, message.clone());
+        set_phase(pass, wave, CanaryPhase::AwaitingApproval, message.clone());
         return Wave::Hold((Reason::AwaitingApproval, message));
     }
     let Some(soak) = canary
@@ -249,7 +248,7 @@ fn judge_wave(
             "the first wave ({shown}) is done; {remaining} node(s) wait for approval: {}",
             approve_command(pass)
         );
-        set_phase(pass, wave, AWAITING, message.clone());
+        set_phase(pass, wave, CanaryPhase::AwaitingApproval, message.clone());
         return Wave::Hold((Reason::AwaitingApproval, message));
     };
     let soak_text = duration::format(soak);
@@ -259,13 +258,13 @@ fn judge_wave(
             "the first wave ({shown}) is done; the soak of {soak_text} starts again once the \
              health gates open ({why})"
         );
-        wave.phase = SOAKING.into();
+        wave.phase = CanaryPhase::Soaking.to_string();
         wave.since = Some(cx.now.clone());
         wave.message = Some(message.clone());
         return Wave::Hold((Reason::Soaking, message));
     }
-    if wave.phase != SOAKING {
-        wave.phase = SOAKING.into();
+    if wave.phase != CanaryPhase::Soaking.as_str() {
+        wave.phase = CanaryPhase::Soaking.to_string();
         wave.since = Some(cx.now.clone());
     }
     let now = cx.obs.now;
@@ -277,7 +276,12 @@ fn judge_wave(
             cx.plan_name, r.version
         );
         pass.out.note(false, Reason::CanaryLifted, text);
-        set_phase(pass, wave, "Soaked", format!("soaked for {soak_text}"));
+        set_phase(
+            pass,
+            wave,
+            CanaryPhase::Soaked,
+            format!("soaked for {soak_text}"),
+        );
         return Wave::Open;
     }
     pass.out
@@ -297,7 +301,7 @@ pub fn soak_ends(plan: &Plan, wave: &CanaryStatus) -> Option<Timestamp> {
     let soak = plan.spec.canary.as_ref()?.soak_for.as_deref()?;
     let soak = duration::parse(soak).ok()?;
     let since = wave.since.as_deref()?.parse::<Timestamp>().ok()?;
-    (wave.phase == SOAKING)
+    (wave.phase == CanaryPhase::Soaking.as_str())
         .then(|| {
             since
                 .checked_add(jiff::SignedDuration::from_nanos(soak))
@@ -307,9 +311,9 @@ pub fn soak_ends(plan: &Plan, wave: &CanaryStatus) -> Option<Timestamp> {
 }
 
 /// Sets the wave's phase (its `since` kept while the phase stays) and message.
-fn set_phase(pass: &Pass<'_, '_>, wave: &mut CanaryStatus, phase: &str, message: String) {
-    if wave.phase != phase {
-        wave.phase = phase.into();
+fn set_phase(pass: &Pass<'_, '_>, wave: &mut CanaryStatus, phase: CanaryPhase, message: String) {
+    if wave.phase != phase.as_str() {
+        wave.phase = phase.to_string();
         wave.since = Some(pass.cx.now.clone());
     }
     wave.message = Some(message);

@@ -12,7 +12,7 @@ use super::facts::listed;
 use super::holds::Gate;
 use super::pass::Pass;
 use crate::api::Reason;
-use crate::validation::order::{cycle, cycle_message};
+use crate::validation::order::{cycle_message, cycle_with};
 
 /// What another Plan's message may add to this Plan's, at most.
 const QUOTED: usize = 160;
@@ -38,12 +38,10 @@ fn depends_on(pass: &Pass<'_, '_>, peers: &BTreeMap<&str, &Peer>) -> Option<Gate
     if wanted.is_empty() {
         return None;
     }
-    let mut graph: BTreeMap<String, Vec<String>> = peers
+    let others = peers
         .values()
-        .map(|p| (p.name.clone(), p.depends_on.clone()))
-        .collect();
-    graph.insert(cx.plan_name.clone(), wanted.to_vec());
-    if let Some(cycle) = cycle(&cx.plan_name, &graph) {
+        .map(|p| (p.name.as_str(), p.depends_on.as_slice()));
+    if let Some(cycle) = cycle_with(&cx.plan_name, wanted, others) {
         return Some((Reason::WaitingForPlans, cycle_message(&cycle)));
     }
     let waits: Vec<String> = wanted
