@@ -1,5 +1,6 @@
 //! `system-upgrade-controller check -f FILE...`: the webhook's rules, offline, for GitOps
-//! pipelines. Documents that are not Plans are skipped; every problem of every Plan is printed.
+//! pipelines. Documents that are not Plans are skipped (but for the notifications' ConfigMap,
+//! checked as the controller reads it); every problem of every Plan is printed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -135,6 +136,15 @@ pub fn check_text(name: &str, text: &str, served: &str) -> ((String, bool), usiz
             .get("kind")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
+        if kind == "ConfigMap" && api_version == "v1" {
+            let ok = check_notifications(
+                &mut output,
+                &format!("{name}: document {}", index + 1),
+                document,
+            );
+            valid &= ok;
+            continue;
+        }
         if kind != "Plan" || api_version.split('/').next() != Some(GROUP) {
             continue;
         }
@@ -171,6 +181,42 @@ pub fn check_text(name: &str, text: &str, served: &str) -> ((String, bool), usiz
         }
     }
     ((output, valid), plans)
+}
+
+/// Checks the notifications' ConfigMap (other ConfigMaps are skipped) as the controller reads
+/// it; whether it is valid.
+fn check_notifications(output: &mut String, place: &str, document: &serde_json::Value) -> bool {
+    use crate::notify::config;
+    if document.pointer("/metadata/name").and_then(|n| n.as_str()) != Some(config::CONFIGMAP) {
+        return true;
+    }
+    let place = format!("{place}: ConfigMap {:?}", config::CONFIGMAP);
+    let Some(text) = document
+        .pointer("/data")
+        .and_then(|d| d.get(config::CONFIG_KEY))
+        .and_then(|t| t.as_str())
+    else {
+        output.push_str(&format!(
+            "{place}: error: data.{}: missing; put the receivers there\n",
+            config::CONFIG_KEY
+        ));
+        return false;
+    };
+    match config::parse(text) {
+        Ok(parsed) => {
+            output.push_str(&format!(
+                "{place}: valid ({} receiver(s))\n",
+                parsed.receivers.len()
+            ));
+            true
+        }
+        Err(problems) => {
+            for problem in problems {
+                output.push_str(&format!("{place}: error: {problem}\n"));
+            }
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +309,27 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
             )),
             "{}",
             outcome.output
+        );
+    }
+
+    #[test]
+    fn the_notifications_configmap_is_checked_as_the_controller_reads_it() {
+        let good = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: system-upgrade-controller-notifications}\n\
+                    data:\n  notifications.yaml: |\n    receivers:\n    - {name: chat, type: discord, url: 'https://discord.example/api/webhooks/1/x'}\n\
+                    ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n";
+        let ((output, valid), plans) = check_text("n.yaml", good, "system-upgrade");
+        assert!(valid, "{output}");
+        assert_eq!(plans, 0);
+        assert_eq!(
+            output,
+            "n.yaml: document 1: ConfigMap \"system-upgrade-controller-notifications\": valid (1 receiver(s))\n"
+        );
+        let bad = good.replace("https://discord.example", "discord.example");
+        let ((output, valid), _) = check_text("n.yaml", &bad, "system-upgrade");
+        assert!(!valid);
+        assert!(
+            output.contains("error: receivers[0].url: not a URL"),
+            "{output}"
         );
     }
 

@@ -32,7 +32,7 @@ pub enum Error {
     #[error("building the channel client: {0}")]
     ChannelClient(String),
     #[error("{0}")]
-    QueryClient(String),
+    HttpClient(String),
     /// The preview command could not read what it needs.
     #[error("{0}")]
     Preview(String),

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod preview;
 pub mod retry;
 pub mod server;

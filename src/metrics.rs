@@ -46,11 +46,20 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    pub receiver: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlanLabels {
     pub namespace: String,
     pub plan: String,
     pub state: &'static str,
 }
+
+/// What `suc_notifications_total`'s `result` label says.
+pub const NOTIFICATION_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
 
 /// What a failed reconcile's `error` label says (`ReconcileError::kind`).
 pub const RECONCILE_ERRORS: [&str; 9] = [
@@ -103,6 +112,8 @@ pub struct Metrics {
     pub channel_resolutions: Family<ResultLabels, Counter>,
     pub hook_runs: Family<HookLabels, Counter>,
     pub plan_nodes: Family<PlanLabels, Gauge>,
+    pub notifications: Family<ReceiverLabels, Counter>,
+    pub notification_config_problems: Gauge,
     pub leader: Gauge,
     process: Process,
 }
@@ -264,6 +275,20 @@ impl Metrics {
              canary_held (waiting for the approval or soak after the first wave, spec.canary)",
             plan_nodes.clone(),
         );
+        let notifications = Family::<ReceiverLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications (and Alertmanager silences) by receiver and result: sent, failed \
+             (after its retries), dropped (the receiver's queue was full)",
+            notifications.clone(),
+        );
+        let notification_config_problems = Gauge::default();
+        registry.register(
+            "notification_config_problems",
+            "Problems found in the notifications' ConfigMap, which is then not used (0: used, \
+             or absent)",
+            notification_config_problems.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -320,6 +345,8 @@ impl Metrics {
             channel_resolutions,
             hook_runs,
             plan_nodes,
+            notifications,
+            notification_config_problems,
             leader,
             process,
         })
@@ -400,6 +427,31 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// A receiver is configured: its results start at zero.
+    pub fn notifications_known(&self, receiver: &str) {
+        for result in NOTIFICATION_RESULTS {
+            let _ = self.notifications.get_or_create(&ReceiverLabels {
+                receiver: receiver.to_owned(),
+                result,
+            });
+        }
+    }
+
+    /// A delivery to a receiver ended (`NOTIFICATION_RESULTS`).
+    pub fn notification(&self, receiver: &str, result: &'static str) {
+        self.notifications
+            .get_or_create(&ReceiverLabels {
+                receiver: receiver.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn notification_config_problems(&self, problems: usize) {
+        self.notification_config_problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
     }
 
     /// A deleted Plan's gauges go.

@@ -62,7 +62,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The Plan's types and the CRD; YAML reading.
     ("api", &["api", "yaml"]),
     // Every rule a Plan is held to; the command line and logging.
-    ("rules", &["validation", "config", "telemetry"]),
+    (
+        "rules",
+        &[
+            "validation",
+            "config",
+            "telemetry",
+            "notify::config",
+            "notify::message",
+        ],
+    ),
     // Pure pieces of the controller and the admission review.
     (
         "pieces",
@@ -87,10 +96,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "controller::decide",
             "controller::refusals",
             "controller::simulate",
+            "controller::notices",
         ],
     ),
     // What talks to the API server and serves HTTPS: the controller's shell, the server.
-    ("shell", &["controller", "server", "certs", "leader"]),
+    (
+        "shell",
+        &["controller", "server", "certs", "leader", "notify"],
+    ),
     // The commands and the process.
     (
         "commands",

@@ -16,6 +16,7 @@ pub mod events;
 pub mod expect;
 pub mod hash;
 pub mod job;
+pub mod notices;
 pub mod objects;
 pub mod peers;
 pub mod poll;
@@ -100,7 +101,7 @@ pub async fn run(
     let channel_client = resolve::ChannelClient::new(Duration::from_secs(30))
         .map_err(|e| crate::error::Error::ChannelClient(e.to_string()))?;
     let channels = Channels::new(channel_client, cluster_id, settings.polling_interval);
-    let queries = Queries::new().map_err(crate::error::Error::QueryClient)?;
+    let queries = Queries::new().map_err(crate::error::Error::HttpClient)?;
     let mut context = Context::new(
         client.clone(),
         settings.clone(),
@@ -112,6 +113,15 @@ pub async fn run(
         wake,
     );
     context.fence = config.fence.clone();
+    let notifier = crate::notify::Notifier::new(
+        watches.caches.secrets.clone(),
+        &settings.namespace,
+        context.metrics.clone(),
+        readiness.clone(),
+    )
+    .map_err(crate::error::Error::HttpClient)?;
+    tokio::spawn(notifier.clone().watch(client.clone(), stop.clone()));
+    context.notifier = Some(notifier);
     let context = Arc::new(context);
     // The Plan CRD, compared with this controller's whenever it is written.
     tokio::spawn(crd::watch(

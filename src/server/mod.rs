@@ -82,9 +82,10 @@ pub struct Readiness {
     /// Watches of the leading controller that fail, by resource, with their last error and when.
     failing_watches: std::sync::Mutex<std::collections::BTreeMap<&'static str, (String, Instant)>>,
     any_watch_failing: AtomicBool,
-    /// Something an operator should fix that does not stop the server from serving (the Plan
-    /// CRD lacks fields): shown in `/readyz`'s text, which stays 200.
-    notice: std::sync::Mutex<Option<String>>,
+    /// What an operator should fix that does not stop the server from serving (the Plan CRD
+    /// lacks fields, a notification receiver fails), by who tells it: shown in `/readyz`'s
+    /// text, which stays 200.
+    notices: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Readiness {
@@ -96,7 +97,7 @@ impl Readiness {
             waiting_for_controller: AtomicBool::new(false),
             failing_watches: Default::default(),
             any_watch_failing: AtomicBool::new(false),
-            notice: Default::default(),
+            notices: Default::default(),
         })
     }
 
@@ -163,14 +164,18 @@ impl Readiness {
         self.any_watch_failing.store(false, Ordering::SeqCst);
     }
 
-    /// Sets (or clears) what `/readyz` tells besides readiness.
-    pub fn set_notice(&self, notice: Option<String>) {
-        *crate::sync::lock(&self.notice) = notice.map(|n| validation::bounded(&n));
+    /// Sets (or clears) what `/readyz` tells besides readiness on behalf of `who`.
+    pub fn set_notice(&self, who: &'static str, notice: Option<String>) {
+        let mut notices = crate::sync::lock(&self.notices);
+        match notice {
+            Some(text) => notices.insert(who, validation::bounded(&text)),
+            None => notices.remove(who),
+        };
     }
 
-    /// What `/readyz` tells besides readiness, if anything.
-    pub fn notice(&self) -> Option<String> {
-        crate::sync::lock(&self.notice).clone()
+    /// What `/readyz` tells besides readiness: one line each.
+    pub fn notices(&self) -> Vec<String> {
+        crate::sync::lock(&self.notices).values().cloned().collect()
     }
 
     /// Why the server is not ready, if it is not.
@@ -644,10 +649,12 @@ async fn drain(mut body: Body, mut seen: usize) {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.readiness.problem() {
-        None => match state.readiness.notice() {
-            None => (StatusCode::OK, "ok\n").into_response(),
-            Some(notice) => (StatusCode::OK, format!("ok\nwarning: {notice}\n")).into_response(),
-        },
+        None => {
+            let warnings: String = (state.readiness.notices().iter())
+                .map(|n| format!("warning: {n}\n"))
+                .collect();
+            (StatusCode::OK, format!("ok\n{warnings}")).into_response()
+        }
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {problem}\n"),
@@ -968,15 +975,22 @@ mod tests {
             readyz(app.clone()).await,
             (StatusCode::OK, "ok\n".to_owned())
         );
-        readiness.set_notice(Some("the Plan CRD in the cluster lacks spec.paused".into()));
+        readiness.set_notice(
+            "crd",
+            Some("the Plan CRD in the cluster lacks spec.paused".into()),
+        );
+        readiness.set_notice("notifications", Some("receiver chat failed".into()));
         assert_eq!(
             readyz(app.clone()).await,
             (
                 StatusCode::OK,
-                "ok\nwarning: the Plan CRD in the cluster lacks spec.paused\n".to_owned()
+                "ok\nwarning: the Plan CRD in the cluster lacks spec.paused\n\
+                 warning: receiver chat failed\n"
+                    .to_owned()
             )
         );
-        readiness.set_notice(None);
+        readiness.set_notice("crd", None);
+        readiness.set_notice("notifications", None);
         assert_eq!(readyz(app).await.1, "ok\n");
     }
 

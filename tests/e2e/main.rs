@@ -19,6 +19,7 @@ mod drain;
 mod history;
 mod install;
 mod monitoring;
+mod notify;
 mod real_node;
 mod resilience;
 mod resolution;
@@ -115,6 +116,7 @@ const TESTS: &[Test] = tests! {
     cluster control::a_canary_wave_runs_alone_and_the_rest_waits_for_approval,
     cluster control::a_canary_wave_by_label_soaks_before_the_rest_start,
     cluster control::ordered_plans_and_an_exclusive_group_applied_together,
+    cluster notify::notifications_reach_each_receiver_and_failures_are_told,
     cluster control::preview_shows_what_a_plan_would_do_and_the_controller_does_it,
     cluster resolution::channels_resolve_versions,
     cluster resolution::a_bad_channel_answer_is_refused_until_a_good_one,

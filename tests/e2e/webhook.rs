@@ -244,6 +244,12 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
             "watch",
             "customresourcedefinitions.apiextensions.k8s.io/plans.upgrade.cattle.io",
         ],
+        &[
+            "watch",
+            "configmaps/system-upgrade-controller-notifications",
+            "-n",
+            NAMESPACE,
+        ],
     ];
     for args in needed {
         assert!(can(args), "the ServiceAccount must be allowed: {args:?}");
@@ -292,6 +298,14 @@ pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
         ],
         &["delete", "leases.coordination.k8s.io", "-n", NAMESPACE],
         &["escalate", "clusterroles"],
+        &["list", "configmaps", "-n", NAMESPACE],
+        &["get", "configmaps/other", "-n", NAMESPACE],
+        &[
+            "update",
+            "configmaps/system-upgrade-controller-notifications",
+            "-n",
+            NAMESPACE,
+        ],
     ];
     for args in refused {
         assert!(

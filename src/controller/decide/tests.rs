@@ -474,6 +474,7 @@ mod canary;
 mod cancel;
 mod history;
 mod hooks;
+mod notices;
 mod order;
 mod windows;
 

@@ -103,6 +103,8 @@ pub struct Context {
     /// With leader election: proves, before each write of a pass, that this replica still
     /// holds the Lease (a process stopped in the middle of a pass must not write on waking).
     pub fence: Option<crate::leader::Fence>,
+    /// Tells the notifications' receivers what passes did (none in tests that need none).
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// Why a reconcile did not finish; it is retried with backoff. Each names what failed.
@@ -191,6 +193,7 @@ impl Context {
             refusals: Refusals::default(),
             peers: Peers::default(),
             fence: None,
+            notifier: None,
         }
     }
 
@@ -241,7 +244,7 @@ impl Context {
             Some(text) => tracing::error!("{text}"),
             None => tracing::info!("the Plan CRD in the cluster is this controller's"),
         }
-        self.readiness.set_notice(described);
+        self.readiness.set_notice("crd", described);
         self.wake_all();
     }
 }
@@ -395,6 +398,16 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
     ctx.peers.record(plan, &decision);
     act(ctx, plan, &decision).await?;
+    if let Some(notifier) = &ctx.notifier {
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_default();
+        notifier.tell(&crate::controller::notices::of(
+            plan,
+            &decision,
+            &now.to_string(),
+        ));
+    }
     // Only for a pass whose status was written: a retried pass would count its Jobs again.
     for (succeeded, took) in &decision.finished_jobs {
         let result = if *succeeded { "succeeded" } else { "failed" };
