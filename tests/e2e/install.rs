@@ -414,7 +414,7 @@ pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
             .unwrap();
         let report = String::from_utf8_lossy(&check.stdout);
         assert!(check.status.success(), "{}: {report}", file.display());
-        plans += report.matches(": valid").count();
+        plans += report.matches("\": valid\n").count();
         let out = ctx.kubectl(&["apply", "--dry-run=server", "-f", path(file)]);
         if !out.ok {
             // The test bed's nodes run v1.30.4+k3s1: a pinned version two minors up is refused
@@ -431,7 +431,10 @@ pub fn examples_are_checked_and_accepted_by_the_api_server(ctx: &Ctx) {
             continue;
         }
         assert!(
-            out.stdout.contains("plan.upgrade.cattle.io/"),
+            out.stdout.contains("plan.upgrade.cattle.io/")
+                || out
+                    .stdout
+                    .contains("configmap/system-upgrade-controller-notifications"),
             "{}: {}",
             file.display(),
             out.stdout
