@@ -208,6 +208,35 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
             .map(|(_, o)| o),
     );
 
+    // Notifications: none by default; set, the ConfigMap the controller reads, which `check`
+    // accepts and the API server takes.
+    assert!(
+        !self::objects(&defaults)
+            .contains_key("ConfigMap system-upgrade/system-upgrade-controller-notifications")
+    );
+    let (ok, notifying, stderr) = render(&[
+        "--set",
+        "notifications.cluster=home,notifications.receivers[0].name=chat,notifications.receivers[0].type=discord",
+        "--set",
+        "notifications.receivers[0].urlFrom.secret=upgrade-chat,notifications.receivers[0].urlFrom.key=url",
+    ]);
+    assert!(ok, "{stderr}");
+    let map = self::objects(&notifying)
+        ["ConfigMap system-upgrade/system-upgrade-controller-notifications"]
+        .clone();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_string(&map).unwrap()).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+        .args(["check", "-f", path(file.path())])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && report.contains(": valid (1 receiver(s))"),
+        "{report}"
+    );
+    dry_run(ctx, [&map]);
+
     // The NetworkPolicy: refused without the API server's addresses, else only those and the
     // monitoring namespace reach port 8443, and the API server accepts it; deploy/'s example too.
     let (ok, _, stderr) = render(&["--set", "networkPolicy.enabled=true"]);
