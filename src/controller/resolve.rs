@@ -66,7 +66,7 @@ impl ChannelClient {
         let response = request
             .send()
             .await
-            .map_err(|e| ChannelError(describe(&e)))?;
+            .map_err(|e| ChannelError(crate::error::with_causes(&e)))?;
         let status = response.status();
         if status == reqwest::StatusCode::FOUND {
             let location = response
@@ -92,18 +92,6 @@ impl ChannelClient {
             response.version()
         )))
     }
-}
-
-/// A reqwest error with its causes, which is where the useful part usually is.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -561,18 +561,9 @@ fn later(time: &str, lasting: Duration) -> String {
         .to_string()
 }
 
-/// A reqwest error with its causes.
-/// The URL is left out: a chat's webhook URL is its secret.
+/// A reqwest error with its causes, without its URL: a chat's webhook URL is its secret.
 fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::error::with_causes(&error.without_url())
 }
 
 #[cfg(test)]
