@@ -1,47 +1,210 @@
-//! `system-upgrade-controller check -f FILE...`: the webhook's rules, offline, for GitOps
+//! `system-upgrade-controller check -f FILE|DIR...`: the webhook's rules, offline, for GitOps
 //! pipelines. Documents that are not Plans are skipped (but for the notifications' ConfigMap,
-//! checked as the controller reads it); every problem of every Plan is printed.
+//! checked as the controller reads it); every problem of every Plan is reported, as text or as
+//! JSON or YAML for scripts.
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use crate::api::GROUP;
 use crate::validation;
 
-/// The result of checking files: the text to print and whether everything was valid.
-pub struct Outcome {
-    pub output: String,
+/// What checking files found.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub files: Vec<FileReport>,
+    /// Plans checked.
+    pub plans: usize,
+    /// Every Plan (and notifications ConfigMap) is valid and every file was read.
     pub valid: bool,
+    /// A file (or directory) could not be read: the check is incomplete.
+    pub unreadable: bool,
 }
 
-/// Checks every Plan in the given files (`-` is standard input), for a controller serving the
-/// Plans of namespace `served`.
-pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
-    let mut output = String::new();
-    let mut valid = true;
-    let mut plans = 0;
-    // Each Plan's dependsOn, by namespace, for cycles that span files.
-    let mut order: BTreeMap<String, BTreeMap<String, (String, Vec<String>)>> = BTreeMap::new();
-    for file in files {
-        let file = file.as_ref();
-        let name = file.display().to_string();
-        let text = read(file);
-        let text = match text {
-            Ok(text) => text,
-            Err(e) => {
-                output.push_str(&format!("{name}: cannot read: {e}\n"));
-                valid = false;
-                continue;
+/// One file: why it could not be read or parsed, or its documents.
+#[derive(Debug, Default, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub documents: Vec<DocumentReport>,
+}
+
+/// A document checked: a Plan, or the notifications' ConfigMap.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentReport {
+    /// Its place in the file, from 1.
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub valid: bool,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// For the notifications' ConfigMap: how many receivers it names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receivers: Option<usize>,
+    /// A Plan's namespace (the one served when it names none) and `spec.dependsOn`, for the
+    /// order between the Plans of every file.
+    #[serde(skip)]
+    namespace: String,
+    #[serde(skip)]
+    depends_on: Vec<String>,
+}
+
+use crate::error::{EXIT_INVALID, EXIT_UNREADABLE};
+
+impl Report {
+    /// The exit status: unreadable before invalid, since an unread file may hold anything.
+    pub fn exit_code(&self) -> u8 {
+        if self.unreadable {
+            EXIT_UNREADABLE
+        } else if self.valid {
+            0
+        } else {
+            EXIT_INVALID
+        }
+    }
+
+    /// The report as people read it: a line per problem, warning or valid document.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for file in &self.files {
+            if let Some(error) = &file.error {
+                out.push_str(&format!("{}: {error}\n", file.file));
             }
+            for doc in &file.documents {
+                let place = format!(
+                    "{}: document {}: {} {:?}",
+                    file.file, doc.document, doc.kind, doc.name
+                );
+                for error in &doc.errors {
+                    out.push_str(&format!("{place}: error: {error}\n"));
+                }
+                for warning in &doc.warnings {
+                    out.push_str(&format!("{place}: warning: {warning}\n"));
+                }
+                match (doc.valid, doc.receivers) {
+                    (true, Some(n)) => out.push_str(&format!("{place}: valid ({n} receiver(s))\n")),
+                    (true, None) => out.push_str(&format!("{place}: valid\n")),
+                    (false, _) => {}
+                }
+            }
+        }
+        let verdict = match (self.valid, self.unreadable) {
+            (_, true) => "files could not be read",
+            (true, false) => "all valid",
+            (false, false) => "invalid Plans found",
         };
-        let (report, count) = check_text(&name, &text, served);
-        output.push_str(&report.0);
-        valid &= report.1;
-        plans += count;
-        for (namespace, plan, depends_on) in depends_on(&text, served) {
-            let graph = order.entry(namespace).or_default();
-            graph.insert(plan, (name.clone(), depends_on));
+        out.push_str(&format!("{} Plan(s) checked: {verdict}\n", self.plans));
+        out
+    }
+}
+
+/// Checks every Plan in the given files and directories (`-` is standard input; a directory's
+/// `.yaml`, `.yml` and `.json` files, and with `recursive` those of its subdirectories), for a
+/// controller serving the Plans of namespace `served`.
+pub fn run(paths: &[impl AsRef<Path>], served: &str, recursive: bool) -> Report {
+    let mut report = Report::default();
+    for path in paths {
+        let path = path.as_ref();
+        match expand(path, recursive) {
+            Ok(files) => {
+                for file in files {
+                    let name = file.display().to_string();
+                    match read(&file) {
+                        Ok(text) => report.files.push(check_text(&name, &text, served)),
+                        Err(e) => report.files.push(FileReport {
+                            file: name,
+                            error: Some(format!("cannot read: {e}")),
+                            documents: Vec::new(),
+                        }),
+                    }
+                }
+            }
+            Err(e) => report.files.push(FileReport {
+                file: path.display().to_string(),
+                error: Some(format!("cannot read: {e}")),
+                documents: Vec::new(),
+            }),
+        }
+    }
+    finish(report.files)
+}
+
+/// The report of files checked: the order between their Plans, the counts and the verdict.
+fn finish(files: Vec<FileReport>) -> Report {
+    let mut report = Report {
+        files,
+        ..Report::default()
+    };
+    check_order(&mut report);
+    report.plans = (report.files.iter())
+        .flat_map(|f| &f.documents)
+        .filter(|d| d.kind == "Plan")
+        .count();
+    report.unreadable = report.files.iter().any(|f| {
+        f.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("cannot read"))
+    });
+    report.valid = report
+        .files
+        .iter()
+        .all(|f| f.error.is_none() && f.documents.iter().all(|d| d.valid));
+    report
+}
+
+/// The files a path names: itself, or a directory's manifests in name order.
+fn expand(path: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>> {
+    if path.as_os_str() == "-" || !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            if recursive {
+                files.extend(expand(&entry, true)?);
+            }
+        } else if entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(entry);
+        }
+    }
+    if files.is_empty() && !recursive {
+        return Err(std::io::Error::other(format!(
+            "no .yaml, .yml or .json file in directory {} (-R reads its subdirectories too)",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Plans that wait for each other (`spec.dependsOn`) across every file checked: each Plan of a
+/// cycle gets the error.
+fn check_order(report: &mut Report) {
+    // By namespace, then Plan: where it is (file, document) and its dependsOn.
+    type Placed = ((usize, usize), Vec<String>);
+    let mut order: BTreeMap<String, BTreeMap<String, Placed>> = BTreeMap::new();
+    for (f, file) in report.files.iter().enumerate() {
+        for (d, doc) in file.documents.iter().enumerate() {
+            if doc.kind == "Plan" && !doc.depends_on.is_empty() {
+                order
+                    .entry(doc.namespace.clone())
+                    .or_default()
+                    .insert(doc.name.clone(), ((f, d), doc.depends_on.clone()));
+            }
         }
     }
     for graph in order.values() {
@@ -49,47 +212,14 @@ pub fn run(files: &[impl AsRef<Path>], served: &str) -> Outcome {
             .iter()
             .map(|(plan, (_, deps))| (plan.clone(), deps.clone()))
             .collect();
-        for (plan, (file, _)) in graph {
+        for (plan, ((f, d), _)) in graph {
             if let Some(cycle) = validation::order::cycle(plan, &edges) {
-                let message = validation::order::cycle_message(&cycle);
-                output.push_str(&format!("{file}: Plan {plan:?}: error: {message}\n"));
-                valid = false;
+                let doc = &mut report.files[*f].documents[*d];
+                doc.errors.push(validation::order::cycle_message(&cycle));
+                doc.valid = false;
             }
         }
     }
-    let verdict = if valid {
-        "all valid"
-    } else {
-        "invalid Plans found"
-    };
-    output.push_str(&format!("{plans} Plan(s) checked: {verdict}\n"));
-    Outcome { output, valid }
-}
-
-/// The Plans of a file's text that name `spec.dependsOn`: namespace (`served` when none),
-/// name and the Plans it waits for.
-fn depends_on(text: &str, served: &str) -> Vec<(String, String, Vec<String>)> {
-    let documents = crate::yaml::documents(text).unwrap_or_default();
-    documents
-        .iter()
-        .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Plan"))
-        .filter_map(|d| {
-            let names = d.pointer("/spec/dependsOn")?.as_array()?;
-            let text = |pointer: &str| {
-                d.pointer(pointer)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            };
-            Some((
-                text("/metadata/namespace").unwrap_or_else(|| served.to_owned()),
-                text("/metadata/name")?,
-                names
-                    .iter()
-                    .filter_map(|n| n.as_str().map(str::to_owned))
-                    .collect(),
-            ))
-        })
-        .collect()
 }
 
 /// A file's text (`-` is standard input), up to [`MAX_FILE`] bytes.
@@ -118,110 +248,104 @@ fn read_bounded(input: impl Read) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Checks one file's text: (printed lines, valid) and the number of Plans in it.
-pub fn check_text(name: &str, text: &str, served: &str) -> ((String, bool), usize) {
+/// Checks one file's text.
+pub fn check_text(name: &str, text: &str, served: &str) -> FileReport {
+    let mut report = FileReport {
+        file: name.to_owned(),
+        ..FileReport::default()
+    };
     let documents = match crate::yaml::documents(text) {
         Ok(documents) => documents,
-        Err(e) => return ((format!("{name}: {e}\n"), false), 0),
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
     };
-    let mut output = String::new();
-    let mut valid = true;
-    let mut plans = 0;
     for (index, document) in documents.iter().enumerate() {
-        let api_version = document
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let kind = document
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
+        let text = |pointer: &str| document.pointer(pointer).and_then(|v| v.as_str());
+        let (api_version, kind) = (
+            text("/apiVersion").unwrap_or_default(),
+            text("/kind").unwrap_or_default(),
+        );
+        let mut doc = DocumentReport {
+            document: index + 1,
+            kind: kind.to_owned(),
+            name: text("/metadata/name").unwrap_or("(unnamed)").to_owned(),
+            ..DocumentReport::default()
+        };
         if kind == "ConfigMap" && api_version == "v1" {
-            let ok = check_notifications(
-                &mut output,
-                &format!("{name}: document {}", index + 1),
-                document,
-            );
-            valid &= ok;
+            if doc.name == crate::notify::config::CONFIGMAP {
+                check_notifications(&mut doc, document);
+                report.documents.push(doc);
+            }
             continue;
         }
         if kind != "Plan" || api_version.split('/').next() != Some(GROUP) {
             continue;
         }
-        plans += 1;
-        let plan_name = document
-            .pointer("/metadata/name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("(unnamed)");
-        let place = format!("{name}: document {}: Plan {plan_name:?}", index + 1);
         if api_version != format!("{GROUP}/v1") {
-            output.push_str(&format!(
-                "{place}: apiVersion: {api_version:?} is not served; use {GROUP}/v1\n"
+            doc.errors.push(format!(
+                "apiVersion: {api_version:?} is not served; use {GROUP}/v1"
             ));
-            valid = false;
+            report.documents.push(doc);
             continue;
         }
-        let mut report = validation::validate_value(document);
-        let namespace = document
-            .pointer("/metadata/namespace")
-            .and_then(|v| v.as_str());
-        report
-            .warnings
-            .extend(validation::foreign_namespace(namespace, served));
-        for problem in &report.problems {
-            output.push_str(&format!("{place}: error: {problem}\n"));
-        }
-        for warning in &report.warnings {
-            output.push_str(&format!("{place}: warning: {warning}\n"));
-        }
-        if report.is_valid() {
-            output.push_str(&format!("{place}: valid\n"));
-        } else {
-            valid = false;
-        }
+        let checked = validation::validate_value(document);
+        doc.valid = checked.is_valid();
+        doc.errors = checked.problems.iter().map(ToString::to_string).collect();
+        doc.warnings = checked.warnings;
+        doc.warnings.extend(validation::foreign_namespace(
+            text("/metadata/namespace"),
+            served,
+        ));
+        doc.namespace = text("/metadata/namespace").unwrap_or(served).to_owned();
+        doc.depends_on = (document
+            .pointer("/spec/dependsOn")
+            .and_then(|d| d.as_array()))
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+        report.documents.push(doc);
     }
-    ((output, valid), plans)
+    report
 }
 
-/// Checks the notifications' ConfigMap (other ConfigMaps are skipped) as the controller reads
-/// it; whether it is valid.
-fn check_notifications(output: &mut String, place: &str, document: &serde_json::Value) -> bool {
+/// Checks the notifications' ConfigMap as the controller reads it.
+fn check_notifications(doc: &mut DocumentReport, document: &serde_json::Value) {
     use crate::notify::config;
-    if document.pointer("/metadata/name").and_then(|n| n.as_str()) != Some(config::CONFIGMAP) {
-        return true;
-    }
-    let place = format!("{place}: ConfigMap {:?}", config::CONFIGMAP);
     let Some(text) = document
         .pointer("/data")
         .and_then(|d| d.get(config::CONFIG_KEY))
         .and_then(|t| t.as_str())
     else {
-        output.push_str(&format!(
-            "{place}: error: data.{}: missing; put the receivers there\n",
+        doc.errors.push(format!(
+            "data.{}: missing; put the receivers there",
             config::CONFIG_KEY
         ));
-        return false;
+        return;
     };
     match config::parse(text) {
         Ok(parsed) => {
-            output.push_str(&format!(
-                "{place}: valid ({} receiver(s))\n",
-                parsed.receivers.len()
-            ));
-            true
+            doc.valid = true;
+            doc.receivers = Some(parsed.receivers.len());
         }
-        Err(problems) => {
-            for problem in problems {
-                output.push_str(&format!("{place}: error: {problem}\n"));
-            }
-            false
-        }
+        Err(problems) => doc.errors = problems,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One file's text checked: the printed report, whether valid, and how many Plans.
+    fn check_one(name: &str, text: &str, served: &str) -> ((String, bool), usize) {
+        let report = finish(vec![check_text(name, text, served)]);
+        ((report.text(), report.valid), report.plans)
+    }
 
     #[test]
     fn reports_each_plan_of_a_multi_document_file() {
@@ -240,7 +364,7 @@ kind: Plan
 metadata: {name: bad}
 spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}
 ";
-        let ((output, valid), plans) = check_text("plans.yaml", text, "system-upgrade");
+        let ((output, valid), plans) = check_one("plans.yaml", text, "system-upgrade");
         assert!(!valid);
         assert_eq!(plans, 2);
         assert!(
@@ -258,10 +382,10 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
 
     #[test]
     fn yaml_errors_and_wrong_versions_are_invalid() {
-        let ((output, valid), _) = check_text("x.yaml", "a: [1\n", "system-upgrade");
+        let ((output, valid), _) = check_one("x.yaml", "a: [1\n", "system-upgrade");
         assert!(!valid);
         assert!(output.starts_with("x.yaml: YAML: "), "{output}");
-        let ((output, valid), plans) = check_text(
+        let ((output, valid), plans) = check_one(
             "y.yaml",
             "apiVersion: upgrade.cattle.io/v2\nkind: Plan\nmetadata: {name: p}\n",
             "system-upgrade",
@@ -277,7 +401,7 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
     #[test]
     fn warnings_do_not_fail() {
         let text = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: p}\nspec: {version: v1.2.3, upgrade: {image: x}}\n";
-        let ((output, valid), _) = check_text("w.yaml", text, "system-upgrade");
+        let ((output, valid), _) = check_one("w.yaml", text, "system-upgrade");
         assert!(valid, "{output}");
         assert!(
             output.contains("warning: spec.nodeSelector is not set"),
@@ -298,18 +422,23 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
         let k3s = dir.path().join("k3s.yaml");
         std::fs::write(&os, plan("os", "k3s")).unwrap();
         std::fs::write(&k3s, plan("k3s", "os")).unwrap();
-        let outcome = run(&[&os], "system-upgrade");
-        assert!(outcome.valid, "alone, os only waits: {}", outcome.output);
-        let outcome = run(&[&os, &k3s], "system-upgrade");
+        let outcome = run(&[&os], "system-upgrade", false);
+        assert!(outcome.valid, "alone, os only waits: {}", outcome.text());
+        let outcome = run(&[&os, &k3s], "system-upgrade", false);
         assert!(!outcome.valid);
+        assert_eq!(outcome.exit_code(), EXIT_INVALID);
         assert!(
-            outcome.output.contains(&format!(
-                "{}: Plan \"os\": error: spec.dependsOn: Plans os → k3s → os wait for each other",
+            outcome.text().contains(&format!(
+                "{}: document 1: Plan \"os\": error: spec.dependsOn: Plans os → k3s → os wait for each other",
                 os.display()
             )),
             "{}",
-            outcome.output
+            outcome.text()
         );
+        // The directory holds both.
+        let outcome = run(&[dir.path()], "system-upgrade", false);
+        assert_eq!(outcome.plans, 2);
+        assert!(!outcome.valid);
     }
 
     #[test]
@@ -317,15 +446,16 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
         let good = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: system-upgrade-controller-notifications}\n\
                     data:\n  notifications.yaml: |\n    receivers:\n    - {name: chat, type: discord, url: 'https://discord.example/api/webhooks/1/x'}\n\
                     ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n";
-        let ((output, valid), plans) = check_text("n.yaml", good, "system-upgrade");
+        let ((output, valid), plans) = check_one("n.yaml", good, "system-upgrade");
         assert!(valid, "{output}");
         assert_eq!(plans, 0);
         assert_eq!(
             output,
-            "n.yaml: document 1: ConfigMap \"system-upgrade-controller-notifications\": valid (1 receiver(s))\n"
+            "n.yaml: document 1: ConfigMap \"system-upgrade-controller-notifications\": valid (1 receiver(s))\n\
+             0 Plan(s) checked: all valid\n"
         );
         let bad = good.replace("https://discord.example", "discord.example");
-        let ((output, valid), _) = check_text("n.yaml", &bad, "system-upgrade");
+        let ((output, valid), _) = check_one("n.yaml", &bad, "system-upgrade");
         assert!(!valid);
         assert!(
             output.contains("error: receivers[0].url: not a URL"),
@@ -336,13 +466,13 @@ spec: {version: v1.20, concurrency: 0, nodeSelector: {}, upgrade: {image: ranche
     #[test]
     fn a_plan_of_another_namespace_is_warned_about() {
         let text = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: p, namespace: cattle-system}\nspec: {version: v1.2.3, concurrency: 1, nodeSelector: {}, upgrade: {image: x}}\n";
-        let ((output, valid), _) = check_text("r.yaml", text, "system-upgrade");
+        let ((output, valid), _) = check_one("r.yaml", text, "system-upgrade");
         assert!(valid, "{output}");
         assert!(
             output.contains("warning: metadata.namespace: this controller serves the Plans of namespace \"system-upgrade\" only"),
             "{output}"
         );
-        let ((output, _), _) = check_text("r.yaml", text, "cattle-system");
+        let ((output, _), _) = check_one("r.yaml", text, "cattle-system");
         assert!(!output.contains("metadata.namespace"), "{output}");
     }
 }

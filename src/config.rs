@@ -60,6 +60,11 @@ pub enum Command {
     /// List what in the cluster must change before the Go controller replaces this one, changing
     /// nothing (exit status 1 while anything must).
     SwitchBackCheck(SwitchBackConfig),
+    /// Print a shell completion script: `source <(system-upgrade-controller completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -279,22 +284,38 @@ fn parse_polling_interval(text: &str) -> Result<PollingInterval, String> {
 
 /// A client configuration as kubectl finds one: the given kubeconfig file, else `KUBECONFIG`,
 /// `~/.kube/config` or the in-cluster service account.
-pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, Error> {
-    match kubeconfig {
-        Some(path) => {
+pub async fn kube_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, Error> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..kube::config::KubeConfigOptions::default()
+    };
+    match (kubeconfig, context) {
+        (Some(path), _) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))
         }
-        None => kube::Config::infer()
+        // A context names an entry of the kubeconfig kubectl reads ($KUBECONFIG, ~/.kube/config).
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Error::KubeConfig(e.to_string())),
+        (None, None) => kube::Config::infer()
             .await
             .map_err(|e| Error::KubeConfig(e.to_string())),
     }
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 every Plan valid; 1 a Plan invalid (the controller would \
+start no node) or no Plan in the files; 2 a wrong command line; 3 a file could not be read; 4 the \
+cluster could not be read (kubeconfig, connection, permissions, a Plan not found)."
+)]
 pub struct PreviewConfig {
     /// Plan files (multi-document YAML; `-` reads standard input), as they would be applied.
     #[arg(short = 'f', long = "filename", num_args = 1.., conflicts_with = "plan")]
@@ -308,6 +329,9 @@ pub struct PreviewConfig {
     /// Path to a kubeconfig file; by default as kubectl finds one.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use; by default its current one.
+    #[arg(long = "context")]
+    pub context: Option<String>,
 }
 
 /// The namespace whose Plans the controller serves, for the tools that need it.
@@ -324,6 +348,10 @@ pub struct Served {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 nothing blocks a switch back; 1 something must change \
+first; 2 a wrong command line; 4 the cluster could not be read."
+)]
 pub struct SwitchBackConfig {
     #[command(flatten)]
     pub served: Served,
@@ -337,17 +365,56 @@ pub struct SwitchBackConfig {
     /// Path to a kubeconfig file; by default as kubectl finds one.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use; by default its current one.
+    #[arg(long = "context")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 every Plan valid; 1 a Plan (or the notifications ConfigMap) \
+invalid, or a file not YAML; 2 a wrong command line; 3 a file or directory could not be read."
+)]
 pub struct CheckConfig {
-    /// Plan files (multi-document YAML); `-` reads standard input.
+    /// Plan files (multi-document YAML) or directories of them (their .yaml, .yml and .json
+    /// files); `-` reads standard input.
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+
+    /// The report as text (a line per problem), or as JSON or YAML for scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 
     /// A Plan that names another namespace is warned about.
     #[command(flatten)]
     pub served: Served,
+}
+
+/// How a command prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+impl Output {
+    /// A report in this format (`text` when it is text).
+    pub fn render<T: serde::Serialize>(self, value: &T, text: impl FnOnce() -> String) -> String {
+        match self {
+            Output::Text => text(),
+            Output::Json => serde_json::to_string_pretty(value)
+                .map(|json| json + "\n")
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}\n")),
+            Output::Yaml => {
+                serde_saphyr::to_string(value).unwrap_or_else(|e| format!("error: {e}\n"))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

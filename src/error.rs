@@ -33,14 +33,39 @@ pub enum Error {
     ChannelClient(String),
     #[error("{0}")]
     HttpClient(String),
-    /// The preview command could not read what it needs.
+    /// The preview command found no Plan it can read in its files.
     #[error("{0}")]
     Preview(String),
+    /// A command could not read a file it was given.
+    #[error("{0}")]
+    Unreadable(String),
+    /// A command could not read what it needs from the cluster: the connection, a refusal
+    /// (RBAC), or what it asked for is not there.
+    #[error("{0}")]
+    Cluster(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Exit status of the commands (`check`, `preview`, `switch-back-check`) for an invalid Plan, a
+/// file that cannot be read, and a cluster that cannot be read (docs/plans.md lists them; 2 is
+/// a wrong command line).
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_UNREADABLE: u8 = 3;
+pub const EXIT_CLUSTER: u8 = 4;
+
+impl Error {
+    /// The exit status a command that failed with this error ends with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Unreadable(_) => EXIT_UNREADABLE,
+            Error::Cluster(_) | Error::KubeConfig(_) | Error::Kube(_) => EXIT_CLUSTER,
+            _ => EXIT_INVALID,
+        }
+    }
+}
 
 /// An error with its causes, which is where the useful part of an HTTP client's error usually is
 /// ("error sending request: client error (Connect): tcp connect error: Connection refused").

@@ -34,7 +34,7 @@ use server::tls::{self, CertResolver};
 
 /// The client configuration from `--kubeconfig`/`--master`, or in-cluster configuration.
 async fn kube_config(config: &RunConfig) -> Result<kube::Config> {
-    let mut client_config = config::kube_config(config.kubeconfig.as_deref()).await?;
+    let mut client_config = config::kube_config(config.kubeconfig.as_deref(), None).await?;
     // No silent retries inside the client: a 429 from the Eviction API is a PodDisruptionBudget
     // answering, which the drain reports and retries itself; reconciles have their own backoff.
     client_config.default_retry = false;

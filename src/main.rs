@@ -33,7 +33,7 @@ fn tool(
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -59,19 +59,22 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(config) => {
-            let outcome = check::run(&config.files, &config.served.namespace);
-            print!("{}", outcome.output);
-            if outcome.valid {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            let report = check::run(&config.files, &config.served.namespace, config.recursive);
+            print!("{}", config.output.render(&report, || report.text()));
+            ExitCode::from(report.exit_code())
         }
-        Command::Preview(config) => tool(async {
-            let text = preview::run(&config).await?;
-            Ok((text, true))
-        }),
+        Command::Preview(config) => tool(preview::run(&config)),
         Command::SwitchBackCheck(config) => tool(switchback::run(&config)),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "system-upgrade-controller",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Run(config) => {
             telemetry::init(config.debug, config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -54,10 +54,12 @@ pub struct Input<'a> {
     pub peers: &'a [Peer],
 }
 
-/// The preview of every Plan asked for, as text.
-pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
-    let client = Client::try_from(kube_config(config.kubeconfig.as_deref()).await?)
-        .map_err(|e| Error::KubeConfig(e.to_string()))?;
+/// The preview of every Plan asked for, as text, and whether every one is valid.
+pub async fn run(config: &PreviewConfig) -> Result<(String, bool), Error> {
+    let client = Client::try_from(
+        kube_config(config.kubeconfig.as_deref(), config.context.as_deref()).await?,
+    )
+    .map_err(|e| Error::KubeConfig(e.to_string()))?;
     let plans = match &config.plan {
         Some(name) => {
             let name = name
@@ -68,9 +70,9 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
             let plan = api
                 .get_opt(name)
                 .await
-                .map_err(|e| Error::Preview(format!("reading Plan {name}: {e}")))?
+                .map_err(|e| Error::Cluster(format!("reading Plan {name}: {e}")))?
                 .ok_or_else(|| {
-                    Error::Preview(format!(
+                    Error::Cluster(format!(
                         "Plan {name} not found in namespace {}",
                         config.namespace
                     ))
@@ -83,11 +85,12 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
     let nodes = nodes
         .list(&ListParams::default())
         .await
-        .map_err(|e| Error::Preview(format!("listing nodes: {e}")))?
+        .map_err(|e| Error::Cluster(format!("listing nodes: {e}")))?
         .items;
     let channels = ChannelClient::new(Duration::from_secs(30))
         .map_err(|e| Error::ChannelClient(e.to_string()))?;
     let mut out = String::new();
+    let mut valid = true;
     for plan in &plans {
         let namespace = plan.metadata.namespace.clone().unwrap_or_default();
         let name = plan.metadata.name.clone().unwrap_or_default();
@@ -97,13 +100,13 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
             let api: Api<Plan> = Api::namespaced(client.clone(), &namespace);
             api.get_opt(&name)
                 .await
-                .map_err(|e| Error::Preview(format!("reading Plan {name}: {e}")))?
+                .map_err(|e| Error::Cluster(format!("reading Plan {name}: {e}")))?
         };
         let resolution = resolve(plan, stored.as_ref(), &channels).await;
         let (jobs, pods) = jobs_of(&client, &namespace, &name).await?;
         let secrets = secrets_of(&client, plan).await?;
         let peers = peers_of(&client, plan).await?;
-        out.push_str(&report(&Input {
+        let input = Input {
             plan,
             stored: stored.as_ref(),
             resolution,
@@ -113,10 +116,12 @@ pub async fn run(config: &PreviewConfig) -> Result<String, Error> {
             secrets: &secrets,
             now: Timestamp::now(),
             peers: &peers,
-        }));
+        };
+        valid &= is_valid(&input);
+        out.push_str(&report(&input));
         out.push('\n');
     }
-    Ok(out)
+    Ok((out, valid))
 }
 
 /// The other Plans of the Plan's namespace, when it has an order to keep with them.
@@ -130,7 +135,7 @@ async fn peers_of(client: &Client, plan: &Plan) -> Result<Vec<Peer>, Error> {
     let plans = api
         .list(&ListParams::default())
         .await
-        .map_err(|e| Error::Preview(format!("listing the Plans of {namespace}: {e}")))?;
+        .map_err(|e| Error::Cluster(format!("listing the Plans of {namespace}: {e}")))?;
     Ok(plans
         .items
         .iter()
@@ -144,7 +149,7 @@ fn read_plans(files: &[PathBuf], namespace: &str) -> Result<Vec<Plan>, Error> {
     let mut plans = Vec::new();
     for file in files {
         let text = check::read(file)
-            .map_err(|e| Error::Preview(format!("{}: cannot read: {e}", file.display())))?;
+            .map_err(|e| Error::Unreadable(format!("{}: cannot read: {e}", file.display())))?;
         for document in yaml::documents(&text)? {
             let is_plan = document["kind"] == "Plan"
                 && document["apiVersion"]
@@ -201,13 +206,13 @@ async fn jobs_of(
     let jobs = jobs
         .list(&params)
         .await
-        .map_err(|e| Error::Preview(format!("listing the Jobs of Plan {plan}: {e}")))?
+        .map_err(|e| Error::Cluster(format!("listing the Jobs of Plan {plan}: {e}")))?
         .items;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = pods
         .list(&ListParams::default().labels(&format!("{LABEL_PLAN}={plan}")))
         .await
-        .map_err(|e| Error::Preview(format!("listing the pods of Plan {plan}: {e}")))?
+        .map_err(|e| Error::Cluster(format!("listing the pods of Plan {plan}: {e}")))?
         .items;
     Ok((jobs, pods))
 }
@@ -219,7 +224,7 @@ async fn secrets_of(client: &Client, plan: &Plan) -> Result<BTreeMap<String, Sec
     let mut found = BTreeMap::new();
     for spec in plan.spec.secrets.iter().flatten() {
         let secret = api.get_opt(&spec.name).await.map_err(|e| {
-            Error::Preview(format!("reading Secret {namespace}/{}: {e}", spec.name))
+            Error::Cluster(format!("reading Secret {namespace}/{}: {e}", spec.name))
         })?;
         if let Some(secret) = secret {
             found.insert(spec.name.clone(), secret);
@@ -242,6 +247,21 @@ fn as_seen(input: &Input<'_>) -> Plan {
     }
 }
 
+/// Why the controller would start no node of the Plan as seen (none when it is valid).
+fn problems(plan: &Plan, input: &Input<'_>) -> Vec<String> {
+    let secrets: BTreeMap<String, &Secret> =
+        input.secrets.iter().map(|(k, v)| (k.clone(), v)).collect();
+    decide::problems(plan, &secrets)
+        .into_iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Whether the Plan is valid as the controller would see it.
+pub fn is_valid(input: &Input<'_>) -> bool {
+    problems(&as_seen(input), input).is_empty()
+}
+
 /// The preview of one Plan.
 pub fn report(input: &Input<'_>) -> String {
     let plan = as_seen(input);
@@ -251,9 +271,7 @@ pub fn report(input: &Input<'_>) -> String {
     let line = |out: &mut String, key: &str, value: &str| {
         out.push_str(&format!("  {key:<12} {value}\n"));
     };
-    let secrets: BTreeMap<String, &Secret> =
-        input.secrets.iter().map(|(k, v)| (k.clone(), v)).collect();
-    let problems = decide::problems(&plan, &secrets);
+    let problems = problems(&plan, input);
     if !problems.is_empty() {
         line(&mut out, "invalid:", "the controller would start no node:");
         for problem in problems {

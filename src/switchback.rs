@@ -321,11 +321,13 @@ pub fn report(found: &[Finding], namespace: &str) -> String {
 
 /// Reads the cluster and reports; `Ok(true)` when nothing blocks.
 pub async fn run(config: &SwitchBackConfig) -> Result<(String, bool), Error> {
-    let client = Client::try_from(kube_config(config.kubeconfig.as_deref()).await?)
-        .map_err(|e| Error::KubeConfig(e.to_string()))?;
+    let client = Client::try_from(
+        kube_config(config.kubeconfig.as_deref(), config.context.as_deref()).await?,
+    )
+    .map_err(|e| Error::KubeConfig(e.to_string()))?;
     let namespace = config.served.namespace.as_str();
     let ours = format!("{LABEL_CONTROLLER}={}", config.name);
-    let read = |what: &str, e: kube::Error| Error::Preview(format!("listing {what}: {e}"));
+    let read = |what: &str, e: kube::Error| Error::Cluster(format!("listing {what}: {e}"));
     let plans = Api::<Plan>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
         .await

@@ -1,4 +1,5 @@
-//! The binary's offline commands: `crd` and `check`.
+//! The binary's offline commands (`crd`, `check`, `completion`) and the exit status of every
+//! command that reads files or a cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
@@ -81,7 +82,8 @@ fn check_reads_standard_input_and_reports_missing_files() {
         .unwrap();
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    // An unread file may hold anything: 3, not the 1 of an invalid Plan.
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
     assert!(
         stdout.contains("-: document 1: Plan \"p\": valid"),
         "{stdout}"
@@ -251,4 +253,135 @@ fn version_names_the_release_and_the_commit() {
             "{printed} does not name HEAD {head}"
         );
     }
+}
+
+const VALID: &str = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: good}\n\
+spec: {version: v1.30.4+k3s1, concurrency: 1, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}\n";
+const INVALID: &str = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata: {name: bad}\n\
+spec: {version: v1.30.4+k3s1, concurrency: 0, nodeSelector: {}, upgrade: {image: rancher/k3s-upgrade}}\n";
+
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(BIN).args(args).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reads_directories_and_their_subdirectories_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), VALID).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    std::fs::create_dir(dir.path().join("more")).unwrap();
+    std::fs::write(dir.path().join("more/b.yml"), INVALID).unwrap();
+    let top = dir.path().display().to_string();
+    let (code, stdout, _) = run(&["check", "-f", &top]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with("1 Plan(s) checked: all valid\n"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&["check", "-R", "-f", &top]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("more/b.yml: document 1: Plan \"bad\": error: spec.concurrency"),
+        "{stdout}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run(&["check", "-f", &empty.path().display().to_string()]);
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(
+        stdout.contains("cannot read: no .yaml, .yml or .json file in directory"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_as_json_or_yaml_for_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plans.yaml");
+    std::fs::write(&file, format!("{VALID}---\n{INVALID}")).unwrap();
+    let file = file.display().to_string();
+    let (code, stdout, _) = run(&["check", "-o", "json", "-f", &file]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["plans"], 2);
+    assert_eq!(report["unreadable"], false);
+    let documents = &report["files"][0]["documents"];
+    assert_eq!(documents[0]["name"], "good");
+    assert_eq!(documents[0]["valid"], true);
+    assert_eq!(documents[1]["valid"], false);
+    assert!(
+        documents[1]["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.concurrency"),
+        "{report}"
+    );
+    let (code, stdout, _) = run(&["check", "-o", "yaml", "-f", &file]);
+    assert_eq!(code, Some(1));
+    let yaml = system_upgrade_controller::yaml::documents(&stdout).unwrap();
+    assert_eq!(yaml[0], report, "the same report");
+}
+
+#[test]
+fn exit_statuses_tell_invalid_unreadable_misuse_and_cluster_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let invalid = dir.path().join("bad.yaml");
+    std::fs::write(&invalid, INVALID).unwrap();
+    let invalid = invalid.display().to_string();
+    assert_eq!(run(&["check", "-f", &invalid]).0, Some(1));
+    assert_eq!(run(&["check", "-f", "/nonexistent.yaml"]).0, Some(3));
+    assert_eq!(run(&["check", "--bogus"]).0, Some(2));
+    assert_eq!(run(&["preview", "--bogus"]).0, Some(2));
+    // A kubeconfig whose API server does not answer (nothing listens on port 1).
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: here, context: {cluster: c, user: u}}]\n\
+         current-context: here\n",
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let (code, _, stderr) = run(&["preview", "--kubeconfig", &kubeconfig, "-f", &invalid]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("listing nodes"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "preview",
+        "--kubeconfig",
+        &kubeconfig,
+        "-f",
+        "/nonexistent.yaml",
+    ]);
+    assert_eq!(code, Some(3), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "preview",
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "elsewhere",
+        "-f",
+        &invalid,
+    ]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("elsewhere"), "{stderr}");
+    let (code, _, stderr) = run(&["switch-back-check", "--kubeconfig", &kubeconfig]);
+    assert_eq!(code, Some(4), "{stderr}");
+}
+
+#[test]
+fn completion_scripts_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let (code, stdout, stderr) = run(&["completion", shell]);
+        assert_eq!(code, Some(0), "{shell}: {stderr}");
+        assert!(
+            stdout.contains("check") && stdout.contains("preview"),
+            "{shell}"
+        );
+    }
+    assert_eq!(run(&["completion", "tcsh"]).0, Some(2));
 }

@@ -703,6 +703,31 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
     std::fs::write(&file, plan.to_string()).unwrap();
     let text = preview(ctx, &["-f", file.to_str().unwrap()]);
     assert!(text.starts_with("Plan system-upgrade/pv\n"), "{text}");
+    // The kubeconfig's context by name gives the same; an invalid Plan exits 1, saying why.
+    let context = ctx
+        .kubectl(&["config", "current-context"])
+        .expect_ok()
+        .stdout;
+    let by_context = preview(
+        ctx,
+        &["--context", context.trim(), "-f", file.to_str().unwrap()],
+    );
+    assert_eq!(by_context.lines().next(), text.lines().next());
+    let mut invalid = plan.clone();
+    invalid["spec"]["concurrency"] = json!(0);
+    let invalid_file = std::env::temp_dir().join("suc-e2e-preview-invalid.yaml");
+    std::fs::write(&invalid_file, invalid.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+        .args(["preview", "-f", invalid_file.to_str().unwrap()])
+        .env("KUBECONFIG", &ctx.cluster.kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("invalid:") && stdout.contains("spec.concurrency"),
+        "{stdout}"
+    );
     assert!(
         text.contains("version:     v1.30.4-k3s1 (from spec.version)"),
         "{text}"
