@@ -57,6 +57,15 @@ image_target="${CARGO_TARGET_DIR:-${SUC_TESTBIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.
 SUC_BINARY="$image_target/x86_64-unknown-linux-musl/release/system-upgrade-controller" \
   cargo test --locked --features adversarial --test adversarial
 
+# The end-to-end suite needs the Go tools now: when they are still building, they get the CPU
+# before anything below starts.
+if ! wait "$go_tools"; then
+  cat "$go_tools_log" >&2
+  echo "building the end-to-end suite's Go tools failed" >&2
+  exit 1
+fi
+rm -f "$go_tools_log"
+
 # The whole image: release binaries cross-compiled for linux/amd64, linux/arm64 and linux/arm/v7,
 # assembled into OCI archives without a daemon, then opened and checked: manifests, layers, no
 # shell, each binary run from its own layer (under qemu for arm), skopeo reading them. Built at
@@ -74,14 +83,8 @@ image_all="$(mktemp -d)"
 ) >"$image_all/log" 2>&1 </dev/null &
 image_job=$!
 
-# End to end against a real control plane: built from the Go module proxy when the cache is cold
-# (above), a fresh one started (or SUC_E2E_KUBECONFIG's reused), the suite run and the plane stopped.
-if ! wait "$go_tools"; then
-  cat "$go_tools_log" >&2
-  echo "building the end-to-end suite's Go tools failed" >&2
-  exit 1
-fi
-rm -f "$go_tools_log"
+# End to end against a real control plane (built above from the Go module proxy when the cache
+# is cold): a fresh one started (or SUC_E2E_KUBECONFIG's reused), the suite run, the plane stopped.
 cargo test --locked --features e2e --test e2e
 
 # The same control plane with one real kubelet node (containerd, runc, CNI bridge, kube-proxy; root
