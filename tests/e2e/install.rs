@@ -36,6 +36,8 @@ fn render(extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(helm())
         .args(["template", "system-upgrade-controller", path(&chart)])
         .args(["--namespace", NAMESPACE])
+        // Offline, helm takes the cluster for Kubernetes 1.20, older than the chart's kubeVersion.
+        .args(["--kube-version", "1.36.0"])
         .args(extra)
         .output()
         .unwrap();
@@ -69,6 +71,19 @@ fn cargo_version() -> &'static str {
 }
 
 pub fn chart_renders_the_same_objects_as_deploy() {
+    let lint = Command::new(helm())
+        .args([
+            "lint",
+            "--strict",
+            path(&repo("charts/system-upgrade-controller")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint --strict: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
     let (ok, chart, stderr) = render(&[]);
     assert!(ok, "helm template failed: {stderr}");
     let mut chart = objects(&chart);
@@ -88,6 +103,21 @@ pub fn chart_renders_the_same_objects_as_deploy() {
     assert_eq!(
         annotations,
         Some(serde_json::json!({"helm.sh/resource-policy": "keep"}))
+    );
+
+    // Helm's labels on every object, and the pods restarted when the settings change.
+    for (key, object) in chart.iter_mut() {
+        strip_helm_labels(key, object);
+    }
+    let pod = &mut chart
+        .get_mut("Deployment system-upgrade/system-upgrade-controller")
+        .unwrap()["spec"]["template"]["metadata"];
+    let annotations = pod.as_object_mut().unwrap().remove("annotations").unwrap();
+    assert!(
+        annotations["checksum/config"]
+            .as_str()
+            .is_some_and(|sum| sum.len() == 64),
+        "{annotations}"
     );
 
     let chart_keys: Vec<&String> = chart.keys().collect();
@@ -111,6 +141,41 @@ pub fn chart_renders_the_same_objects_as_deploy() {
         image,
         &Value::String(format!("system-upgrade-controller:{}", cargo_version()))
     );
+}
+
+/// Checks that a chart object carries the labels Helm's conventions ask for, then removes those
+/// deploy/ does not have (it has `app.kubernetes.io/name` too).
+fn strip_helm_labels(key: &str, object: &mut Value) {
+    let labels = object["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{key} has no labels"));
+    assert_eq!(
+        labels["app.kubernetes.io/name"], "system-upgrade-controller",
+        "{key}"
+    );
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{key}");
+    assert_eq!(
+        labels["app.kubernetes.io/instance"], "system-upgrade-controller",
+        "{key}"
+    );
+    assert_eq!(
+        labels["app.kubernetes.io/version"],
+        cargo_version(),
+        "{key}"
+    );
+    assert_eq!(
+        labels["helm.sh/chart"],
+        format!("system-upgrade-controller-{}", cargo_version()),
+        "{key}"
+    );
+    for helm_only in [
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "helm.sh/chart",
+    ] {
+        labels.remove(helm_only);
+    }
 }
 
 /// The API server's server-side dry run of these objects, with strict field validation.
@@ -206,6 +271,64 @@ pub fn chart_values_are_applied_and_checked(ctx: &Ctx) {
             .iter()
             .filter(|(key, _)| !key.starts_with("ServiceMonitor "))
             .map(|(_, o)| o),
+    );
+
+    // values.schema.json refuses wrong values, naming where.
+    for (bad, said) in [
+        ("replicas=two", "at '/replicas': got string, want integer"),
+        (
+            "webhook.failurePolicy=Sometimes",
+            "at '/webhook/failurePolicy'",
+        ),
+        ("imagee.tag=x", "additional properties 'imagee' not allowed"),
+        (
+            "networkPolicy.apiServerCIDRs={10.0.0.1}",
+            "at '/networkPolicy/apiServerCIDRs/0'",
+        ),
+    ] {
+        let (ok, _, stderr) = render(&["--set", bad]);
+        assert!(!ok && stderr.contains(said), "{bad}: {stderr}");
+    }
+    // cert-manager's certificate through extraEnv, extraVolumes and extraVolumeMounts, a
+    // ServiceAccount of the user's, and the pods' securityContext as given.
+    let (ok, extra, stderr) = render(&[
+        "--set",
+        "extraEnv[0].name=SYSTEM_UPGRADE_CERT_DIR,extraEnv[0].value=/certs",
+        "--set",
+        "extraVolumes[0].name=certs,extraVolumes[0].secret.secretName=suc-tls",
+        "--set",
+        "extraVolumeMounts[0].name=certs,extraVolumeMounts[0].mountPath=/certs",
+        "--set",
+        "serviceAccount.create=false,serviceAccount.name=mine,podSecurityContext.runAsUser=1000",
+    ]);
+    assert!(ok, "{stderr}");
+    let extra = self::objects(&extra);
+    assert_eq!(
+        container_env(&extra, "SYSTEM_UPGRADE_CERT_DIR"),
+        Some(&Value::from("/certs"))
+    );
+    let pod =
+        &extra["Deployment system-upgrade/system-upgrade-controller"]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "mine");
+    assert_eq!(pod["securityContext"]["runAsUser"], 1000);
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "suc-tls")
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/certs")
+    );
+    assert!(!extra.contains_key("ServiceAccount system-upgrade/system-upgrade-controller"));
+    assert_eq!(
+        extra["RoleBinding system-upgrade/system-upgrade-controller"]["subjects"][0]["name"],
+        "mine"
     );
 
     // Notifications: none by default; set, the ConfigMap the controller reads, which `check`
@@ -358,6 +481,8 @@ pub fn monitoring_objects_fit_prometheus_operators_schemas(ctx: &Ctx) {
             chart["metadata"]["labels"]["release"],
             "kube-prometheus-stack"
         );
+        let mut chart = chart.clone();
+        strip_helm_labels("a monitoring object", &mut chart);
         assert_eq!(
             chart["metadata"]["labels"], deploy["metadata"]["labels"],
             "the chart's labels differ from deploy/'s"
