@@ -145,6 +145,39 @@ pub fn deploy_manifests_are_accepted_by_the_api_server(ctx: &Ctx) {
     ] {
         assert!(out.stdout.contains(kind), "{kind} missing:\n{}", out.stdout);
     }
+    // The overlay recipe for users who keep their own settings: the release's manifests with
+    // only the settings it changes merged in, and a notifications ConfigMap beside them.
+    let overlay = ctx
+        .kubectl(&["kustomize", path(&repo("examples/kustomize"))])
+        .expect_ok()
+        .stdout;
+    let env = system_upgrade_controller::yaml::documents(&overlay)
+        .unwrap()
+        .into_iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "default-controller-env")
+        .unwrap();
+    assert_eq!(
+        env["data"]["SYSTEM_UPGRADE_JOB_BACKOFF_LIMIT"], "3",
+        "{env}"
+    );
+    assert_eq!(
+        env["data"]["SYSTEM_UPGRADE_JOB_TTL_SECONDS_AFTER_FINISH"], "900",
+        "{env}"
+    );
+    let out = ctx
+        .kubectl(&[
+            "apply",
+            "-k",
+            path(&repo("examples/kustomize")),
+            "--dry-run=server",
+        ])
+        .expect_ok();
+    assert!(
+        out.stdout
+            .contains("configmap/system-upgrade-controller-notifications"),
+        "{}",
+        out.stdout
+    );
 }
 
 pub fn rbac_allows_what_the_server_needs_and_no_more(ctx: &Ctx) {
