@@ -27,16 +27,16 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 
-# The Go tools the end-to-end suite needs (the control plane, kwok, helm, promtool, the test probe,
+# The Go tools the end-to-end suite needs first (the control plane, kwok, helm, the test probe,
 # the monitoring CRDs) build in the background at the lowest priority from here on, using what
 # CPU the Rust builds leave (links, downloads); the suite waits for them. Each script caches by
-# version, so a warm machine finishes this at once.
+# version (a warm machine finishes this at once), and a second build of one waits for the first.
 go_tools_log="$(mktemp)"
 (
   set -e
   renice -n 19 -p "$BASHPID" >/dev/null
-  bash tests/testbin/build.sh >/dev/null
-  for tool in helm promtool; do bash tests/testbin/build-tool.sh "$tool" >/dev/null; done
+  bash tests/testbin/build.sh control-plane >/dev/null
+  bash tests/testbin/build-tool.sh helm >/dev/null
   bash tests/testbin/build-probe.sh >/dev/null
   bash tests/testbin/monitoring-crds.sh >/dev/null
 ) >"$go_tools_log" 2>&1 </dev/null &
@@ -66,16 +66,19 @@ if ! wait "$go_tools"; then
 fi
 rm -f "$go_tools_log"
 
-# The whole image: release binaries cross-compiled for linux/amd64, linux/arm64 and linux/arm/v7,
-# assembled into OCI archives without a daemon, then opened and checked: manifests, layers, no
-# shell, each binary run from its own layer (under qemu for arm), skopeo reading them. Built at
-# the lowest priority beside the end-to-end suite, which mostly waits on the API server (the
-# two builds took 12 of CI's minutes in turn); written apart and moved into dist/ once checked,
-# so the real node's archive is never rewritten under it.
+# Beside the end-to-end suite, which mostly waits on the API server, at the lowest priority:
+# what is needed only later (promtool for the suite's last test, which waits for it; the real
+# node's kubelet and kube-proxy), then the whole image: release binaries cross-compiled for
+# linux/amd64, linux/arm64 and linux/arm/v7, assembled into OCI archives without a daemon, then
+# opened and checked: manifests, layers, no shell, each binary run from its own layer (under qemu
+# for arm), skopeo reading them. Written apart and moved into dist/ once checked, so the real
+# node's archive is never rewritten under it. In turn, these builds took about 25 of CI's minutes.
 image_all="$(mktemp -d)"
 (
   set -e
   renice -n 19 -p "$BASHPID" >/dev/null
+  bash tests/testbin/build-tool.sh promtool >/dev/null
+  bash tests/testbin/build.sh >/dev/null
   SUC_IMAGE_OUT="$image_all/dist" bash image/build.sh
   python3 image/check.py "$image_all/dist"
   # The benchmarks' release build too (target/ is free once the suite's own build is done).
@@ -87,8 +90,9 @@ image_job=$!
 # is cold): a fresh one started (or SUC_E2E_KUBECONFIG's reused), the suite run, the plane stopped.
 cargo test --locked --features e2e --test e2e
 
-# The same control plane with one real kubelet node (containerd, runc, CNI bridge, kube-proxy; root
-# only): the controller installed from the image just built, and upgrade pods that really run.
+# The same control plane with one real kubelet node (containerd, runc, CNI bridge, kube-proxy;
+# root only; its kubelet and kube-proxy built above, which cluster.sh waits for if need be): the
+# controller installed from the image just built, and upgrade pods that really run.
 SUC_REAL_NODE_IMAGE="$PWD/dist/system-upgrade-controller-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)-linux-amd64.tar" \
   cargo test --locked --features e2e --test e2e -- --real-node
 

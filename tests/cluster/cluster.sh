@@ -199,7 +199,7 @@ up() {
     exit 1
   fi
   local bin
-  bin="$(bash "$here/../testbin/build.sh")"
+  bin="$(bash "$here/../testbin/build.sh" "$( ((real_node)) && echo all || echo control-plane)")"
   rm -rf "$dir"
   mkdir -p "$dir/logs" "$dir/pids" "$dir/etcd"
   pki

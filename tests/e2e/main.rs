@@ -9,8 +9,9 @@
 //!   cargo test --features e2e --test e2e -- --real-node # the suite of a real kubelet node (root)
 //!
 //! Tests run one after another, in order, sharing the cluster and the server under test; those
-//! that need no cluster run first, and alone they start none. A failed test does not stop the
-//! others; the run fails if any did.
+//! that need no cluster run first (and alone they start none), but for those marked `last`,
+//! which run after the cluster's (their tool builds meanwhile: tests/run-all.sh). A failed test
+//! does not stop the others; the run fails if any did.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code may panic.
 
@@ -40,11 +41,13 @@ use std::time::Instant;
 use support::{Cluster, Ctx};
 
 /// How a test runs: against the shared cluster, or alone (it needs no cluster, so it runs even
-/// when none can be started, and before one is).
+/// when none can be started, and before one is), or alone after the cluster's tests (a tool it
+/// needs is slow to build cold, and the runner builds it while the cluster's tests run).
 #[derive(Clone, Copy)]
 enum Run {
     Cluster(ClusterTest),
     Alone(fn()),
+    Last(fn()),
 }
 
 /// A test run against the shared cluster.
@@ -62,6 +65,7 @@ macro_rules! tests {
     };
     (@cluster $path:path) => { Run::Cluster($path) };
     (@alone $path:path) => { Run::Alone($path) };
+    (@last $path:path) => { Run::Last($path) };
 }
 
 const TESTS: &[Test] = tests! {
@@ -83,7 +87,6 @@ const TESTS: &[Test] = tests! {
     alone install::chart_renders_the_same_objects_as_deploy,
     alone monitoring::dashboards_and_alerts_query_metrics_that_exist,
     alone monitoring::metrics_are_served_over_plain_http_when_asked,
-    alone monitoring::alerts_fire_where_they_should_and_stay_quiet_where_they_should_not,
     cluster install::chart_values_are_applied_and_checked,
     cluster install::monitoring_objects_fit_prometheus_operators_schemas,
     cluster install::release_manifests_install_the_tagged_image,
@@ -161,6 +164,7 @@ const TESTS: &[Test] = tests! {
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_one_server,
     cluster servers::the_controller_survives_migration_drain_and_cordon_on_three_servers,
     cluster soak::a_seeded_soak_keeps_the_safety_rules,
+    last monitoring::alerts_fire_where_they_should_and_stay_quiet_where_they_should_not,
 };
 
 /// With `--real-node`: a control plane with one real kubelet node (tests/cluster/real-node.sh),
@@ -272,7 +276,7 @@ fn main() {
         .iter()
         .filter_map(|t| match t.run {
             Run::Cluster(run) => Some((t.name, run)),
-            Run::Alone(_) => None,
+            Run::Alone(_) | Run::Last(_) => None,
         })
         .collect();
     if !on_cluster.is_empty() {
@@ -288,6 +292,13 @@ fn main() {
         }
         ctx.stop_server();
         ctx.cluster.stop();
+    }
+    for test in &selected {
+        if let Run::Last(run) = test.run {
+            let test_started = Instant::now();
+            let outcome = std::panic::catch_unwind(run);
+            record(test.name, outcome, test_started.elapsed().as_secs_f64());
+        }
     }
     let total = started.elapsed().as_secs_f64();
     if failed.is_empty() {

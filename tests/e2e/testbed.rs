@@ -187,6 +187,7 @@ pub fn a_component_that_fails_to_start_fails_loudly(ctx: &Ctx) {
     // A copy of the binary cache in which kube-apiserver cannot start.
     let real = Command::new("bash")
         .arg(repo("tests/testbin/build.sh"))
+        .arg("control-plane")
         .output()
         .unwrap();
     assert!(real.status.success());

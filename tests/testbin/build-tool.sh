@@ -16,9 +16,12 @@ esac
 version="$(cd "$here/$tool" && go list -m -f '{{.Version}}' "$module")"
 cache="${SUC_TESTBIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/suc-rs}"
 out="$cache/$tool-$version/$tool"
+mkdir -p "$(dirname "$out")"
+# One build at a time: a second run waits for the first and finds its binary.
+exec 9>"$out.lock"
+flock 9
 if [[ ! -x $out ]]; then
   echo "building $tool $version into $out (a few minutes the first time)" >&2
-  mkdir -p "$(dirname "$out")"
   (cd "$here/$tool" && go build -p 2 -trimpath -ldflags "-s -w" -o "$out.tmp" "$package") >&2
   mv "$out.tmp" "$out"
 fi
