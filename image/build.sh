@@ -9,7 +9,8 @@
 #
 # Settings (environment): SUC_IMAGE_PLATFORMS (comma-separated), SUC_IMAGE_OUT (dist),
 # SUC_IMAGE_NAME (system-upgrade-controller; the repository part of the reference, e.g.
-# ghcr.io/OWNER/system-upgrade-controller), SUC_IMAGE_TAG (the crate's version).
+# ghcr.io/OWNER/system-upgrade-controller), SUC_IMAGE_TAG (the crate's version), SUC_IMAGE_SOURCE
+# (the source repository's URL, the org.opencontainers.image.source label; none when unset).
 #
 # Output, in SUC_IMAGE_OUT:
 #   system-upgrade-controller-TAG.oci.tar              every platform, one image index
@@ -45,4 +46,4 @@ done
 
 mkdir -p "$out"
 python3 image/oci.py --out "$out" --name "$name" --tag "$tag" --created "$created" \
-  --revision "$SUC_GIT_COMMIT" --version "$version" "${oci_args[@]}"
+  --revision "$SUC_GIT_COMMIT" --version "$version" --source "${SUC_IMAGE_SOURCE:-}" "${oci_args[@]}"

@@ -101,6 +101,9 @@ def image(blobs, platform, root, args):
         "org.opencontainers.image.revision": args.revision,
         "org.opencontainers.image.licenses": "Apache-2.0",
     }
+    if args.source:
+        # GitHub links a package with this label to its repository (and its visibility).
+        labels["org.opencontainers.image.source"] = args.source
     config = {
         "created": created,
         **platform,
@@ -161,6 +164,7 @@ def main():
     parser.add_argument("--tag", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--revision", required=True)
+    parser.add_argument("--source", default="", help="the repository's URL, e.g. https://github.com/OWNER/NAME")
     parser.add_argument("--created", type=int, required=True, help="seconds since the epoch")
     parser.add_argument("--platform", action="append", required=True, metavar="OS/ARCH[/VARIANT]=ROOT")
     args = parser.parse_args()

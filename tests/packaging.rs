@@ -203,3 +203,79 @@ fn crd_is_structural_with_the_go_controllers_shape() {
     }
     check("", &schema);
 }
+
+/// What GitHub alone runs is checked here as far as it can be: each workflow parses, every
+/// action is pinned by a commit (with its version in a comment), permissions start read-only,
+/// the release runs the tests first (the same `.ci/run` as pull requests), and every script a
+/// step runs exists.
+#[test]
+fn workflows_pin_their_actions_and_release_after_the_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["release.yml", "test.yml"]);
+    let mut workflows = std::collections::BTreeMap::new();
+    for name in &names {
+        let text = read(&format!(".github/workflows/{name}"));
+        let workflow = system_upgrade_controller::yaml::documents(&text).unwrap()[0].clone();
+        assert_eq!(
+            workflow["permissions"],
+            serde_json::json!({"contents": "read"}),
+            "{name}: permissions start read-only; jobs ask for more"
+        );
+        for line in text.lines() {
+            let Some(action) = line.trim().trim_start_matches("- ").strip_prefix("uses: ") else {
+                continue;
+            };
+            if action.starts_with("./") {
+                continue;
+            }
+            let (reference, comment) = action.split_once(" # ").unwrap_or((action, ""));
+            let (_, commit) = reference.split_once('@').unwrap();
+            assert!(
+                commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+                "{name}: {action} is not pinned by a commit"
+            );
+            assert!(
+                comment.starts_with('v'),
+                "{name}: {action} names no version"
+            );
+        }
+        for line in text.lines() {
+            for word in line.split_whitespace() {
+                let script = word.trim_matches('"');
+                if (script.ends_with(".sh") || script.ends_with(".py")) && script.contains('/') {
+                    assert!(
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join(script).exists(),
+                        "{name} runs {script}, which does not exist"
+                    );
+                }
+            }
+        }
+        workflows.insert(name.clone(), (text, workflow));
+    }
+    let (test_text, test) = &workflows["test.yml"];
+    assert!(
+        test["on"].get("pull_request").is_some(),
+        "pull requests are tested"
+    );
+    assert!(test["on"].get("workflow_call").is_some());
+    assert!(test_text.contains("bash .ci/run"));
+    let (_, release) = &workflows["release.yml"];
+    assert_eq!(
+        release["jobs"]["test"]["uses"],
+        "./.github/workflows/test.yml"
+    );
+    let needs = release["jobs"]["release"]["needs"].as_array().unwrap();
+    assert!(
+        needs.iter().any(|n| n == "test"),
+        "the release waits for the tests"
+    );
+    assert_eq!(
+        release["jobs"]["release"]["permissions"]["id-token"],
+        "write"
+    );
+}

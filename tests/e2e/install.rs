@@ -648,4 +648,43 @@ pub fn release_manifests_install_the_tagged_image(ctx: &Ctx) {
     );
     ctx.kubectl(&["apply", "--dry-run=server", "-f", path(&manifest)])
         .expect_ok();
+
+    // The release's chart (image/chart.sh): the published image and the repository's runbook
+    // links set, checked by rendering the package.
+    let helm = helm();
+    let package = script(
+        "image/chart.sh",
+        &[
+            &helm,
+            "registry.example/suc",
+            "9.8.7",
+            "example/system-upgrade-controller",
+            path(out_dir.path()),
+        ],
+    );
+    let (ok, rendered, stderr) = {
+        let out = Command::new(&helm)
+            .args(["template", "system-upgrade-controller", package.trim()])
+            .args(["--namespace", NAMESPACE, "--kube-version", "1.36.0"])
+            .args(["--set", "monitoring.prometheusRule.enabled=true"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    assert!(ok, "{stderr}");
+    let chart = self::objects(&rendered);
+    assert_eq!(
+        chart["Deployment system-upgrade/system-upgrade-controller"]["spec"]["template"]["spec"]["containers"]
+            [0]["image"],
+        "registry.example/suc:9.8.7"
+    );
+    assert!(
+        rendered.contains("github.com/example/system-upgrade-controller/blob/main/docs/alerts.md#")
+            && !rendered.contains("OWNER"),
+        "runbook links"
+    );
 }
