@@ -2,8 +2,8 @@
 # Cross-compiles the release binary for one platform and lays out that platform's image file
 # system in ROOT: the binary, the CA bundle and, for armv7, the C library it links.
 #   bash image/rootfs.sh linux/arm64 /tmp/root-arm64
-# Used by image/build.sh (daemonless OCI archives). Binaries are built in CARGO_TARGET_DIR, by default a cache outside the
-# repository, so a second build only compiles what changed.
+# Used by image/build.sh (daemonless OCI archives). Binaries are built in CARGO_TARGET_DIR, by
+# default a cache outside the repository, so a second build only compiles what changed.
 set -euo pipefail
 platform="$1"
 root="$2"
