@@ -3,8 +3,8 @@
 #   - zig (PyPI's ziglang) as the C toolchain and linker for every target, through cargo-zigbuild;
 #   - the Rust standard libraries of the three targets (rustup);
 #   - the armv7 C library: Debian's libc6:armhf and libgcc-s1:armhf, unpacked into a sysroot whose
-#     files go into the armv7 image (rustup serves no armv7 musl standard library, so that binary
-#     links glibc dynamically and carries it).
+#     files go into the armv7 image (this machine's rustup mirror serves no armv7 musl standard
+#     library, so that binary links glibc dynamically and carries it).
 
 zig_version=0.17.1
 cargo_zigbuild_version=0.24.1
@@ -37,31 +37,11 @@ done
 
 # The unpacked armhf C library, for the armv7 image and for running that binary under qemu: from
 # Debian bookworm (glibc 2.36, the version the armv7 binary is linked for) whatever the build
-# machine runs, with its own package lists, so the machine's apt sources and dpkg architectures
-# are left as they are. Verified with Debian's archive keyring (package debian-archive-keyring).
-debian_mirror="${SUC_DEBIAN_MIRROR:-http://deb.debian.org}"
+# machine runs, fetched and checked as apt would (signed InRelease, then digests) by
+# image/armhf_sysroot.py with Python and gpgv alone, so any Linux builds the image.
 armhf_sysroot="$cache/armhf-sysroot-bookworm"
 if [[ ! -e "$armhf_sysroot/.complete" ]]; then
-  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  [[ -s $keyring ]] || { echo "no $keyring: install the package debian-archive-keyring" >&2; exit 1; }
   echo "fetching Debian bookworm's libc6:armhf and libgcc-s1:armhf into $armhf_sysroot" >&2
-  apt_state="$(mktemp -d)"
-  mkdir -p "$apt_state/lists/partial" "$apt_state/cache/archives/partial" "$apt_state/debs" "$apt_state/sources.list.d"
-  for suite in "debian bookworm" "debian bookworm-updates" "debian-security bookworm-security"; do
-    echo "deb [arch=armhf signed-by=$keyring] $debian_mirror/${suite% *} ${suite#* } main"
-  done >"$apt_state/sources.list"
-  apt_options=(-o APT::Architecture=armhf -o APT::Architectures::=armhf
-    -o "Dir::Etc::SourceList=$apt_state/sources.list" -o "Dir::Etc::SourceParts=$apt_state/sources.list.d"
-    -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache=$apt_state/cache"
-    -o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  # A mirror that is mid-sync fails one index now and then; the download below says if it matters.
-  apt-get "${apt_options[@]}" update -qq >&2 || echo "apt-get update reported errors; trying the download" >&2
-  (cd "$apt_state/debs" && apt-get "${apt_options[@]}" download libc6 libgcc-s1 >&2)
-  rm -rf "$armhf_sysroot.tmp" && mkdir -p "$armhf_sysroot.tmp"
-  for deb in "$apt_state"/debs/*.deb; do
-    dpkg-deb -x "$deb" "$armhf_sysroot.tmp"
-    basename "$deb" >>"$armhf_sysroot.tmp/.complete"
-  done
-  rm -rf "$apt_state" "$armhf_sysroot"
-  mv "$armhf_sysroot.tmp" "$armhf_sysroot"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/armhf_sysroot.py" "$armhf_sysroot" \
+    --mirror "${SUC_DEBIAN_MIRROR:-http://deb.debian.org}" >&2
 fi

@@ -7,16 +7,15 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Tools the suites use besides Rust and Go, with the Debian package of each: openssl and curl
 # (test PKI, health checks), python3 (free ports, the image scripts), kubectl (what a user runs),
-# and for the image: readelf, skopeo, containerd with runc, and podman (read, import, run and load
-# the archives as users' tools do), qemu user emulation (runs the arm64 and armv7 binaries), and
-# wrk (the webhook benchmark).
+# and for the image: gpgv (Debian's signatures on the armv7 C library), readelf, skopeo,
+# containerd with runc, and podman (read, import, run and load the archives as users' tools do),
+# qemu user emulation (runs the arm64 and armv7 binaries), and wrk (the webhook benchmark).
 declare -A package_of=([openssl]=openssl [curl]=curl [python3]=python3 [kubectl]=kubernetes-client
   [readelf]=binutils [skopeo]=skopeo [qemu-aarch64-static]=qemu-user-static [qemu-arm-static]=qemu-user-static
-  [containerd]=containerd [ctr]=containerd [runc]=runc [podman]=podman [wrk]=wrk)
+  [containerd]=containerd [ctr]=containerd [runc]=runc [podman]=podman [wrk]=wrk [gpgv]=gpgv)
 missing=()
 for tool in "${!package_of[@]}"; do command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}"); done
 [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
-[[ -s /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
