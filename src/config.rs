@@ -329,6 +329,9 @@ pub struct PreviewConfig {
     /// Path to a kubeconfig file; by default as kubectl finds one.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
+    /// The preview as text, or as JSON or YAML (a list, one entry per Plan) for scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     /// The kubeconfig context to use; by default its current one.
     #[arg(long = "context")]
     pub context: Option<String>,

@@ -18,9 +18,11 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::admission;
+use serde::Serialize;
+
 use crate::api::{
     ANNOTATION_APPROVE, GROUP, IntOrPercent, LABEL_CONTROLLER, LABEL_HOSTNAME, LABEL_PAUSE,
-    LABEL_PLAN, PLAN_LABEL_PREFIX, Phase, Plan, Reason,
+    LABEL_PLAN, PLAN_LABEL_PREFIX, Phase, Plan, PlanRun, Reason,
 };
 use crate::check;
 use crate::config::{PreviewConfig, kube_config};
@@ -89,8 +91,7 @@ pub async fn run(config: &PreviewConfig) -> Result<(String, bool), Error> {
         .items;
     let channels = ChannelClient::new(Duration::from_secs(30))
         .map_err(|e| Error::ChannelClient(e.to_string()))?;
-    let mut out = String::new();
-    let mut valid = true;
+    let mut previews = Vec::new();
     for plan in &plans {
         let namespace = plan.metadata.namespace.clone().unwrap_or_default();
         let name = plan.metadata.name.clone().unwrap_or_default();
@@ -117,11 +118,11 @@ pub async fn run(config: &PreviewConfig) -> Result<(String, bool), Error> {
             now: Timestamp::now(),
             peers: &peers,
         };
-        valid &= is_valid(&input);
-        out.push_str(&report(&input));
-        out.push('\n');
+        previews.push(preview(&input));
     }
-    Ok((out, valid))
+    let valid = previews.iter().all(|p| p.valid);
+    let text = || previews.iter().map(|p| p.text() + "\n").collect();
+    Ok((config.output.render(&previews, text), valid))
 }
 
 /// The other Plans of the Plan's namespace, when it has an order to keep with them.
@@ -257,26 +258,107 @@ fn problems(plan: &Plan, input: &Input<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Whether the Plan is valid as the controller would see it.
-pub fn is_valid(input: &Input<'_>) -> bool {
-    problems(&as_seen(input), input).is_empty()
+/// The preview of one Plan, as data (`-o json|yaml`); [`Preview::text`] renders it for people.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    pub namespace: String,
+    pub plan: String,
+    /// The controller would start no node of an invalid Plan; `problems` says why.
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// The version the controller would resolve (as `status.latestVersion`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where it comes from: `spec.version` or `the channel`.
+    pub version_from: String,
+    /// What the resolution says besides (why the version is unknown, a channel not followed).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version_note: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// The stored Plan's last rollouts (`status.history`), newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<PlanRun>,
+    /// The nodes; none without a `nodeSelector`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodesPreview>,
+    /// Nodes at a time, and the percentage it comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_of: Option<String>,
+    /// What holds the rollout now, and the gates that will hold each node on its way.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
+    /// Nodes a version rule holds now, in the controller's words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub version_holds: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderPreview>,
+}
+
+/// The nodes a Plan matches and what is of each.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesPreview {
+    /// How many match `spec.nodeSelector`, and how many of those it selects.
+    pub matching: usize,
+    pub selected: usize,
+    pub done: Vec<String>,
+    pub opted_out: Vec<String>,
+    pub without_hostname: Vec<String>,
+    pub held: Vec<String>,
+    pub applying: Vec<String>,
+}
+
+/// The order in which the nodes would start.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPreview {
+    /// Nothing can be ordered before the version is known.
+    pub waiting_for_version: bool,
+    /// Every selected node is done.
+    pub nothing_left: bool,
+    /// The Plan is not in the cluster: the order depends on the UID it gets.
+    pub tentative: bool,
+    pub starting: usize,
+    pub before_hook: bool,
+    pub after_hook: bool,
+    /// Batches of nodes, each starting as the one before frees its slots; the first holds the
+    /// nodes applying now.
+    pub batches: Vec<Vec<String>>,
+    /// Where a first wave's hold (`spec.canary`) stands: before the batch of that index.
+    pub canary_holds: Vec<CanaryHold>,
+    /// Where and why the rollout would stop before the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stops: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryHold {
+    pub before_batch: usize,
+    pub message: String,
+}
+
+/// The preview of one Plan, as text.
+pub fn report(input: &Input<'_>) -> String {
+    preview(input).text()
 }
 
 /// The preview of one Plan.
-pub fn report(input: &Input<'_>) -> String {
+pub fn preview(input: &Input<'_>) -> Preview {
     let plan = as_seen(input);
-    let name = plan.metadata.name.clone().unwrap_or_default();
-    let namespace = plan.metadata.namespace.clone().unwrap_or_default();
-    let mut out = format!("Plan {namespace}/{name}\n");
-    let line = |out: &mut String, key: &str, value: &str| {
-        out.push_str(&format!("  {key:<12} {value}\n"));
+    let mut out = Preview {
+        namespace: plan.metadata.namespace.clone().unwrap_or_default(),
+        plan: plan.metadata.name.clone().unwrap_or_default(),
+        ..Preview::default()
     };
-    let problems = problems(&plan, input);
-    if !problems.is_empty() {
-        line(&mut out, "invalid:", "the controller would start no node:");
-        for problem in problems {
-            out.push_str(&format!("    {problem}\n"));
-        }
+    out.problems = problems(&plan, input);
+    out.valid = out.problems.is_empty();
+    if !out.valid {
         return out;
     }
     let mut cluster = Cluster::new(
@@ -291,36 +373,25 @@ pub fn report(input: &Input<'_>) -> String {
     cluster.peers = input.peers.to_vec();
     let now = cluster.decide();
     let conditions = now.status.conditions.clone().unwrap_or_default();
-    let source = match input.resolution {
+    out.version_from = match input.resolution {
         Resolution::Version(_) => "spec.version",
         _ => "the channel",
-    };
+    }
+    .to_owned();
     let version = now.status.latest_version.clone().unwrap_or_default();
     let hash = now.status.latest_hash.clone().unwrap_or_default();
     let resolved = status::get(&conditions, LATEST_RESOLVED);
-    let resolved_message = resolved.and_then(|c| c.message.clone()).unwrap_or_default();
-    if version.is_empty() || !status::is(&conditions, LATEST_RESOLVED, "True") {
-        line(
-            &mut out,
-            "version:",
-            &format!("unknown: {resolved_message}"),
-        );
-    } else if resolved_message.is_empty() {
-        line(&mut out, "version:", &format!("{version} (from {source})"));
-    } else {
-        line(
-            &mut out,
-            "version:",
-            &format!("{version} (from {source}; {resolved_message})"),
-        );
+    out.version_note = resolved.and_then(|c| c.message.clone()).unwrap_or_default();
+    if !version.is_empty() && status::is(&conditions, LATEST_RESOLVED, "True") {
+        out.version = Some(version.clone());
     }
-    line(
-        &mut out,
-        "hash:",
-        if hash.is_empty() { "unknown" } else { &hash },
-    );
-    history(&mut out, input);
-    let Some(eligible) = nodes(&mut out, &plan, input, &hash) else {
+    out.hash = (!hash.is_empty()).then(|| hash.clone());
+    out.rollouts = (input.stored)
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.history.clone())
+        .unwrap_or_default();
+    out.nodes = nodes(&plan, input, &hash);
+    let Some(eligible) = out.nodes.as_ref().map(|n| n.selected) else {
         return out;
     };
     let concurrency = plan
@@ -329,38 +400,181 @@ pub fn report(input: &Input<'_>) -> String {
         .as_ref()
         .and_then(|c| c.nodes(eligible))
         .unwrap_or(0);
-    let how = match &plan.spec.concurrency {
-        Some(c @ IntOrPercent::Text(_)) => {
-            format!("{concurrency} at a time ({c} of {eligible} selected nodes)")
+    out.concurrency = Some(concurrency);
+    if let Some(c @ IntOrPercent::Text(_)) = &plan.spec.concurrency {
+        out.concurrency_of = Some(c.to_string());
+    }
+    out.holds = holds(&plan, &now);
+    out.version_holds = version_holds(&now);
+    out.order = Some(if version.is_empty() || hash.is_empty() {
+        OrderPreview {
+            waiting_for_version: true,
+            ..OrderPreview::default()
         }
-        _ => format!("{concurrency} at a time"),
-    };
-    line(&mut out, "concurrency:", &how);
-    for note in holds(&plan, &now) {
-        line(&mut out, "hold:", &note);
-    }
-    version_holds(&mut out, &now);
-    if version.is_empty() || hash.is_empty() {
-        line(
-            &mut out,
-            "order:",
-            "none until the version is known: the controller starts nothing before",
-        );
-        return out;
-    }
-    order(&mut out, input, cluster, concurrency);
+    } else {
+        order(input, cluster)
+    });
     out
 }
 
-/// The nodes the Plan matches, selects, and has done; returns how many it selects, or `None`
-/// without a `nodeSelector`.
-fn nodes(out: &mut String, plan: &Plan, input: &Input<'_>, hash: &str) -> Option<usize> {
+impl Preview {
+    /// The preview as people read it.
+    pub fn text(&self) -> String {
+        let mut out = format!("Plan {}/{}\n", self.namespace, self.plan);
+        let line = |out: &mut String, key: &str, value: &str| {
+            out.push_str(&format!("  {key:<12} {value}\n"));
+        };
+        if !self.valid {
+            line(&mut out, "invalid:", "the controller would start no node:");
+            for problem in &self.problems {
+                out.push_str(&format!("    {problem}\n"));
+            }
+            return out;
+        }
+        let version = match (&self.version, self.version_note.as_str()) {
+            (None, note) => format!("unknown: {note}"),
+            (Some(v), "") => format!("{v} (from {})", self.version_from),
+            (Some(v), note) => format!("{v} (from {}; {note})", self.version_from),
+        };
+        line(&mut out, "version:", &version);
+        line(&mut out, "hash:", self.hash.as_deref().unwrap_or("unknown"));
+        for (i, run) in self.rollouts.iter().enumerate() {
+            let key = if i == 0 { "rollouts:" } else { "" };
+            let ended = match (&run.result, &run.finished) {
+                (Some(result), Some(at)) => format!("{result} at {at}"),
+                (Some(result), None) => result.clone(),
+                _ => "running".to_owned(),
+            };
+            out.push_str(&format!(
+                "  {key:<12} {} from {}: {ended}; {}/{} done, {} failed\n",
+                run.version, run.started, run.done, run.selected, run.failed
+            ));
+        }
+        let Some(nodes) = &self.nodes else {
+            line(&mut out, "nodes:", "none: spec.nodeSelector is not set");
+            return out;
+        };
+        nodes.text(&mut out, &self.plan);
+        let concurrency = self.concurrency.unwrap_or(0);
+        let how = match &self.concurrency_of {
+            Some(of) => format!(
+                "{concurrency} at a time ({of} of {} selected nodes)",
+                nodes.selected
+            ),
+            None => format!("{concurrency} at a time"),
+        };
+        line(&mut out, "concurrency:", &how);
+        for hold in &self.holds {
+            line(&mut out, "hold:", hold);
+        }
+        if !self.version_holds.is_empty() {
+            out.push_str(&format!(
+                "  {:<12} {} node(s) held by a version rule now:\n",
+                "versions:",
+                self.version_holds.len()
+            ));
+            for held in &self.version_holds {
+                out.push_str(&format!("    {held}\n"));
+            }
+        }
+        if let Some(order) = &self.order {
+            order.text(&mut out, concurrency);
+        }
+        out
+    }
+}
+
+impl NodesPreview {
+    fn text(&self, out: &mut String, plan: &str) {
+        out.push_str(&format!(
+            "  {:<12} {} match spec.nodeSelector; {} selected, {} done\n",
+            "nodes:",
+            self.matching,
+            self.selected,
+            self.done.len()
+        ));
+        let label = format!("{PLAN_LABEL_PREFIX}{plan}");
+        for (what, names) in [
+            ("done".to_owned(), &self.done),
+            (format!("opted out ({label}=disabled)"), &self.opted_out),
+            (
+                format!("without the {LABEL_HOSTNAME} label, never selected"),
+                &self.without_hostname,
+            ),
+            (format!("held ({LABEL_PAUSE}=true)"), &self.held),
+            ("applying now".to_owned(), &self.applying),
+        ] {
+            if !names.is_empty() {
+                out.push_str(&format!(
+                    "    {what} ({}): {}\n",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+impl OrderPreview {
+    fn text(&self, out: &mut String, concurrency: usize) {
+        if self.waiting_for_version {
+            out.push_str(&format!(
+                "  {:<12} none until the version is known: the controller starts nothing before\n",
+                "order:"
+            ));
+            return;
+        }
+        if self.nothing_left {
+            out.push_str(&format!("  {:<12} nothing left to upgrade\n", "order:"));
+            return;
+        }
+        if self.tentative {
+            out.push_str(
+                "  (the Plan is not in the cluster yet: the order below depends on the UID it gets \
+                 when created, so it is one possible order)\n",
+            );
+        }
+        out.push_str(&format!(
+            "  {:<12} {} node(s) to start, at most {concurrency} running at once; each \
+             batch starts as the one before frees its slots\n",
+            "order:", self.starting
+        ));
+        if self.before_hook {
+            out.push_str(
+                "    first: the before hook (spec.hooks.before); nodes start once it succeeded\n",
+            );
+        }
+        let hold_line = |out: &mut String, i: usize| {
+            for hold in self.canary_holds.iter().filter(|h| h.before_batch == i) {
+                out.push_str(&format!(
+                    "    then: the first wave holds the rest (spec.canary): {}; shown as if lifted\n",
+                    hold.message
+                ));
+            }
+        };
+        for (i, batch) in self.batches.iter().enumerate() {
+            hold_line(out, i);
+            out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
+        }
+        hold_line(out, self.batches.len());
+        if self.after_hook {
+            out.push_str(
+                "    last: the after hook (spec.hooks.after); the Plan is Complete once it succeeded\n",
+            );
+        }
+        if let Some(why) = &self.stops {
+            out.push_str(&format!(
+                "  {:<12} the rollout stops there: {why}\n",
+                "then:"
+            ));
+        }
+    }
+}
+
+/// The nodes the Plan matches, selects, and has done; `None` without a `nodeSelector`.
+fn nodes(plan: &Plan, input: &Input<'_>, hash: &str) -> Option<NodesPreview> {
     let name = plan.metadata.name.clone().unwrap_or_default();
     let Ok(Some(selector)) = select::node_selector(plan) else {
-        out.push_str(&format!(
-            "  {:<12} none: spec.nodeSelector is not set\n",
-            "nodes:"
-        ));
         return None;
     };
     let label = format!("{PLAN_LABEL_PREFIX}{name}");
@@ -401,63 +615,28 @@ fn nodes(out: &mut String, plan: &Plan, input: &Input<'_>, hash: &str) -> Option
         .filter(|n| !done.iter().any(|d| d.metadata.name == n.metadata.name))
         .partition(|n| applying.contains(&node_name(n)));
     let held: Vec<&Node> = waiting.into_iter().filter(|n| select::paused(n)).collect();
-    out.push_str(&format!(
-        "  {:<12} {} match spec.nodeSelector; {} selected, {} done\n",
-        "nodes:",
-        matching.len(),
-        eligible.len(),
-        done.len()
-    ));
-    let list = |out: &mut String, what: &str, names: &[String]| {
-        if !names.is_empty() {
-            out.push_str(&format!(
-                "    {what} ({}): {}\n",
-                names.len(),
-                names.join(", ")
-            ));
-        }
-    };
-    list(out, "done", &names(&done));
-    list(
-        out,
-        &format!("opted out ({label}=disabled)"),
-        &names(&opted_out),
-    );
-    list(
-        out,
-        &format!("without the {LABEL_HOSTNAME} label, never selected"),
-        &names(&no_hostname),
-    );
-    list(out, &format!("held ({LABEL_PAUSE}=true)"), &names(&held));
-    list(out, "applying now", &names(&running));
-    Some(eligible.len())
+    Some(NodesPreview {
+        matching: matching.len(),
+        selected: eligible.len(),
+        done: names(&done),
+        opted_out: names(&opted_out),
+        without_hostname: names(&no_hostname),
+        held: names(&held),
+        applying: names(&running),
+    })
 }
 
 /// The nodes a version rule holds now (a downgrade, a skipped minor, servers behind), each with
 /// the controller's words; servers the rollout itself upgrades first free their agents in the
 /// order below.
-fn version_holds(out: &mut String, now: &Decision) {
-    let held: Vec<_> = now
-        .status
+fn version_holds(now: &Decision) -> Vec<String> {
+    now.status
         .nodes
         .iter()
         .flatten()
         .filter(|e| e.phase == Phase::Held.as_str())
-        .collect();
-    if held.is_empty() {
-        return;
-    }
-    out.push_str(&format!(
-        "  {:<12} {} node(s) held by a version rule now:\n",
-        "versions:",
-        held.len()
-    ));
-    for entry in held {
-        out.push_str(&format!(
-            "    {}\n",
-            entry.message.as_deref().unwrap_or(&entry.name)
-        ));
-    }
+        .map(|e| e.message.clone().unwrap_or_else(|| e.name.clone()))
+        .collect()
 }
 
 /// The nodes applying as stored.
@@ -467,26 +646,6 @@ fn applying(input: &Input<'_>) -> Vec<String> {
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.applying.clone())
         .unwrap_or_default()
-}
-
-/// The stored Plan's last rollouts (`status.history`), newest first.
-fn history(out: &mut String, input: &Input<'_>) {
-    let runs = (input.stored)
-        .and_then(|p| p.status.as_ref())
-        .and_then(|s| s.history.as_deref())
-        .unwrap_or_default();
-    for (i, run) in runs.iter().enumerate() {
-        let key = if i == 0 { "rollouts:" } else { "" };
-        let ended = match (&run.result, &run.finished) {
-            (Some(result), Some(at)) => format!("{result} at {at}"),
-            (Some(result), None) => result.clone(),
-            _ => "running".to_owned(),
-        };
-        out.push_str(&format!(
-            "  {key:<12} {} from {}: {ended}; {}/{} done, {} failed\n",
-            run.version, run.started, run.done, run.selected, run.failed
-        ));
-    }
 }
 
 /// What holds the rollout now, in the controller's words (its Complete condition), and the
@@ -618,7 +777,7 @@ fn holds(plan: &Plan, now: &Decision) -> Vec<String> {
 
 /// The order in which the nodes would start: the controller's decision played forward with
 /// what holds it now lifted (a pause, the window, the health gates), every upgrade succeeding.
-fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency: usize) {
+fn order(input: &Input<'_>, mut cluster: Cluster) -> OrderPreview {
     cluster.plan.spec.paused = None;
     cluster.plan.spec.depends_on = None;
     cluster.plan.spec.exclusive_group = None;
@@ -667,20 +826,11 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
     }
     let starting: usize = batches.iter().map(Vec::len).sum();
     if starting == 0 && running.is_empty() && rollout.complete {
-        out.push_str(&format!("  {:<12} nothing left to upgrade\n", "order:"));
-        return;
+        return OrderPreview {
+            nothing_left: true,
+            ..OrderPreview::default()
+        };
     }
-    if input.stored.is_none() && starting > 0 {
-        out.push_str(
-            "  (the Plan is not in the cluster yet: the order below depends on the UID it gets \
-             when created, so it is one possible order)\n",
-        );
-    }
-    out.push_str(&format!(
-        "  {:<12} {starting} node(s) to start, at most {concurrency} running at once; each \
-         batch starts as the one before frees its slots\n",
-        "order:"
-    ));
     let first_new = rollout.steps.first().is_some_and(|s| !s.started.is_empty());
     if !running.is_empty() {
         let mut first: Vec<String> = running.clone();
@@ -695,31 +845,9 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
         batches.insert(0, first);
     }
     let ran = |hook: Hook| rollout.steps.iter().any(|s| s.hooks.contains(&hook));
-    if ran(Hook::Before) {
-        out.push_str(
-            "    first: the before hook (spec.hooks.before); nodes start once it succeeded\n",
-        );
-    }
-    let hold_line = |out: &mut String, i: usize| {
-        for (_, held) in holds_after.iter().filter(|(after, _)| *after == i) {
-            out.push_str(&format!(
-                "    then: the first wave holds the rest (spec.canary): {held}; shown as if lifted\n"
-            ));
-        }
-    };
-    for (i, batch) in batches.iter().enumerate() {
-        hold_line(out, i);
-        out.push_str(&format!("    {}: {}\n", i + 1, batch.join(", ")));
-    }
-    hold_line(out, batches.len());
-    if ran(Hook::After) {
-        out.push_str(
-            "    last: the after hook (spec.hooks.after); the Plan is Complete once it succeeded\n",
-        );
-    }
-    if !rollout.complete {
+    let stops = (!rollout.complete).then(|| {
         let conditions = rollout.last.status.conditions.clone().unwrap_or_default();
-        let why = status::get(&conditions, COMPLETE)
+        status::get(&conditions, COMPLETE)
             .map(|c| {
                 format!(
                     "{}: {}",
@@ -727,11 +855,24 @@ fn order(out: &mut String, input: &Input<'_>, mut cluster: Cluster, concurrency:
                     c.message.as_deref().unwrap_or_default()
                 )
             })
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  {:<12} the rollout stops there: {why}\n",
-            "then:"
-        ));
+            .unwrap_or_default()
+    });
+    OrderPreview {
+        waiting_for_version: false,
+        nothing_left: false,
+        tentative: input.stored.is_none() && starting > 0,
+        starting,
+        before_hook: ran(Hook::Before),
+        after_hook: ran(Hook::After),
+        batches,
+        canary_holds: holds_after
+            .into_iter()
+            .map(|(before_batch, message)| CanaryHold {
+                before_batch,
+                message,
+            })
+            .collect(),
+        stops,
     }
 }
 

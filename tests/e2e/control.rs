@@ -703,6 +703,31 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
     std::fs::write(&file, plan.to_string()).unwrap();
     let text = preview(ctx, &["-f", file.to_str().unwrap()]);
     assert!(text.starts_with("Plan system-upgrade/pv\n"), "{text}");
+    // The same as data, for scripts: JSON and YAML alike.
+    let data: Value =
+        serde_json::from_str(&preview(ctx, &["-o", "json", "-f", file.to_str().unwrap()])).unwrap();
+    let entry = &data[0];
+    assert_eq!(entry["plan"], "pv", "{data}");
+    assert_eq!(entry["valid"], true);
+    assert_eq!(entry["version"], "v1.30.4-k3s1");
+    assert_eq!(entry["nodes"]["matching"], 5, "{data}");
+    assert_eq!(entry["nodes"]["selected"], 4);
+    assert_eq!(entry["nodes"]["optedOut"], json!([out_node]));
+    let batched: usize = entry["order"]["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_array().unwrap().len())
+        .sum();
+    assert!(
+        text.contains(&format!("order:       {batched} node(s) to start")),
+        "{text}\n{data}"
+    );
+    let yaml = preview(ctx, &["-o", "yaml", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        system_upgrade_controller::yaml::documents(&yaml).unwrap()[0],
+        data
+    );
     // The kubeconfig's context by name gives the same; an invalid Plan exits 1, saying why.
     let context = ctx
         .kubectl(&["config", "current-context"])
@@ -727,6 +752,26 @@ pub fn preview_shows_what_a_plan_would_do_and_the_controller_does_it(ctx: &Ctx) 
     assert!(
         stdout.contains("invalid:") && stdout.contains("spec.concurrency"),
         "{stdout}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_system-upgrade-controller"))
+        .args([
+            "preview",
+            "-o",
+            "json",
+            "-f",
+            invalid_file.to_str().unwrap(),
+        ])
+        .env("KUBECONFIG", &ctx.cluster.kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let data: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(data[0]["valid"], false);
+    assert!(
+        data[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("spec.concurrency")
     );
     assert!(
         text.contains("version:     v1.30.4-k3s1 (from spec.version)"),
