@@ -253,6 +253,11 @@ impl Notifier {
         outlet
     }
 
+    /// Whether any receiver is configured (a pass works out its notices only then).
+    pub fn listening(&self) -> bool {
+        !crate::sync::lock(&self.shared.state).outlets.is_empty()
+    }
+
     /// Hands a pass's notices to the receivers that want them; never waits.
     pub fn tell(&self, notices: &[Notice]) {
         if notices.is_empty() {

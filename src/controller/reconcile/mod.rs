@@ -398,7 +398,7 @@ async fn reconcile_inner(plan: &Plan, ctx: &Context) -> Result<Action, Reconcile
     tracing::debug!(before = decision.before.len(), after = decision.after.len(), requeue = ?decision.requeue, "decided");
     ctx.peers.record(plan, &decision);
     act(ctx, plan, &decision).await?;
-    if let Some(notifier) = &ctx.notifier {
+    if let Some(notifier) = ctx.notifier.as_ref().filter(|n| n.listening()) {
         let now = jiff::Timestamp::now()
             .round(jiff::Unit::Second)
             .unwrap_or_default();
