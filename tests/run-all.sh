@@ -80,8 +80,11 @@ image_all="$(mktemp -d)"
   bash tests/testbin/build.sh >/dev/null
   SUC_IMAGE_OUT="$image_all/dist" bash image/build.sh
   python3 image/check.py "$image_all/dist"
-  # The benchmarks' release build too (target/ is free once the suite's own build is done).
+  # The benchmarks' release builds too (target/ is free once the suite's own build is done):
+  # the example with the binary, and the binary alone (built apart, its dependencies' features
+  # differ from those the example's dev-dependencies bring).
   cargo build --release --locked --bin system-upgrade-controller --example bench
+  cargo build --release --locked --bin system-upgrade-controller
 ) >"$image_all/log" 2>&1 </dev/null &
 image_job=$!
 
