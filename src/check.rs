@@ -31,7 +31,20 @@ pub struct FileReport {
     pub file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// It could not be read at all (what it holds was not checked).
+    pub unreadable: bool,
     pub documents: Vec<DocumentReport>,
+}
+
+impl FileReport {
+    fn unreadable(file: String, error: &std::io::Error) -> FileReport {
+        FileReport {
+            file,
+            error: Some(format!("cannot read: {error}")),
+            unreadable: true,
+            documents: Vec::new(),
+        }
+    }
 }
 
 /// A document checked: a Plan, or the notifications' ConfigMap.
@@ -118,19 +131,13 @@ pub fn run(paths: &[impl AsRef<Path>], served: &str, recursive: bool) -> Report 
                     let name = file.display().to_string();
                     match read(&file) {
                         Ok(text) => report.files.push(check_text(&name, &text, served)),
-                        Err(e) => report.files.push(FileReport {
-                            file: name,
-                            error: Some(format!("cannot read: {e}")),
-                            documents: Vec::new(),
-                        }),
+                        Err(e) => report.files.push(FileReport::unreadable(name, &e)),
                     }
                 }
             }
-            Err(e) => report.files.push(FileReport {
-                file: path.display().to_string(),
-                error: Some(format!("cannot read: {e}")),
-                documents: Vec::new(),
-            }),
+            Err(e) => report
+                .files
+                .push(FileReport::unreadable(path.display().to_string(), &e)),
         }
     }
     finish(report.files)
@@ -147,11 +154,7 @@ fn finish(files: Vec<FileReport>) -> Report {
         .flat_map(|f| &f.documents)
         .filter(|d| d.kind == "Plan")
         .count();
-    report.unreadable = report.files.iter().any(|f| {
-        f.error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("cannot read"))
-    });
+    report.unreadable = report.files.iter().any(|f| f.unreadable);
     report.valid = report
         .files
         .iter()
