@@ -125,11 +125,14 @@ impl Receiver {
 
     /// Whether it hears about that event of that Plan.
     pub fn wants(&self, kind: Kind, plan: &str) -> bool {
-        self.kinds().contains(&kind)
-            && self
-                .plans
-                .as_ref()
-                .is_none_or(|plans| plans.iter().any(|p| p == plan))
+        self.kinds().contains(&kind) && self.hears(plan)
+    }
+
+    /// Whether it hears about that Plan at all (`plans`).
+    pub fn hears(&self, plan: &str) -> bool {
+        self.plans
+            .as_ref()
+            .is_none_or(|plans| plans.iter().any(|p| p == plan))
     }
 
     pub fn timeout(&self) -> Duration {

@@ -269,13 +269,9 @@ impl Notifier {
                 if outlet.receiver.wants(notice.kind, &notice.plan) {
                     self.offer(outlet, Delivery::Message(notice.clone()));
                 }
-                let silences = outlet.receiver.kind == ReceiverKind::Alertmanager
-                    && outlet.receiver.silence.is_some()
-                    && outlet
-                        .receiver
-                        .plans
-                        .as_ref()
-                        .is_none_or(|p| p.contains(&notice.plan));
+                // Only an Alertmanager receiver has `silence` (the configuration's rule).
+                let silences =
+                    outlet.receiver.silence.is_some() && outlet.receiver.hears(&notice.plan);
                 let Some(node) = notice.node.clone().filter(|_| silences) else {
                     continue;
                 };
